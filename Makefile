@@ -1,0 +1,53 @@
+# Two commands for a newcomer: `make demo` and `make test` (each creates .venv and installs what it needs).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+DEMO_NB ?= nbs/01_flow.ipynb
+DEMO_ARGS ?=
+export MPLBACKEND ?= Agg
+
+.PHONY: demo test lab bench install references check export clean-nbs sync docs
+
+# The venv is rebuilt when the package definition changes.
+$(VENV)/.installed: settings.ini setup.py pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+install: $(VENV)/.installed
+
+# VLFeat (Debian's libvlfeat-dev) and cyvlfeat are the references the feature tests compare against.
+# They need root for apt; without them the reference tests skip with a reason
+# (or fail when MOTION_NBS_REQUIRE_REFERENCES=1, as in CI).
+references: $(VENV)/.installed
+	@if $(PY) -c "import cyvlfeat.hog" 2>/dev/null; then echo "references: cyvlfeat present"; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		( dpkg -s libvlfeat-dev >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libvlfeat-dev >/dev/null; } ) && \
+		$(PY) -m pip install --quiet --progress-bar off cython && \
+		$(PY) -m pip install --quiet --progress-bar off --no-build-isolation cyvlfeat && \
+		echo "references: installed VLFeat and cyvlfeat"; \
+	else echo "references: not root, VLFeat reference tests will skip"; fi
+
+demo: $(VENV)/.installed
+	mkdir -p _runs
+	$(BIN)/papermill $(DEMO_NB) _runs/$(notdir $(DEMO_NB)) $(DEMO_ARGS)
+
+# Repository checks first (package == export of the notebooks, notebooks clean, jupytext pairs, site
+# config), then the notebooks' own tests, then pytest.
+test: $(VENV)/.installed references
+	$(BIN)/pytest -q tests/test_repo.py
+	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/pytest -q --ignore=tests/test_repo.py tests
+
+lab: $(VENV)/.installed
+	$(BIN)/jupyter lab $$( [ "$$(id -u)" = "0" ] && echo --allow-root )
+
+bench: $(VENV)/.installed
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# Developer helpers: after editing a paired script or notebook, `make sync` updates its partner,
+# exports the package and cleans the notebooks.
+sync: $(VENV)/.installed
+	$(PY) tools/sync_nbs.py

