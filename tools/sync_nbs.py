@@ -2,9 +2,12 @@
 
 For every pair, the newer file is the source: a script edited after its notebook updates the notebook
 (outputs are kept), a notebook edited after its script rewrites the script. New scripts get a new
-notebook with the python3 kernel (papermill needs a kernelspec). Then `nbdev_export` and
-`nbdev_clean` run, and every script is rewritten from its cleaned notebook so the pair is canonical.
+notebook with the python3 kernel (papermill needs a kernelspec). Then `nbdev_export` runs,
+`nbdev_clean` cleans the notebooks, and each script is rewritten from its cleaned notebook so the pair
+is canonical. `python tools/sync_nbs.py 01_flow 02a_data` limits the work to those pairs (the export
+always covers every notebook).
 """
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,17 +30,22 @@ def to_notebook(script: Path, notebook: Path) -> None:
     jupytext.write(new, notebook)
 
 
-def main() -> None:
-    for script in sorted(NBS.glob("*.py")):
+def main(stems: list[str]) -> None:
+    """Sync the pairs named by `stems` (e.g. `01_flow`), or every pair when none is named."""
+    scripts = [NBS / f"{s}.py" for s in stems] if stems else sorted(NBS.glob("*.py"))
+    notebooks = [p.with_suffix(".ipynb") for p in scripts]
+    for script in scripts:
         notebook = script.with_suffix(".ipynb")
         if not notebook.exists() or script.stat().st_mtime > notebook.stat().st_mtime:
             to_notebook(script, notebook)
             print(f"script -> notebook: {notebook.name}")
     subprocess.run([BIN / "nbdev_export"], cwd=ROOT, check=True)
-    subprocess.run([BIN / "nbdev_clean"], cwd=ROOT, check=True)
-    for notebook in sorted(NBS.glob("*.ipynb")):
+    for notebook in notebooks:
+        subprocess.run([BIN / "nbdev_clean", "--fname", str(notebook)], cwd=ROOT, check=True)
         subprocess.run([BIN / "jupytext", "--quiet", "--to", "py:percent", str(notebook)], cwd=ROOT, check=True)
+        t = notebook.stat().st_mtime  # same time on both: only a later edit makes one side the source
+        os.utime(notebook.with_suffix(".py"), (t, t))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
