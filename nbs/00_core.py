@@ -308,7 +308,7 @@ with tempfile.TemporaryDirectory() as tmp:
 def show_images(images,  # a (B,C,H,W) tensor or a list of (C,H,W) / (H,W) tensors or arrays
                 titles=None,  # one title per image
                 ncols: int = 4,  # images per row
-                size: float = 3.0,  # inches per image
+                size: float = 3.0,  # width of each image in inches
                 cmap: str = "gray"  # colour map for single-channel images
                ):
     "Draw images in a grid; returns the matplotlib figure."
@@ -319,7 +319,9 @@ def show_images(images,  # a (B,C,H,W) tensor or a list of (C,H,W) / (H,W) tenso
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    h, w = images[0].shape[-2:] if n and images[0].ndim == 3 and images[0].shape[0] in (1, 3) else np.shape(images[0])[:2]
+    aspect = h / w if n else 1.0  # rows as tall as the first image's aspect ratio asks
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * aspect * nrows + 0.4 * nrows), squeeze=False)
     for ax in axes.flat: ax.axis("off")
     for i, (ax, im) in enumerate(zip(axes.flat, images)):
         a = im.detach().float().cpu().numpy() if torch.is_tensor(im) else np.asarray(im)
