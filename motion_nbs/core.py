@@ -149,6 +149,12 @@ def read_video_frames(path,  # a video file OpenCV can decode
     return torch.stack([frames[i] for i in indices])
 
 # %% ../nbs/00_core.ipynb #b0d9fb2c
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+# %% ../nbs/00_core.ipynb #a749b34c
 @contextlib.contextmanager
 def atomic_write(path  # the final file name
                 ):
@@ -159,6 +165,7 @@ def atomic_write(path  # the final file name
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp
         with open(tmp, "rb") as f: os.fsync(f.fileno())

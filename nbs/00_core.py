@@ -256,6 +256,14 @@ test_fail(lambda: read_video_frames(sample_video("bikes"), [250]), contains="out
 # (a rename within one file system is atomic).
 
 # %%
+#| exporti
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# %%
 #| export
 @contextlib.contextmanager
 def atomic_write(path  # the final file name
@@ -267,6 +275,7 @@ def atomic_write(path  # the final file name
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp
         with open(tmp, "rb") as f: os.fsync(f.fileno())
@@ -294,6 +303,7 @@ with tempfile.TemporaryDirectory() as tmp:
     except KeyboardInterrupt: pass
     test_eq(torch.load(target, weights_only=True)["w"], torch.arange(3))  # old file intact
     test_eq(sorted(p.name for p in Path(tmp).iterdir()), ["ckpt.pt"])     # no temporary left
+    test_eq(target.stat().st_mode & 0o777, 0o666 & ~_umask())
     test_fail(lambda: atomic_save({}, Path(tmp) / "missing" / "x.pt"), contains="does not exist")
 
 
