@@ -1,0 +1,407 @@
+# %%
+#| default_exp cpfs
+
+# %% [markdown]
+# # Cross-pixel optical-flow similarity (CPFS)
+#
+# > Chapter 3 of the thesis: learn per-pixel embeddings whose similarities match the similarities of the pixels' optical flow.
+
+# %% [markdown]
+# Predicting the optical flow of a single frame is ambiguous: a parked car *can* move but usually does
+# not, and the direction of a walking person is a coin toss. The thesis (section 3.2) sidesteps the
+# ambiguity: rather than *what* the motion is, a network $\phi$ learns *which pixels move together*. It
+# maps an image $I$ to an embedding $\phi_p = \phi(I, p \mid \Theta) \in \mathbb{R}^D$ for every pixel
+# $p$, and asks that for every pair of pixels
+#
+# $$ K_\phi(\phi_p, \phi_q) \approx K_f(f_p, f_q) \qquad (3.1)$$
+#
+# where $K_\phi$ and $K_f$ are kernels on embeddings and on flow vectors. This chapter builds the
+# kernels (3.2.1), the three losses that compare them (3.2.2), the sparse hypercolumn head that produces
+# the embeddings (3.2.3), and the direct flow-classification baseline the thesis compares against
+# (3.3.5). The training experiment is the papermill notebook `03_cpfs_train.ipynb`.
+#
+# Vocabulary: `emb` is a batch of embeddings `(B,N,D)` at $N$ sampled pixels, `flow` the flow at the
+# same pixels `(B,N,2)`; `K_phi`, `K_f` are `(B,N,N)` kernel matrices.
+
+# %%
+#| export
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from motion_nbs.flow import normalize_flow_log
+
+# %%
+#| hide
+from fastcore.test import test_close, test_eq, test_fail
+
+# %% [markdown]
+# ## Kernels (section 3.2.1)
+#
+# Embeddings are compared with a scaled cosine similarity and flow vectors with a Gaussian (RBF) kernel:
+#
+# $$ K_\phi(\phi_p, \phi_q) = \frac{1}{4}\frac{\phi_p^\top\phi_q}{\|\phi_p\|_2\|\phi_q\|_2}, \qquad
+#    K_f(f_p, f_q) = \exp\left(-\frac{\|f_p - f_q\|_2^2}{2\sigma^2}\right) \qquad (3.2)$$
+#
+# The cosine normalisation makes $K_\phi$ largest for identical embeddings, as the RBF kernel is for
+# identical flows. The flow is first normalised by eq 3.8 (chapter 01) into $[-1, 1]$. A small
+# bandwidth makes $K_f$ local, pushing the embedding to tell apart objects moving differently; the
+# thesis learned $\sigma^2 = 0.0036$ in some experiments. Squared distances are computed as
+# $\|a\|^2 + \|b\|^2 - 2a^\top b$, which needs no `(B,N,N,2)` difference tensor: memory stays
+# $O(B N^2)$.
+
+# %%
+#| export
+THESIS_SIGMA2 = 0.0036  # the bandwidth the thesis learned (fig 3.2)
+
+def cosine_kernel(emb: torch.Tensor  # `(B,N,D)` embeddings (any norm; zero vectors give zero rows)
+                 ) -> torch.Tensor:
+    """Eq 3.2, left: ¼ × cosine similarity of every pair of embeddings.
+
+    Shape: `(B,N,D)` → `(B,N,N)`."""
+    e = F.normalize(emb, dim=-1, eps=1e-8)
+    return 0.25 * e @ e.transpose(-1, -2)
+
+def rbf_kernel(flow: torch.Tensor,  # `(B,N,2)` flow vectors (eq-3.8-normalised for CPFS)
+               sigma  # bandwidth σ: a float or a scalar tensor (learnable)
+              ) -> torch.Tensor:
+    """Eq 3.2, right: Gaussian kernel exp(−‖f_p − f_q‖² / 2σ²) of every pair of flow vectors.
+
+    Shape: `(B,N,2)` → `(B,N,N)`."""
+    sq = (flow * flow).sum(-1)
+    d2 = (sq[..., :, None] + sq[..., None, :] - 2 * flow @ flow.transpose(-1, -2)).clamp_min(0)
+    return torch.exp(-d2 / (2 * torch.as_tensor(sigma, dtype=flow.dtype, device=flow.device) ** 2))
+
+
+# %%
+e = torch.tensor([[[1.0, 0], [0, 2], [-3, 0]]])
+test_close(cosine_kernel(e), 0.25 * torch.tensor([[[1.0, 0, -1], [0, 1, 0], [-1, 0, 1]]]))
+f = torch.tensor([[[0.0, 0], [0.1, 0], [0, 0.3]]])
+test_close(rbf_kernel(f, 0.1), torch.exp(-torch.tensor([[[0, 0.01, 0.09], [0.01, 0, 0.1], [0.09, 0.1, 0]]]) / 0.02))
+test_eq(cosine_kernel(torch.zeros(1, 2, 4)), torch.zeros(1, 2, 2))  # zero embeddings: finite, no NaN
+
+# %% [markdown]
+# ## The three losses (section 3.2.2)
+#
+# **Kernel target alignment** (KTA, eq 3.3) is the normalised Frobenius inner product of the kernel
+# matrices, a cosine between them:
+#
+# $$ \mathcal{A}(K, K') = \frac{\sum_{pq} K_{pq} K'_{pq}}{\sqrt{\sum_{pq} K_{pq}^2 \sum_{pq} K'^2_{pq}}} \qquad (3.3)$$
+#
+# The thesis calls this $\mathcal{L}_{KTA}$ but it is a *similarity* to maximise; we minimise
+# $-\mathcal{A}(K_f, K_\phi)$.
+#
+# **Cross-entropy** (CE, eq 3.4–3.6) reads each row of a kernel as logits of a distribution over pixels:
+# $S(p, \cdot)$ says which pixels go with $p$. Each pixel is trivially similar to itself, which would
+# dominate the softmax, so the diagonal logit is replaced by 0 — it counts as $\exp(0) = 1$:
+#
+# $$ S(p, q) = \frac{\exp K(p, q)\,[p \ne q] + [p = q]}{\sum_{q' \ne p} \exp K(p, q') + 1} \qquad (3.5, 3.6)$$
+#
+# $$ \mathcal{L}_{CE} = -\sum_{p}\sum_{q} S_f(p, q) \log S_\phi(p, q) \qquad (3.4)$$
+#
+# and **reversed cross-entropy** (CE-rev, eq 3.7) swaps the roles: $-\sum S_\phi \log S_f$, an ablation
+# in which the flow distribution is no longer the target.
+#
+# Two choices the equations leave open, stated here: (i) the thesis writes sums over all pixels; we
+# average over the $N$ rows and the $B$ images (the sum would tie the learning rate to $N$), and KTA is
+# averaged over images; (ii) the softmaxes are computed as `log_softmax` for numerical stability, and
+# an $\epsilon = 10^{-12}$ inside the square root of eq 3.3 keeps KTA finite for all-zero embeddings.
+
+# %%
+#| export
+CPFS_LOSSES = ("kta", "ce", "ce_rev")
+
+def kernel_log_softmax(K: torch.Tensor  # `(B,N,N)` kernel matrix
+                      ) -> torch.Tensor:
+    """Eq 3.5/3.6: log S, the row-wise softmax of K in which the diagonal logit counts as 0 (exp(0) = 1).
+
+    Shape: `(B,N,N)` → `(B,N,N)`."""
+    n = K.shape[-1]
+    diag = torch.eye(n, dtype=torch.bool, device=K.device)
+    return torch.log_softmax(K.masked_fill(diag, 0.0), dim=-1)
+
+def kernel_alignment(K1: torch.Tensor, K2: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Eq 3.3: kernel target alignment of two batches of kernel matrices, in [-1, 1].
+
+    Shape: `(B,N,N)`, `(B,N,N)` → `(B,)`."""
+    num = (K1 * K2).sum((-2, -1))
+    return num / torch.sqrt((K1 * K1).sum((-2, -1)) * (K2 * K2).sum((-2, -1)) + eps)
+
+def _check_pair(emb, flow):
+    if emb.ndim != 3: raise ValueError(f"emb must have shape (B,N,D), got {tuple(emb.shape)}")
+    if flow.ndim != 3 or flow.shape[-1] != 2: raise ValueError(f"flow must have shape (B,N,2), got {tuple(flow.shape)}")
+    if emb.shape[:2] != flow.shape[:2]:
+        raise ValueError(f"emb {tuple(emb.shape)} and flow {tuple(flow.shape)} differ in batch size or number of pixels")
+    if not torch.isfinite(flow).all(): raise ValueError("flow contains NaN or infinite values")
+
+def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
+              flow: torch.Tensor,  # `(B,N,2)` flow at the same pixels, in pixels (or normalised: see `normalize`)
+              kind: str = "ce",  # "kta" (eq 3.3), "ce" (eq 3.4) or "ce_rev" (eq 3.7)
+              sigma=math.sqrt(THESIS_SIGMA2),  # RBF bandwidth σ on the normalised flow (float or tensor)
+              normalize: bool = True,  # apply eq 3.8 (M = 56) to `flow` first
+              max_flow: float = 56.0  # M of eq 3.8
+             ) -> torch.Tensor:
+    """A CPFS loss between the cosine kernel of `emb` and the RBF kernel of `flow` (scalar; lower is better).
+
+    Shape: `(B,N,D)`, `(B,N,2)` → `()`."""
+    if kind not in CPFS_LOSSES: raise ValueError(f"unknown CPFS loss {kind!r}; valid: {', '.join(CPFS_LOSSES)}")
+    _check_pair(emb, flow)
+    if normalize: flow = normalize_flow_log(flow.transpose(-1, -2)[..., None], max_flow)[..., 0].transpose(-1, -2)
+    K_phi, K_f = cosine_kernel(emb), rbf_kernel(flow.to(emb.dtype), sigma)
+    if kind == "kta": return -kernel_alignment(K_f, K_phi).mean()
+    logS_phi, logS_f = kernel_log_softmax(K_phi), kernel_log_softmax(K_f)
+    if kind == "ce": return -(logS_f.exp() * logS_phi).sum(-1).mean()
+    return -(logS_phi.exp() * logS_f).sum(-1).mean()
+
+
+# %% [markdown]
+# `tests/test_cpfs.py` checks that these vectorised losses equal a direct transcription of eq 3.2–3.7
+# with loops over pixels (float64, to 1e-10), pass `gradcheck`, are invariant to the order of the
+# pixels, and stay finite for zero embeddings, identical flows and huge flows. Here, a case small
+# enough to do by hand: two pixels with identical flow ($K_f = 1$ everywhere) and orthogonal embeddings
+# ($K_\phi = \tfrac14 I$). With the diagonal logits set to 0, both rows of both kernels become uniform
+# over the two pixels for $S_\phi$ ($\exp 0$ against $\exp 0$) and $S_f(p,\cdot) = (1, e)/(1 + e)$, so
+# $\mathcal{L}_{CE} = \log 2$; and the alignment is $\tfrac12 / \sqrt{\tfrac18 \cdot 4} = 1/\sqrt 2$.
+
+# %%
+e2, f2 = torch.tensor([[[1.0, 0], [0, 1]]]), torch.zeros(1, 2, 2)
+test_close(cpfs_loss(e2, f2, "ce"), math.log(2), eps=1e-6)
+test_close(cpfs_loss(e2, f2, "kta"), -1 / math.sqrt(2), eps=1e-6)
+_sf = torch.tensor([1, math.e]) / (1 + math.e)
+test_close(cpfs_loss(e2, f2, "ce_rev"), -(0.5 * _sf.log()).sum(), eps=1e-6)
+
+# %% [markdown]
+# Sanity of the objectives: embeddings that copy the flow's grouping score better than random ones.
+# Two groups of pixels with different flows: embeddings constant within each group and orthogonal
+# across groups beat random embeddings under every loss.
+
+# %%
+fl = torch.zeros(1, 8, 2); fl[0, 4:] = 10.0                     # pixels 0-3 static, 4-7 moving
+good = torch.zeros(1, 8, 16); good[0, :4, 0] = 1; good[0, 4:, 1] = 1
+rand = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1))
+for kind in CPFS_LOSSES: assert cpfs_loss(good, fl, kind) < cpfs_loss(rand, fl, kind), kind
+test_fail(lambda: cpfs_loss(good, fl, "mse"), contains="valid: kta, ce, ce_rev")
+test_fail(lambda: cpfs_loss(good, fl[:, :5], "ce"), contains="differ in batch size or number of pixels")
+test_fail(lambda: cpfs_loss(good, fl.masked_fill(fl > 5, float("nan")), "ce"), contains="NaN")
+
+
+# %% [markdown]
+# ## A learnable bandwidth
+#
+# When σ is learned, it is parametrised in log space ($\sigma = \exp(s)$), which keeps it positive and
+# makes its updates scale-free. `CPFSLoss` bundles the loss kind with a fixed or learnable σ, so the
+# learner's optimiser picks σ up with the network's parameters.
+
+# %%
+#| export
+class CPFSLoss(nn.Module):
+    "A CPFS loss (`kind`) with a fixed or learnable (log-parametrised) RBF bandwidth σ."
+    def __init__(self, kind: str = "ce",  # "kta", "ce" or "ce_rev"
+                 sigma2: float = THESIS_SIGMA2,  # initial (or fixed) σ²
+                 learn_sigma: bool = False):  # learn log σ with the network
+        super().__init__()
+        if kind not in CPFS_LOSSES: raise ValueError(f"unknown CPFS loss {kind!r}; valid: {', '.join(CPFS_LOSSES)}")
+        if not sigma2 > 0: raise ValueError(f"sigma2 must be positive, got {sigma2}")
+        self.kind = kind
+        log_sigma = torch.tensor(0.5 * math.log(sigma2))
+        if learn_sigma: self.log_sigma = nn.Parameter(log_sigma)
+        else: self.register_buffer("log_sigma", log_sigma)
+
+    @property
+    def sigma2(self) -> float: return float(torch.exp(2 * self.log_sigma.detach()))
+
+    def forward(self, emb, flow):
+        "Shape: `(B,N,D)`, `(B,N,2)` flow in pixels → `()`."
+        return cpfs_loss(emb, flow, self.kind, sigma=self.log_sigma.exp())
+
+    def extra_repr(self): return f"kind={self.kind!r}, sigma2={self.sigma2:.4g}, learned={isinstance(self.log_sigma, nn.Parameter)}"
+
+
+# %%
+crit = CPFSLoss("ce", learn_sigma=True)
+test_close(crit.sigma2, THESIS_SIGMA2, eps=1e-9)
+crit(rand, fl).backward()
+assert crit.log_sigma.grad is not None and torch.isfinite(crit.log_sigma.grad)
+test_eq(len(list(CPFSLoss("kta").parameters())), 0)
+
+
+# %% [markdown]
+# ## Sparse hypercolumns (section 3.2.3)
+#
+# The embedding network is a hypercolumn head on a CNN backbone: for a pixel $p$, the activations of
+# several layers are interpolated at $p$'s position and concatenated, so the embedding sees both the
+# fine detail of early layers and the context of late ones. An MLP with one hidden layer (1024 units,
+# ReLU) maps the hypercolumn to $D = 16$ dimensions, L2-normalised. Training uses the *sparsification
+# trick*: the loss is computed at only $N$ random pixels per image (512 in the thesis), which saves
+# memory and decorrelates the samples. For AlexNet the hypercolumn is conv1, pool1, conv3, pool5 and
+# fc7 (section 3.3.1; activations after ReLU, as in the thesis' Caffe model where the ReLUs run in
+# place).
+#
+# **Coordinate convention.** Pixel locations are integer `(x, y)` pixel indices of the input image
+# (`xy[..., 0]` = column, `xy[..., 1]` = row). Pixel centre $x + \tfrac12$ maps to the same relative
+# position of every feature map: `grid_sample` with `align_corners=False` at
+# $2(x + \tfrac12)/W - 1$, so a feature map of stride $s$ is read at $(x + \tfrac12)/s - \tfrac12$ in its
+# own cells. This matches the TensorFlow-SAME layout of the appendix-A network (a cell covers
+# $[is, (i+1)s)$ of the input). The flow needs no interpolation: it is read at the same integer pixels.
+
+# %%
+#| export
+def sample_pixels(batch: int, num_pixels: int, height: int, width: int,
+                  generator=None,  # a `torch.Generator` (seeded) or None
+                  device=None) -> torch.Tensor:
+    """`num_pixels` distinct random pixel locations per image, uniformly, as integer (x, y).
+
+    Shape: returns `(batch, num_pixels, 2)` long."""
+    if num_pixels > height * width:
+        raise ValueError(f"cannot sample {num_pixels} distinct pixels from a {height}x{width} image ({height * width} pixels)")
+    if num_pixels < 2: raise ValueError(f"num_pixels must be at least 2 (pairs of pixels), got {num_pixels}")
+    idx = torch.rand(batch, height * width, generator=generator).argsort(dim=1)[:, :num_pixels]
+    return torch.stack([idx % width, idx // width], dim=-1).to(device)
+
+def gather_pixels(dense: torch.Tensor,  # `(B,C,H,W)` a per-pixel map (flow, masks as float)
+                  xy: torch.Tensor  # `(B,N,2)` integer pixel locations (x, y)
+                 ) -> torch.Tensor:
+    """Values of a dense map at integer pixel locations.
+
+    Shape: `(B,C,H,W)`, `(B,N,2)` → `(B,N,C)`."""
+    b, c, h, w = dense.shape
+    flat = (xy[..., 1] * w + xy[..., 0]).to(dense.device)
+    return dense.flatten(2).gather(2, flat[:, None].expand(b, c, -1)).transpose(1, 2)
+
+def sample_features(features: torch.Tensor,  # `(B,C,h,w)` a feature map covering the image
+                    xy: torch.Tensor,  # `(B,N,2)` pixel locations (x, y) in the input image
+                    image_size  # (H, W) of the input image
+                   ) -> torch.Tensor:
+    """Bilinear interpolation of a feature map at input-pixel locations (pixel centres aligned, see above).
+
+    Shape: `(B,C,h,w)`, `(B,N,2)` → `(B,N,C)`."""
+    H, W = image_size
+    g = torch.stack([(xy[..., 0].to(features.dtype) + 0.5) * (2.0 / W) - 1,
+                     (xy[..., 1].to(features.dtype) + 0.5) * (2.0 / H) - 1], dim=-1)
+    out = F.grid_sample(features, g[:, :, None].to(features.device), mode="bilinear", padding_mode="border", align_corners=False)
+    return out[..., 0].transpose(1, 2)
+
+
+# %%
+_img = torch.arange(2 * 3 * 4 * 5.0).view(2, 3, 4, 5)
+_xy = sample_pixels(2, 20, 4, 5, torch.Generator().manual_seed(0))
+test_eq(sorted((_xy[0, :, 1] * 5 + _xy[0, :, 0]).tolist()), list(range(20)))      # all 20 distinct pixels
+test_eq(gather_pixels(_img, _xy), sample_features(_img, _xy, (4, 5)))             # same grid: exact
+# A stride-2 map [[2.5, 4.5], [10.5, 12.5]]: pixel (1, 1) is read at cell coordinate (1.5/2 − 0.5) = 0.25 in
+# both axes, i.e. weights 0.75/0.25; pixel (0, 0) falls before the first centre and takes the border value.
+_half = F.avg_pool2d(torch.arange(16.0).view(1, 1, 4, 4), 2)
+test_close(sample_features(_half, torch.tensor([[[1, 1], [0, 0]]]), (4, 4))[0, :, 0],
+           torch.tensor([0.75 * 0.75 * 2.5 + 0.75 * 0.25 * (4.5 + 10.5) + 0.25 * 0.25 * 12.5, 2.5]))
+test_fail(lambda: sample_pixels(1, 21, 4, 5), contains="cannot sample 21 distinct pixels")
+
+# %% [markdown]
+# The head itself. It takes any backbone whose layers `motion_nbs.models.layer_outputs` can read, and
+# infers the hypercolumn's width from one dry run.
+
+# %%
+#| export
+ALEXNET_HYPERCOLUMN = ("relu1", "pool1", "relu3", "pool5", "relu7")  # conv1, pool1, conv3, pool5, fc7 after ReLU
+
+class SparseHypercolumn(nn.Module):
+    "A backbone with a sparse hypercolumn MLP head: image + pixel locations → per-pixel outputs."
+    def __init__(self, backbone: nn.Module,  # the CNN (e.g. `AlexNetCPFS`)
+                 layers=ALEXNET_HYPERCOLUMN,  # backbone layers concatenated into the hypercolumn
+                 out_dim: int = 16,  # D: embedding size (16 in the thesis)
+                 hidden: int = 1024,  # hidden units of the MLP (1024 in the thesis)
+                 normalize: bool = True,  # L2-normalise the outputs (embeddings)
+                 probe_size: int = 128):  # input size of the dry run that measures the layers' widths
+        super().__init__()
+        from motion_nbs.models import layer_outputs
+        self.backbone, self.layers, self.normalize = backbone, tuple(layers), normalize
+        was = backbone.training
+        backbone.eval()
+        with torch.no_grad():
+            p = next(backbone.parameters())
+            feats = layer_outputs(backbone, torch.zeros(1, 3, probe_size, probe_size, dtype=p.dtype, device=p.device), self.layers)
+        backbone.train(was)
+        self.widths = [feats[n].shape[1] for n in self.layers]
+        self.mlp = nn.Sequential(nn.Linear(sum(self.widths), hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def hypercolumns(self, image, xy):
+        "Shape: `(B,3,H,W)`, `(B,N,2)` → `(B,N,ΣC)`."
+        from motion_nbs.models import layer_outputs
+        feats = layer_outputs(self.backbone, image, self.layers)
+        return torch.cat([sample_features(feats[n], xy, image.shape[-2:]) for n in self.layers], dim=-1)
+
+    def head(self, hyper):
+        out = self.mlp(hyper)
+        return F.normalize(out, dim=-1) if self.normalize else out
+
+    def forward(self, image, xy):
+        "Shape: image `(B,3,H,W)`, xy `(B,N,2)` → `(B,N,out_dim)`."
+        if image.ndim != 4 or image.shape[1] != 3: raise ValueError(f"image must have shape (B,3,H,W), got {tuple(image.shape)}")
+        if xy.shape[0] != image.shape[0]: raise ValueError(f"xy has {xy.shape[0]} images, image has {image.shape[0]}")
+        return self.head(self.hypercolumns(image, xy))
+
+@torch.no_grad()
+def dense_embedding(model: SparseHypercolumn,  # a trained head
+                    image: torch.Tensor,  # `(B,3,H,W)` images
+                    chunk: int = 8192  # pixels per MLP call (memory)
+                   ) -> torch.Tensor:
+    """The head's output at every pixel (for figures): backbone once, MLP over all pixels in chunks.
+
+    Shape: `(B,3,H,W)` → `(B,out_dim,H,W)`."""
+    from motion_nbs.models import layer_outputs
+    b, _, h, w = image.shape
+    feats = layer_outputs(model.backbone, image, model.layers)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    xy_all = torch.stack([xs.flatten(), ys.flatten()], -1)[None].expand(b, -1, -1).to(image.device)
+    outs = []
+    for s in range(0, h * w, chunk):
+        xy = xy_all[:, s:s + chunk]
+        outs.append(model.head(torch.cat([sample_features(feats[n], xy, (h, w)) for n in model.layers], dim=-1)))
+    return torch.cat(outs, 1).transpose(1, 2).reshape(b, -1, h, w)
+
+
+# %% [markdown]
+# ## The direct flow-classification baseline (section 3.3.5)
+#
+# The thesis' hypothesis is that matching flow *similarities* is a better teacher than predicting the
+# flow itself. The baseline keeps everything — backbone, hypercolumn, MLP — but predicts, per sampled
+# pixel, the class of each flow component among 16 uniform bins of the eq-3.8-normalised flow
+# (`flow_to_classes`, chapter 01) with a softmax cross-entropy for $x$ and one for $y$. (Direct $L^2$
+# regression did worse in the thesis' preliminary experiments.) The thesis trained it with a larger
+# initial learning rate, 0.01.
+
+# %%
+#| export
+BASELINE_LR = 0.01  # section 3.3.5: "a faster initial learning rate of 0.01"
+
+class FlowClassificationBaseline(nn.Module):
+    "Backbone + sparse hypercolumn predicting 16-way classes of the x and y flow per pixel."
+    def __init__(self, backbone: nn.Module, layers=ALEXNET_HYPERCOLUMN, num_bins: int = 16, hidden: int = 1024):
+        super().__init__()
+        self.num_bins = num_bins
+        self.net = SparseHypercolumn(backbone, layers, out_dim=2 * num_bins, hidden=hidden, normalize=False)
+
+    @property
+    def backbone(self): return self.net.backbone
+
+    def forward(self, image, xy):
+        "Shape: `(B,3,H,W)`, `(B,N,2)` → logits `(B,N,2,num_bins)`."
+        out = self.net(image, xy)
+        return out.view(*out.shape[:-1], 2, self.num_bins)
+
+def flow_classification_loss(logits: torch.Tensor,  # `(B,N,2,num_bins)` from `FlowClassificationBaseline`
+                             flow: torch.Tensor,  # `(B,N,2)` flow in pixels at the same pixels
+                             max_flow: float = 56.0  # M of eq 3.8
+                            ) -> torch.Tensor:
+    "Mean softmax cross-entropy of the x and y flow classes. Shape: → `()`."
+    from motion_nbs.flow import flow_to_classes
+    num_bins = logits.shape[-1]
+    if logits.shape[:-1] != flow.shape: raise ValueError(f"logits {tuple(logits.shape)} do not match flow {tuple(flow.shape)}")
+    if not torch.isfinite(flow).all(): raise ValueError("flow contains NaN or infinite values")
+    target = flow_to_classes(flow.transpose(-1, -2)[..., None], num_bins, max_flow)[..., 0].transpose(-1, -2)
+    return F.cross_entropy(logits.reshape(-1, num_bins), target.reshape(-1))
+
+
+# %%
+#| hide
+import nbdev; nbdev.nbdev_export()
