@@ -6,7 +6,7 @@
 __all__ = ['THESIS_SIGMA2', 'CPFS_LOSSES', 'ALEXNET_HYPERCOLUMN', 'BASELINE_LR', 'cosine_kernel', 'rbf_kernel',
            'kernel_log_softmax', 'kernel_alignment', 'cpfs_loss', 'CPFSLoss', 'sample_pixels', 'gather_pixels',
            'sample_features', 'SparseHypercolumn', 'dense_embedding', 'FlowClassificationBaseline',
-           'flow_classification_loss']
+           'flow_classification_loss', 'grouping_auc', 'embedding_to_rgb']
 
 # %% ../nbs/03_cpfs.ipynb #f658964e
 import math
@@ -229,3 +229,36 @@ def flow_classification_loss(logits: torch.Tensor,  # `(B,N,2,num_bins)` from `F
     if not torch.isfinite(flow).all(): raise ValueError("flow contains NaN or infinite values")
     target = flow_to_classes(flow.transpose(-1, -2)[..., None], num_bins, max_flow)[..., 0].transpose(-1, -2)
     return F.cross_entropy(logits.reshape(-1, num_bins), target.reshape(-1))
+
+# %% ../nbs/03_cpfs.ipynb #b051482b
+@torch.no_grad()
+def grouping_auc(embed,  # callable (images `(B,3,H,W)`, xy `(B,N,2)`) → embeddings `(B,N,D)`
+                 images: torch.Tensor,  # `(B,3,H,W)` held-out frames
+                 instances: torch.Tensor,  # `(B,H,W)` long instance ids (0 = background, one group)
+                 num_pixels: int = 512,  # pixels sampled per image
+                 seed: int = 0) -> float:
+    "ROC AUC of embedding cosine similarity for same- vs different-instance pixel pairs (pooled over images)."
+    from sklearn.metrics import roc_auc_score
+    b, _, h, w = images.shape
+    if instances.shape != (b, h, w): raise ValueError(f"instances must have shape {(b, h, w)}, got {tuple(instances.shape)}")
+    xy = sample_pixels(b, min(num_pixels, h * w), h, w, torch.Generator().manual_seed(seed), images.device)
+    e = F.normalize(embed(images, xy).float(), dim=-1)
+    ids = gather_pixels(instances[:, None].float(), xy)[..., 0]
+    sim = e @ e.transpose(1, 2)
+    same = ids[:, :, None] == ids[:, None, :]
+    iu = torch.triu_indices(xy.shape[1], xy.shape[1], offset=1)
+    scores, labels = sim[:, iu[0], iu[1]].flatten(), same[:, iu[0], iu[1]].flatten()
+    if labels.all() or not labels.any(): raise ValueError("need both same- and different-instance pairs to compute an AUC")
+    return float(roc_auc_score(labels.cpu().numpy(), scores.cpu().numpy()))
+
+def embedding_to_rgb(emb: torch.Tensor,  # `(B,D,H,W)` or `(D,H,W)` dense embeddings
+                     seed: int = 0  # seeds the random D→3 projection
+                    ) -> torch.Tensor:
+    """Colour image of embeddings through a fixed random D→3 projection, min–max scaled per image (fig 3.4).
+
+    Shape: `(…,D,H,W)` → `(…,3,H,W)` in [0,1]."""
+    d = emb.shape[-3]
+    proj = torch.randn(3, d, generator=torch.Generator().manual_seed(seed)).to(emb)
+    rgb = torch.einsum("cd,...dhw->...chw", proj, emb)
+    lo = rgb.amin(dim=(-3, -2, -1), keepdim=True); hi = rgb.amax(dim=(-3, -2, -1), keepdim=True)
+    return (rgb - lo) / (hi - lo).clamp_min(1e-12)

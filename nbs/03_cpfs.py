@@ -402,6 +402,62 @@ def flow_classification_loss(logits: torch.Tensor,  # `(B,N,2,num_bins)` from `F
     return F.cross_entropy(logits.reshape(-1, num_bins), target.reshape(-1))
 
 
+# %% [markdown]
+# ## Judging embeddings without labels in training
+#
+# The thesis judges CPFS by transfer (chapter 3b). Two quicker views, used by the training notebook:
+#
+# - **Grouping quality.** Embeddings should be similar for pixels of the same object and dissimilar
+#   across objects. On frames with instance masks (the synthetic scenes), `grouping_auc` samples pixels,
+#   scores every pair by the cosine similarity of their embeddings, and reports the ROC AUC of that score
+#   for separating same-instance pairs (background counts as one instance) from different-instance
+#   pairs: 0.5 is chance, 1 a perfect grouping.
+# - **Pictures.** `embedding_to_rgb` projects 16-D embeddings to colours with a fixed random
+#   $16 \to 3$ projection, as in the thesis' fig 3.4.
+
+# %%
+#| export
+@torch.no_grad()
+def grouping_auc(embed,  # callable (images `(B,3,H,W)`, xy `(B,N,2)`) → embeddings `(B,N,D)`
+                 images: torch.Tensor,  # `(B,3,H,W)` held-out frames
+                 instances: torch.Tensor,  # `(B,H,W)` long instance ids (0 = background, one group)
+                 num_pixels: int = 512,  # pixels sampled per image
+                 seed: int = 0) -> float:
+    "ROC AUC of embedding cosine similarity for same- vs different-instance pixel pairs (pooled over images)."
+    from sklearn.metrics import roc_auc_score
+    b, _, h, w = images.shape
+    if instances.shape != (b, h, w): raise ValueError(f"instances must have shape {(b, h, w)}, got {tuple(instances.shape)}")
+    xy = sample_pixels(b, min(num_pixels, h * w), h, w, torch.Generator().manual_seed(seed), images.device)
+    e = F.normalize(embed(images, xy).float(), dim=-1)
+    ids = gather_pixels(instances[:, None].float(), xy)[..., 0]
+    sim = e @ e.transpose(1, 2)
+    same = ids[:, :, None] == ids[:, None, :]
+    iu = torch.triu_indices(xy.shape[1], xy.shape[1], offset=1)
+    scores, labels = sim[:, iu[0], iu[1]].flatten(), same[:, iu[0], iu[1]].flatten()
+    if labels.all() or not labels.any(): raise ValueError("need both same- and different-instance pairs to compute an AUC")
+    return float(roc_auc_score(labels.cpu().numpy(), scores.cpu().numpy()))
+
+def embedding_to_rgb(emb: torch.Tensor,  # `(B,D,H,W)` or `(D,H,W)` dense embeddings
+                     seed: int = 0  # seeds the random D→3 projection
+                    ) -> torch.Tensor:
+    """Colour image of embeddings through a fixed random D→3 projection, min–max scaled per image (fig 3.4).
+
+    Shape: `(…,D,H,W)` → `(…,3,H,W)` in [0,1]."""
+    d = emb.shape[-3]
+    proj = torch.randn(3, d, generator=torch.Generator().manual_seed(seed)).to(emb)
+    rgb = torch.einsum("cd,...dhw->...chw", proj, emb)
+    lo = rgb.amin(dim=(-3, -2, -1), keepdim=True); hi = rgb.amax(dim=(-3, -2, -1), keepdim=True)
+    return (rgb - lo) / (hi - lo).clamp_min(1e-12)
+
+
+# %%
+_inst = torch.zeros(2, 8, 8, dtype=torch.long); _inst[:, :, 4:] = 1
+_oracle = lambda im, xy: F.one_hot(gather_pixels(_inst[:, None].float(), xy)[..., 0].long(), 2).float()
+test_eq(grouping_auc(_oracle, torch.rand(2, 3, 8, 8), _inst, num_pixels=32), 1.0)      # perfect grouping
+_noise = lambda im, xy: torch.randn(xy.shape[0], xy.shape[1], 16, generator=torch.Generator().manual_seed(0))
+assert abs(grouping_auc(_noise, torch.rand(2, 3, 8, 8), _inst, num_pixels=64) - 0.5) < 0.1  # chance
+test_eq(embedding_to_rgb(torch.randn(2, 16, 5, 6)).shape, (2, 3, 5, 6))
+
 # %%
 #| hide
 import nbdev; nbdev.nbdev_export()
