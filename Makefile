@@ -3,8 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-DEMO_NB ?= nbs/01_flow.ipynb
-DEMO_ARGS ?=
+DEMO_NB ?= nbs/03_cpfs_train.ipynb
+DEMO_ARGS ?= -p loss kta
 export MPLBACKEND ?= Agg
 
 .PHONY: demo test lab bench install references check export clean-nbs sync docs

@@ -35,6 +35,9 @@ from motion_nbs.flow import normalize_flow_log
 
 # %%
 #| hide
+import tempfile
+from pathlib import Path
+
 from fastcore.test import test_close, test_eq, test_fail
 
 # %% [markdown]
@@ -361,6 +364,25 @@ def dense_embedding(model: SparseHypercolumn,  # a trained head
 
 
 # %% [markdown]
+# On the appendix-A AlexNet (here the quarter-width variant of the CPU presets): the hypercolumn has
+# the widths of relu1, pool1, relu3, pool5 and relu7; embeddings are unit vectors; the dense embedding
+# agrees with the sparse one at the sampled pixels.
+
+# %%
+from motion_nbs.models import alexnet_cpfs_small
+
+torch.manual_seed(0)
+head = SparseHypercolumn(alexnet_cpfs_small(batchnorm=True)).eval()
+test_eq(head.widths, [24, 24, 96, 64, 64])
+_im = torch.rand(2, 3, 96, 128)
+_xy = sample_pixels(2, 16, 96, 128, torch.Generator().manual_seed(0))
+_e = head(_im, _xy)
+test_eq(_e.shape, (2, 16, 16))
+test_close(_e.norm(dim=-1), torch.ones(2, 16), eps=1e-5)
+_d = dense_embedding(head, _im)
+test_close(gather_pixels(_d, _xy), _e, eps=1e-5)
+
+# %% [markdown]
 # ## The direct flow-classification baseline (section 3.3.5)
 #
 # The thesis' hypothesis is that matching flow *similarities* is a better teacher than predicting the
@@ -457,6 +479,294 @@ test_eq(grouping_auc(_oracle, torch.rand(2, 3, 8, 8), _inst, num_pixels=32), 1.0
 _noise = lambda im, xy: torch.randn(xy.shape[0], xy.shape[1], 16, generator=torch.Generator().manual_seed(0))
 assert abs(grouping_auc(_noise, torch.rand(2, 3, 8, 8), _inst, num_pixels=64) - 0.5) < 0.1  # chance
 test_eq(embedding_to_rgb(torch.randn(2, 16, 5, 6)).shape, (2, 3, 5, 6))
+
+# %% [markdown]
+# ## Training
+#
+# Everything the training notebook `03_cpfs_train.ipynb` and the command line
+# (`motion_nbs_train --task motion_nbs.cpfs:train --loss ce ...`) run is here, so that the experiment
+# is one call. `CPFSTrainer` bundles the head, the loss (and its learnable σ) and the pixel sampling
+# into one module whose forward pass returns the loss — the form the learner (and DDP) expects.
+# Presets:
+#
+# | | `cpu` | `paper` (section 3.3.3) |
+# |---|---|---|
+# | network | appendix-A AlexNet, ¼ of the channels (`alexnet_cpfs_small`) | appendix-A AlexNet |
+# | batch, pixels, crop | 16, 256, 128×128 | 96, 512, 224×224 |
+# | steps | 600 | 200k with early stopping (patience 10 validations) |
+# | optimiser | Adam 1e-4 (baseline 1e-3) | Adam 1e-4 (baseline 0.01) |
+#
+# Both use parameter-free batch normalisation, folded into the convolutions after training, and the
+# thesis' augmentation (scale 1.01–1.5×, crop, flip, colour). Deviations in the `cpu` preset, for a
+# run of minutes on two cores: the smaller network, fewer pixels, a pool of 1024 rendered scenes
+# reused with augmentation rather than fresh data, and a baseline learning rate of 1e-3 (0.01 diverges
+# in so few steps with a quarter-width network).
+
+# %%
+#| export
+CPFS_TRAIN_LOSSES = CPFS_LOSSES + ("flow_cls",)
+CPFS_PRESETS = {
+    "cpu": dict(model="alexnet_cpfs_small", num_iters=600, batch_size=16, num_pixels=256, image_size=128, render_size=160,
+                pool_size=1024, lr=1e-4, baseline_lr=1e-3, valid_every=100, patience=None, num_valid=32),
+    "paper": dict(model="alexnet_cpfs", num_iters=200_000, batch_size=96, num_pixels=512, image_size=224, render_size=256,
+                  pool_size=None, lr=1e-4, baseline_lr=BASELINE_LR, valid_every=1000, patience=10, num_valid=5000),
+}
+
+def train_config(loss: str = "ce", data: str = "synthetic", preset: str = "cpu", num_iters=None, batch_size=None,
+                 num_pixels=None, image_size=None, sigma="learned", seed: int = 0, out_dir="_runs/cpfs") -> dict:
+    "Validate the training notebook's parameters and fill the unset ones from the preset."
+    from pathlib import Path
+    if loss not in CPFS_TRAIN_LOSSES: raise ValueError(f"loss={loss!r}; valid: {', '.join(CPFS_TRAIN_LOSSES)}")
+    if preset not in CPFS_PRESETS: raise ValueError(f"preset={preset!r}; valid: {', '.join(CPFS_PRESETS)}")
+    if data not in ("synthetic", "videos") and not Path(str(data)).expanduser().exists():
+        raise ValueError(f"data={data!r}; valid: 'synthetic', 'videos', or an existing folder of flow-pair shards")
+    cfg = dict(CPFS_PRESETS[preset])
+    for k, v in dict(num_iters=num_iters, batch_size=batch_size, num_pixels=num_pixels, image_size=image_size).items():
+        if v is None: continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k}={v!r}; expected a positive int")
+        cfg[k] = v
+    if cfg["num_pixels"] < 2 or cfg["num_pixels"] > cfg["image_size"] ** 2:
+        raise ValueError(f"num_pixels={cfg['num_pixels']}; expected 2..{cfg['image_size'] ** 2} for {cfg['image_size']}px crops")
+    if cfg["image_size"] < 64: raise ValueError(f"image_size={cfg['image_size']}; the network needs crops of at least 64 pixels")
+    if image_size is not None: cfg["render_size"] = max(cfg["render_size"], round(image_size * 1.25))
+    if sigma != "learned":
+        try: sigma = float(sigma)
+        except (TypeError, ValueError): raise ValueError(f"sigma={sigma!r}; valid: 'learned' or a positive number (σ²)") from None
+        if not sigma > 0: raise ValueError(f"sigma={sigma!r}; expected σ² > 0")
+    if not isinstance(seed, int): raise ValueError(f"seed={seed!r}; expected an int")
+    return dict(loss=loss, data=str(data), preset=preset, sigma=sigma, seed=seed, out_dir=str(out_dir), **cfg)
+
+
+# %%
+test_eq(train_config(loss="kta")["batch_size"], 16)
+test_eq(train_config(preset="paper", batch_size=32)["batch_size"], 32)
+test_fail(lambda: train_config(loss="l2"), contains="valid: kta, ce, ce_rev, flow_cls")
+test_fail(lambda: train_config(data="/no/such/folder"), contains="valid: 'synthetic', 'videos'")
+test_fail(lambda: train_config(num_pixels=10**6), contains="num_pixels=1000000")
+test_fail(lambda: train_config(sigma="big"), contains="'learned' or a positive number")
+
+
+# %%
+#| export
+class CPFSTrainer(nn.Module):
+    "Head + loss + pixel sampling in one module: forward(image, flow) → the training loss."
+    def __init__(self, net: nn.Module,  # `SparseHypercolumn` or `FlowClassificationBaseline`
+                 crit,  # a `CPFSLoss` (its σ may be learned) or `flow_classification_loss`
+                 num_pixels: int = 512):  # N: pixels sampled per image (512 in the thesis)
+        super().__init__()
+        self.net, self.crit, self.num_pixels = net, crit, num_pixels
+
+    def forward(self, image, flow):
+        "Shape: image `(B,3,H,W)`, flow `(B,2,H,W)` in pixels → `()`. Pixels drawn from torch's global RNG."
+        if image.shape[0] != flow.shape[0] or image.shape[-2:] != flow.shape[-2:]:
+            raise ValueError(f"image {tuple(image.shape)} and flow {tuple(flow.shape)} differ in batch or spatial size")
+        b, _, h, w = image.shape
+        xy = sample_pixels(b, self.num_pixels, h, w, device=image.device)
+        return self.crit(self.net(image, xy), gather_pixels(flow, xy))
+
+class _Pairs(torch.utils.data.Dataset):
+    "Samples of a dataset, optionally augmented, reduced to {image, flow}; `cache` keeps rendered samples."
+    def __init__(self, base, transform=None, cache: bool = False):
+        self.base, self.transform, self.cache = base, transform, {} if cache else None
+    def __len__(self): return len(self.base)
+    def __getitem__(self, i):
+        if self.cache is not None and i in self.cache: s = self.cache[i]
+        else:
+            s = self.base[i]
+            s = {k: s[k] for k in ("image", "flow")}
+            if self.cache is not None: self.cache[i] = s
+        if self.transform is not None: s = self.transform(s)
+        return {"image": s["image"], "flow": s["flow"]}
+
+def _video_pairs(render_size: int, seed: int, pairs_per_video: int = 48) -> list:
+    "Frame pairs of the sample videos with DIS flow, resized so the shorter side is `render_size`."
+    from motion_nbs.core import SAMPLE_VIDEOS, sample_video
+    from motion_nbs.data import paired_resize, video_frame_pairs
+    from motion_nbs.flow import estimate_flow
+    out = []
+    for k, name in enumerate(SAMPLE_VIDEOS):
+        for p in video_frame_pairs(sample_video(name), gap=5, num_pairs=pairs_per_video, seed=seed + k):
+            s = {"image": p["image"], "flow": estimate_flow(p["image"], p["next_image"])}
+            h, w = s["image"].shape[-2:]
+            f = render_size / min(h, w)
+            out.append(paired_resize(s, (round(h * f), round(w * f))))
+    return out
+
+def train_data(cfg: dict):
+    "(training set, validation set) for a `train_config`."
+    from motion_nbs.data import FlowPairDataset, PairedAugment, SceneDataset
+    aug = PairedAugment(crop_size=cfg["image_size"], colour=True)
+    r = cfg["render_size"]
+    valid = _Pairs(SceneDataset("shapes", length=cfg["num_valid"], seed=cfg["seed"] + 1_000_003, size=(cfg["image_size"],) * 2))
+    if cfg["data"] == "synthetic":
+        n = cfg["pool_size"] or cfg["num_iters"] * cfg["batch_size"]
+        return _Pairs(SceneDataset("shapes", length=n, seed=cfg["seed"], size=(r, r)), aug, cache=cfg["pool_size"] is not None), valid
+    if cfg["data"] == "videos": return _Pairs(_video_pairs(r, cfg["seed"]), aug), valid
+    return _Pairs(FlowPairDataset(cfg["data"]), aug), valid
+
+def build_cpfs_model(cfg: dict) -> CPFSTrainer:
+    "The network and loss of a `train_config` (seeded, so every loss starts from the same weights)."
+    from motion_nbs.core import seed_everything
+    from motion_nbs.models import create_model
+    seed_everything(cfg["seed"])
+    backbone = create_model(cfg["model"], batchnorm=True)
+    if cfg["loss"] == "flow_cls": return CPFSTrainer(FlowClassificationBaseline(backbone), flow_classification_loss, cfg["num_pixels"])
+    crit = CPFSLoss(cfg["loss"], sigma2=THESIS_SIGMA2 if cfg["sigma"] == "learned" else cfg["sigma"], learn_sigma=cfg["sigma"] == "learned")
+    return CPFSTrainer(SparseHypercolumn(backbone), crit, cfg["num_pixels"])
+
+def heldout_scenes(cfg: dict, num: int = 16) -> dict:
+    "Held-out `shapes` frames for evaluation and figures: a batch dict of image, flow, instances, categories."
+    from motion_nbs.data import SceneDataset
+    ds = SceneDataset("shapes", length=num, seed=cfg["seed"] + 2_000_003, size=(cfg["image_size"],) * 2)
+    items = [ds[i] for i in range(num)]
+    return {k: torch.stack([it[k] for it in items]) for k in ("image", "flow", "instances", "categories")}
+
+def _embedder(net):
+    "Embedding callable for `grouping_auc`: the CPFS head, or the baseline's logits as features."
+    return lambda im, xy: net(im, xy).flatten(2)
+
+
+# %% [markdown]
+# `train` runs one experiment end to end: data, model, `fit` (checkpoints, resume, early stopping,
+# DDP under torchrun), folding of the batch normalisation, the grouping AUC of the trained network
+# and of the same network at its random initialisation, and a `results.json` plus the folded weights
+# `model.pt` in `out_dir`.
+
+# %%
+#| export
+def train(loss: str = "ce", data: str = "synthetic", preset: str = "cpu", num_iters=None, batch_size=None,
+          num_pixels=None, image_size=None, sigma="learned", seed: int = 0, out_dir="_runs/cpfs", progress: bool = True) -> dict:
+    "Train a CPFS model (or the flow-classification baseline); returns results, the folded model and held-out frames."
+    import copy, json
+    from pathlib import Path
+    from motion_nbs.core import atomic_save, atomic_write
+    from motion_nbs.learner import fit, init_distributed
+    from motion_nbs.models import fold_batchnorm
+    cfg = train_config(loss, data, preset, num_iters, batch_size, num_pixels, image_size, sigma, seed, out_dir)
+    init_distributed()
+    out = Path(cfg["out_dir"]); out.mkdir(parents=True, exist_ok=True)
+    trainer = build_cpfs_model(cfg)
+    init_state = copy.deepcopy(trainer.state_dict())
+    sigma2_initial = trainer.crit.sigma2 if isinstance(trainer.crit, CPFSLoss) else None
+    train_ds, valid_ds = train_data(cfg)
+    lr = cfg["baseline_lr"] if loss == "flow_cls" else cfg["lr"]
+    summary = fit(trainer, train_ds, lambda m, b: m(b["image"], b["flow"]), out_dir=out, valid_data=valid_ds,
+                  max_steps=cfg["num_iters"], batch_size=cfg["batch_size"], lr=lr, valid_every=cfg["valid_every"],
+                  patience=cfg["patience"], checkpoint_every=cfg["valid_every"], seed=cfg["seed"], progress=progress,
+                  config={k: v for k, v in cfg.items() if k not in ("num_iters", "out_dir")})  # these may change on resume
+    trainer.eval()
+    net = trainer.net.net if loss == "flow_cls" else trainer.net
+    net.backbone = fold_batchnorm(net.backbone)
+    random = build_cpfs_model(cfg); random.load_state_dict(init_state); random.eval()
+    rnet = random.net.net if loss == "flow_cls" else random.net
+    held = heldout_scenes(cfg)
+    res = dict(summary, config=cfg, sigma2_initial=sigma2_initial,
+               sigma2_final=trainer.crit.sigma2 if isinstance(trainer.crit, CPFSLoss) else None,
+               auc_trained=grouping_auc(_embedder(net), held["image"], held["instances"], seed=seed),
+               auc_random=grouping_auc(_embedder(rnet), held["image"], held["instances"], seed=seed),
+               metrics_path=str(out / "metrics.jsonl"))
+    atomic_save({"backbone": net.backbone.state_dict(), "head": net.mlp.state_dict(),
+                 "meta": {"model": cfg["model"], "loss": loss, "layers": list(net.layers), "folded": True,
+                          "out_dim": net.mlp[-1].out_features, "hidden": net.mlp[0].out_features,
+                          "normalize": net.normalize, "image_size": cfg["image_size"]}}, out / "model.pt")
+    with atomic_write(out / "results.json") as tmp: tmp.write_text(json.dumps(res, indent=1))
+    return dict(res, model=net, random_model=rnet, heldout=held)
+
+
+# %% [markdown]
+# `load_cpfs` rebuilds a trained network from the `model.pt` that `train` writes (the backbone with its
+# batch normalisation folded, so it is the plain architecture with biases), for the transfer and
+# visualisation chapters. The file loads with `weights_only=True`.
+
+# %%
+#| export
+def load_cpfs(path  # a `model.pt` written by `train`, or the run folder holding it
+             ):
+    "The trained `SparseHypercolumn` (CPFS) or `FlowClassificationBaseline` (flow_cls) of a run, in eval mode."
+    from pathlib import Path
+    from motion_nbs.models import create_model
+    path = Path(path)
+    if path.is_dir(): path = path / "model.pt"
+    if not path.exists(): raise FileNotFoundError(f"{path}: no such checkpoint; train a model first (03_cpfs_train writes out_dir/model.pt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "meta" not in ckpt or "backbone" not in ckpt:
+        raise ValueError(f"{path}: not a CPFS model file (expected keys backbone, head, meta as written by `train`)")
+    meta = ckpt["meta"]
+    backbone = create_model(meta["model"], batchnorm=not meta["folded"])
+    backbone.load_state_dict(ckpt["backbone"])
+    if meta["loss"] == "flow_cls":
+        model = FlowClassificationBaseline(backbone, meta["layers"], num_bins=meta["out_dim"] // 2, hidden=meta["hidden"])
+        model.net.mlp.load_state_dict(ckpt["head"])
+    else:
+        model = SparseHypercolumn(backbone, meta["layers"], out_dim=meta["out_dim"], hidden=meta["hidden"], normalize=meta["normalize"])
+        model.mlp.load_state_dict(ckpt["head"])
+    model.meta = dict(meta)
+    return model.eval()
+
+
+# %%
+with tempfile.TemporaryDirectory() as _d:
+    from motion_nbs.models import alexnet_cpfs_small, fold_batchnorm
+    from motion_nbs.core import atomic_save
+    torch.manual_seed(0)
+    _m = SparseHypercolumn(alexnet_cpfs_small(batchnorm=True)).eval()
+    _m.backbone = fold_batchnorm(_m.backbone)
+    atomic_save({"backbone": _m.backbone.state_dict(), "head": _m.mlp.state_dict(),
+                 "meta": {"model": "alexnet_cpfs_small", "loss": "ce", "layers": list(_m.layers), "folded": True,
+                          "out_dim": 16, "hidden": 1024, "normalize": True, "image_size": 128}}, Path(_d) / "model.pt")
+    _l = load_cpfs(_d)
+    _im, _xy = torch.rand(2, 3, 64, 64), sample_pixels(2, 10, 64, 64)
+    test_close(_l(_im, _xy), _m(_im, _xy), eps=1e-5)
+    test_fail(lambda: load_cpfs(Path(_d) / "nope.pt"), contains="no such checkpoint")
+
+
+# %% [markdown]
+# ## Figures
+
+# %%
+#| export
+def show_embeddings(model: SparseHypercolumn, frames: dict, num_images: int = 4, seed: int = 0):
+    "Fig 3.4: frames, embeddings as colours (random 16→3 projection), flow colour, instances. Returns the figure."
+    import matplotlib.pyplot as plt
+    from motion_nbs.flow import flow_to_rgb
+    n = min(num_images, len(frames["image"]))
+    emb = embedding_to_rgb(dense_embedding(model.eval(), frames["image"][:n]), seed)
+    rows = [("frame", frames["image"][:n]), ("embedding", emb), ("flow", flow_to_rgb(frames["flow"][:n]))]
+    fig, axes = plt.subplots(4, n, figsize=(2.4 * n, 9.6), squeeze=False)
+    for r, (name, ims) in enumerate(rows):
+        for c in range(n): axes[r, c].imshow(ims[c].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+        axes[r, 0].set_ylabel(name)
+    for c in range(n): axes[3, c].imshow(frames["instances"][c].cpu().numpy(), cmap="tab10", interpolation="nearest")
+    axes[3, 0].set_ylabel("instances")
+    for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+def show_kernel_rows(model: SparseHypercolumn, frames: dict, sigma2: float = THESIS_SIGMA2, num_images: int = 2, seed: int = 0):
+    "Fig 3.2: for three pixels p, the rows K_f(p,·) (flow kernel) and K_φ(p,·) (embedding kernel) as images."
+    import matplotlib.pyplot as plt
+    from motion_nbs.flow import flow_to_rgb
+    n = min(num_images, len(frames["image"]))
+    emb = dense_embedding(model.eval(), frames["image"][:n])                    # (n, D, H, W)
+    h, w = emb.shape[-2:]
+    g = torch.Generator().manual_seed(seed)
+    fig, axes = plt.subplots(2 * n, 4, figsize=(10, 5 * n), squeeze=False)
+    for i in range(n):
+        fn = normalize_flow_log(frames["flow"][i]).flatten(1).T                  # (HW, 2)
+        e = emb[i].flatten(1).T                                                   # (HW, D)
+        axes[2 * i, 0].imshow(flow_to_rgb(frames["flow"][i]).permute(1, 2, 0).numpy()); axes[2 * i, 0].set_title("flow")
+        axes[2 * i + 1, 0].imshow(embedding_to_rgb(emb[i], seed).permute(1, 2, 0).numpy()); axes[2 * i + 1, 0].set_title("embedding")
+        for j, p in enumerate(torch.randint(0, h * w, (3,), generator=g).tolist()):
+            kf = rbf_kernel(torch.cat([fn[p:p + 1], fn])[None], math.sqrt(sigma2))[0, 0, 1:].view(h, w)
+            kp = cosine_kernel(torch.cat([e[p:p + 1], e])[None])[0, 0, 1:].view(h, w)
+            for r, (k, name) in enumerate(((kf, "$K_f$"), (kp, "$K_\\phi$"))):
+                ax = axes[2 * i + r, j + 1]
+                ax.imshow(k.numpy(), cmap="viridis"); ax.plot([p % w], [p // w], "r+", ms=12, mew=2)
+                ax.set_title(f"{name}(p{j + 1}, ·)")
+    for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
 
 # %%
 #| hide

@@ -18,3 +18,30 @@ def test_flow_chapter_rejects_bad_parameters(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="valid: 'dis', 'farneback'"):
         pm.execute_notebook(NBS / "01_flow.ipynb", tmp_path / "bad.ipynb", parameters=dict(method="lucas"),
                             cwd=NBS, progress_bar=False)
+
+
+def test_cpfs_training_notebook_smoke(tmp_path):
+    "A few steps of a CPFS loss and of the baseline end to end: results, folded weights that load with weights_only, metrics."
+    import json
+
+    import torch
+
+    for loss in ("kta", "flow_cls"):
+        run = tmp_path / loss
+        pm.execute_notebook(NBS / "03_cpfs_train.ipynb", tmp_path / f"{loss}.ipynb", cwd=NBS, progress_bar=False,
+                            parameters=dict(loss=loss, num_iters=3, batch_size=4, image_size=64, num_pixels=32, out_dir=str(run)))
+        res = json.loads((run / "results.json").read_text())
+        assert res["steps"] == 3 and res["config"]["loss"] == loss
+        assert 0.0 <= res["auc_trained"] <= 1.0 and 0.0 <= res["auc_random"] <= 1.0
+        ckpt = torch.load(run / "model.pt", weights_only=True)
+        assert ckpt["meta"]["folded"] and ckpt["meta"]["loss"] == loss
+        assert len((run / "metrics.jsonl").read_text().splitlines()) >= 1
+
+
+def test_cpfs_training_notebook_rejects_bad_parameters(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match="valid: kta, ce, ce_rev, flow_cls"):
+        pm.execute_notebook(NBS / "03_cpfs_train.ipynb", tmp_path / "bad.ipynb", parameters=dict(loss="l2"),
+                            cwd=NBS, progress_bar=False)
+    with pytest.raises(pm.PapermillExecutionError, match="preset='gpu'"):
+        pm.execute_notebook(NBS / "03_cpfs_train.ipynb", tmp_path / "bad.ipynb", parameters=dict(preset="gpu"),
+                            cwd=NBS, progress_bar=False)
