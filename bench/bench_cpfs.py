@@ -4,11 +4,10 @@
 hypercolumn head at batch 16, N = 512 pixels, for each CPFS loss and for the flow-classification
 baseline, against the same network with a trivial loss (the mean of the embeddings), measured in
 the same run: the goal is a ratio <= 1.25. (2) Peak memory of the CE loss alone (forward + backward)
-at B = 96, N = 512, measured as the growth of the peak resident set of a fresh process, beside the
+at B = 96, N = 512, measured as the growth of the peak resident set (VmHWM, reset through /proc/self/clear_refs) of a fresh process, beside the
 size of one B x N x N float32 kernel matrix. The last line printed is one JSON object.
 """
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -18,15 +17,15 @@ import torch
 SIZE, BATCH, PIXELS = 128, 16, 512
 
 
-def step_time(kind, reps=5):
+def make_step(kind):
+    "A closure doing one training step (sample pixels, forward, loss, backward, Adam) for `kind`."
     from motion_nbs.cpfs import CPFSLoss, FlowClassificationBaseline, SparseHypercolumn, flow_classification_loss
     from motion_nbs.cpfs import gather_pixels, sample_pixels
     from motion_nbs.models import AlexNetCPFS
     torch.manual_seed(0)
     backbone = AlexNetCPFS(batchnorm=True)
     if kind == "flow_cls":
-        model = FlowClassificationBaseline(backbone)
-        crit = flow_classification_loss
+        model, crit = FlowClassificationBaseline(backbone), flow_classification_loss
         params = list(model.parameters())
     else:
         model = SparseHypercolumn(backbone)
@@ -35,40 +34,53 @@ def step_time(kind, reps=5):
     opt = torch.optim.Adam(params, lr=1e-4)
     g = torch.Generator().manual_seed(0)
     image, flow = torch.rand(BATCH, 3, SIZE, SIZE, generator=g), torch.randn(BATCH, 2, SIZE, SIZE, generator=g) * 5
-    times = []
-    for i in range(reps + 1):
-        t = time.perf_counter()
+
+    def step():
         xy = sample_pixels(BATCH, PIXELS, SIZE, SIZE, g)
         loss = crit(model(image, xy), gather_pixels(flow, xy))
         opt.zero_grad(); loss.backward(); opt.step()
-        if i: times.append(time.perf_counter() - t)  # first step is warm-up
-    return sorted(times)[len(times) // 2]
+    return step
+
+
+def step_times(kinds, reps=5):
+    "Median step time per kind; the kinds are interleaved round by round so that load changes hit all alike."
+    steps = {k: make_step(k) for k in kinds}
+    for st in steps.values(): st()  # warm-up
+    times = {k: [] for k in kinds}
+    for _ in range(reps):
+        for k, st in steps.items():
+            t = time.perf_counter(); st(); times[k].append(time.perf_counter() - t)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 PEAK_SNIPPET = """
-import resource, sys, torch
+import sys, torch
 from motion_nbs.cpfs import cpfs_loss
 torch.set_num_threads(2)
 B, N = 96, 512
 emb = torch.randn(B, N, 16, requires_grad=True); flow = torch.randn(B, N, 2) * 5
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key): return int(line.split()[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak resident set (VmHWM) to the current one
+before = status("VmRSS:")
 if sys.argv[1] == "loss":
     cpfs_loss(emb, flow, "ce").backward()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+print(status("VmHWM:") - before)
 """
 
 
 def peak_growth(mode):
     out = subprocess.run([sys.executable, "-c", PEAK_SNIPPET, mode], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) * 1024  # ru_maxrss is in KiB on Linux
+    return int(out.stdout.strip().splitlines()[-1])
 
 
 def main():
     torch.set_num_threads(2)
     res = {"bench": "cpfs", "image_size": SIZE, "batch": BATCH, "pixels": PIXELS}
-    for kind in ("trivial", "kta", "ce", "ce_rev", "flow_cls"):
-        res[f"step_s_{kind}"] = step_time(kind)
-        print(f"{kind}: {res[f'step_s_{kind}'] * 1e3:.0f} ms/step")
+    for kind, t in step_times(("trivial", "kta", "ce", "ce_rev", "flow_cls")).items():
+        res[f"step_s_{kind}"] = t
+        print(f"{kind}: {t * 1e3:.0f} ms/step")
     for kind in ("kta", "ce", "ce_rev", "flow_cls"):
         res[f"ratio_{kind}_vs_trivial"] = res[f"step_s_{kind}"] / res["step_s_trivial"]
     res["ce_loss_peak_bytes_B96_N512"] = peak_growth("loss") - peak_growth("none")
