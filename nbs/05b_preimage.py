@@ -1,0 +1,886 @@
+# %%
+#| default_exp preimage
+
+# %% [markdown]
+# # Natural pre-images
+#
+# > One regularised energy and one optimiser for inversion, activation maximisation and caricaturisation of any differentiable representation (thesis sections 5.2, 5.4–5.6).
+
+# %% [markdown]
+# Chapter 5 of the thesis visualises a representation $\Phi$ — HOG, dense SIFT, a layer of a CNN — by
+# finding an image $\mathbf{x}$ whose code $\Phi(\mathbf{x})$ has a chosen property, while the image stays
+# *natural*. All three visualisations are instances of one problem (section 5.2, eq 5.1):
+#
+# $$\mathbf{x}^* = \operatorname*{argmin}_{\mathbf{x}}\ \mathcal{R}_\alpha(\mathbf{x}) + \mathcal{R}_{TV^\beta}(\mathbf{x}) + C\,\ell(\Phi(\mathbf{x}), \Phi_0).$$
+#
+# The loss $\ell$ decides *which* visualisation we get: a distance to the code of a probe image
+# (**inversion**), an inner product with an indicator vector (**activation maximisation**) or with the
+# probe's own positive activations (**caricaturisation**). The regularisers are the natural-image prior.
+# This chapter builds the pieces in that order — regularisers, losses, jitter, Algorithm 1 — and then the
+# three public entry points `invert`, `maximize` and `caricature`, plus the metrics of section 5.4.
+# The experiments (table 5.2, figs 5.2–5.20) live in `05c_preimage_experiments`.
+#
+# **Units.** The thesis works with zero-mean images whose pixel values span $0..255$ (the convention of
+# MatConvNet's networks); its constants $B = 80$ ("the typical $L^2$ norm of a pixel's RGB vector") and
+# $V = B/6.5$ only make sense there. The book's images are floats in $[0,1]$. So the solver's variable
+# $\mathbf{x}$ lives in the thesis' units, and $\Phi$ always sees the book's image
+# $\text{image} = \text{mean} + \mathbf{x}/255$ (`mean` defaults to the ImageNet mean). Every
+# representation therefore takes the same inputs as everywhere else in the book, and every constant keeps
+# the thesis' value.
+
+# %%
+#| export
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from motion_nbs.models import layer_outputs
+
+# %%
+#| hide
+from fastcore.test import test_close, test_eq, test_fail
+
+from motion_nbs.core import sample_image, show_images
+from motion_nbs.features import HOG
+
+
+# %% [markdown]
+# ## One parameter set
+#
+# "All the regularizers have been carefully normalized to balance the different terms [...] in all our
+# experiments we use one set of values: $C = 1$, $\alpha = 6$, $\beta = 2$, $B = 80$, $B_+ = 2B$, and
+# $V = B/6.5$" (section 5.2.2). Algorithm 1 adds the momentum $\rho = 0.9$, the initial learning rate
+# $\eta_0 = 0.01\,B^2/\alpha$ and $T = 300$ iterations, followed for inversion with jitter by 50 more
+# without jitter at $\eta_0/10$ (section 5.2.3). `PreimageParams` holds them; every entry point takes
+# overrides as keyword arguments (`invert(phi, x0, C=100)`), and a misspelt name is an error, not a
+# silently ignored option.
+
+# %%
+#| export
+@dataclass(frozen=True)
+class PreimageParams:
+    "The normalised parameters of section 5.2 (thesis units: zero-mean images in 0..255)."
+    C: float = 1.0  # weight of the loss against the regularisers
+    alpha: float = 6.0  # exponent of the bounded-range regulariser (eq 5.5)
+    beta: float = 2.0  # exponent of the TV regulariser
+    B: float = 80.0  # typical norm of a pixel's colour vector
+    B_plus: float | None = None  # hard bound on a pixel's norm (eq 5.6); None: 2B
+    V: float | None = None  # typical norm of the image gradient; None: B/6.5
+    jitter: int = 1  # T of eq 5.7: shifts in {0..T-1}^2; 1 means no jitter
+    num_iters: int = 300  # iterations of Algorithm 1
+    finetune_iters: int = 50  # inversion with jitter: further iterations without jitter at lr/10
+    momentum: float = 0.9  # rho of Algorithm 1
+    lr: float | None = None  # eta_0 of Algorithm 1; None: 0.01 B^2 / alpha
+    scale: float = 255.0  # thesis units per book unit: image = mean + x / scale
+
+    @property
+    def bound(self) -> float: return 2 * self.B if self.B_plus is None else self.B_plus
+    @property
+    def tv_scale(self) -> float: return self.B / 6.5 if self.V is None else self.V
+    @property
+    def lr0(self) -> float: return 0.01 * self.B ** 2 / self.alpha if self.lr is None else self.lr
+
+def preimage_params(base: PreimageParams | None = None,  # parameters to start from; None: the thesis' set
+                    **overrides  # any field of `PreimageParams`
+                   ) -> PreimageParams:
+    "The thesis' parameter set with `overrides`; unknown names and out-of-range values raise `ValueError`."
+    valid = [f.name for f in fields(PreimageParams)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown: raise ValueError(f"unknown pre-image parameter(s) {unknown}; valid: {', '.join(valid)}")
+    p = replace(base or PreimageParams(), **overrides)
+    positive = dict(alpha=p.alpha, B=p.B, bound=p.bound, V=p.tv_scale, lr=p.lr0, scale=p.scale, beta=p.beta)
+    bad = {k: v for k, v in positive.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)}
+    if bad: raise ValueError(f"pre-image parameters must be finite and > 0, got {bad}")
+    if not (math.isfinite(p.C) and p.C >= 0): raise ValueError(f"C must be finite and >= 0, got {p.C!r}")
+    if not 0 <= p.momentum < 1: raise ValueError(f"momentum must be in [0, 1), got {p.momentum!r}")
+    for name in ("jitter", "num_iters", "finetune_iters"):
+        v = getattr(p, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "jitter" else 0):
+            raise ValueError(f"{name} must be an int >= {1 if name == 'jitter' else 0}, got {v!r}")
+    return p
+
+
+# %%
+p = preimage_params()
+test_eq((p.C, p.alpha, p.beta, p.B, p.bound, p.num_iters, p.momentum), (1.0, 6.0, 2.0, 80.0, 160.0, 300, 0.9))
+test_close(p.tv_scale, 80 / 6.5); test_close(p.lr0, 0.01 * 6400 / 6)
+test_eq(preimage_params(C=100, jitter=4).C, 100)
+test_fail(lambda: preimage_params(lamda=1), contains="valid: C, alpha")
+test_fail(lambda: preimage_params(beta=0), contains="> 0")
+test_fail(lambda: preimage_params(jitter=0), contains="jitter must be an int >= 1")
+
+
+# %% [markdown]
+# ## Regularisers (section 5.2.2)
+#
+# **Bounded range.** For a colour image the term is isotropic in RGB: with $\|\mathbf{x}(v,u)\|$ the norm of
+# pixel $(v,u)$'s colour vector,
+#
+# $$N_\alpha(\mathbf{x}) = \frac{1}{HWB^\alpha}\sum_{v,u}\|\mathbf{x}(v,u)\|^\alpha \quad (5.5)$$
+#
+# so $N_\alpha \approx 1$ for an image of typical contrast; eq 5.6 adds the hard constraint
+# $\|\mathbf{x}(v,u)\| \le B_+$, enforced by the optimiser's projection below. Without the soft term,
+# pixels saturate; without the hard one, a network with normalisation layers could rescale the image at
+# will.
+#
+# **Bounded variation.** With forward differences per channel (zero at the last row and column),
+#
+# $$\mathcal{R}_{TV^\beta}(\mathbf{x}) = \frac{1}{HWV^\beta}\sum_{uvk}\left((x_{v,u+1,k} - x_{v,u,k})^2 + (x_{v+1,u,k} - x_{v,u,k})^2\right)^{\beta/2}.$$
+#
+# $\beta = 1$ is the usual TV norm, which leaves "spikes" (fig 5.2); $\beta = 2$ is the quadratic prior the
+# thesis uses. For $\beta < 2$ the term is not differentiable where the local gradient vanishes (nor, for
+# $\alpha < 2$, $N_\alpha$ at a black pixel); there we take the subgradient 0 instead of a NaN.
+#
+# Both return one value per image of the batch: the solver optimises a batch of independent problems.
+
+# %%
+#| export
+def _safe_pow(s, exponent):
+    "s ** exponent for s >= 0, with value and derivative 0 (not NaN/inf) where s == 0."
+    if exponent == 1: return s
+    nz = s > 0
+    return torch.where(nz, torch.where(nz, s, torch.ones_like(s)) ** exponent, torch.zeros_like(s))
+
+def alpha_norm(x: torch.Tensor,  # (B,C,H,W) images in thesis units
+               alpha: float = 6.0,  # exponent
+               B: float = 80.0  # typical pixel norm
+              ) -> torch.Tensor:
+    """$N_\\alpha$ of eq 5.5, one value per image.
+
+    Shape: `(B,C,H,W)` → `(B,)`."""
+    H, W = x.shape[-2:]
+    return _safe_pow(x.square().sum(1), alpha / 2).flatten(1).sum(1) / (H * W * B ** alpha)
+
+def tv_beta(x: torch.Tensor,  # (B,C,H,W) images in thesis units
+            beta: float = 2.0,  # exponent
+            V: float = 80.0 / 6.5  # typical norm of the image gradient
+           ) -> torch.Tensor:
+    """$\\mathcal{R}_{TV^\\beta}$ of section 5.2.2, forward differences per channel, one value per image.
+
+    Shape: `(B,C,H,W)` → `(B,)`."""
+    H, W = x.shape[-2:]
+    dx = F.pad(x.diff(dim=-1), (0, 1))
+    dy = F.pad(x.diff(dim=-2), (0, 0, 0, 1))
+    return _safe_pow(dx.square() + dy.square(), beta / 2).flatten(1).sum(1) / (H * W * V ** beta)
+
+
+# %% [markdown]
+# A hand computation on a $2\times2$ image: pixel norms $5, 0, 0, 1$ give $N_2 = (25 + 0 + 0 + 1)/(4B^2)$;
+# the gradient of $N_\alpha$ at a pixel is $\alpha\|\mathbf{x}\|^{\alpha-2}\mathbf{x}/(HWB^\alpha)$. For TV with
+# $\beta = 2$ on a single-channel $[[0, 1], [2, 4]]$ the squared forward differences are
+# $(1 + 4) + (0 + 9) + (2^2) + 0 = 18$.
+
+# %%
+x = torch.tensor([[[[3.0, 0.0], [0.0, 1.0]], [[4.0, 0.0], [0.0, 0.0]]]], dtype=torch.float64, requires_grad=True)
+test_close(alpha_norm(x, 2, 10.0), torch.tensor([26 / 400], dtype=torch.float64))
+alpha_norm(x, 6, 10.0).sum().backward()
+test_close(x.grad[0, :, 0, 0], 6 * 5.0 ** 4 * torch.tensor([3.0, 4.0], dtype=torch.float64) / (4 * 10.0 ** 6))
+test_eq(x.grad[0, :, 0, 1].tolist(), [0.0, 0.0])
+y = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]], dtype=torch.float64, requires_grad=True)
+test_close(tv_beta(y, 2, 1.0), torch.tensor([18 / 4], dtype=torch.float64))
+test_close(tv_beta(y, 1, 1.0), torch.tensor([(math.sqrt(5) + 3 + 2) / 4], dtype=torch.float64))
+tv_beta(y, 2, 1.0).sum().backward()    # d/dx00 of (1 + 4): -2*1 - 2*2 = -6
+test_close(y.grad[0, 0, 0, 0], -6 / 4)
+flat = torch.zeros(1, 3, 4, 4, requires_grad=True)
+(tv_beta(flat, 1.0) + alpha_norm(flat, 1.0)).sum().backward()
+assert torch.isfinite(flat.grad).all()  # the subgradient 0, not NaN, on a flat black image
+
+
+# %% [markdown]
+# **Texture and style (eq 5.8).** The texture term of Gatys et al. fits the same energy as one more
+# regulariser: the cross-channel correlations (Gram matrices) $\psi\circ\Phi_l$ of a few layers should
+# match those of a texture image,
+#
+# $$\mathcal{R}_{\text{tex}}(\mathbf{x}) = \sum_{l=1}^L w_l \left\|\psi\circ\Phi_l(\mathbf{x}) - \psi\circ\Phi_l(\mathbf{x}_{\text{tex}})\right\|^2_{\text{fro}},\qquad [\psi\circ\Phi_l(\mathbf{x})]_{cc'} = \sum_{uv}[\Phi_l]_{uvc}[\Phi_l]_{uvc'}.$$
+#
+# `TextureRegularizer` is a module from images to one value per image; pass it in `regularizers=` to any
+# entry point (inversion + texture = style transfer; `C=0` + texture = texture synthesis).
+
+# %%
+#| export
+def gram_matrix(features: torch.Tensor  # (B,C,...) feature maps
+               ) -> torch.Tensor:
+    """Cross-channel correlation $\\psi$ of eq 5.8: $\\sum_{uv} f_{uvc} f_{uvc'}$ (unnormalised, as in the thesis).
+
+    Shape: `(B,C,H,W)` → `(B,C,C)`."""
+    f = features.flatten(2)
+    return f @ f.transpose(1, 2)
+
+class TextureRegularizer(nn.Module):
+    "$\\mathcal{R}_{\\text{tex}}$ of eq 5.8: weighted Gram-matrix distances to a texture image, one value per image."
+    def __init__(self, phis,  # list of callables image -> feature maps (the layers Φ_l)
+                 texture: torch.Tensor,  # (1,C,H,W) or (C,H,W) texture image in [0,1] (book units)
+                 weights=None  # w_l, one per layer; None: all 1
+                ):
+        super().__init__()
+        self.phis = list(phis)
+        self.weights = [1.0] * len(self.phis) if weights is None else [float(w) for w in weights]
+        if len(self.weights) != len(self.phis): raise ValueError(f"got {len(self.weights)} weights for {len(self.phis)} layers")
+        texture = texture[None] if texture.ndim == 3 else texture
+        with torch.no_grad(): self.targets = [gram_matrix(phi(texture)).detach() for phi in self.phis]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return sum(w * (gram_matrix(phi(image)) - g).square().flatten(1).sum(1)
+                   for phi, w, g in zip(self.phis, self.weights, self.targets))
+
+
+# %%
+f = torch.tensor([[[[1.0, 2.0]], [[0.0, 3.0]]]])    # 2 channels, 1x2 positions
+test_eq(gram_matrix(f)[0].tolist(), [[5.0, 6.0], [6.0, 9.0]])
+tex = TextureRegularizer([lambda im: im], torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)), [2.0])
+test_close(tex(tex_im := torch.rand(2, 3, 8, 8)), 2 * (gram_matrix(tex_im) - tex.targets[0]).square().sum((1, 2)), eps=1e-3)
+test_eq(tex(torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))[None]).item(), 0.0)
+
+
+# %% [markdown]
+# ## Losses (section 5.2.1)
+#
+# **Inversion** compares the code with the probe's, normalised by the probe's code so that one $C$ serves
+# every representation; a binary mask $M$ restricts it to some channels or locations:
+#
+# $$\ell(\Phi(\mathbf{x}), \Phi_0; M) = \frac{\|(\Phi(\mathbf{x}) - \Phi_0)\odot M\|^2}{\|\Phi_0\odot M\|^2} \quad (5.2, 5.3)$$
+#
+# The same quantity is the **normalised reconstruction error** with which the thesis measures inversions
+# (table 5.2, fig 5.5). **Activation maximisation** and **caricaturisation** use an inner product with a
+# non-negative weight vector instead,
+#
+# $$\ell(\Phi(\mathbf{x}), \Phi_0) = -\frac{1}{Z}\langle\Phi(\mathbf{x}), \Phi_0\rangle. \quad (5.4)$$
+
+# %%
+#| export
+def normalized_error(phi_x: torch.Tensor,  # (B,...) codes Φ(x)
+                     phi0: torch.Tensor,  # (B,...) target codes Φ_0 (broadcastable to phi_x)
+                     mask: torch.Tensor | None = None  # binary mask M broadcastable to phi_x (eq 5.3)
+                    ) -> torch.Tensor:
+    """$\\|(\\Phi(x) - \\Phi_0)\\odot M\\|^2 / \\|\\Phi_0\\odot M\\|^2$ (eq 5.2/5.3): the inversion loss and error, per image.
+
+    Shape: `(B,...)` → `(B,)`."""
+    d, t = phi_x - phi0, phi0.expand_as(phi_x)
+    if mask is not None: d, t = d * mask, t * mask
+    return d.square().flatten(1).sum(1) / t.square().flatten(1).sum(1)
+
+def inner_product_loss(phi_x: torch.Tensor,  # (B,...) codes Φ(x)
+                       phi0: torch.Tensor,  # (B,...) weights Φ_0 >= 0 (one-hot, or max(0, Φ(x0)))
+                       Z  # normaliser: a number or a (B,) tensor
+                      ) -> torch.Tensor:
+    """$-\\langle\\Phi(x), \\Phi_0\\rangle / Z$ of eq 5.4, per image.
+
+    Shape: `(B,...)` → `(B,)`."""
+    return -(phi_x * phi0).flatten(1).sum(1) / Z
+
+
+# %%
+a, b = torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 4.0]])
+test_close(normalized_error(a, b), torch.tensor([9 / 16]))
+test_close(normalized_error(a, torch.tensor([[1.0, 2.0]]), mask=torch.tensor([0.0, 1.0])), torch.tensor([1.0]))
+test_close(inner_product_loss(a, torch.tensor([[0.0, 1.0]]), 2.0), torch.tensor([-2.0]))
+test_close(inner_product_loss(torch.ones(2, 3), torch.ones(2, 3), torch.tensor([1.0, 3.0])), torch.tensor([-3.0, -1.0]))
+
+
+# %% [markdown]
+# ## Jitter (eq 5.7)
+#
+# The third regulariser is implicit: each iteration feeds $\Phi$ a randomly shifted crop,
+# $[\operatorname{jitter}(\mathbf{x};\tau)](v,u) = \mathbf{x}(v + \tau_2, u + \tau_1)$ with
+# $\tau \in \{0..T-1\}^2$ uniform, so that the energy is an expectation over shifts,
+# $C\,\mathbb{E}_\tau[\ell(\Phi(\operatorname{jitter}(\mathbf{x};\tau)), \Phi_0)]$, sampled once per iteration.
+# As in the author's code, the solver optimises an $(H+T-1)\times(W+T-1)$ canvas and $\Phi$ sees
+# $H\times W$ crops of it, so the representation always gets images of the probe's size; the returned
+# pre-image is the central crop. One shift is drawn per iteration for the whole batch.
+
+# %%
+#| export
+def jitter(x: torch.Tensor,  # (B,C,H+T-1,W+T-1) canvas
+           T: int,  # jitter amount: shifts in {0..T-1}^2
+           generator: torch.Generator | None = None  # CPU generator for the shift; None: the central crop
+          ) -> torch.Tensor:
+    """The crop $\\operatorname{jitter}(x;\\tau)$ of eq 5.7 with a random shift, or the central crop without a generator.
+
+    Shape: `(B,C,H+T-1,W+T-1)` → `(B,C,H,W)`."""
+    H, W = x.shape[-2] - T + 1, x.shape[-1] - T + 1
+    if H < 1 or W < 1: raise ValueError(f"canvas {tuple(x.shape[-2:])} is smaller than the jitter T={T}")
+    if generator is None: ty = tx = (T - 1) // 2
+    else: ty, tx = torch.randint(0, T, (2,), generator=generator).tolist()
+    return x[..., ty:ty + H, tx:tx + W]
+
+
+# %%
+canvas = torch.arange(36.0).view(1, 1, 6, 6)
+test_eq(jitter(canvas, 3)[0, 0, 0].tolist(), [7.0, 8.0, 9.0, 10.0])        # central crop: shift (1, 1)
+g = torch.Generator().manual_seed(0)
+crops = {tuple(jitter(canvas, 3, g)[0, 0, 0, :1].tolist()) for _ in range(200)}
+test_eq(len(crops), 9)                                                      # all 3x3 shifts occur
+test_eq(jitter(canvas, 1), canvas)
+
+
+# %% [markdown]
+# ## Algorithm 1
+#
+# The optimiser is a variant of AdaGrad that, like AdaDelta, forgets old gradients with the momentum
+# factor $\rho = 0.9$, and then applies momentum to the scaled step:
+#
+# $$G_t = \rho G_{t-1} + g_t^2,\qquad \eta_t = \frac{1}{1/\eta_0 + \sqrt{G_t}},\qquad \mu_t = \rho\mu_{t-1} - \eta_t g_t,\qquad \mathbf{x}_{t+1} = \Pi_{B_+}(\mathbf{x}_t + \mu_t)$$
+#
+# all component-wise, with $\eta_0 = 0.01 B^2/\alpha$ (one gradient step of $\mathcal{R}_\alpha$ alone from a
+# grey pixel of intensity $B$ lands at 0 for $\eta_0 = B^2/\alpha$; a hundredth of it is safe).
+# $\Pi_{B_+}$ projects onto eq 5.6's feasible set: a pixel whose colour vector is longer than $B_+$ is
+# rescaled to norm $B_+$, as in the author's code. `algorithm1_step` updates `x`, `G` and `mu` in place
+# (a few fused tensor operations: the cost of an iteration is that of $\Phi$'s forward and backward pass).
+
+# %%
+#| export
+def algorithm1_step(x: torch.Tensor,  # (B,C,H,W) current image x_t, updated in place to x_{t+1}
+                    grad: torch.Tensor,  # g_t = ∇E(x_t)
+                    G: torch.Tensor,  # accumulated squared gradient, updated in place
+                    mu: torch.Tensor,  # momentum, updated in place
+                    lr: float,  # η_0
+                    momentum: float = 0.9,  # ρ
+                    bound: float = 160.0  # B_+: the largest norm of a pixel's colour vector
+                   ) -> torch.Tensor:
+    "One iteration of Algorithm 1 (lines 4–8), in place; returns `x`."
+    with torch.no_grad():
+        G.mul_(momentum).addcmul_(grad, grad)
+        eta = G.sqrt().add_(1.0 / lr).reciprocal_()
+        mu.mul_(momentum).addcmul_(eta, grad, value=-1.0)
+        x.add_(mu)
+        norm = x.square().sum(1, keepdim=True).sqrt_()
+        x.mul_(norm.clamp_(min=bound).reciprocal_().mul_(bound))   # min(1, B+/|x|) per pixel
+    return x
+
+
+# %% [markdown]
+# A step by hand: from $G = \mu = 0$ with $g = 2$, $\eta_0 = 1$, $\rho = 0.9$: $G = 4$, $\eta = 1/(1 + 2) = 1/3$,
+# $\mu = -2/3$; a second step with $g = -1$: $G = 3.6 + 1 = 4.6$, $\eta = 1/(1 + \sqrt{4.6})$,
+# $\mu = 0.9\cdot(-2/3) + \eta$. A pixel pushed beyond $B_+$ comes back to the sphere of radius $B_+$,
+# keeping its colour's direction.
+
+# %%
+x, G, mu = torch.zeros(1, 1, 1, 1, dtype=torch.float64), torch.zeros(1, 1, 1, 1, dtype=torch.float64), torch.zeros(1, 1, 1, 1, dtype=torch.float64)
+algorithm1_step(x, torch.full_like(x, 2.0), G, mu, lr=1.0, momentum=0.9, bound=100.0)
+test_close(x.item(), -2 / 3); test_close(G.item(), 4.0); test_close(mu.item(), -2 / 3)
+algorithm1_step(x, torch.full_like(x, -1.0), G, mu, lr=1.0, momentum=0.9, bound=100.0)
+m2 = 0.9 * (-2 / 3) + 1 / (1 + math.sqrt(4.6))
+test_close(G.item(), 4.6); test_close(mu.item(), m2); test_close(x.item(), -2 / 3 + m2)
+x = torch.tensor([[[[300.0]], [[400.0]]]])          # norm 500 > B+ = 160
+algorithm1_step(x, torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x), lr=1.0, bound=160.0)
+test_close(x.flatten(), torch.tensor([96.0, 128.0]), eps=1e-4)
+
+# %% [markdown]
+# ## The solver
+#
+# `solve_preimage` minimises eq 5.1 (with jitter, eq 5.7) for a batch of independent problems: the
+# energy of the batch is the sum of the per-image energies, so each image gets exactly its own gradient
+# ($\Phi$ must treat the images of a batch independently: models in `eval` mode). The data term is any
+# callable from book-unit images to one loss per image. It records, per iteration and image, the energy
+# and its terms, and stops with a clear error the first time a term is not finite — a representation
+# that returns NaN would otherwise silently turn the whole image into NaN one step later.
+#
+# **Scale of the gradient.** Section 5.2.3 sets $\eta_0$ by reasoning that one gradient step of
+# $\mathcal{R}_\alpha$ on a grey pixel of intensity $B$ moves it by $\eta_0\alpha/B$: the gradient of the
+# regulariser *at one pixel* is taken to be $\alpha/B$, i.e. without the $1/HW$ of eq 5.5. Algorithm 1 is
+# not invariant to the scale of $E$ (its steps are $\approx\eta_0 g$ for small gradients), so we run it on
+# $HW\cdot\nabla E$ — the same minimiser, and the step sizes the $\eta_0$ heuristic assumes. With the
+# literal $\nabla E$ every per-pixel gradient is $HW$ times smaller (about $10^{-5}$ of $B$ per step for a
+# $224\times224$ image) and 300 iterations barely leave the initial noise. The recorded energies are
+# those of eq 5.1.
+#
+# Initialisation follows the author's code: i.i.d. uniform noise scaled so that the 95% quantile of its
+# magnitude is $B/\sqrt 3$ (so a pixel's colour norm is about $B\cdot 0.6$).
+
+# %%
+#| export
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+@dataclass
+class Preimage:
+    "The result of `invert`, `maximize` or `caricature`."
+    images: torch.Tensor  # (B,C,H,W) pre-images in book units (mean + x/scale; not clipped to [0,1])
+    history: dict  # per-iteration (T,B) tensors: "energy", "loss" (ℓ, before C), "alpha", "tv", "extra"
+    error: torch.Tensor | None = None  # inversion only: final normalised error (eq 5.2/5.3) per image, (B,)
+
+def image_mean(channels: int,  # number of colour channels
+               mean=None  # a number, a sequence of `channels` numbers, or None: the ImageNet mean
+              ) -> torch.Tensor:
+    "The mean image colour added to the solver's zero-mean variable, `(1,C,1,1)`; default ImageNet's (its average for C != 3)."
+    if mean is None: mean = IMAGENET_MEAN if channels == 3 else [sum(IMAGENET_MEAN) / 3] * channels
+    m = torch.as_tensor(mean, dtype=torch.float32).flatten()
+    if m.numel() == 1: m = m.expand(channels)
+    if m.numel() != channels: raise ValueError(f"mean has {m.numel()} values for images with {channels} channels")
+    return m.view(1, channels, 1, 1).clone()
+
+def initial_noise(shape,  # (B,C,H,W)
+                  B: float = 80.0,  # typical pixel norm
+                  generator: torch.Generator | None = None  # CPU generator
+                 ) -> torch.Tensor:
+    "I.i.d. uniform noise whose magnitude has its 95% quantile at $B/\\sqrt3$, drawn on the CPU (same bytes on any device)."
+    return (torch.rand(shape, generator=generator) * 2 - 1) * (B / math.sqrt(3) / 0.95)
+
+
+# %%
+n = initial_noise((2, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+test_close(n.abs().flatten().quantile(0.95).item(), 80 / math.sqrt(3), eps=1.0)
+test_eq(image_mean(3).flatten().tolist(), list(torch.tensor(IMAGENET_MEAN).tolist()))
+test_eq(image_mean(1, 0.5).shape, (1, 1, 1, 1))
+test_fail(lambda: image_mean(3, (0.1, 0.2)), contains="2 values for images with 3 channels")
+
+
+# %%
+#| export
+def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) loss ℓ
+                   x: torch.Tensor,  # (B,C,H+T-1,W+T-1) initial canvas in thesis units (not modified)
+                   params: PreimageParams | None = None,  # `preimage_params(...)`; None: the thesis' set
+                   mean: torch.Tensor | None = None,  # (1,C,1,1) from `image_mean`; None: ImageNet's
+                   regularizers=(),  # callables image -> (B,), added to the energy (e.g. `TextureRegularizer`)
+                   finetune: bool = False,  # add `finetune_iters` without jitter at lr/10 (inversion with jitter)
+                   generator: torch.Generator | None = None,  # CPU generator for the jitter shifts
+                   progress: bool = False  # show a tqdm bar
+                  ) -> tuple[torch.Tensor, dict]:
+    """Minimise eq 5.1/5.7 with Algorithm 1: returns the final canvas (thesis units) and the history.
+
+    Shape: x `(B,C,H+T-1,W+T-1)` → `(B,C,H+T-1,W+T-1)`, history values `(iterations,B)`."""
+    p = params or PreimageParams()
+    T = p.jitter
+    mean = (image_mean(x.shape[1]) if mean is None else mean).to(x)
+    x = x.detach().clone()
+    area = x.shape[-2] * x.shape[-1]   # Algorithm 1 runs on the per-pixel scale of the η0 heuristic (see above)
+    G, mu = torch.zeros_like(x), torch.zeros_like(x)
+    stages = [(p.num_iters, T > 1, p.lr0)]
+    if finetune and T > 1: stages.append((p.finetune_iters, False, p.lr0 / 10))
+    hist = {k: [] for k in ("energy", "loss", "alpha", "tv", "extra")}
+    from tqdm.auto import tqdm
+    bar = tqdm(total=sum(s[0] for s in stages), disable=not progress, desc="pre-image", leave=False)
+    try:
+        for iters, jittered, lr in stages:
+            for t in range(iters):
+                x.requires_grad_(True)
+                image = jitter(x, T, generator if jittered else None) / p.scale + mean
+                loss = data_loss(image)
+                ra, rtv = alpha_norm(x, p.alpha, p.B), tv_beta(x, p.beta, p.tv_scale)
+                extra = sum((r(image) for r in regularizers), torch.zeros_like(ra))
+                energy = ra + rtv + p.C * loss + extra
+                if not torch.isfinite(energy).all():
+                    bad = [k for k, v in (("loss (phi's output)", loss), ("alpha", ra), ("tv", rtv), ("extra regularizers", extra))
+                           if not torch.isfinite(v).all()]
+                    raise ValueError(f"the pre-image energy is not finite at iteration {len(hist['energy'])}: "
+                                     f"non-finite {', '.join(bad)} — does phi return NaN/inf for these images?")
+                grad, = torch.autograd.grad(energy.sum() * area, x)
+                x = x.detach()
+                algorithm1_step(x, grad, G, mu, lr, p.momentum, p.bound)
+                for k, v in zip(hist, (energy, loss, ra, rtv, extra)): hist[k].append(v.detach())
+                bar.update()
+    finally:
+        bar.close()
+    return x, {k: torch.stack(v) if v else x.new_zeros(0, x.shape[0]) for k, v in hist.items()}
+
+
+# %% [markdown]
+# **An identity representation** is the simplest check of the whole loop: with $\Phi(\mathbf{x}) = \mathbf{x}$
+# and a large $C$ (here $10^4$: at $C = 100$ the TV prior visibly blurs a natural image's code), the
+# pre-image must converge to the probe itself, and the energy must go down. Note the floor: Algorithm 1's
+# step is $\approx g/\sqrt{G}$ once gradients are large, which does not shrink, so the iterate keeps
+# jittering by about one grey level around the minimiser (the 50 fine-tuning iterations at $\eta_0/10$ do
+# not change that; the thesis' error floors include it).
+
+# %%
+x0 = sample_image("astronaut")[None, :, 80:112, 200:232]
+mean = image_mean(3)
+target = x0.clone()
+xs, hist = solve_preimage(lambda im: normalized_error(im, target), initial_noise(x0.shape, generator=torch.Generator().manual_seed(0)),
+                          preimage_params(C=1e4, num_iters=200), mean)
+recon = xs / 255 + mean
+assert (recon - x0).abs().mean() < 0.03, (recon - x0).abs().mean()
+assert hist["loss"][-1, 0] < 0.005
+assert hist["energy"][-1, 0] < 0.05 * hist["energy"][0, 0]
+test_eq(hist["energy"].shape, (200, 1))
+
+
+# %% [markdown]
+# ## Inversion (section 5.4)
+#
+# `invert(phi, x0)` reconstructs an image from $\Phi_0 = \Phi(\mathbf{x}_0)$ starting from noise, so the only
+# information the solver has about $\mathbf{x}_0$ is its code. `target=` gives $\Phi_0$ directly (with
+# `shape=(C,H,W)` for the image), `mask=` restricts the loss (eq 5.3). A batch of probes is inverted
+# together. The result carries the final normalised error (eq 5.2) of each pre-image, measured on the
+# returned image without jitter.
+
+# %%
+#| exporti
+def _check_images(x, name):
+    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
+        what = f"shape {tuple(x.shape)}, dtype {x.dtype}" if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{name} must be a float tensor of images (B,C,H,W), got {what}")
+
+def _codes(phi, image, name="phi"):
+    out = phi(image)
+    if not torch.is_tensor(out): raise ValueError(f"{name} must return a tensor, got {type(out).__name__}")
+    if out.shape[0] != image.shape[0]:
+        raise ValueError(f"{name} must return one code per image: {image.shape[0]} images gave shape {tuple(out.shape)}")
+    return out
+
+def _setup(shape, params, mean, seed, x_init=None):
+    "Parameters, mean, CPU generator and the initial canvas (noise, or `x_init` padded for the jitter)."
+    p = preimage_params(**params)
+    gen = torch.Generator().manual_seed(int(seed))
+    B, C, H, W = shape
+    m = image_mean(C, mean)
+    if x_init is None: x = initial_noise((B, C, H + p.jitter - 1, W + p.jitter - 1), p.B, gen)
+    else:
+        lo = (p.jitter - 1) // 2
+        x = (x_init.detach().cpu().float() - m) * p.scale
+        x = F.pad(x, (lo, p.jitter - 1 - lo, lo, p.jitter - 1 - lo), mode="replicate") if p.jitter > 1 else x
+    return p, gen, m, x
+
+
+# %%
+#| export
+def invert(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...)
+           x0: torch.Tensor | None = None,  # (B,C,H,W) probe images; or give `target` and `shape`
+           target: torch.Tensor | None = None,  # (B,...) codes Φ_0 to invert (instead of x0)
+           mask: torch.Tensor | None = None,  # binary mask broadcastable to the codes (eq 5.3)
+           shape=None,  # (C,H,W) of the pre-images when only `target` is given
+           mean=None,  # image mean (see `image_mean`); None: ImageNet's
+           regularizers=(),  # extra regularisers, e.g. `TextureRegularizer`
+           seed: int = 0,  # seeds the initial noise and the jitter
+           progress: bool = False,  # show a tqdm bar
+           **params  # overrides of `PreimageParams` (C, beta, jitter, num_iters, ...)
+          ) -> Preimage:
+    """Natural pre-images of the codes $\\Phi(x_0)$ (eq 5.1 with the loss eq 5.2/5.3), from random noise.
+
+    Shape: x0 `(B,C,H,W)` or target `(B,...)` with shape `(C,H,W)` → images `(B,C,H,W)`, error `(B,)`."""
+    if x0 is not None:
+        _check_images(x0, "x0")
+        with torch.no_grad(): computed = _codes(phi, x0).detach()
+        if target is not None and target.shape != computed.shape:
+            raise ValueError(f"target has shape {tuple(target.shape)} but phi(x0) has shape {tuple(computed.shape)}")
+        target = computed if target is None else target.detach()
+        shape = tuple(x0.shape)
+    elif target is None: raise ValueError("invert needs x0 (probe images) or target (codes) with shape=(C,H,W)")
+    else:
+        if shape is None or len(shape) != 3: raise ValueError(f"with target only, give shape=(C,H,W) of the pre-images; got shape={shape!r}")
+        shape = (target.shape[0], *shape)
+        target = target.detach()
+    p, gen, mean, x = _setup(shape, params, mean, seed)
+    device = target.device
+    x, mean = x.to(device), mean.to(device)
+    with torch.no_grad(): probe = _codes(phi, jitter(x, p.jitter) / p.scale + mean)
+    if probe.shape != target.shape:
+        raise ValueError(f"target has shape {tuple(target.shape)}, but phi gives codes of shape {tuple(probe.shape)} "
+                         f"for images of shape {tuple(shape)}")
+    if not torch.isfinite(target).all(): raise ValueError("the target codes contain NaN or inf (does phi return NaN for x0?)")
+    if mask is not None:
+        mask = torch.as_tensor(mask, dtype=target.dtype, device=device)
+        try: torch.broadcast_shapes(mask.shape, target.shape)
+        except RuntimeError: raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the codes {tuple(target.shape)}") from None
+    denom = (target * (1 if mask is None else mask)).square().flatten(1).sum(1)
+    if (denom == 0).any():
+        raise ValueError(f"the target code of image(s) {(denom == 0).nonzero().flatten().tolist()} is all zeros (under the mask): "
+                         "the normalised loss of eq 5.2 is undefined")
+    x, hist = solve_preimage(lambda im: normalized_error(phi(im), target, mask), x, p, mean, regularizers,
+                             finetune=True, generator=gen, progress=progress)
+    images = jitter(x, p.jitter) / p.scale + mean
+    with torch.no_grad(): err = normalized_error(phi(images), target, mask)
+    return Preimage(images, hist, err)
+
+
+# %% [markdown]
+# HOG of a $64\times64$ crop, inverted with the thesis' HOG settings ($C = 100$, no jitter): the pre-image
+# is a different image with (nearly) the same HOG. The same seed gives the same bytes.
+
+# %%
+x0 = sample_image("astronaut")[None, :, 60:124, 190:254]
+hog = HOG()
+res = invert(hog, x0, C=100, num_iters=120)
+test_eq(res.images.shape, x0.shape)
+assert res.error.item() < 0.35, res.error
+assert res.history["energy"][-1, 0] < res.history["energy"][0, 0]
+test_eq(invert(hog, x0, C=100, num_iters=5, seed=3).images, invert(hog, x0, C=100, num_iters=5, seed=3).images)
+test_fail(lambda: invert(hog, target=torch.rand(1, 31, 3, 3), shape=(3, 64, 64)), contains="phi gives codes of shape (1, 31, 8, 8)")
+test_fail(lambda: invert(lambda im: im * float("nan"), x0), contains="NaN")
+fig = show_images([x0[0], res.images[0].clamp(0, 1)], titles=["x0", f"HOG pre-image, error {100 * res.error.item():.1f}%"], size=3)
+
+
+# %% [markdown]
+# ## Activation maximisation (section 5.5)
+#
+# With $\Phi_0 = \mathbf{e}_i$ the indicator of one component, eq 5.4 maximises that component. The thesis
+# normalises by $Z = M\rho^2$ (eq 5.9): $M$ is the typical maximum of the component (its maximum over the
+# ILSVRC validation images; here over the book's natural images, `natural_images`), $\rho$ the size of its
+# receptive field (`motion_nbs.models.receptive_fields`).
+#
+# **Deviation: $\rho = 1$ by default.** With the regularisers normalised by the image area as in eq 5.5,
+# $Z = M\rho^2$ makes the data term about $\rho^2$ times weaker than the prior, and the unit is not
+# activated at all. Measured on the offline EfficientNet-lite0 (96×96 pre-images, 60 iterations): unit 0 of
+# `blocks.2` ($M = 27$, $\rho = 67$) ends at $-2.7$ with $Z = M\rho^2$ and at $91$ with $Z = M$; class 31
+# ("tree frog", $M = 5.4$) at $0.39$ vs $84$. So `maximize` uses $Z = M$ (the loss is about $-1$ when the
+# unit reaches its typical maximum, commensurate with $\mathcal{R}_\alpha \approx \mathcal{R}_{TV} \approx 1$),
+# and `rho=` restores the thesis' form. A unit is a channel index — the channel at the centre of a feature map, as in the thesis —
+# or a full index into one code (`(c, y, x)`); a list of units is solved as one batch, one image each.
+
+# %%
+#| exporti
+def _unit_index(unit, code_shape):
+    "Index tuple of `unit` (an int channel, taken at the map's centre, or a full index) into one code of `code_shape`."
+    if isinstance(unit, int) and not isinstance(unit, bool):
+        idx = (unit,) + tuple(s // 2 for s in code_shape[1:])
+    elif isinstance(unit, (tuple, list)) and all(isinstance(u, int) for u in unit): idx = tuple(unit)
+    else: raise ValueError(f"a unit is an int channel or a tuple of ints, got {unit!r}")
+    if len(idx) != len(code_shape) or any(not 0 <= i < s for i, s in zip(idx, code_shape)):
+        raise ValueError(f"unit {unit!r} is out of range for codes of shape {tuple(code_shape)} (per image)")
+    return idx
+
+
+# %%
+test_eq(_unit_index(5, (10, 7, 9)), (5, 3, 4))
+test_eq(_unit_index((1, 0, 2), (10, 7, 9)), (1, 0, 2))
+test_eq(_unit_index(3, (10,)), (3,))
+test_fail(lambda: _unit_index(10, (10, 7, 9)), contains="out of range for codes of shape (10, 7, 9)")
+test_fail(lambda: _unit_index((1, 2), (10, 7, 9)), contains="out of range")
+
+
+# %%
+#| export
+def natural_images(n: int = 8,  # number of images (photos first, then video frames)
+                   size: int = 128,  # side of the square images
+                   channels: int = 3  # 3 (RGB) or 1 (grey)
+                  ) -> torch.Tensor:
+    """The book's offline natural image set: scikit-image photos, then frames spread over the sample videos.
+
+    Centre square crops resized to `size`. Shape: `(n,channels,size,size)` in [0,1]."""
+    from motion_nbs.core import read_video_frames, sample_image, sample_video
+    photos = ["astronaut", "chelsea", "coffee", "rocket", "camera", "clock", "coins", "moon"]
+    names = photos[:n]
+    rest = n - len(names)
+    videos = {"bikes": 250, "bigbuckbunny": 132, "carphone": 120}
+    per = [rest // 3 + (i < rest % 3) for i in range(3)]
+    ims = [sample_image(name) for name in names]
+    for (video, length), k in zip(videos.items(), per):
+        if k: ims.extend(read_video_frames(sample_video(video), [int((i + 0.5) * length / k) for i in range(k)]))
+    out = []
+    for im in ims:
+        h, w = im.shape[-2:]
+        s = min(h, w)
+        crop = im[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        out.append(F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0])
+    x = torch.stack(out).clamp(0, 1)
+    if channels == 1: x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif channels != 3: raise ValueError(f"channels must be 1 or 3, got {channels}")
+    return x
+
+
+# %%
+ims = natural_images(10, 48)
+test_eq(ims.shape, (10, 3, 48, 48))
+assert 0 <= ims.min() and ims.max() <= 1 and (ims[8] - ims[9]).abs().mean() > 0.01  # two different video frames
+test_eq(natural_images(2, 32, channels=1).shape, (2, 1, 32, 32))
+
+
+# %%
+#| export
+def unit_maximum(phi,  # module or callable from images to codes
+                 units,  # a unit or a list of units (see `maximize`)
+                 images: torch.Tensor  # (N,C,H,W) probe images, e.g. `natural_images`
+                ) -> torch.Tensor:
+    "M of eq 5.9: the largest value of each unit over `images` (its magnitude if it is never positive), `(len(units),)`."
+    units = units if isinstance(units, list) else [units]
+    with torch.no_grad(): codes = _codes(phi, images)
+    idx = [_unit_index(u, codes.shape[1:]) for u in units]
+    vals = torch.stack([codes[(slice(None),) + i] for i in idx], 1)   # (N, units)
+    m = vals.amax(0)
+    return torch.where(m > 0, m, vals.abs().amax(0).clamp_min(1e-6))
+
+def maximize(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...)
+             unit,  # int channel (centre location), index tuple, or a list of them (one pre-image each)
+             shape=(3, 224, 224),  # (C,H,W) of the pre-images
+             M=None,  # typical maximum of the unit(s) (number or (B,)); None: `unit_maximum` over 8 natural images
+             rho: float = 1.0,  # ρ of eq 5.9 (Z = M ρ²); the thesis uses the receptive field size (see text)
+             Z=None,  # the normaliser of eq 5.4 directly (overrides M and rho)
+             mean=None,  # image mean (see `image_mean`); None: ImageNet's
+             regularizers=(),  # extra regularisers
+             seed: int = 0,  # seeds the initial noise and the jitter
+             progress: bool = False,  # show a tqdm bar
+             **params  # overrides of `PreimageParams` (jitter, num_iters, ...)
+            ) -> Preimage:
+    """Activation maximisation (eq 5.4 with $\\Phi_0 = e_i$, $Z = M\\rho^2$ of eq 5.9, ρ = 1 by default), from random noise.
+
+    Shape: `len(units)` pre-images `(B,*shape)`."""
+    units = list(unit) if isinstance(unit, list) else [unit]
+    if len(shape) != 3: raise ValueError(f"shape must be (C,H,W), got {shape!r}")
+    p, gen, mean, x = _setup((len(units), *shape), params, mean, seed)
+    with torch.no_grad(): codes = _codes(phi, jitter(x, p.jitter) / p.scale + mean)
+    phi0 = torch.zeros_like(codes)
+    for b, u in enumerate(units): phi0[(b,) + _unit_index(u, codes.shape[1:])] = 1.0
+    if Z is None:
+        if M is None: M = unit_maximum(phi, units, natural_images(8, max(shape[1:]), shape[0])[..., :shape[1], :shape[2]])
+        Z = torch.as_tensor(M, dtype=codes.dtype) * float(rho) ** 2
+    Z = torch.as_tensor(Z, dtype=codes.dtype, device=codes.device)
+    x, hist = solve_preimage(lambda im: inner_product_loss(phi(im), phi0, Z), x.to(codes.device), p, mean.to(codes.device),
+                             regularizers, generator=gen, progress=progress)
+    return Preimage(jitter(x, p.jitter) / p.scale + mean.to(x.device), hist)
+
+
+# %% [markdown]
+# A toy unit: the mean of the green channel minus the red one over the central region. Maximising it must
+# produce a green centre — bounded by the regularisers, not an unbounded blow-up.
+
+# %%
+def green_minus_red(im):
+    c = im[..., 8:24, 8:24]
+    return (c[:, 1] - c[:, 0]).mean((1, 2))[:, None]
+r = maximize(green_minus_red, 0, shape=(3, 32, 32), M=1.0, num_iters=150)
+centre = r.images[0, :, 8:24, 8:24].mean((1, 2))
+assert centre[1] - centre[0] > 0.15, centre
+assert (r.images - image_mean(3)).square().sum(1).sqrt().max() <= 160 / 255 + 1e-5   # |x| <= B+ (eq 5.6)
+test_fail(lambda: maximize(green_minus_red, 1, shape=(3, 32, 32), M=1.0), contains="out of range for codes of shape (1,)")
+
+
+# %% [markdown]
+# ## Caricaturisation (section 5.6)
+#
+# A caricature starts from the probe $\mathbf{x}_0$ itself and maximises the inner product with the
+# probe's own positive activations, $\Phi_0 = \max\{0, \Phi(\mathbf{x}_0)\}$ (eq 5.10), with $Z = \|\Phi_0\|^2$
+# (so the loss starts at $-1$): whatever in $\mathbf{x}_0$ excites the representation gets exaggerated.
+
+# %%
+#| export
+def caricature(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...)
+               x0: torch.Tensor,  # (B,C,H,W) probe images; the optimisation starts from them
+               mean=None,  # image mean (see `image_mean`); None: ImageNet's
+               regularizers=(),  # extra regularisers
+               seed: int = 0,  # seeds the jitter
+               progress: bool = False,  # show a tqdm bar
+               **params  # overrides of `PreimageParams` (C, jitter, num_iters, ...)
+              ) -> Preimage:
+    """Caricatures (eq 5.4 with $\\Phi_0 = \\max\\{0, \\Phi(x_0)\\}$, $Z = \\|\\Phi_0\\|^2$, eq 5.10), started from x0.
+
+    Shape: `(B,C,H,W)` → images `(B,C,H,W)`."""
+    _check_images(x0, "x0")
+    with torch.no_grad(): phi0 = F.relu(_codes(phi, x0)).detach()
+    Z = phi0.square().flatten(1).sum(1)
+    if (Z == 0).any(): raise ValueError(f"phi(x0) has no positive component for image(s) {(Z == 0).nonzero().flatten().tolist()}: nothing to caricature")
+    p, gen, mean, x = _setup(tuple(x0.shape), params, mean, seed, x_init=x0)
+    x, mean = x.to(x0.device), mean.to(x0.device)
+    x, hist = solve_preimage(lambda im: inner_product_loss(phi(im), phi0, Z), x, p, mean, regularizers,
+                             generator=gen, progress=progress)
+    return Preimage(jitter(x, p.jitter) / p.scale + mean, hist)
+
+
+# %%
+r = caricature(hog, x0, C=100, num_iters=60)   # HOG is block-normalised: <Φ(x), Φ0> is bounded, a large C shows it
+test_close(r.history["loss"][0, 0], -1.0, eps=1e-4)            # the loss starts at -<Φ0, Φ0>/|Φ0|^2
+assert r.history["loss"][-1, 0] < -1.1                          # and the HOG response is exaggerated
+fig = show_images([x0[0], r.images[0].clamp(0, 1)], titles=["x0", "HOG caricature"], size=3)
+
+
+# %% [markdown]
+# ## Representations from networks
+#
+# Any callable works as $\Phi$. For a layer of a network, `LayerPhi` normalises the book's $[0,1]$ images
+# the way the network was trained and returns one named layer's output (through
+# `motion_nbs.models.layer_outputs`, which stops the forward pass at that layer — inverting a shallow
+# layer costs only the shallow part of the network). The model is put in `eval` mode and its parameters
+# are frozen.
+
+# %%
+#| export
+class LayerPhi(nn.Module):
+    "Φ = one named layer of `model` applied to normalised images: `(B,3,H,W)` in [0,1] → that layer's output."
+    def __init__(self, model: nn.Module,  # any network; layers addressed by `named_modules()` names
+                 layer: str,  # e.g. "relu3", "blocks.2", "classifier"
+                 mean=IMAGENET_MEAN,  # the network's input normalisation
+                 std=IMAGENET_STD):
+        super().__init__()
+        self.model, self.layer = model.eval().requires_grad_(False), layer
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return layer_outputs(self.model, (image - self.mean) / self.std, [self.layer])[self.layer]
+
+    def extra_repr(self) -> str: return f"layer={self.layer!r}"
+
+
+# %%
+net = nn.Sequential()
+net.add_module("conv", nn.Conv2d(3, 4, 3)); net.add_module("relu", nn.ReLU()); net.add_module("fc", nn.Flatten())
+phi = LayerPhi(net, "relu", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+im = torch.rand(2, 3, 8, 8)
+test_close(phi(im), F.relu(net.conv(im * 2 - 1)))
+test_eq(phi(im).shape, (2, 4, 6, 6))
+
+
+# %% [markdown]
+# ## Metrics (section 5.4.2)
+#
+# Besides the normalised error, the thesis checks inversions of a classifier's layers by **classification
+# consistency** — the fraction of pre-images that the network assigns the same class as their probe — and
+# **naturalness** by comparing the histograms of gradient magnitudes of pre-image and probe with histogram
+# intersection (fig 5.6; natural images have a characteristic, roughly exponential, gradient distribution).
+
+# %%
+#| export
+def classification_consistency(classifier,  # callable: (B,C,H,W) images in [0,1] -> (B,classes) scores
+                               x: torch.Tensor,  # (B,C,H,W) pre-images
+                               x0: torch.Tensor  # (B,C,H,W) their probes
+                              ) -> float:
+    "Fraction of pre-images whose top class equals their probe's (fig 5.5, bottom)."
+    if x.shape[0] != x0.shape[0]: raise ValueError(f"{x.shape[0]} pre-images for {x0.shape[0]} probes")
+    with torch.no_grad():
+        return (classifier(x).argmax(1) == classifier(x0).argmax(1)).float().mean().item()
+
+def gradient_histogram_intersection(x: torch.Tensor,  # (B,C,H,W) pre-images in [0,1]
+                                    x0: torch.Tensor,  # (B,C,H,W) their probes
+                                    bins: int = 50,  # histogram bins over [0, max_value]
+                                    max_value: float = 0.5  # magnitudes above go to the last bin
+                                   ) -> torch.Tensor:
+    """Histogram intersection $\\sum_k \\min(h_k, h^0_k)$ of the normalised gradient-magnitude histograms (fig 5.6), per image.
+
+    Shape: `(B,C,H,W)` → `(B,)` in [0, 1]."""
+    if x.shape != x0.shape: raise ValueError(f"pre-images {tuple(x.shape)} and probes {tuple(x0.shape)} differ in shape")
+    def hists(im):
+        im = im.detach().float().clamp(0, 1)
+        dx, dy = im.diff(dim=-1)[..., :-1, :], im.diff(dim=-2)[..., :, :-1]
+        mag = (dx.square() + dy.square()).sum(1).sqrt().clamp(max=max_value * (1 - 1e-6))
+        return torch.stack([torch.histc(m, bins, 0, max_value) / m.numel() for m in mag])
+    return torch.minimum(hists(x), hists(x0)).sum(1)
+
+
+# %%
+test_close(gradient_histogram_intersection(x0, x0), torch.ones(1))
+flat = torch.full_like(x0, 0.5)
+assert gradient_histogram_intersection(flat, x0).item() < 0.5     # a flat image has only zero gradients
+test_eq(classification_consistency(lambda im: im.mean((2, 3)), x0.repeat(2, 1, 1, 1), x0.repeat(2, 1, 1, 1)), 1.0)
+
+# %% [markdown]
+# ## The effect of $C$ and $\beta$ (fig 5.2)
+#
+# A small version of fig 5.2 on HOG: small $C$ lets the prior dominate (smooth, low contrast); large $C$
+# fits the code more closely at the cost of noise; $\beta = 1$ keeps sharp steps.
+
+# %%
+#| slow
+runs = {f"C={C}, β={beta}": invert(hog, x0, C=C, beta=beta, num_iters=300) for C, beta in ((1, 2), (100, 2), (100, 1))}
+fig = show_images([x0[0]] + [r.images[0].clamp(0, 1) for r in runs.values()],
+                  titles=["x0"] + [f"{k}: {100 * r.error.item():.0f}%" for k, r in runs.items()], size=2.5)
+
+# %% [markdown]
+# ## Summary
+#
+# - `PreimageParams` / `preimage_params` hold the thesis' single parameter set ($C = 1$, $\alpha = 6$,
+#   $\beta = 2$, $B = 80$, $B_+ = 2B$, $V = B/6.5$, $\rho = 0.9$, $\eta_0 = 0.01B^2/\alpha$, 300 + 50 iterations).
+# - Regularisers `alpha_norm` (eq 5.5; the bound of eq 5.6 is the optimiser's projection), `tv_beta`, the
+#   texture term `TextureRegularizer` (eq 5.8); losses `normalized_error` (eq 5.2/5.3, also the error metric)
+#   and `inner_product_loss` (eq 5.4); `jitter` (eq 5.7); `algorithm1_step` and `solve_preimage`.
+# - Entry points: `invert(phi, x0 | target)`, `maximize(phi, unit)` with $Z = M\rho^2$ (eq 5.9, `unit_maximum`),
+#   `caricature(phi, x0)` (eq 5.10) — batched, seeded, returning images and the energy history.
+# - `LayerPhi` turns a network layer into a representation; `classification_consistency` and
+#   `gradient_histogram_intersection` are the quality measures of figs 5.5 and 5.6; `natural_images` is the
+#   offline probe set.
+# - The experiments of the chapter (table 5.2 and figs 5.2–5.20) are in `05c_preimage_experiments`.
+
+# %%
+#| hide
+import nbdev; nbdev.nbdev_export()

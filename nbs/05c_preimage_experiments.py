@@ -1,0 +1,317 @@
+# %% [markdown]
+# # Pre-image experiments (papermill)
+#
+# > Table 5.2 and figures 5.2–5.20 of the thesis: inverting HOG, HOGb, DSIFT and CNN layers, activation maximisation, caricatures, and an interactive explorer.
+
+# %% [markdown]
+# Run from the command line with any parameter of the next cell, e.g.
+#
+# ```bash
+# papermill nbs/05c_preimage_experiments.ipynb _runs/05c.ipynb -p experiments table52
+# papermill nbs/05c_preimage_experiments.ipynb _runs/05c_paper.ipynb -p preset paper
+# ```
+#
+# The `fast` preset finishes in minutes on a 2-core CPU (small images, few probes and initialisations);
+# `paper` uses the thesis' scale (100 probe images, 24 initialisations for the spread, 224-pixel images
+# for the CNN) and wants a GPU. Probe images are the book's offline natural images (scikit-image photos,
+# then frames of the sample videos) instead of the first 100 ILSVRC validation images; the CNN is the
+# offline ImageNet classifier EfficientNet-lite0 (AlexNet/VGG-16 weights are used only if present
+# locally). The experiment cells carry nbdev's `slow` flag: `nbdev_test` checks the parameters only.
+
+# %% tags=["parameters"]
+preset = "fast"          # "fast" (CPU, minutes) or "paper" (the thesis' scale, for a GPU)
+experiments = "all"      # "all" or a comma-separated subset of: table52, fig52, cnn, window, maximize, template, caricature, explorer
+num_images = None        # probe images for table 5.2 (None: preset's; paper: 100)
+image_size = None        # side of the HOG/DSIFT probe images (None: preset's)
+num_iters = 300          # iterations of Algorithm 1 (thesis: 300, +50 without jitter for inversion with jitter)
+cnn_images = None        # probe images for the CNN experiments (None: preset's)
+cnn_size = None          # side of the CNN pre-images (None: preset's; paper 224)
+cnn_iters = None         # iterations for the CNN experiments (None: preset's)
+num_inits = None         # random initialisations per image for the spread of the error (paper: 24)
+template_scenes = None   # synthetic scenes for the HOG template of fig 5.14 (None: preset's)
+Cs = "1,20,100,300"      # values of C for the CNN inversion sweep (fig 5.5)
+cnn_layers = "blocks.0,blocks.2,blocks.4,conv_head,classifier"  # EfficientNet-lite0 layers to study
+seed = 0                 # seeds every initialisation
+out_dir = "../_runs/preimage"  # results.json and figures go here
+
+# %%
+PRESETS = {"fast": dict(num_images=8, image_size=128, cnn_images=2, cnn_size=64, cnn_iters=40, num_inits=2, template_scenes=12),
+           "paper": dict(num_images=100, image_size=224, cnn_images=100, cnn_size=224, cnn_iters=300, num_inits=24, template_scenes=200)}
+EXPERIMENTS = ("table52", "fig52", "cnn", "window", "maximize", "template", "caricature", "explorer")
+if preset not in PRESETS: raise ValueError(f"preset={preset!r}; valid: {', '.join(PRESETS)}")
+cfg = dict(PRESETS[preset])
+for k, v in dict(num_images=num_images, image_size=image_size, cnn_images=cnn_images, cnn_size=cnn_size,
+                 cnn_iters=cnn_iters, num_inits=num_inits, template_scenes=template_scenes).items():
+    if v is not None: cfg[k] = v
+for k, v in dict(num_iters=num_iters, **cfg).items():
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k} must be an int >= 1, got {v!r}")
+if cfg["image_size"] < 32 or cfg["cnn_size"] < 32: raise ValueError(f"image sizes must be >= 32 (HOG/DSIFT blocks, CNN), got {cfg}")
+chosen = list(EXPERIMENTS) if experiments == "all" else [e.strip() for e in str(experiments).split(",") if e.strip()]
+bad = [e for e in chosen if e not in EXPERIMENTS]
+if bad or not chosen: raise ValueError(f"experiments={experiments!r}: unknown {bad}; valid: 'all' or a subset of {', '.join(EXPERIMENTS)}")
+try: C_values = [float(c) for c in str(Cs).split(",")]
+except ValueError: raise ValueError(f"Cs={Cs!r} must be comma-separated numbers, e.g. '1,20,100,300'") from None
+if not C_values or any(c < 0 for c in C_values): raise ValueError(f"Cs={Cs!r} must be non-negative numbers")
+layers = [l.strip() for l in str(cnn_layers).split(",") if l.strip()]
+if not isinstance(seed, int): raise ValueError(f"seed must be an int, got {seed!r}")
+print(preset, cfg, chosen)
+
+# %%
+import json
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from motion_nbs.core import default_device, show_images
+from motion_nbs.features import HOG, DenseSIFT, hog_glyphs
+from motion_nbs.preimage import (LayerPhi, caricature, classification_consistency, gradient_histogram_intersection,
+                                 invert, maximize, natural_images, normalized_error, unit_maximum)
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+device = default_device()
+out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+results = {"preset": preset, "config": cfg, "num_iters": num_iters}
+def save(): (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+# %%
+cnn_needed = any(e in chosen for e in ("cnn", "window", "maximize", "caricature", "explorer"))
+if cnn_needed:
+    from motion_nbs.models import efficientnet_lite0, layer_names
+    cnn = efficientnet_lite0().to(device)
+    unknown = [l for l in layers if l not in layer_names(cnn) and l not in dict(cnn.named_modules())]
+    if unknown: raise ValueError(f"cnn_layers: unknown layer(s) {unknown}; e.g. conv_stem, blocks.0 ... blocks.6, conv_head, classifier")
+    EFF = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # tf_efficientnet_lite0's input normalisation
+    def cnn_phi(layer): return LayerPhi(cnn, layer, **EFF).to(device)
+    classifier = cnn_phi("classifier")
+
+# %% [markdown]
+# ## Table 5.2: inverting HOG, HOGb and DSIFT
+#
+# Normalised error (eq 5.2) of the pre-image of each probe, $C = 100$, no jitter, cells/bins of 8 pixels,
+# 300 iterations (section 5.4.1), grey probes; mean ± 95% confidence interval of the mean. The thesis'
+# numbers are for the first 100 ILSVRC validation images. We also print the unsquared ratio
+# $\|\Phi(x) - \Phi_0\|/\|\Phi_0\|$, since the thesis' text does not say which one its table reports.
+
+# %%
+#| slow
+THESIS = {"HOGgle": 60.1, "HOG": 36.6, "HOGb": 11.6, "DSIFT": 9.4}
+if "table52" in chosen or "fig52" in chosen:
+    probes = natural_images(cfg["num_images"], cfg["image_size"], channels=1).to(device)
+if "table52" in chosen:
+    reps = {"HOG": HOG(8), "HOGb": HOG(8, bilinear_orientations=True), "DSIFT": DenseSIFT(8, 8)}
+    table, pre = {}, {}
+    for name, phi in reps.items():
+        r = invert(phi.to(device), probes, C=100, mean=0.5, num_iters=num_iters, seed=seed, progress=True)
+        e = r.error.cpu()
+        ci = 1.96 * e.std().item() / math.sqrt(len(e)) if len(e) > 1 else float("nan")
+        table[name] = dict(error=100 * e.mean().item(), ci95=100 * ci, ratio=100 * e.sqrt().mean().item(), thesis=THESIS[name])
+        pre[name] = r.images.cpu()
+    results["table52"] = table; save()
+    print(f"{'':8}{'ours (%)':>16}{'unsquared (%)':>16}{'thesis (%)':>12}")
+    for k, v in table.items(): print(f"{k:8}{v['error']:10.1f} ± {v['ci95']:4.1f}{v['ratio']:16.1f}{v['thesis']:12.1f}")
+
+# %% [markdown]
+# **Fig 5.4**: probe, HOG glyphs, and the HOG, HOGb and DSIFT pre-images.
+
+# %%
+#| slow
+if "table52" in chosen:
+    k = min(3, len(probes))
+    ims = []
+    for i in range(k):
+        ims += [probes[i].cpu(), hog_glyphs(HOG(8)(probes[i:i + 1].cpu()))[0][None]] + [pre[n][i].clamp(0, 1) for n in reps]
+    fig = show_images(ims, titles=["probe", "HOG glyphs", "HOG", "HOGb", "DSIFT"] * k, ncols=5, size=2.2)
+    fig.savefig(out / "fig5_4.png")
+
+# %% [markdown]
+# ## Fig 5.2: the effect of $C$ and of $\beta$
+#
+# HOG inversion of one probe for $C \in \{1, 100, 1000\}$ ($\beta = 2$) and for $\beta \in \{1, 1.5, 2\}$
+# ($C = 100$): small $C$ gives smooth, prior-dominated images; $\beta = 1$ leaves spikes.
+
+# %%
+#| slow
+if "fig52" in chosen:
+    x0 = probes[:1]
+    settings = [(1, 2.0), (100, 2.0), (1000, 2.0), (100, 1.0), (100, 1.5)]
+    rs = [invert(HOG(8).to(device), x0, C=C, beta=b, mean=0.5, num_iters=num_iters, seed=seed) for C, b in settings]
+    results["fig52"] = {f"C={C},beta={b}": 100 * r.error.item() for (C, b), r in zip(settings, rs)}; save()
+    fig = show_images([x0[0].cpu()] + [r.images[0].cpu().clamp(0, 1) for r in rs],
+                      titles=["probe"] + [f"C={C}, β={b}: {100 * r.error.item():.0f}%" for (C, b), r in zip(settings, rs)], ncols=6, size=2.2)
+    fig.savefig(out / "fig5_2.png")
+
+# %% [markdown]
+# ## Fig 5.5 and 5.6: inverting CNN layers
+#
+# For each layer and $C$: mean normalised error over the probes, the standard deviation of the error over
+# `num_inits` initialisations (averaged over probes), classification consistency with the classifier itself,
+# and the gradient-histogram intersection with the probe (naturalness, fig 5.6). Jitter $T$ = a quarter of
+# the layer's stride (section 5.4.2.1).
+
+# %%
+#| slow
+if "cnn" in chosen:
+    from motion_nbs.models import receptive_fields
+    rf = receptive_fields(cnn, cfg["cnn_size"])
+    cprobes = natural_images(cfg["cnn_images"], cfg["cnn_size"]).to(device)
+    sweep = {}
+    for layer in layers:
+        T = max(1, round(rf[layer].stride[0] / 4)) if layer in rf else 1
+        for C in C_values:
+            errs, cons, hi = [], [], []
+            for init in range(cfg["num_inits"]):
+                r = invert(cnn_phi(layer), cprobes, C=C, jitter=T, num_iters=cfg["cnn_iters"], finetune_iters=max(1, cfg["cnn_iters"] // 6),
+                           seed=seed + init, mean=0.5)
+                errs.append(r.error.cpu())
+                cons.append(classification_consistency(classifier, r.images, cprobes))
+                hi.append(gradient_histogram_intersection(r.images, cprobes).mean().item())
+            e = torch.stack(errs)                   # (inits, images)
+            sweep[f"{layer}|C={C:g}"] = dict(error=100 * e.mean().item(), std_over_inits=e.std(0).mean().item() if len(e) > 1 else 0.0,
+                                             consistency=sum(cons) / len(cons), hist_intersection=sum(hi) / len(hi), jitter=T)
+            print(layer, C, sweep[f"{layer}|C={C:g}"], flush=True)
+    results["cnn"] = sweep; save()
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    for ax, key, title in zip(axes, ("error", "std_over_inits", "consistency", "hist_intersection"),
+                              ("normalised error (%)", "std over initialisations", "classification consistency", "gradient-histogram intersection")):
+        for C in C_values: ax.plot(layers, [sweep[f"{l}|C={C:g}"][key] for l in layers], "o-", label=f"C={C:g}")
+        ax.set_title(title); ax.tick_params(axis="x", rotation=45)
+    axes[0].legend(); fig.tight_layout(); fig.savefig(out / "fig5_5.png")
+
+# %% [markdown]
+# ## Fig 5.12: inversion from a central 5×5 window of features
+#
+# The mask of eq 5.3 keeps only a central $5\times5$ window of each convolutional layer's code; the
+# regulariser switches off the image where no feature in the window looks.
+
+# %%
+#| slow
+if "window" in chosen:
+    x0 = natural_images(1, cfg["cnn_size"]).to(device)
+    conv_layers = [l for l in layers if cnn_phi(l)(x0).ndim == 4 and min(cnn_phi(l)(x0).shape[-2:]) >= 1]
+    ims, titles = [x0[0].cpu()], ["probe"]
+    for layer in conv_layers:
+        with torch.no_grad(): f = cnn_phi(layer)(x0)
+        h, w = f.shape[-2:]
+        mask = torch.zeros(1, 1, h, w, device=device)
+        mask[..., max(0, h // 2 - 2):h // 2 + 3, max(0, w // 2 - 2):w // 2 + 3] = 1
+        r = invert(cnn_phi(layer), x0, mask=mask, C=100, num_iters=cfg["cnn_iters"], seed=seed, mean=0.5)
+        ims.append(r.images[0].cpu().clamp(0, 1)); titles.append(f"{layer}: {100 * r.error.item():.0f}%")
+    fig = show_images(ims, titles=titles, ncols=len(ims), size=2.2); fig.savefig(out / "fig5_12.png")
+
+# %% [markdown]
+# ## Figs 5.15–5.18: activation maximisation
+#
+# The first channels of each convolutional layer (at the centre of the map) and four classes of the
+# classifier — "tree frog" (31), "goose" (99), "black swan" (100), "cheeseburger" (933) — with jitter
+# and $C = 1$; $M$ is each unit's maximum over the natural images, $Z = M$ (see chapter 5b on $\rho$).
+# Fig 5.17: the same unit from different initialisations.
+
+# %%
+#| slow
+if "maximize" in chosen:
+    shape = (3, cfg["cnn_size"], cfg["cnn_size"])
+    probes_m = natural_images(8, cfg["cnn_size"]).to(device)
+    ims, titles = [], []
+    for layer in [l for l in layers if l != "classifier"][:3]:
+        units = [0, 1, 2]
+        r = maximize(cnn_phi(layer), units, shape, M=unit_maximum(cnn_phi(layer), units, probes_m), jitter=4,
+                     num_iters=cfg["cnn_iters"], seed=seed, mean=0.5)
+        ims += list(r.images.cpu().clamp(0, 1)); titles += [f"{layer} #{u}" for u in units]
+    classes = {31: "tree frog", 99: "goose", 100: "black swan", 933: "cheeseburger"}
+    r = maximize(classifier, list(classes), shape, M=unit_maximum(classifier, list(classes), probes_m), jitter=4,
+                 num_iters=cfg["cnn_iters"], seed=seed, mean=0.5)
+    with torch.no_grad(): top = classifier(r.images).argmax(1).tolist()
+    results["maximize_top1"] = dict(zip(classes.values(), top)); save()
+    ims += list(r.images.cpu().clamp(0, 1)); titles += [f"{n} (top-1 {t})" for n, t in zip(classes.values(), top)]
+    r4 = maximize(classifier, [31] * 4, shape, M=unit_maximum(classifier, 31, probes_m), jitter=4, num_iters=cfg["cnn_iters"], seed=seed + 1, mean=0.5)
+    ims += list(r4.images.cpu().clamp(0, 1)); titles += [f"tree frog, init {i}" for i in range(4)]
+    fig = show_images(ims, titles=titles, ncols=4, size=2.2); fig.savefig(out / "fig5_15_18.png")
+
+# %% [markdown]
+# ## Fig 5.14: activation maximisation of a linear HOG template
+#
+# A linear classifier on HOG (a "template" $\mathbf{w}$) of synthetic objects — crops centred on spheres
+# against crops of other objects and background, from the book's renderer — is the representation
+# $\Phi(\mathbf{x}) = \langle \mathbf{w}, \Phi_{HOG}(\mathbf{x})\rangle$; $M = \langle|\mathbf{w}|, \Phi_{HOG}(\text{noise})\rangle$ (eq 5.9).
+
+# %%
+#| slow
+if "template" in chosen:
+    import torch.nn.functional as F
+    from motion_nbs.data import render_scene
+    hog8, side = HOG(8), 48
+    crops, labels = [], []
+    for s in range(cfg["template_scenes"]):
+        sc = render_scene("shapes", s, size=(96, 96))
+        grey = sc["image"].mean(0, keepdim=True)
+        for inst in sc["instances"].unique().tolist():
+            ys, xs = (sc["instances"] == inst).nonzero(as_tuple=True)
+            cy, cx = int(ys.float().mean()), int(xs.float().mean())
+            y0, x0_ = min(max(cy - side // 2, 0), 96 - side), min(max(cx - side // 2, 0), 96 - side)
+            crops.append(grey[:, y0:y0 + side, x0_:x0_ + side])
+            labels.append(float(inst != 0 and sc["categories"][cy, cx].item() == 2))   # 2 = sphere
+    X, y = torch.stack(crops), torch.tensor(labels)
+    feats = hog8(X).flatten(1)
+    w = torch.zeros(feats.shape[1], requires_grad=True); b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=200)
+    def closure():
+        opt.zero_grad(); l = F.binary_cross_entropy_with_logits(feats @ w + b, y) + 1e-3 * w.square().sum(); l.backward(); return l
+    opt.step(closure)
+    w = w.detach()
+    acc = ((feats @ w + b.detach() > 0).float() == y).float().mean().item()
+    template = lambda im: (hog8(im).flatten(1) @ w)[:, None]
+    M = (hog8(torch.rand(1, 1, side, side)).flatten(1) @ w.abs()).item()
+    r = maximize(template, 0, (1, side, side), M=M, num_iters=num_iters, seed=seed, mean=0.5)
+    results["template"] = dict(train_accuracy=acc, positives=int(y.sum()), crops=len(y)); save()
+    wpos = w.clamp(min=0).view(1, 31, side // 8, side // 8)
+    fig = show_images([hog_glyphs(wpos)[0][None], r.images[0].clamp(0, 1)], titles=[f"template w+ (acc {acc:.2f})", "activation maximisation"], size=3)
+    fig.savefig(out / "fig5_14.png")
+
+# %% [markdown]
+# ## Figs 5.19–5.20: caricatures
+#
+# Started from the probe, $\Phi_0 = \max\{0, \Phi(\mathbf{x}_0)\}$, $C = 1$, jitter; each layer exaggerates
+# what it responds to.
+
+# %%
+#| slow
+if "caricature" in chosen:
+    x0 = natural_images(2, cfg["cnn_size"])[1:].to(device)   # chelsea, the cat
+    ims, titles = [x0[0].cpu()], ["probe"]
+    for layer in layers:
+        r = caricature(cnn_phi(layer), x0, jitter=4, num_iters=cfg["cnn_iters"], seed=seed, mean=0.5)
+        ims.append(r.images[0].cpu().clamp(0, 1)); titles.append(layer)
+    fig = show_images(ims, titles=titles, ncols=len(ims), size=2.2); fig.savefig(out / "fig5_19.png")
+
+# %% [markdown]
+# ## Explorer
+#
+# Pick an image, a representation (HOG, HOGb, DSIFT or a layer of the CNN), $C$ and $\beta$, and press
+# *Run Interact* to compute its pre-image.
+
+# %%
+if "explorer" in chosen:
+    import ipywidgets as widgets
+    names = ["astronaut", "chelsea", "coffee", "rocket"]
+    def explore(image="chelsea", representation="HOG", layer=layers[0], C=100.0, beta=2.0, iters=100):
+        x0 = natural_images(names.index(image) + 1, 96)[-1:]
+        if representation == "CNN layer": phi, x0 = cnn_phi(layer), x0.to(device)
+        else:
+            phi = {"HOG": HOG(8), "HOGb": HOG(8, bilinear_orientations=True), "DSIFT": DenseSIFT(8, 8)}[representation]
+            x0 = x0.mean(1, keepdim=True) if representation == "DSIFT" else x0
+        r = invert(phi, x0, C=C, beta=beta, num_iters=iters, mean=0.5, progress=True)
+        show_images([x0[0].cpu(), r.images[0].cpu().clamp(0, 1)], titles=["probe", f"pre-image: {100 * r.error.item():.1f}%"], size=3)
+        plt.show()
+    explorer = widgets.interactive(explore, {"manual": True}, image=names, representation=["HOG", "HOGb", "DSIFT", "CNN layer"],
+                                   layer=layers, C=widgets.FloatLogSlider(100, min=0, max=4), beta=(1.0, 3.0, 0.5), iters=(10, 400, 10))
+    display(explorer)
+
+# %% [markdown]
+# ## Results
+
+# %%
+save()
+print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=1))

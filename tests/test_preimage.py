@@ -1,0 +1,202 @@
+"""motion_nbs.preimage: regularisers and Algorithm 1 against hand computations, convergence, determinism,
+batch independence, clear errors, and a papermill smoke run of the experiments notebook."""
+import math
+
+import pytest
+import torch
+
+from conftest import ROOT
+from motion_nbs.features import HOG
+from motion_nbs.preimage import (TextureRegularizer, algorithm1_step, alpha_norm, caricature, gram_matrix, initial_noise,
+                                 image_mean, inner_product_loss, invert, maximize, normalized_error, preimage_params,
+                                 solve_preimage, tv_beta)
+
+
+def _rand(*shape, seed=0, dtype=torch.float64):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def test_alpha_norm_matches_a_loop():
+    x = (_rand(2, 3, 5, 4) - 0.5) * 200
+    for alpha, B in ((6.0, 80.0), (2.0, 10.0), (1.5, 50.0)):
+        ref = torch.zeros(2, dtype=torch.float64)
+        for b in range(2):
+            for v in range(5):
+                for u in range(4):
+                    ref[b] += math.sqrt(sum(x[b, k, v, u].item() ** 2 for k in range(3))) ** alpha
+        torch.testing.assert_close(alpha_norm(x, alpha, B), ref / (20 * B ** alpha))
+
+
+def test_tv_beta_matches_a_loop():
+    x = _rand(1, 2, 4, 5) * 50
+    for beta, V in ((2.0, 12.3), (1.0, 1.0), (1.5, 3.0)):
+        ref = 0.0
+        for k in range(2):
+            for v in range(4):
+                for u in range(5):
+                    dx = x[0, k, v, u + 1].item() - x[0, k, v, u].item() if u < 4 else 0.0
+                    dy = x[0, k, v + 1, u].item() - x[0, k, v, u].item() if v < 3 else 0.0
+                    ref += (dx * dx + dy * dy) ** (beta / 2)
+        torch.testing.assert_close(tv_beta(x, beta, V), torch.tensor([ref / (20 * V ** beta)], dtype=torch.float64))
+
+
+def test_regulariser_gradients():
+    "Analytic gradient of N_alpha, and float64 gradcheck of both terms (away from zero differences)."
+    x = ((_rand(1, 3, 4, 4) - 0.5) * 100).requires_grad_(True)
+    alpha_norm(x, 6.0, 80.0).sum().backward()
+    n = x.detach().square().sum(1, keepdim=True).sqrt()
+    torch.testing.assert_close(x.grad, 6 * n ** 4 * x.detach() / (16 * 80.0 ** 6))
+    y = (_rand(1, 2, 4, 4, seed=1) * 10).requires_grad_(True)
+    for beta in (1.0, 1.5, 2.0):
+        assert torch.autograd.gradcheck(lambda z: tv_beta(z, beta, 3.0), (y,))
+    assert torch.autograd.gradcheck(lambda z: alpha_norm(z, 6.0, 5.0), (y,))
+    # quadratic TV: the gradient is the (negated, doubled) discrete Laplacian with the zero-flux border
+    z = _rand(1, 1, 3, 3, seed=2).requires_grad_(True)
+    tv_beta(z, 2.0, 1.0).sum().backward()
+    a = z.detach()[0, 0]
+    g00 = 2 * ((a[0, 0] - a[0, 1]) + (a[0, 0] - a[1, 0])) / 9
+    torch.testing.assert_close(z.grad[0, 0, 0, 0], g00)
+
+
+def test_algorithm1_two_steps_by_hand():
+    x = torch.tensor([[[[1.0]], [[2.0]]]], dtype=torch.float64)
+    G, mu = torch.zeros_like(x), torch.zeros_like(x)
+    g1 = torch.tensor([[[[0.5]], [[-3.0]]]], dtype=torch.float64)
+    eta0, rho = 2.0, 0.9
+    algorithm1_step(x, g1, G, mu, eta0, rho, bound=1e9)
+    G_ref = g1 ** 2
+    mu_ref = -g1 / (1 / eta0 + G_ref.sqrt())
+    torch.testing.assert_close(G, G_ref); torch.testing.assert_close(mu, mu_ref)
+    torch.testing.assert_close(x, torch.tensor([[[[1.0]], [[2.0]]]], dtype=torch.float64) + mu_ref)
+    x_ref = x.clone()
+    g2 = torch.tensor([[[[1.0]], [[1.0]]]], dtype=torch.float64)
+    algorithm1_step(x, g2, G, mu, eta0, rho, bound=1e9)
+    G_ref = rho * G_ref + g2 ** 2
+    mu_ref = rho * mu_ref - g2 / (1 / eta0 + G_ref.sqrt())
+    torch.testing.assert_close(x, x_ref + mu_ref)
+    # the projection keeps each pixel's colour direction and clips its norm to B+
+    x = torch.tensor([[[[30.0, 1.0]], [[40.0, 1.0]]]])
+    algorithm1_step(x, torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x), 1.0, 0.9, bound=10.0)
+    torch.testing.assert_close(x, torch.tensor([[[[6.0, 1.0]], [[8.0, 1.0]]]]))
+
+
+def test_identity_inversion_converges_and_energy_decreases():
+    x0 = _rand(1, 3, 24, 24, seed=3, dtype=torch.float32) * 0.6 + 0.2
+    x0 = torch.nn.functional.avg_pool2d(x0, 3, 1, 1)   # a smooth probe: the TV prior does not fight it
+    r = invert(lambda im: im, x0, C=1e4, num_iters=150)
+    assert (r.images - x0).abs().mean() < 0.02
+    assert r.error.item() < 5e-3
+    e = r.history["energy"][:, 0]
+    assert e[-1] < 0.02 * e[0] and e[50:].mean() < e[:50].mean()
+
+
+def test_hog_inversion_decreases_error_and_is_seeded():
+    x0 = _rand(2, 1, 40, 40, seed=4, dtype=torch.float32)
+    x0 = torch.nn.functional.avg_pool2d(x0, 5, 1, 2)
+    a = invert(HOG(8), x0, C=100, num_iters=40, mean=0.5, seed=7)
+    b = invert(HOG(8), x0, C=100, num_iters=40, mean=0.5, seed=7)
+    c = invert(HOG(8), x0, C=100, num_iters=40, mean=0.5, seed=8)
+    assert torch.equal(a.images, b.images) and torch.equal(a.history["energy"], b.history["energy"])
+    assert not torch.equal(a.images, c.images)
+    loss = a.history["loss"]
+    assert (loss[-5:].mean(0) < 0.5 * loss[0]).all()
+    assert a.history["energy"].shape == (40, 2)
+
+
+def test_batch_solves_independent_problems():
+    "A batch of probes gives (numerically) the images of solving each probe alone with the same initial noise."
+    x0 = _rand(2, 3, 16, 16, seed=5, dtype=torch.float32)
+    phi = lambda im: torch.nn.functional.avg_pool2d(im, 4)
+    p = preimage_params(C=100, num_iters=30)
+    init = initial_noise((2, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    target = phi(x0)
+    xb, _ = solve_preimage(lambda im: normalized_error(phi(im), target), init, p, image_mean(3))
+    for i in range(2):
+        xi, _ = solve_preimage(lambda im: normalized_error(phi(im), target[i:i + 1]), init[i:i + 1], p, image_mean(3))
+        torch.testing.assert_close(xb[i:i + 1], xi, atol=1e-3, rtol=1e-4)
+
+
+def test_jitter_and_finetune_schedule():
+    x0 = _rand(1, 3, 20, 20, seed=6, dtype=torch.float32)
+    r = invert(lambda im: im.mean((2, 3)), x0, jitter=4, num_iters=7, finetune_iters=3)
+    assert r.images.shape == x0.shape and r.history["energy"].shape == (10, 1)
+    r = maximize(lambda im: im.mean((2, 3)), [0, 2], (3, 20, 20), M=1.0, jitter=4, num_iters=5)
+    assert r.images.shape == (2, 3, 20, 20) and r.history["energy"].shape == (5, 2)   # no fine-tuning stage
+
+
+def test_clear_errors():
+    x0 = _rand(1, 1, 32, 32, seed=7, dtype=torch.float32)
+    with pytest.raises(ValueError, match="NaN"):
+        invert(lambda im: im * float("nan"), x0, num_iters=2)
+    calls = []
+    def breaks_later(im):   # fine for the target and the shape probe, NaN from the third call (iteration 1) on
+        calls.append(1)
+        return im * float("nan") if len(calls) > 3 else im
+    with pytest.raises(ValueError, match="not finite at iteration 1"):
+        invert(breaks_later, x0, num_iters=5)
+    with pytest.raises(ValueError, match=r"target has shape \(1, 31, 3, 3\), but phi gives codes of shape \(1, 31, 4, 4\)"):
+        invert(HOG(8), target=torch.rand(1, 31, 3, 3), shape=(1, 32, 32), num_iters=1)
+    with pytest.raises(ValueError, match="give shape"):
+        invert(HOG(8), target=torch.rand(1, 31, 4, 4), num_iters=1)
+    with pytest.raises(ValueError, match=r"out of range for codes of shape \(31, 4, 4\)"):
+        maximize(HOG(8), 31, (1, 32, 32), M=1.0, num_iters=1)
+    with pytest.raises(ValueError, match="out of range"):
+        maximize(HOG(8), (0, 4, 0), (1, 32, 32), M=1.0, num_iters=1)
+    with pytest.raises(ValueError, match="all zeros"):
+        invert(HOG(8), torch.zeros(1, 1, 32, 32), num_iters=1)
+    with pytest.raises(ValueError, match="no positive component"):
+        caricature(lambda im: -im.abs() - 1, x0, num_iters=1)
+    with pytest.raises(ValueError, match="unknown pre-image parameter"):
+        invert(HOG(8), x0, lr0=3)
+    with pytest.raises(ValueError, match="mask of shape"):
+        invert(HOG(8), x0, mask=torch.ones(2, 3), num_iters=1)
+
+
+def test_caricature_and_inner_product():
+    x0 = _rand(1, 3, 16, 16, seed=8, dtype=torch.float32)
+    phi = lambda im: (im - 0.4).flatten(1)
+    r = caricature(phi, x0, C=1e4, num_iters=20)   # a noise probe: TV fights it hard at small C
+    torch.testing.assert_close(r.history["loss"][0], torch.tensor([-1.0]), atol=1e-5, rtol=0)
+    assert r.history["loss"][-1, 0] < -1.0
+    torch.testing.assert_close(inner_product_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 1.0]]), 4.0), torch.tensor([-0.5]))
+
+
+def test_texture_regulariser_synthesises_statistics():
+    tex = _rand(1, 3, 16, 16, seed=9, dtype=torch.float32)
+    layer = lambda im: torch.nn.functional.avg_pool2d(im, 2)
+    R = TextureRegularizer([layer], tex, [1e-2])
+    start = initial_noise((1, 3, 16, 16), generator=torch.Generator().manual_seed(1))
+    assert R(start / 255 + image_mean(3)).item() > 0
+    x, hist = solve_preimage(lambda im: torch.zeros(im.shape[0]), start, preimage_params(C=0, num_iters=60), image_mean(3), [R])
+    assert hist["extra"][-1, 0] < 0.2 * hist["extra"][0, 0]
+    assert gram_matrix(torch.ones(1, 2, 3, 3)).shape == (1, 2, 2)
+
+
+# ---- the experiments notebook -------------------------------------------------------------------------
+NB = ROOT / "nbs" / "05c_preimage_experiments.ipynb"
+SMOKE = dict(num_images=2, image_size=40, num_iters=4, cnn_images=1, cnn_size=48, cnn_iters=2, num_inits=2,
+             Cs="100", cnn_layers="blocks.1,classifier", template_scenes=1)
+
+
+def test_experiments_notebook_smoke(tmp_path):
+    import json
+
+    import papermill as pm
+    pm.execute_notebook(NB, tmp_path / "out.ipynb", parameters=dict(SMOKE, out_dir=str(tmp_path / "run")),
+                        cwd=NB.parent, kernel_name="python3", progress_bar=False)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(res["table52"]) == {"HOG", "HOGb", "DSIFT"}
+    assert all(v["error"] > 0 for v in res["table52"].values())
+    assert "blocks.1|C=100" in res["cnn"] and 0 <= res["cnn"]["classifier|C=100"]["consistency"] <= 1
+    assert (tmp_path / "run" / "fig5_4.png").exists()
+
+
+@pytest.mark.parametrize("params, message", [(dict(preset="gpu"), "valid: fast, paper"),
+                                             (dict(experiments="table52,fig99"), "unknown \\['fig99'\\]"),
+                                             (dict(num_iters=0), "num_iters must be an int >= 1"),
+                                             (dict(Cs="1,a"), "comma-separated numbers")])
+def test_experiments_notebook_rejects_bad_parameters(tmp_path, params, message):
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError, match=message):
+        pm.execute_notebook(NB, tmp_path / "bad.ipynb", parameters=dict(params, out_dir=str(tmp_path / "run")),
+                            cwd=NB.parent, kernel_name="python3", progress_bar=False)
