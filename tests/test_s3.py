@@ -148,3 +148,36 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"flow must have shape \(B,2,H,W\)"): rigid_loss(torch.rand(1, 2, 4, 4), torch.rand(1, 3, 4, 4))
     with pytest.raises(ValueError, match="NaN"): entropy_loss(torch.rand(1, 2, 4, 4), torch.full((1, 2, 4, 4), float("nan")))
     with pytest.raises(ValueError, match="differ in shape"): matched_miou(torch.zeros(3, 3, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(16, 80), st.integers(16, 80), st.integers(1, 12))
+def test_grid_baseline_has_num_segments_near_equal_cells(h, w, L):
+    from motion_nbs.s3 import grid_segments
+    g = grid_segments(h, w, L)
+    assert g.shape == (h, w) and g.unique().tolist() == list(range(L))
+    sizes = torch.bincount(g.flatten(), minlength=L).double()
+    assert sizes.max() <= 2.5 * sizes.min()  # cells differ by at most a row/column split
+
+
+def test_affine_loss_threshold_scales_with_the_flow():
+    "smooth-L1 is homogeneous: scaling the flow and the threshold by k scales the loss by k."
+    masks = soft_masks(torch.randn(2, 3, 10, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    flow = torch.randn(2, 2, 10, 12, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 3
+    assert torch.allclose(affine_loss(masks, 10 * flow, beta=1.0), 10 * affine_loss(masks, flow, beta=0.1), rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_training_step_reaches_the_backbone(name):
+    "One Adam step through S3Model with each training criterion: finite loss, gradients in the trunk, weights change."
+    from motion_nbs.s3 import s3_loss, s3_model
+    torch.manual_seed(0)
+    model = s3_model("fcn8s_small", num_segments=3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    image, flow = torch.rand(2, 3, 32, 32), torch.randn(2, 2, 32, 32) * 2
+    for _ in range(2):  # the score layers start at zero: the trunk gets gradient from the second step
+        loss = s3_loss(name)(model(image), flow)
+        opt.zero_grad(); loss.backward(); opt.step()
+    assert torch.isfinite(loss)
+    g = model.backbone.conv1_1.weight.grad
+    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
