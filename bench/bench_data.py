@@ -3,7 +3,8 @@
 Rendered frame pairs per second (both frames, exact flow, labels, visibility) at 128x128 for each
 preset of `motion_nbs.data.render_scene`, on 2 threads. Baseline measured in the same run: estimating
 the flow of the same pairs with OpenCV DIS (medium), i.e. what producing flow would cost if it were
-not rendered. Each measurement is a function adding keys to one result dict; append new ones to
+not rendered. And the dataset builder's pairs/s on the `bikes` sample clip (one process run,
+start-up included). Each measurement is a function adding keys to one result dict; append new ones to
 `MEASUREMENTS`. The last line printed is one JSON object.
 """
 import json
@@ -39,7 +40,22 @@ def measure_dis_baseline(res):
     print(f"DIS medium flow on the same pairs: {res['dis_medium_pairs_per_s']:.1f} pairs/s")
 
 
-MEASUREMENTS = [measure_render, measure_dis_baseline]
+def measure_builder(res):
+    "data_scripts/build_flow_dataset.py on the bikes clip (8 pairs, scene cuts, DIS medium, JPEG + KITTI PNG into a shard)."
+    import subprocess, sys, tempfile
+    from pathlib import Path
+    from motion_nbs.core import sample_video
+    script = Path(__file__).resolve().parents[1] / "data_scripts" / "build_flow_dataset.py"
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, str(script), str(sample_video("bikes")), "--out", out, "--workers", "2"],
+                       check=True, capture_output=True)
+        res["builder_bikes_s"] = time.perf_counter() - t
+        res["builder_bikes_pairs_per_s"] = 8 / res["builder_bikes_s"]
+    print(f"dataset builder on bikes.mp4: {res['builder_bikes_pairs_per_s']:.2f} pairs/s ({res['builder_bikes_s']:.1f} s for 8 pairs, including start-up)")
+
+
+MEASUREMENTS = [measure_render, measure_dis_baseline, measure_builder]
 
 
 def main():
