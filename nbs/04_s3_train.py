@@ -89,3 +89,62 @@ if "miou" in result:
           f"grid of {num_segments} {result['miou_grid']:.3f}  ({result['steps']} steps, {result['seconds'] / 60:.1f} min)")
 else:
     print("no ground truth for real videos")
+
+# %% [markdown]
+# Two reference points put the number in context. The *object oracle* segments each frame into
+# background and object pixels from the ground truth: a network that has learned only what moves
+# scores this. The *resolution ceiling* is the ground truth itself passed through what FCN-8s can
+# express: its scores live on the stride-8 grid and are upsampled bilinearly, so we average-pool the
+# one-hot ground truth by 8, upsample it bilinearly and take the argmax. No FCN-8s of this crop size
+# can beat that ceiling by much.
+
+# %%
+#| slow
+import torch.nn.functional as F
+from motion_nbs.s3 import matched_miou
+
+if "target" in result["heldout"]:
+    gt = result["heldout"]["target"]
+    onehot = F.one_hot(gt, int(gt.max()) + 1).permute(0, 3, 1, 2).float()
+    coarse = F.interpolate(F.avg_pool2d(onehot, 8), size=gt.shape[-2:], mode="bilinear", align_corners=False)
+    print(f"object oracle {matched_miou((gt > 0).long(), gt):.3f}; stride-8 resolution ceiling "
+          f"{matched_miou(coarse.argmax(1), gt):.3f}; S3-CNN {result['miou']:.3f}")
+
+# %% [markdown]
+# ## What the `cpu` preset reaches, and why the targets are not met
+#
+# Measured on 32 held-out frames (all runs: `fcn8s_small`, Adam at $10^{-3}$, batch 8, a pool of 192
+# rendered scenes, $L = 5$, $\beta = 30$):
+#
+# | run | steps | crop | matched mIoU | grid of 5 | object oracle | stride-8 ceiling | target |
+# |---|---|---|---|---|---|---|---|
+# | `single_cube` + affine (this notebook's default) | 1,200 | 64 | 0.417 | 0.165 | 0.389 | 0.698 | ≥ 0.7 |
+# | `single_cube` + affine, longer | 4,000 | 64 | 0.44 (0.40–0.45 from step 1,250 on) | 0.165 | 0.389 | 0.698 | |
+# | `single_cube` + affine, cosine decay | 2,500 | 128 | 0.424 | 0.165 | — | 0.858 | |
+# | `multi_cube` + rigid (`-p data multi_cube -p loss rigid`) | 1,200 | 64 | 0.254 | 0.253 | 0.378 | 0.765 | ≥ 0.5 |
+#
+# The 1,200-step runs took 21 CPU-minutes each (52 minutes of wall time on two cores shared with
+# other jobs; an estimated 5 minutes alone, from 0.2 s per step on one thread). The two longer runs used a
+# plain Adam loop with the same model, data and evaluation instead of `train`. Neither target is reached. What we found out:
+#
+# - **Resolution caps `single_cube` at 64 pixels.** A cube covers about 25 pixels of the crop and a
+#   side face often only 3–6; the stride-8 ceiling is 0.698, *below* the 0.7 target, so at the preset's
+#   crop size no FCN-8s can meet it. At 128 pixels the ceiling is 0.858 (96 pixels: 0.816).
+# - **The affine network learns what moves, then splits faces slowly.** It beats the object oracle
+#   (0.44 against 0.389), i.e. it separates some faces, but longer training (4,000 steps) or larger
+#   crops (128 pixels, 2,500 steps) stay at 0.42–0.45. The loss says why: with hard masks the ground-truth
+#   faces score $6.8\times10^{-5}$, the object oracle 0.0136 and one segment 0.353, while the trained
+#   network's soft masks score 0.05–0.07. Nearly all of the remaining loss is soft, misplaced object
+#   boundaries, where the residual is the full flow (pixels); splitting faces is worth at most 0.0136,
+#   because under the 2–5° per frame rotations of `single_cube` the affine motions of adjacent faces
+#   differ by a fraction of a pixel. (A 10× smaller smooth-$L_1$ threshold changes the gt/oracle
+#   ratio only from 200 to 120.)
+# - **The rigid loss does not leave the grid level at this budget.** With hard masks the ground-truth
+#   objects score $5\times10^{-10}$, the object oracle 0.50 and one segment 3.27; training reaches
+#   0.75–0.80 in 1,500 steps with segments no better than the grid (0.25–0.26). The 8-point fit of a soft,
+#   near-uniform segment over small motions is poorly conditioned, so the gradient says little about
+#   *where* a segment should move.
+#
+# The thesis trained FCN-8s on VGG-16 for days on a GPU and shows `single_cube` results on its
+# training frames (fig 4.3a); `preset="paper"` with `image_size` 224 is that configuration. On a CPU
+# we report the shortfall rather than tune the evaluation.
