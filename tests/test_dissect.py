@@ -92,3 +92,14 @@ def test_bad_inputs(tmp_path):
         network_dissection(nn.Sequential(nn.Conv2d(3, 2, 1), nn.Flatten()), "1", data)
     with pytest.raises(FileNotFoundError, match="index.csv is missing"):
         BrodenConcepts(tmp_path)
+
+
+def test_preimage_presets_and_fingerprint():
+    from motion_nbs.dissect import network_fingerprint, preimage_settings
+    assert preimage_settings("cpu")["units"] == 25 and preimage_settings("paper")["max_iters"] == 300
+    with pytest.raises(ValueError, match="valid presets: 'cpu', 'paper'"): preimage_settings("fast")
+    torch.manual_seed(0); a = alexnet_cpfs_small()
+    torch.manual_seed(0); b = alexnet_cpfs_small()
+    assert network_fingerprint(a) == network_fingerprint(b)
+    with torch.no_grad(): b.conv5.weight[0, 0, 0, 0] += 1e-3
+    assert network_fingerprint(a) != network_fingerprint(b)
