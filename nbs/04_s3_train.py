@@ -143,9 +143,18 @@ if "target" in result["heldout"]:
 #   0.431 with three times that (6–15°, a changed data set, evaluated on its own held-out frames). The
 #   network's scores are not saturated (1 % of $\sigma'(s)$ below 0.01), so the head of section 4.3.2 is
 #   not what stalls it.
+# - **At 64 pixels the loss hardly prefers the right answer.** Feed the ground truth through what the
+#   network can express — one-hot regions average-pooled to the stride-8 grid, upsampled bilinearly,
+#   scaled to scores and passed through the head of section 4.3.2 (`soft_masks`, $\beta = 30$) — and it
+#   scores 0.052 on `single_cube` (mIoU 0.698), about what the trained network's masks score (0.05–0.07,
+#   mIoU 0.42). The soft boundaries an FCN-8s must draw cost as much as the wrong partition saves. At a
+#   stride of 4 the same ground truth scores 0.016 (mIoU 0.858), and at 128 pixels the stride-8 ground
+#   truth scores 0.037 (mIoU 0.858) while our 2,500-step network was still at 0.066: there the loss does
+#   favour the faces, and the run was simply too short.
 # - **The rigid loss does not leave the grid level at this budget.** With hard masks the ground-truth
 #   objects score $5\times10^{-10}$, the object oracle 0.50 and one segment 3.27; training reaches
-#   0.75–0.80 in 1,500 steps with segments no better than the grid (0.25–0.26). The 8-point fit of a soft,
+#   0.75–0.80 in 1,500 steps with segments no better than the grid (0.25–0.26); the stride-8 ground
+#   truth through the head scores 0.646 (stride 4: 0.20), so here the loss does point to the objects. The 8-point fit of a soft,
 #   near-uniform segment over small motions is poorly conditioned, so the gradient says little about
 #   *where* a segment should move.
 #
