@@ -150,7 +150,7 @@ if "target" in result["heldout"]:
 #   mIoU 0.42). The soft boundaries an FCN-8s must draw cost as much as the wrong partition saves. At a
 #   stride of 4 the same ground truth scores 0.016 (mIoU 0.858), and at 128 pixels the stride-8 ground
 #   truth scores 0.037 (mIoU 0.858) while our 2,500-step network was still at 0.066: there the loss does
-#   favour the faces, and the run was simply too short.
+#   favour the faces, and the network had not reached that loss yet.
 # - **The rigid loss does not leave the grid level at this budget.** With hard masks the ground-truth
 #   objects score $5\times10^{-10}$, the object oracle 0.50 and one segment 3.27; training reaches
 #   0.75–0.80 in 1,500 steps with segments no better than the grid (0.25–0.26); the stride-8 ground
