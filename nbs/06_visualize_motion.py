@@ -687,13 +687,12 @@ for n, per in results.items():
 # patterns are therefore blurrier and smaller than the thesis'. `preset = "paper"` restores the
 # thesis' sizes and iterations.
 #
-# Measured on two CPU cores shared with other jobs (load average about 6), with the network checkpoints
-# present: the whole notebook took 12 min 17 s of wall time and 8 min 1 s of CPU time (user + sys) with
-# an empty pre-image cache; the pre-images alone took 528 s of wall time. With the cache filled, two
-# runs took 2 min 18 s and 3 min 13 s (1 min 38 s and 3 min 8 s of CPU time). The CPU time also rises
-# with the load, because the threads spin while they wait. A cold run used 481 s of CPU time in all, so
-# it should fit in ten minutes on two unshared cores; that was not measured, because no unshared
-# machine was available. Missing checkpoints add the training times given above.
+# Measured with the network checkpoints present. On two otherwise idle cores (load average 0.5) the
+# whole notebook took 1 min 8 s of wall time (1 min 54 s of CPU time, user + sys) with an empty
+# pre-image cache, of which the pre-images took 34 s. On the same cores shared with other jobs (load
+# average about 6) the same cold run took 12 min 17 s (pre-images 528 s): torch's two threads spin while
+# they wait for a core, so a loaded machine is many times slower; with the cache filled, loaded runs
+# took 2–3.5 minutes. Missing checkpoints add the training times given above.
 #
 # `network_preimages` computes all of a network's pre-images; `cached_preimages` stores them under
 # `../_runs/06_visualize_motion/` with `atomic_save`, in a file named after a hash of the settings and
