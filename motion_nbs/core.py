@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['SAMPLE_IMAGES', 'SAMPLE_VIDEOS', 'data_dir', 'seed_everything', 'default_device', 'image_from_array',
            'image_to_array', 'load_image', 'sample_image', 'sample_video', 'video_info', 'read_video_frames',
-           'atomic_write', 'atomic_save', 'show_images']
+           'atomic_write', 'atomic_save', 'load_model_file', 'show_images']
 
 # %% ../nbs/00_core.ipynb #fa5f66ed
 import contextlib
@@ -179,6 +179,21 @@ def atomic_write(path  # the final file name
 def atomic_save(obj, path):
     "`torch.save(obj, path)` through `atomic_write`: the file is complete or absent."
     with atomic_write(path) as tmp: torch.save(obj, tmp)
+
+# %% ../nbs/00_core.ipynb #2ce73f85
+def load_model_file(path,  # a `model.pt`, or the run folder holding it
+                    keys,  # the keys the file must have, e.g. ("model", "meta")
+                    kind: str,  # what the file should be, for messages, e.g. "S3 model"
+                    writer: str  # what writes it, for messages, e.g. "04_s3_train"
+                   ) -> dict:
+    "The checkpoint dict of a training run, loaded on the CPU with `weights_only=True`; clear errors when missing or of another kind."
+    path = Path(path)
+    if path.is_dir(): path = path / "model.pt"
+    if not path.exists(): raise FileNotFoundError(f"{path}: no such checkpoint; train a model first ({writer} writes out_dir/model.pt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
+        raise ValueError(f"{path}: not a {kind} file (expected keys {', '.join(keys)} as written by {writer})")
+    return ckpt
 
 # %% ../nbs/00_core.ipynb #e41789b1
 def show_images(images,  # a (B,C,H,W) tensor or a list of (C,H,W) / (H,W) tensors or arrays

@@ -6,7 +6,8 @@
 __all__ = ['PRESETS', 'CATEGORIES', 'NUM_FACES', 'TEXTURES', 'OBJECT_TEXTURES', 'BACKGROUND_TEXTURES', 'TEXTURE_SIZE', 'Scene',
            'render_frame', 'sample_scene', 'render_scene', 'render_pair', 'warp_error', 'scene_seed', 'SceneDataset',
            'label_to_rgb', 'scene_cuts', 'video_frame_pairs', 'encode_flow_pair', 'decode_flow_pair', 'FlowPairDataset',
-           'flow_pair_stream', 'paired_resize', 'paired_crop', 'paired_hflip', 'colour_jitter', 'PairedAugment']
+           'flow_pair_stream', 'paired_resize', 'paired_crop', 'paired_hflip', 'colour_jitter', 'PairedAugment',
+           'video_flow_pairs', 'ImageFlowSamples']
 
 # %% ../nbs/02a_data.ipynb #97dec9ea
 import functools
@@ -695,3 +696,39 @@ class PairedAugment:
             for k in _FRAMES:
                 if k in out: out[k] = colour_jitter(out[k], **jit)
         return out
+
+# %% ../nbs/02a_data.ipynb #8ded2816
+def video_flow_pairs(names,  # sample video names (`SAMPLE_VIDEOS`) or video paths
+                     short_side: int,  # the shorter side of the resized pairs, in pixels
+                     seed: int = 0,  # video k draws its pairs with seed `seed + k`
+                     pairs_per_video: int = 48,  # pairs drawn from each video
+                     gap: int = 5  # frames between the two of a pair
+                    ) -> list:
+    "`{image, flow}` dicts of frame pairs (t, t+gap) of videos with DIS flow, resized so the shorter side is `short_side`."
+    from motion_nbs.core import SAMPLE_VIDEOS, sample_video
+    if not (isinstance(short_side, int) and short_side >= 8): raise ValueError(f"short_side must be an int >= 8, got {short_side!r}")
+    out = []
+    for k, name in enumerate(names):
+        path = sample_video(name) if name in SAMPLE_VIDEOS else name
+        for p in video_frame_pairs(path, gap=gap, num_pairs=pairs_per_video, seed=seed + k):
+            s = {"image": p["image"], "flow": estimate_flow(p["image"], p["next_image"])}
+            h, w = s["image"].shape[-2:]
+            f = short_side / min(h, w)
+            out.append(paired_resize(s, (round(h * f), round(w * f))))
+    return out
+
+# %% ../nbs/02a_data.ipynb #1360a30f
+class ImageFlowSamples(torch.utils.data.Dataset):
+    "The items of a data set (or list) reduced to `{image, flow}`; `cache` keeps them after the first read, `transform` augments each read."
+    def __init__(self, base,  # a data set or list of dicts with at least `image` and `flow`
+                 transform=None,  # e.g. `PairedAugment`; applied on every read, after the cache
+                 cache: bool = False):
+        self.base, self.transform, self.cache = base, transform, {} if cache else None
+    def __len__(self): return len(self.base)
+    def __getitem__(self, i):
+        if self.cache is not None and i in self.cache: s = self.cache[i]
+        else:
+            s = self.base[i]
+            s = {k: s[k] for k in ("image", "flow")}
+            if self.cache is not None: self.cache[i] = s
+        return self.transform(s) if self.transform is not None else s

@@ -308,6 +308,35 @@ with tempfile.TemporaryDirectory() as tmp:
 
 
 # %% [markdown]
+# `load_model_file` reads the `model.pt` a training chapter writes (a dict of tensors and a `meta`
+# dict), always with `weights_only=True`, and says what is wrong when the file is missing or foreign.
+
+# %%
+#| export
+def load_model_file(path,  # a `model.pt`, or the run folder holding it
+                    keys,  # the keys the file must have, e.g. ("model", "meta")
+                    kind: str,  # what the file should be, for messages, e.g. "S3 model"
+                    writer: str  # what writes it, for messages, e.g. "04_s3_train"
+                   ) -> dict:
+    "The checkpoint dict of a training run, loaded on the CPU with `weights_only=True`; clear errors when missing or of another kind."
+    path = Path(path)
+    if path.is_dir(): path = path / "model.pt"
+    if not path.exists(): raise FileNotFoundError(f"{path}: no such checkpoint; train a model first ({writer} writes out_dir/model.pt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
+        raise ValueError(f"{path}: not a {kind} file (expected keys {', '.join(keys)} as written by {writer})")
+    return ckpt
+
+
+# %%
+with tempfile.TemporaryDirectory() as tmp:
+    atomic_save({"model": {"w": torch.ones(2)}, "meta": {"a": 1}}, Path(tmp) / "model.pt")
+    test_eq(load_model_file(tmp, ("model", "meta"), "test model", "a test")["meta"], {"a": 1})
+    test_fail(lambda: load_model_file(Path(tmp) / "nope.pt", ("model",), "test model", "a test"), contains="no such checkpoint")
+    test_fail(lambda: load_model_file(tmp, ("backbone",), "CPFS model", "03_cpfs_train"), contains="not a CPFS model file")
+
+
+# %% [markdown]
 # ## Showing images
 #
 # A grid helper for figures. Matplotlib is imported inside the function so that the numerical

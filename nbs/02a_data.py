@@ -1122,6 +1122,67 @@ _b = PairedAugment(crop_size=16, flip=False, scale=(1.2, 1.2), colour=False)(_s,
 test_eq(_a["flow"], _b["flow"]); assert not torch.equal(_a["image"], _b["image"])     # jitter never touches flow
 test_fail(lambda: paired_crop(_s, 0, 0, 32, 32), contains="larger than the image")
 
+
+# %% [markdown]
+# `video_flow_pairs` is what the training chapters use when `data="videos"`: pairs of the sample
+# videos with DIS flow (chapter 01), resized so the shorter side has a given length.
+
+# %%
+#| export
+def video_flow_pairs(names,  # sample video names (`SAMPLE_VIDEOS`) or video paths
+                     short_side: int,  # the shorter side of the resized pairs, in pixels
+                     seed: int = 0,  # video k draws its pairs with seed `seed + k`
+                     pairs_per_video: int = 48,  # pairs drawn from each video
+                     gap: int = 5  # frames between the two of a pair
+                    ) -> list:
+    "`{image, flow}` dicts of frame pairs (t, t+gap) of videos with DIS flow, resized so the shorter side is `short_side`."
+    from motion_nbs.core import SAMPLE_VIDEOS, sample_video
+    if not (isinstance(short_side, int) and short_side >= 8): raise ValueError(f"short_side must be an int >= 8, got {short_side!r}")
+    out = []
+    for k, name in enumerate(names):
+        path = sample_video(name) if name in SAMPLE_VIDEOS else name
+        for p in video_frame_pairs(path, gap=gap, num_pairs=pairs_per_video, seed=seed + k):
+            s = {"image": p["image"], "flow": estimate_flow(p["image"], p["next_image"])}
+            h, w = s["image"].shape[-2:]
+            f = short_side / min(h, w)
+            out.append(paired_resize(s, (round(h * f), round(w * f))))
+    return out
+
+
+# %%
+_v = video_flow_pairs(["carphone"], 40, pairs_per_video=2)
+test_eq(len(_v), 2); test_eq(min(_v[0]["image"].shape[-2:]), 40); test_eq(_v[0]["flow"].shape[-2:], _v[0]["image"].shape[-2:])
+test_fail(lambda: video_flow_pairs(["carphone"], 0), contains="short_side must be")
+
+
+# %% [markdown]
+# `ImageFlowSamples` is the training view both self-supervised chapters put over a data set: each item
+# reduced to `{image, flow}`, optionally cached (a rendered pool is rendered once) and augmented.
+
+# %%
+#| export
+class ImageFlowSamples(torch.utils.data.Dataset):
+    "The items of a data set (or list) reduced to `{image, flow}`; `cache` keeps them after the first read, `transform` augments each read."
+    def __init__(self, base,  # a data set or list of dicts with at least `image` and `flow`
+                 transform=None,  # e.g. `PairedAugment`; applied on every read, after the cache
+                 cache: bool = False):
+        self.base, self.transform, self.cache = base, transform, {} if cache else None
+    def __len__(self): return len(self.base)
+    def __getitem__(self, i):
+        if self.cache is not None and i in self.cache: s = self.cache[i]
+        else:
+            s = self.base[i]
+            s = {k: s[k] for k in ("image", "flow")}
+            if self.cache is not None: self.cache[i] = s
+        return self.transform(s) if self.transform is not None else s
+
+
+# %%
+_items = [dict(image=torch.rand(3, 8, 8), flow=torch.randn(2, 8, 8), depth=torch.rand(8, 8))]
+_ifs = ImageFlowSamples(_items, transform=paired_hflip, cache=True)
+test_eq(sorted(_ifs[0]), ["flow", "image"]); test_eq(_ifs[0]["image"], _items[0]["image"].flip(-1))
+assert 0 in _ifs.cache and torch.equal(_ifs.cache[0]["image"], _items[0]["image"])   # the cache holds unaugmented items
+
 # %% [markdown]
 # ## Summary
 #

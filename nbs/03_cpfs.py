@@ -564,45 +564,18 @@ class CPFSTrainer(nn.Module):
         xy = sample_pixels(b, self.num_pixels, h, w, device=image.device)
         return self.crit(self.net(image, xy), gather_pixels(flow, xy))
 
-class _Pairs(torch.utils.data.Dataset):
-    "Samples of a dataset, optionally augmented, reduced to {image, flow}; `cache` keeps rendered samples."
-    def __init__(self, base, transform=None, cache: bool = False):
-        self.base, self.transform, self.cache = base, transform, {} if cache else None
-    def __len__(self): return len(self.base)
-    def __getitem__(self, i):
-        if self.cache is not None and i in self.cache: s = self.cache[i]
-        else:
-            s = self.base[i]
-            s = {k: s[k] for k in ("image", "flow")}
-            if self.cache is not None: self.cache[i] = s
-        if self.transform is not None: s = self.transform(s)
-        return {"image": s["image"], "flow": s["flow"]}
-
-def _video_pairs(render_size: int, seed: int, pairs_per_video: int = 48) -> list:
-    "Frame pairs of the sample videos with DIS flow, resized so the shorter side is `render_size`."
-    from motion_nbs.core import SAMPLE_VIDEOS, sample_video
-    from motion_nbs.data import paired_resize, video_frame_pairs
-    from motion_nbs.flow import estimate_flow
-    out = []
-    for k, name in enumerate(SAMPLE_VIDEOS):
-        for p in video_frame_pairs(sample_video(name), gap=5, num_pairs=pairs_per_video, seed=seed + k):
-            s = {"image": p["image"], "flow": estimate_flow(p["image"], p["next_image"])}
-            h, w = s["image"].shape[-2:]
-            f = render_size / min(h, w)
-            out.append(paired_resize(s, (round(h * f), round(w * f))))
-    return out
-
 def train_data(cfg: dict):
     "(training set, validation set) for a `train_config`."
-    from motion_nbs.data import FlowPairDataset, PairedAugment, SceneDataset
+    from motion_nbs.core import SAMPLE_VIDEOS
+    from motion_nbs.data import FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, video_flow_pairs
     aug = PairedAugment(crop_size=cfg["image_size"], colour=True)
     r = cfg["render_size"]
-    valid = _Pairs(SceneDataset("shapes", length=cfg["num_valid"], seed=cfg["seed"] + 1_000_003, size=(cfg["image_size"],) * 2))
+    valid = ImageFlowSamples(SceneDataset("shapes", length=cfg["num_valid"], seed=cfg["seed"] + 1_000_003, size=(cfg["image_size"],) * 2))
     if cfg["data"] == "synthetic":
         n = cfg["pool_size"] or cfg["num_iters"] * cfg["batch_size"]
-        return _Pairs(SceneDataset("shapes", length=n, seed=cfg["seed"], size=(r, r)), aug, cache=cfg["pool_size"] is not None), valid
-    if cfg["data"] == "videos": return _Pairs(_video_pairs(r, cfg["seed"]), aug), valid
-    return _Pairs(FlowPairDataset(cfg["data"]), aug), valid
+        return ImageFlowSamples(SceneDataset("shapes", length=n, seed=cfg["seed"], size=(r, r)), aug, cache=cfg["pool_size"] is not None), valid
+    if cfg["data"] == "videos": return ImageFlowSamples(video_flow_pairs(SAMPLE_VIDEOS, r, cfg["seed"]), aug), valid
+    return ImageFlowSamples(FlowPairDataset(cfg["data"]), aug), valid
 
 def build_cpfs_model(cfg: dict) -> CPFSTrainer:
     "The network and loss of a `train_config` (seeded, so every loss starts from the same weights)."
@@ -683,14 +656,9 @@ def train(loss: str = "ce", data: str = "synthetic", preset: str = "cpu", num_it
 def load_cpfs(path  # a `model.pt` written by `train`, or the run folder holding it
              ):
     "The trained `SparseHypercolumn` (CPFS) or `FlowClassificationBaseline` (flow_cls) of a run, in eval mode."
-    from pathlib import Path
+    from motion_nbs.core import load_model_file
     from motion_nbs.models import create_model
-    path = Path(path)
-    if path.is_dir(): path = path / "model.pt"
-    if not path.exists(): raise FileNotFoundError(f"{path}: no such checkpoint; train a model first (03_cpfs_train writes out_dir/model.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "meta" not in ckpt or "backbone" not in ckpt:
-        raise ValueError(f"{path}: not a CPFS model file (expected keys backbone, head, meta as written by `train`)")
+    ckpt = load_model_file(path, ("backbone", "head", "meta"), "CPFS model", "03_cpfs_train")
     meta = ckpt["meta"]
     backbone = create_model(meta["model"], batchnorm=not meta["folded"])
     backbone.load_state_dict(ckpt["backbone"])

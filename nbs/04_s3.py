@@ -588,53 +588,28 @@ test_fail(lambda: train_config(num_iters=2.5), contains="num_iters=2.5")
 
 # %%
 #| export
-class _Frames(torch.utils.data.Dataset):
-    "{image, flow} items of a dataset (or list), rendered once when `cache`, optionally augmented."
-    def __init__(self, base, transform=None, cache: bool = False):
-        self.base, self.transform, self.cache = base, transform, {} if cache else None
-    def __len__(self): return len(self.base)
-    def __getitem__(self, i):
-        if self.cache is not None and i in self.cache: s = self.cache[i]
-        else:
-            s = {k: self.base[i][k] for k in ("image", "flow")}
-            if self.cache is not None: self.cache[i] = s
-        return self.transform(s) if self.transform is not None else s
-
-def _video_frames(names, size: int, seed: int, pairs_per_video: int) -> list:
-    "Frame pairs (t, t+5) of sample videos with DIS flow, resized so the shorter side is `size`."
-    from motion_nbs.core import sample_video
-    from motion_nbs.data import paired_resize, video_frame_pairs
-    from motion_nbs.flow import estimate_flow
-    out = []
-    for k, name in enumerate(names):
-        for p in video_frame_pairs(sample_video(name), gap=5, num_pairs=pairs_per_video, seed=seed + k):
-            s = {"image": p["image"], "flow": estimate_flow(p["image"], p["next_image"])}
-            h, w = s["image"].shape[-2:]
-            out.append(paired_resize(s, (round(h * size / min(h, w)), round(w * size / min(h, w)))))
-    return out
-
 def train_data(cfg: dict):
     "(training set, validation set) of a `train_config`."
-    from motion_nbs.data import PairedAugment, SceneDataset, paired_crop
+    from motion_nbs.data import ImageFlowSamples, PairedAugment, SceneDataset, paired_crop, video_flow_pairs
     size = cfg["image_size"]
     aug = PairedAugment(crop_size=size, colour=cfg["data"] == "videos")
     if cfg["data"] == "videos":
-        frames = _video_frames(("bikes", "bigbuckbunny"), size, cfg["seed"], 48)
+        frames = video_flow_pairs(("bikes", "bigbuckbunny"), size, cfg["seed"], 48)
         centre = lambda s: paired_crop(s, (s["image"].shape[-2] - size) // 2, (s["image"].shape[-1] - size) // 2, size, size)
         valid = [centre(s) for s in frames[-cfg["num_valid"]:]]
-        return _Frames(frames[:-cfg["num_valid"]], aug), _Frames(valid)
-    valid = _Frames(SceneDataset(cfg["data"], length=cfg["num_valid"], seed=cfg["seed"] + 1_000_003, size=(size, size)))
+        return ImageFlowSamples(frames[:-cfg["num_valid"]], aug), ImageFlowSamples(valid)
+    valid = ImageFlowSamples(SceneDataset(cfg["data"], length=cfg["num_valid"], seed=cfg["seed"] + 1_000_003, size=(size, size)))
     n = cfg["pool_size"] or cfg["num_iters"] * cfg["batch_size"]
-    return _Frames(SceneDataset(cfg["data"], length=n, seed=cfg["seed"], size=(size, size)), aug, cache=cfg["pool_size"] is not None), valid
+    return ImageFlowSamples(SceneDataset(cfg["data"], length=n, seed=cfg["seed"], size=(size, size)), aug, cache=cfg["pool_size"] is not None), valid
 
 def heldout_frames(cfg: dict, num: int = 32) -> dict:
     """Frames no training step saw, for evaluation and figures: a batch dict of image, flow and, for
     rendered data, `target` (faces for `single_cube`, instances otherwise)."""
-    from motion_nbs.data import SceneDataset, paired_crop
+    from motion_nbs.data import SceneDataset, paired_crop, video_flow_pairs
     size = cfg["image_size"]
     if cfg["data"] == "videos":
         items = [paired_crop(s, (s["image"].shape[-2] - size) // 2, (s["image"].shape[-1] - size) // 2, size, size)
-                 for s in _video_frames(("carphone",), size, cfg["seed"], num)]
+                 for s in video_flow_pairs(("carphone",), size, cfg["seed"], num)]
         return {k: torch.stack([it[k] for it in items]) for k in ("image", "flow")}
     ds = SceneDataset(cfg["data"], length=num, seed=cfg["seed"] + 2_000_003, size=(size, size))
     items = [ds[i] for i in range(num)]
@@ -698,13 +673,8 @@ def train(loss: str = "affine", data: str = "single_cube", num_segments: int = 5
 def load_s3(path  # a `model.pt` written by `train`, or the run folder holding it
            ) -> S3Model:
     "The trained `S3Model` of a run, in eval mode (weights loaded with `weights_only=True`)."
-    from pathlib import Path
-    path = Path(path)
-    if path.is_dir(): path = path / "model.pt"
-    if not path.exists(): raise FileNotFoundError(f"{path}: no such checkpoint; train a model first (04_s3_train writes out_dir/model.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path}: not an S3 model file (expected keys model, meta as written by `train`)")
+    from motion_nbs.core import load_model_file
+    ckpt = load_model_file(path, ("model", "meta"), "S3 model", "04_s3_train")
     m = ckpt["meta"]
     model = s3_model(m["model"], m["num_segments"], m["temperature"], m["batchnorm"])
     model.load_state_dict(ckpt["model"])

@@ -890,6 +890,7 @@ from motion_nbs.data import render_scene
 from motion_nbs.dissect import majority_category
 from motion_nbs.learner import fit, supervised
 from motion_nbs.models import ALEXNET_CPFS_SMALL_WIDTHS, vgg16_small
+from motion_nbs.transfer import calibrate_batchnorm
 
 RUN = Path("../_runs/07_reversed") if Path("../settings.ini").exists() else Path("_runs/07_reversed")
 SIZE, N_SCENES, N_HELD, N_TEST = 80, 2000, 300, 60
@@ -929,16 +930,6 @@ class Flipped(torch.utils.data.Dataset):
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return (self.x[i].flip(-1) if torch.rand(()) < 0.5 else self.x[i]), self.y[i]
 
-def recalibrate_batchnorm(model, x, chunk=100):
-    "Replace the running statistics of every batch norm by their exact averages over `x` (then eval mode)."
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns: m.reset_running_stats(); m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for i in range(0, len(x), chunk): model(x[i:i + chunk])
-    for m in bns: m.momentum = 0.1
-    return model.eval()
-
 def accuracy(model, x, y):
     with torch.no_grad(): return (model(x - SHAPES_MEAN).argmax(1) == y).float().mean().item()
 
@@ -953,7 +944,7 @@ for name, make in classifiers.items():
         t0 = time.time()
         fit(model, Flipped(train_images - SHAPES_MEAN, train_labels), supervised(nn.CrossEntropyLoss()),
             max_steps=STEPS[name], batch_size=32, lr=1e-3, progress=False, valid_every=10**9, checkpoint_every=10**9)
-        recalibrate_batchnorm(model, train_images - SHAPES_MEAN)
+        calibrate_batchnorm(model, train_images - SHAPES_MEAN, batch_size=100)
         saved = {"model": model.state_dict(), "seconds": time.time() - t0}
         atomic_save(saved, path)
     model.load_state_dict(saved["model"])
