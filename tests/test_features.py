@@ -11,7 +11,8 @@ import torch
 from conftest import require_reference
 
 from motion_nbs.core import sample_image
-from motion_nbs.features import DenseSIFT, HOG, hog_flip_permutation, hog_glyphs
+from motion_nbs.features import (DenseSIFT, HOG, _hog_orientation_bins, _magnitude, _pool_cells_sparse, _uoctti_normalize,
+                                 hog_cell_counts, hog_flip_permutation, hog_glyphs, image_gradients)
 
 HOG_TOL = 1e-4    # the bound; measured max is ~2e-6 (float32 summation order)
 DSIFT_TOL = 1e-5  # on unit-norm descriptors with VLFeat's fast atan2 reproduced; measured max ~3e-6
@@ -57,13 +58,15 @@ def _vl_hog(vl, image, cell, bilinear):
     return vl.hog.hog(a, cell, n_orientations=9, variant="UoCTTI", bilinear_interpolation=bilinear)
 
 
+@pytest.mark.parametrize("path", ["reference", "fused"])  # forward only, or the fused layer used under autograd
 @pytest.mark.parametrize("bilinear", [False, True], ids=["HOG", "HOGb"])
 @pytest.mark.parametrize("cell", [8, 5])
 @pytest.mark.parametrize("name", sorted(IMAGES))
-def test_hog_matches_vlfeat(vl, name, cell, bilinear):
-    image = IMAGES[name]()
-    ref = _vl_hog(vl, image, cell, bilinear)
-    ours = HOG(cell, bilinear_orientations=bilinear)(image[None])[0].permute(1, 2, 0).numpy()
+def test_hog_matches_vlfeat(vl, name, cell, bilinear, path):
+    image = IMAGES[name]()[None]
+    if path == "fused": image.requires_grad_()
+    ref = _vl_hog(vl, image[0].detach(), cell, bilinear)
+    ours = HOG(cell, bilinear_orientations=bilinear)(image)[0].permute(1, 2, 0).detach().numpy()
     assert ours.shape == ref.shape  # cell counts (H + c/2) // c
     assert ref.max() > 0.1          # a real signal, not two zero arrays
     assert np.abs(ours - ref).max() <= HOG_TOL
@@ -165,6 +168,23 @@ def test_gradients_finite_where_sqrt_and_atan2_are_singular(net, pattern):
     assert torch.isfinite(out).all()
     (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_fused_hog_gradient_equals_autograd_through_the_reference_pipeline():
+    # the hand-written backward of the fused layer against autograd through the definition, on a photo crop
+    image = sample_image("coffee")[None, :, 40:120, 100:196].double()
+    for bilinear in (False, True):
+        hog = HOG(8, bilinear_orientations=bilinear)
+        a, b = image.clone().requires_grad_(), image.clone().requires_grad_()
+        gx, gy = image_gradients(a, hog.derivatives)
+        bins = _hog_orientation_bins(gx, gy, _magnitude(gx, gy), hog.directions, bilinear)
+        ref = _uoctti_normalize(_pool_cells_sparse(bins, 18, hog.pooling, hog.pool_offset, 8, hog_cell_counts(80, 96, 8)), 9)
+        out = hog(b)
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+        probe = torch.linspace(-1, 1, ref.numel(), dtype=ref.dtype).view_as(ref)
+        (ref * probe).sum().backward(); (out * probe).sum().backward()
+        assert a.grad.abs().max() > 1e-3
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-10, rtol=1e-8)
 
 
 # --- bad input ----------------------------------------------------------------------------------
