@@ -238,6 +238,46 @@ if "maximize" in chosen:
     ims += list(r4.images.cpu().clamp(0, 1)); titles += [f"tree frog, init {i}" for i in range(4)]
     fig = show_images(ims, titles=titles, ncols=4, size=2.2); fig.savefig(out / "fig5_15_18.png")
 
+
+# %% [markdown]
+# ## Fig 5.3: the effect of jitter
+#
+# The thesis maximises AlexNet's "tree frog" unit with and without jitter and finds that "jitter helps
+# recover larger and crisper image structures". Here: the same four initialisations as above (tree frog,
+# $C = 1$), with jitter $T = 4$ and without ($T = 1$). The size of the structures is measured by the
+# energy-weighted mean spatial frequency of each pre-image's (grey, mean-removed) Fourier spectrum, in
+# cycles per pixel — lower means larger structures —, crispness by the RMS contrast of the grey image, and
+# the classifier's probability of the class tells whether the structures still serve the unit.
+
+# %%
+#| slow
+def mean_frequency(images):
+    "Energy-weighted mean radial spatial frequency (cycles/pixel) of each image's grey, mean-removed spectrum."
+    g = images.mean(1)
+    g = g - g.mean((-2, -1), keepdim=True)
+    power = torch.fft.rfft2(g).abs().square()
+    fy = torch.fft.fftfreq(g.shape[-2], device=g.device)[:, None]
+    fx = torch.fft.rfftfreq(g.shape[-1], device=g.device)[None, :]
+    radius = (fy.square() + fx.square()).sqrt()
+    return (power * radius).sum((-2, -1)) / power.sum((-2, -1))
+
+if "maximize" in chosen:
+    r4_plain = maximize(classifier, [31] * 4, shape, M=unit_maximum(classifier, 31, probes_m), jitter=1,
+                        num_iters=cfg["cnn_iters"], seed=seed + 1, mean=0.5)
+    fig53 = {}
+    for name, rr in (("jitter T=4", r4), ("no jitter", r4_plain)):
+        with torch.no_grad(): prob = classifier(rr.images).softmax(1)[:, 31]
+        freq = mean_frequency(rr.images.clamp(0, 1))
+        contrast = rr.images.clamp(0, 1).mean(1).std((-2, -1))
+        fig53[name] = dict(mean_frequency=freq.mean().item(), mean_frequency_std=freq.std().item(),
+                           rms_contrast=contrast.mean().item(), p_tree_frog=prob.mean().item())
+        print(f"{name}: mean spatial frequency {freq.mean():.3f} ± {freq.std():.3f} cycles/px, "
+              f"RMS contrast {contrast.mean():.3f}, p(tree frog) {prob.mean():.2f}")
+    results["fig53"] = fig53; save()
+    fig = show_images(list(r4.images.cpu().clamp(0, 1)) + list(r4_plain.images.cpu().clamp(0, 1)),
+                      titles=[f"T=4, init {i}" for i in range(4)] + [f"no jitter, init {i}" for i in range(4)], ncols=4, size=2.2)
+    fig.savefig(out / "fig5_3.png")
+
 # %% [markdown]
 # ## Fig 5.14: activation maximisation of a linear HOG template
 #
@@ -379,7 +419,13 @@ if "explorer" in chosen:
 # without recognisable objects at 64 px; 3 of the 4 classes (tree frog, goose, black swan) are the top-1
 # class of their own pre-image, cheeseburger is not (85 here; 397 with 2 threads — fragile). Fig 5.14:
 # the HOG template fits its 47 crops (9 spheres) perfectly (train accuracy 1.0, i.e. overfit), and its
-# maximisation shows no clear sphere. Figs 5.19–5.20: with C = 1 and 40 iterations the caricatures are
+# maximisation shows no clear sphere. Fig 5.3 (tree frog, 4 initialisations, jitter $T = 4$ against none):
+# with 300 iterations jitter makes the pre-images crisper — RMS contrast 0.046 against 0.031, both
+# classified as tree frog with probability 1.00 — but not larger by our measure: the mean spatial
+# frequency is *higher* with jitter (0.148 ± 0.010 against 0.122 ± 0.006 cycles/px; the plain pre-images
+# are low-contrast, smooth washes). With the fast preset's 40 iterations: contrast 0.033 against 0.029,
+# frequency 0.242 against 0.223, and jitter halves the class probability (0.50 against 1.00): jitter needs
+# the iterations. Figs 5.19–5.20: with C = 1 and 40 iterations the caricatures are
 # blurred, desaturated copies of the cat, not exaggerations. Left to do: the `paper` preset (100 probes,
 # 24 initialisations, 224 px, 300 iterations) on a GPU, and a user study for naturalness.
 

@@ -189,6 +189,8 @@ def test_experiments_notebook_smoke(tmp_path):
     assert all(v["error"] > 0 for v in res["table52"].values())
     assert "blocks.1|C=100" in res["cnn"] and 0 <= res["cnn"]["classifier|C=100"]["consistency"] <= 1
     assert (tmp_path / "run" / "fig5_4.png").exists()
+    assert set(res["fig53"]) == {"jitter T=4", "no jitter"} and (tmp_path / "run" / "fig5_3.png").exists()
+    assert all(0 < v["mean_frequency"] <= 0.71 and 0 <= v["p_tree_frog"] <= 1 for v in res["fig53"].values())
 
 
 @pytest.mark.parametrize("params, message", [(dict(preset="gpu"), "valid: fast, paper"),
