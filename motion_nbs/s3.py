@@ -202,14 +202,16 @@ def s3_model(model: str = "fcn8s_small",  # "fcn8s" (thesis) or "fcn8s_small" (C
              num_segments: int = 5,  # L
              temperature: float = 30.0,  # β
              batchnorm: bool = True,  # parameter-free batch normalisation after every convolution
-             dropout: float = 0.5  # dropout after fc6 and fc7
+             dropout: float = 0.5,  # dropout after fc6 and fc7
+             output_stride: int = 8  # 8: FCN-8s (thesis); 4 or 2: finer skips (`FCN8s`' extension)
             ) -> S3Model:
     "A freshly initialised `S3Model` on an FCN-8s with `num_segments` output channels."
     from motion_nbs.models import create_model
     if model not in ("fcn8s", "fcn8s_small"): raise ValueError(f"model={model!r}; valid: 'fcn8s', 'fcn8s_small'")
     if not isinstance(num_segments, int) or isinstance(num_segments, bool) or num_segments < 1:
         raise ValueError(f"num_segments={num_segments!r}; expected a positive int")
-    return S3Model(create_model(model, num_classes=num_segments, batchnorm=batchnorm, dropout=dropout), temperature)
+    return S3Model(create_model(model, num_classes=num_segments, batchnorm=batchnorm, dropout=dropout,
+                                output_stride=output_stride), temperature)
 
 # %% ../nbs/04_s3.ipynb #76300b6b
 def grid_segments(height: int, width: int,

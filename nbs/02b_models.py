@@ -402,6 +402,12 @@ test_fail(lambda: _copy_by_position(_small, alexnet_cpfs_small(), "vgg.pth"), co
 # bottom to a multiple of 32, the output cropped back: the output always has the input's size and a
 # 224 input involves no padding at all. `from_vgg16` copies an ImageNet `VGG16` into the trunk, reshaping
 # the fully connected weights into convolutions ("convolutionalisation").
+#
+# Extension (not in the thesis): `output_stride=4` or `2` continues the same skip pattern one or two
+# steps further — a learnt 2× upsampling plus 1×1 scores on `pool2` (and `pool1`), then a fixed bilinear
+# 4× or 2× upsampling (`upscore_final`) — the "FCN-4s/2s" the FCN paper found to give diminishing returns
+# at PASCAL scale. On small CPU crops, where a cube face spans a few pixels, stride 8 caps what a
+# segmentation can express (chapter 04_s3_train). The default, 8, has exactly FCN-8s' layers and weights.
 
 # %%
 #| exporti
@@ -422,8 +428,12 @@ class FCN8s(nn.Module):
     upscore2 score_pool4 upscore_pool4 score_pool3 upscore8.
 
     Shape: `(B,3,H,W)` → `(B,num_classes,H,W)`."""
-    def __init__(self, num_classes: int = 21, width: float = 1.0, batchnorm: bool = False, dropout: float = 0.5):
+    def __init__(self, num_classes: int = 21, width: float = 1.0, batchnorm: bool = False, dropout: float = 0.5,
+                 output_stride: int = 8  # 8: FCN-8s; 4 or 2 continue the skips to pool2 (and pool1): "FCN-4s/2s"
+                ):
         super().__init__()
+        if output_stride not in (8, 4, 2): raise ValueError(f"output_stride={output_stride!r}; valid: 8 (FCN-8s), 4, 2")
+        self.output_stride = output_stride
         trunk = _vgg16_trunk(width, batchnorm)
         c3, c4, c5 = (max(1, round(c * width)) for c in VGG16_BLOCKS[2:])
         fc = max(1, round(4096 * width))
@@ -435,14 +445,25 @@ class FCN8s(nn.Module):
         self.trunk_names = [name for name, _ in trunk]
         self.score_fr, self.upscore2 = nn.Conv2d(fc, num_classes, 1), nn.ConvTranspose2d(num_classes, num_classes, 4, 2, 1, bias=False)
         self.score_pool4, self.upscore_pool4 = nn.Conv2d(c4, num_classes, 1), nn.ConvTranspose2d(num_classes, num_classes, 4, 2, 1, bias=False)
-        self.score_pool3, self.upscore8 = nn.Conv2d(c3, num_classes, 1), nn.ConvTranspose2d(num_classes, num_classes, 16, 8, 4, bias=False, groups=num_classes)
+        self.score_pool3 = nn.Conv2d(c3, num_classes, 1)
+        scores, ups = [self.score_fr, self.score_pool4, self.score_pool3], [self.upscore2, self.upscore_pool4]
+        c1, c2 = (max(1, round(c * width)) for c in VGG16_BLOCKS[:2])
+        if output_stride <= 4:
+            self.upscore_pool3, self.score_pool2 = nn.ConvTranspose2d(num_classes, num_classes, 4, 2, 1, bias=False), nn.Conv2d(c2, num_classes, 1)
+            scores.append(self.score_pool2); ups.append(self.upscore_pool3)
+        if output_stride <= 2:
+            self.upscore_pool2, self.score_pool1 = nn.ConvTranspose2d(num_classes, num_classes, 4, 2, 1, bias=False), nn.Conv2d(c1, num_classes, 1)
+            scores.append(self.score_pool1); ups.append(self.upscore_pool2)
+        s = output_stride  # the last, fixed bilinear upsampling: upscore8 for FCN-8s, upscore_final otherwise
+        final = nn.ConvTranspose2d(num_classes, num_classes, 2 * s, s, s // 2, bias=False, groups=num_classes)
+        setattr(self, "upscore8" if s == 8 else "upscore_final", final)
         with torch.no_grad():
-            for s in (self.score_fr, self.score_pool4, self.score_pool3): s.weight.zero_(); s.bias.zero_()
-            for u in (self.upscore2, self.upscore_pool4):  # per-class bilinear, as FCN's initialisation
+            for sc in scores: sc.weight.zero_(); sc.bias.zero_()
+            for u in ups:  # per-class bilinear, as FCN's initialisation
                 u.weight.zero_()
                 u.weight[range(num_classes), range(num_classes)] = _bilinear_kernel(4)
-            self.upscore8.weight.copy_(_bilinear_kernel(16).expand_as(self.upscore8.weight))
-        self.upscore8.weight.requires_grad_(False)
+            final.weight.copy_(_bilinear_kernel(2 * s).expand_as(final.weight))
+        final.weight.requires_grad_(False)
         self.num_classes = num_classes
 
     @classmethod
@@ -459,17 +480,19 @@ class FCN8s(nn.Module):
         _check_image(x, (1, 1), type(self).__name__)
         h, w = x.shape[-2:]
         y = F.pad(x, (0, -w % 32, 0, -h % 32))
+        pools = {}
         for name in self.trunk_names:
             y = getattr(self, name)(y)
-            if name == "pool3": p3 = y
-            elif name == "pool4": p4 = y
-        s = self.upscore2(self.score_fr(y)) + self.score_pool4(p4)
-        s = self.upscore_pool4(s) + self.score_pool3(p3)
-        return self.upscore8(s)[..., :h, :w]
+            if name in ("pool1", "pool2", "pool3", "pool4"): pools[name] = y
+        s = self.upscore2(self.score_fr(y)) + self.score_pool4(pools["pool4"])
+        s = self.upscore_pool4(s) + self.score_pool3(pools["pool3"])
+        if self.output_stride <= 4: s = self.upscore_pool3(s) + self.score_pool2(pools["pool2"])
+        if self.output_stride <= 2: s = self.upscore_pool2(s) + self.score_pool1(pools["pool1"])
+        return (self.upscore8 if self.output_stride == 8 else self.upscore_final)(s)[..., :h, :w]
 
-def fcn8s_small(num_classes: int = 21, batchnorm: bool = False, dropout: float = 0.5) -> FCN8s:
+def fcn8s_small(num_classes: int = 21, batchnorm: bool = False, dropout: float = 0.5, output_stride: int = 8) -> FCN8s:
     "The CPU-friendly FCN-8s of the default presets: an eighth of VGG-16's channels, same layer names."
-    return FCN8s(num_classes, width=1 / 8, batchnorm=batchnorm, dropout=dropout)
+    return FCN8s(num_classes, width=1 / 8, batchnorm=batchnorm, dropout=dropout, output_stride=output_stride)
 
 
 # %% [markdown]
@@ -484,6 +507,15 @@ test_close(_up[0, 0, 8:-8, 8:-8], torch.ones(24, 24))
 _fcn = fcn8s_small(num_classes=5).eval()
 test_eq(_fcn(torch.rand(2, 3, 50, 37)).shape, (2, 5, 50, 37))
 test_eq(_fcn(torch.rand(1, 3, 64, 64)).abs().max().item(), 0.0)  # zero-initialised score layers
+for _s in (4, 2):  # finer skips: same trunk, pool2 (and pool1) score layers, a smaller final upsampling
+    _f = fcn8s_small(num_classes=3, output_stride=_s).eval()
+    test_eq(_f(torch.rand(1, 3, 50, 37)).shape, (1, 3, 50, 37))
+    test_eq(_f(torch.rand(1, 3, 64, 64)).abs().max().item(), 0.0)
+    test_eq(hasattr(_f, "score_pool1"), _s == 2)
+test_eq(set(fcn8s_small(3, output_stride=2).state_dict()) - set(fcn8s_small(3).state_dict()),
+        {"upscore_pool3.weight", "score_pool2.weight", "score_pool2.bias", "upscore_pool2.weight", "score_pool1.weight",
+         "score_pool1.bias", "upscore_final.weight"})
+test_fail(lambda: FCN8s(output_stride=16), contains="valid: 8 (FCN-8s), 4, 2")
 torch.manual_seed(0)
 _vgg = vgg16_small(num_classes=10).eval()
 _fcn = FCN8s.from_vgg16(_vgg, num_classes=5).eval()

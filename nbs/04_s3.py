@@ -419,14 +419,16 @@ def s3_model(model: str = "fcn8s_small",  # "fcn8s" (thesis) or "fcn8s_small" (C
              num_segments: int = 5,  # L
              temperature: float = 30.0,  # β
              batchnorm: bool = True,  # parameter-free batch normalisation after every convolution
-             dropout: float = 0.5  # dropout after fc6 and fc7
+             dropout: float = 0.5,  # dropout after fc6 and fc7
+             output_stride: int = 8  # 8: FCN-8s (thesis); 4 or 2: finer skips (`FCN8s`' extension)
             ) -> S3Model:
     "A freshly initialised `S3Model` on an FCN-8s with `num_segments` output channels."
     from motion_nbs.models import create_model
     if model not in ("fcn8s", "fcn8s_small"): raise ValueError(f"model={model!r}; valid: 'fcn8s', 'fcn8s_small'")
     if not isinstance(num_segments, int) or isinstance(num_segments, bool) or num_segments < 1:
         raise ValueError(f"num_segments={num_segments!r}; expected a positive int")
-    return S3Model(create_model(model, num_classes=num_segments, batchnorm=batchnorm, dropout=dropout), temperature)
+    return S3Model(create_model(model, num_classes=num_segments, batchnorm=batchnorm, dropout=dropout,
+                                output_stride=output_stride), temperature)
 
 
 # %%
@@ -437,6 +439,7 @@ test_close(_m, torch.full_like(_m, 0.25))             # zero-initialised score l
 test_eq(_s.eval().segment(torch.rand(1, 3, 32, 32)).shape, (1, 32, 32))
 test_fail(lambda: _s(torch.rand(2, 1, 32, 32)), contains="(B,3,H,W)")
 test_fail(lambda: s3_model("alexnet"), contains="valid: 'fcn8s'")
+test_eq(s3_model(num_segments=3, output_stride=2)(torch.rand(1, 3, 40, 40)).shape, (1, 3, 40, 40))
 
 
 # %% [markdown]
