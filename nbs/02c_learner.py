@@ -152,6 +152,8 @@ def _load_model_state(model, state, path):
 # %%
 #| export
 CHECKPOINT_FORMAT = "motion_nbs.fit/1"
+LR_SCHEDULES = {"constant": lambda t: 1.0,   # factor of the learning rate at the fraction t of `max_steps` done
+                "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t))}
 
 def load_checkpoint(path  # a checkpoint written by `fit`
                    ) -> dict:
@@ -335,8 +337,10 @@ def fit(model: nn.Module,  # the model (its device is used unless `device` is gi
         betas=(0.9, 0.999),  # Adam's β1, β2
         eps: float = 1e-8,  # Adam's ε
         weight_decay: float = 0.0,  # none in the thesis
+        lr_schedule: str = "constant",  # "constant" (the thesis) or "cosine": lr·½(1 + cos(π·step/max_steps))
         valid_every: int = 100,  # validate every so many steps
         patience: int = None,  # stop after this many validations without improvement (None: never)
+        restore_best: bool = True,  # end with the best validated weights; False: the last step's (e.g. after a decay to 0)
         checkpoint_every: int = 100,  # write last.pt every so many steps
         log_every: int = 10,  # write a metrics line every so many steps
         seed: int = 0,  # data order, initial random state
@@ -349,6 +353,7 @@ def fit(model: nn.Module,  # the model (its device is used unless `device` is gi
         progress: bool = True  # show a tqdm progress bar
        ) -> dict:
     "Train `model` with Adam; returns a summary dict (steps, best validation loss and step, stopped early)."
+    if lr_schedule not in LR_SCHEDULES: raise ValueError(f"lr_schedule={lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
     rank, world = _world()
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if world > 1 and torch.cuda.is_available() \
@@ -361,10 +366,11 @@ def fit(model: nn.Module,  # the model (its device is used unless `device` is gi
     batches_per_epoch = len(train_data) // world // per_rank
     if batches_per_epoch == 0:
         raise ValueError(f"the training set has {len(train_data)} samples, fewer than one batch of {batch_size}")
-    settings = dict(batch_size=batch_size, lr=lr, betas=list(betas), eps=eps, weight_decay=weight_decay, seed=seed,
+    settings = dict(batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, betas=list(betas), eps=eps, weight_decay=weight_decay, seed=seed,
                     world_size=world, valid_every=valid_every, patience=patience, train_size=len(train_data))
     full_config = {"fit": settings, "task": {k: _jsonable(v) for k, v in (config or {}).items()}}
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: LR_SCHEDULES[lr_schedule](min(s, max_steps) / max_steps))
     out_dir = Path(out_dir) if out_dir is not None else None
     last = out_dir / "last.pt" if out_dir is not None else None
     ckpt_path = Path(resume) if isinstance(resume, (str, Path)) else (last if resume is True and last is not None and last.exists() else None)
@@ -376,6 +382,7 @@ def fit(model: nn.Module,  # the model (its device is used unless `device` is gi
         _check_config(ckpt_path, ckpt["config"]["task"], full_config["task"])
         _load_model_state(model, ckpt["model"], ckpt_path)
         opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
         step, epoch, pos = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         best, best_step, bad, stopped = ckpt["best_valid_loss"], ckpt["best_step"], ckpt["bad_validations"], ckpt["stopped_early"]
         _set_rng_state(ckpt["rng"][rank])
@@ -397,7 +404,7 @@ def fit(model: nn.Module,  # the model (its device is used unless `device` is gi
     def save(path):
         rngs = _all_gather(_rng_state())
         if rank != 0: return
-        atomic_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+        atomic_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
                      "epoch": epoch, "batch_in_epoch": pos, "rng": rngs, "best_valid_loss": best, "best_step": best_step,
                      "bad_validations": bad, "stopped_early": stopped, "config": full_config}, path)
 
@@ -431,6 +438,7 @@ def fit(model: nn.Module,  # the model (its device is used unless `device` is gi
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                sched.step()
                 step, pos = step + 1, pos + 1
                 for k, v in {"train_loss": loss.item(), **extra}.items(): sums[k] = sums.get(k, 0.0) + v
                 n_sum += 1
@@ -456,8 +464,8 @@ def fit(model: nn.Module,  # the model (its device is used unless `device` is gi
                 epoch, pos = epoch + 1, 0
     finally:
         bar.close()
-    if best_state is not None: model.load_state_dict(best_state)
-    elif best_step is not None and out_dir is not None and (out_dir / "best.pt").exists():
+    if restore_best and best_state is not None: model.load_state_dict(best_state)
+    elif restore_best and best_step is not None and out_dir is not None and (out_dir / "best.pt").exists():
         _load_model_state(model, load_checkpoint(out_dir / "best.pt")["model"], out_dir / "best.pt")
     return {"steps": step, "best_valid_loss": None if best_step is None else best, "best_step": best_step,
             "stopped_early": stopped, "out_dir": None if out_dir is None else str(out_dir)}
@@ -522,9 +530,41 @@ with tempfile.TemporaryDirectory() as _a, tempfile.TemporaryDirectory() as _b:
     _fresh = _run(_b, 30, resume=False)            # resume=False starts over: same as the whole run
     for _p, _q in zip(_whole.parameters(), _fresh.parameters()): assert torch.equal(_p, _q)
 
+
+# %% [markdown]
+# A cosine learning-rate schedule, $\eta_t = \eta\,\tfrac12(1 + \cos(\pi t/T))$ over the `max_steps` $T$, is a
+# function of the step alone: its state travels in the checkpoint, so a run interrupted after its
+# checkpoint at step 20 of 30 resumes onto the same bits, and the last step runs at $\eta \approx 0$.
+
+# %%
+def _cosine_run(tmp, interrupt_after=None):
+    torch.manual_seed(0)
+    net, calls, mse = nn.Linear(4, 1), [0], supervised(nn.MSELoss())
+    def loss(m, b):
+        calls[0] += 1
+        if calls[0] == interrupt_after: raise RuntimeError("interrupted")   # as if the process died mid-run
+        return mse(m, b)
+    fit(net, _Noisy(40), loss, out_dir=tmp, max_steps=30, batch_size=8, lr=1e-2, lr_schedule="cosine",
+        checkpoint_every=10, progress=False)
+    return net
+
+with tempfile.TemporaryDirectory() as _a, tempfile.TemporaryDirectory() as _b:
+    _whole = _cosine_run(_a)
+    test_fail(lambda: _cosine_run(_b, interrupt_after=26), contains="interrupted")   # dies in step 26: last.pt holds step 20
+    test_eq(load_checkpoint(Path(_b) / "last.pt")["step"], 20)
+    _resumed = _cosine_run(_b)
+    assert torch.equal(_whole.weight, _resumed.weight) and torch.equal(_whole.bias, _resumed.bias)
+    _ck = load_checkpoint(Path(_a) / "last.pt")
+    test_close(_ck["optimizer"]["param_groups"][0]["lr"], 0.0, eps=1e-12)
+    test_close(LR_SCHEDULES["cosine"](0.5), 0.5)
+    test_fail(lambda: fit(nn.Linear(4, 1), _Noisy(40), supervised(nn.MSELoss()), lr_schedule="step", progress=False),
+              contains="valid: constant, cosine")
+
 # %% [markdown]
 # Early stopping: with a learning rate far too high the validation loss soon stops improving, the run
 # stops `patience` validations after the best one, and the model is left at the best weights.
+# (`restore_best=False` leaves it at the last step's weights instead: the natural end of a run whose
+# learning rate decays to 0, when a small validation set's best is mostly noise.)
 
 # %%
 with tempfile.TemporaryDirectory() as _tmp:
@@ -543,6 +583,13 @@ _r2 = fit(_net2, _Noisy(64), supervised(nn.MSELoss()), valid_data=_Noisy(16, 1),
           valid_every=5, patience=2, progress=False)
 test_eq(_r2["best_step"], _r["best_step"])
 assert torch.equal(_net2.weight, _net.weight)
+with tempfile.TemporaryDirectory() as _tmp:   # restore_best=False: the run ends with its last step's weights
+    torch.manual_seed(0)
+    _net3 = nn.Linear(4, 1)
+    fit(_net3, _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, 1), max_steps=200, batch_size=8,
+        lr=5.0, valid_every=5, patience=2, restore_best=False, progress=False)
+    assert torch.equal(_net3.weight, load_checkpoint(Path(_tmp) / "last.pt")["model"]["weight"])
+    assert not torch.equal(_net3.weight, load_checkpoint(Path(_tmp) / "best.pt")["model"]["weight"])
 
 
 # %% [markdown]
