@@ -357,7 +357,7 @@ def sample_scene(preset: str,  # one of `PRESETS`
         speed = rng.uniform(1, 8 if ortho else 10) * px * (1 if ortho else z)
         direction = rng.uniform(0, 2 * math.pi)
         dT = np.array([math.cos(direction) * speed, math.sin(direction) * speed, 0 if ortho else rng.uniform(-0.15, 0.15)])
-        dR = _rotation(_unit(rng) * math.radians(rng.uniform(2, 5) if ortho else rng.uniform(1, 4)))
+        dR = _rotation(_unit(rng) * math.radians(rng.uniform(6, 15) if ortho else rng.uniform(1, 4)))
         kinds.append(kind); dims.append(dim); R0.append(R); T0.append((T, radius)); R1.append(dR @ R); T1.append(T + dT)
     plane_R, plane_T = np.eye(3), np.array([0.0, 0.0, bg_depth])
     tile = 64 * px * (1 if ortho else bg_depth) * rng.uniform(1.0, 1.5)  # one texture tile ≈ 64–96 px

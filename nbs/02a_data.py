@@ -464,9 +464,12 @@ def _visible_next(scene: Scene, X1, depth1, rel_tol: float = 0.01):
 # seed gives the same scene on every machine:
 #
 # - `"single_cube"`: one textured cube (half-size 0.55–0.8) under an orthographic camera (4 units
-#   across the image) in front of a static textured plane; it translates 1–8 px and rotates 2–5° per
+#   across the image) in front of a static textured plane; it translates 1–8 px and rotates 6–15° per
 #   frame about a random axis (at 128 px). Every face gets its own tint, as the faces are what chapter 4
-#   segments.
+#   segments. The thesis does not give its cube's speeds; the rotation is fast enough that the affine
+#   motions of adjacent faces differ by more than a pixel at the chapter's crop sizes (with 2–5° they
+#   differ by a fraction of a pixel, and the affine S3 loss gains almost nothing by splitting faces:
+#   see `04_s3_train`).
 # - `"multi_cube"`: 2–4 cubes at depths 5–8.5 under a perspective camera (50° horizontal field of view),
 #   each moving independently (1–10 px, 1–4°, a little in depth), with a small camera motion (≤ 0.15 units,
 #   ≤ 0.8°) over a fronto-parallel textured plane at depth 12; cubes occlude each other.
@@ -552,7 +555,7 @@ def sample_scene(preset: str,  # one of `PRESETS`
         speed = rng.uniform(1, 8 if ortho else 10) * px * (1 if ortho else z)
         direction = rng.uniform(0, 2 * math.pi)
         dT = np.array([math.cos(direction) * speed, math.sin(direction) * speed, 0 if ortho else rng.uniform(-0.15, 0.15)])
-        dR = _rotation(_unit(rng) * math.radians(rng.uniform(2, 5) if ortho else rng.uniform(1, 4)))
+        dR = _rotation(_unit(rng) * math.radians(rng.uniform(6, 15) if ortho else rng.uniform(1, 4)))
         kinds.append(kind); dims.append(dim); R0.append(R); T0.append((T, radius)); R1.append(dR @ R); T1.append(T + dT)
     plane_R, plane_T = np.eye(3), np.array([0.0, 0.0, bg_depth])
     tile = 64 * px * (1 if ortho else bg_depth) * rng.uniform(1.0, 1.5)  # one texture tile ≈ 64–96 px

@@ -133,14 +133,16 @@ def test_flow_size_is_realistic(preset):
 
 @pytest.mark.parametrize("preset", ["single_cube", "multi_cube"])
 def test_dis_recovers_the_flow(preset):
-    """The scenes are textured enough for a hand-crafted estimator: OpenCV DIS is close to the exact flow."""
+    """The scenes are textured enough for a hand-crafted estimator: where things move (exact flow > 0.5 px,
+    visible in both frames), OpenCV DIS's error is well below the flow itself (the error of predicting 0)."""
     errs, zero = [], []
     for seed in range(3):
         r = render_scene(preset, seed, size=(128, 128))
         est = estimate_flow(r["image"], r["next_image"], method="dis", preset="medium")
         _, mask = warp_error(r)
-        errs.append(float((est - r["flow"]).norm(dim=0)[mask].mean()))
-        zero.append(float(r["flow"].norm(dim=0)[mask].mean()))
+        moving = mask & (r["flow"].norm(dim=0) > 0.5)
+        errs.append(float((est - r["flow"]).norm(dim=0)[moving].mean()))
+        zero.append(float(r["flow"].norm(dim=0)[moving].mean()))
     assert np.mean(errs) < 0.4 * np.mean(zero), (errs, zero)
 
 
