@@ -2,7 +2,7 @@
 
 Time of each S3 loss (forward + backward w.r.t. the masks) for B = 8, L = 5 segments, 128×128, against
 the forward + backward of the segmentation network that produces the masks (the thesis' FCN-8s on
-VGG-16 and the CPU preset's `fcn8s_small`), measured in the same run on 2 threads. The losses should
+VGG-16, and `fcn8s_small` at output stride 8 and at the CPU preset's stride 2), measured in the same run on 2 threads. The losses should
 be a small fraction of a training step. The last line printed is one JSON object.
 """
 import json
@@ -38,9 +38,9 @@ def main():
             crit(soft_masks(s), flow).backward()
         return run
 
-    def net_step(name):
+    def net_step(name, stride=8):
         torch.manual_seed(0)
-        model = s3_model(name, L)
+        model = s3_model(name, L, output_stride=stride)
         def run():
             model.zero_grad(set_to_none=True)
             model(image).sum().backward()
@@ -48,9 +48,10 @@ def main():
 
     res = {"batch": B, "segments": L, "size": SIZE, "threads": torch.get_num_threads()}
     for name in S3_LOSSES: res[f"{name}_loss_s"] = round(median_time(loss_step(name)), 5)
-    for name in ("fcn8s_small", "fcn8s"): res[f"{name}_fwd_bwd_s"] = round(median_time(net_step(name), reps=3), 4)
+    nets = {"fcn8s_small": ("fcn8s_small", 8), "fcn8s_small_stride2": ("fcn8s_small", 2), "fcn8s": ("fcn8s", 8)}
+    for key, (name, stride) in nets.items(): res[f"{key}_fwd_bwd_s"] = round(median_time(net_step(name, stride), reps=3), 4)
     for name in S3_LOSSES:
-        for net in ("fcn8s_small", "fcn8s"):
+        for net in nets:
             res[f"{name}_vs_{net}"] = round(res[f"{name}_loss_s"] / res[f"{net}_fwd_bwd_s"], 4)
     for k, v in res.items(): print(f"{k}: {v}")
     print(json.dumps(res))

@@ -249,10 +249,10 @@ S3_DATA = ("single_cube", "multi_cube", "shapes", "videos")
 RIGID_RESIDUAL_SCALE = 1e-3
 AFFINE_BETA = 0.1
 S3_PRESETS = {
-    "cpu": dict(model="fcn8s_small", num_iters=1200, batch_size=8, image_size=64, pool_size=192, lr=1e-3, dropout=0.0,
-                valid_every=100, patience=None, num_valid=16),
-    "paper": dict(model="fcn8s", num_iters=200_000, batch_size=16, image_size=224, pool_size=None, lr=1e-4, dropout=0.5,
-                  valid_every=1000, patience=10, num_valid=500),
+    "cpu": dict(model="fcn8s_small", output_stride=2, num_iters={"affine": 12_000, "rigid": 24_000, "entropy": 12_000}, batch_size=8, image_size=96, pool_size=192, lr=1e-3,
+                lr_schedule="cosine", restore_best=False, dropout=0.0, valid_every=250, patience=None, num_valid=16),
+    "paper": dict(model="fcn8s", output_stride=8, num_iters=200_000, batch_size=16, image_size=224, pool_size=None, lr=1e-4,
+                  lr_schedule="constant", restore_best=True, dropout=0.5, valid_every=1000, patience=10, num_valid=500),
 }
 
 def s3_loss(name: str  # one of `S3_LOSSES`
@@ -274,6 +274,7 @@ def train_config(loss: str = "affine", data: str = "single_cube", num_segments: 
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature={temperature!r}; expected a positive number (30 or 10 in the thesis)")
     cfg = dict(S3_PRESETS[preset])
+    if isinstance(cfg["num_iters"], dict): cfg["num_iters"] = cfg["num_iters"][loss]   # steps per loss
     for k, v in dict(num_iters=num_iters, batch_size=batch_size, image_size=image_size).items():
         if v is None: continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k}={v!r}; expected a positive int")
@@ -341,18 +342,19 @@ def train(loss: str = "affine", data: str = "single_cube", num_segments: int = 5
     out = Path(cfg["out_dir"]); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     seed_everything(cfg["seed"])
-    model = s3_model(cfg["model"], cfg["num_segments"], cfg["temperature"], dropout=cfg["dropout"])
+    model = s3_model(cfg["model"], cfg["num_segments"], cfg["temperature"], dropout=cfg["dropout"], output_stride=cfg["output_stride"])
     train_ds, valid_ds = train_data(cfg)
     crit = s3_loss(cfg["loss"])
     summary = fit(model, train_ds, lambda m, b: crit(m(b["image"]), b["flow"]), out_dir=out, valid_data=valid_ds,
-                  max_steps=cfg["num_iters"], batch_size=cfg["batch_size"], lr=cfg["lr"], valid_every=cfg["valid_every"],
+                  max_steps=cfg["num_iters"], batch_size=cfg["batch_size"], lr=cfg["lr"], lr_schedule=cfg["lr_schedule"],
+                  restore_best=cfg["restore_best"], valid_every=cfg["valid_every"],
                   patience=cfg["patience"], checkpoint_every=cfg["valid_every"], seed=cfg["seed"], progress=progress,
                   config={k: v for k, v in cfg.items() if k not in ("num_iters", "out_dir")})  # these may change on resume
     model.cpu().eval()
     held = heldout_frames(cfg)
     res = dict(summary, config=cfg, **evaluate_segments(model, held), seconds=round(time.time() - t0, 1),
                metrics_path=str(out / "metrics.jsonl"))
-    atomic_save({"model": model.state_dict(), "meta": {"model": cfg["model"], "num_segments": cfg["num_segments"],
+    atomic_save({"model": model.state_dict(), "meta": {"model": cfg["model"], "output_stride": cfg["output_stride"], "num_segments": cfg["num_segments"],
                  "temperature": cfg["temperature"], "batchnorm": True, "loss": cfg["loss"], "data": cfg["data"],
                  "image_size": cfg["image_size"]}}, out / "model.pt")
     with atomic_write(out / "results.json") as tmp: tmp.write_text(json.dumps(res, indent=1))
@@ -364,7 +366,7 @@ def load_s3(path  # a `model.pt` written by `train`, or the run folder holding i
     from motion_nbs.core import load_model_file
     ckpt = load_model_file(path, ("model", "meta"), "S3 model", "04_s3_train")
     m = ckpt["meta"]
-    model = s3_model(m["model"], m["num_segments"], m["temperature"], m["batchnorm"])
+    model = s3_model(m["model"], m["num_segments"], m["temperature"], m["batchnorm"], output_stride=m.get("output_stride", 8))
     model.load_state_dict(ckpt["model"])
     model.meta = dict(m)
     return model.eval()
