@@ -526,7 +526,7 @@ test_close(segments_to_rgb(torch.full((1, 2, 1, 1), 0.5))[0, :, 0, 0], SEGMENT_C
 # 1.01–1.5× the crop, crop, left-right flip; colour jitter on real videos only, as the thesis did for
 # YFCC). The thesis does not give its batch size; 16 is our choice. The CPU deviations — a small
 # network, small crops, a higher learning rate with a cosine decay, no dropout, a reused pool — make a
-# run take minutes on two cores (about 12 for the affine and entropy losses; the rigid loss learns more
+# run take minutes on two cores (about 15 for the affine and entropy losses; the rigid loss learns more
 # slowly — its segments start as image quadrants and become objects late — so its preset trains
 # twice as long, see `04_s3_train`). The finer output stride is the one deviation in the architecture:
 # FCN-8s' scores live on a stride-8 grid, and at the crop sizes a CPU affords that grid cannot draw

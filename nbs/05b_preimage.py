@@ -393,9 +393,14 @@ test_eq(jitter(canvas, 1), canvas)
 # **What an iteration costs.** Besides $\Phi$'s forward and backward pass, an iteration does a fixed amount
 # of whole-image work: the regularisers with their closed-form gradients (`regularizer_terms`) and this
 # update, about 1–1.5 ms for a $224\times224$ colour image on 2 CPU threads. For a CNN layer that is noise
-# (`bench/bench_preimage.py`: EfficientNet-Lite0 `blocks.4`, iteration/forward+backward 0.93–0.98); for
-# HOG, whose fused forward+backward takes about 5 ms, it is 1.27–1.29× — above the issue's 1.15× goal,
-# while 350 iterations take 2.5–2.65 s (goal ≤ 3 s).
+# (`bench/bench_preimage.py`: EfficientNet-Lite0 `blocks.4`, iteration/forward+backward 0.93–1.11); for
+# HOG, whose fused forward+backward takes about 5 ms, it is 1.27–1.31× — above the issue's 1.15× goal,
+# while 350 iterations take 2.4–2.65 s (goal ≤ 3 s). A profile of one HOG iteration against one
+# forward+backward (1 thread) puts the difference in about 25 whole-image passes of 20–80 µs each:
+# the regularisers and their gradients, the update and its projection test, adding the mean image and
+# its backward, and HOG itself running slower between them (its inputs no longer in cache).
+# `torch.compile` of the regularisers and the update (35 s to compile) and `vector_norm` reductions
+# in place of the squared sums were both slower on this CPU, so the plain tensor code stays.
 
 # %%
 #| export
