@@ -225,8 +225,8 @@ def fit(model: nn.Module,  # the model (its device is used unless `device` is gi
     batches_per_epoch = len(train_data) // world // per_rank
     if batches_per_epoch == 0:
         raise ValueError(f"the training set has {len(train_data)} samples, fewer than one batch of {batch_size}")
-    settings = dict(batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, betas=list(betas), eps=eps, weight_decay=weight_decay, seed=seed,
-                    world_size=world, valid_every=valid_every, patience=patience, train_size=len(train_data))
+    settings = dict(batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, betas=list(betas), eps=eps, weight_decay=weight_decay,
+                    seed=seed, world_size=world, valid_every=valid_every, patience=patience, train_size=len(train_data))
     full_config = {"fit": settings, "task": {k: _jsonable(v) for k, v in (config or {}).items()}}
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: LR_SCHEDULES[lr_schedule](min(s, max_steps) / max_steps))
@@ -263,8 +263,8 @@ def fit(model: nn.Module,  # the model (its device is used unless `device` is gi
     def save(path):
         rngs = _all_gather(_rng_state())
         if rank != 0: return
-        atomic_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                     "epoch": epoch, "batch_in_epoch": pos, "rng": rngs, "best_valid_loss": best, "best_step": best_step,
+        atomic_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": pos, "rng": rngs, "best_valid_loss": best, "best_step": best_step,
                      "bad_validations": bad, "stopped_early": stopped, "config": full_config}, path)
 
     def validate() -> float:

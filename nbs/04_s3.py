@@ -550,8 +550,9 @@ S3_DATA = ("single_cube", "multi_cube", "shapes", "videos")
 RIGID_RESIDUAL_SCALE = 1e-3
 AFFINE_BETA = 0.1
 S3_PRESETS = {
-    "cpu": dict(model="fcn8s_small", output_stride=2, num_iters={"affine": 12_000, "rigid": 24_000, "entropy": 12_000}, batch_size=8, image_size=96, pool_size=192, lr=1e-3,
-                lr_schedule="cosine", restore_best=False, dropout=0.0, valid_every=250, patience=None, num_valid=16),
+    "cpu": dict(model="fcn8s_small", output_stride=2, num_iters={"affine": 12_000, "rigid": 24_000, "entropy": 12_000},
+                batch_size=8, image_size=96, pool_size=192, lr=1e-3, lr_schedule="cosine", restore_best=False, dropout=0.0,
+                valid_every=250, patience=None, num_valid=16),
     "paper": dict(model="fcn8s", output_stride=8, num_iters=200_000, batch_size=16, image_size=224, pool_size=None, lr=1e-4,
                   lr_schedule="constant", restore_best=True, dropout=0.5, valid_every=1000, patience=10, num_valid=500),
 }
@@ -665,7 +666,8 @@ def train(loss: str = "affine", data: str = "single_cube", num_segments: int = 5
     out = Path(cfg["out_dir"]); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     seed_everything(cfg["seed"])
-    model = s3_model(cfg["model"], cfg["num_segments"], cfg["temperature"], dropout=cfg["dropout"], output_stride=cfg["output_stride"])
+    model = s3_model(cfg["model"], cfg["num_segments"], cfg["temperature"], dropout=cfg["dropout"],
+                     output_stride=cfg["output_stride"])
     train_ds, valid_ds = train_data(cfg)
     crit = s3_loss(cfg["loss"])
     summary = fit(model, train_ds, lambda m, b: crit(m(b["image"]), b["flow"]), out_dir=out, valid_data=valid_ds,
@@ -677,9 +679,9 @@ def train(loss: str = "affine", data: str = "single_cube", num_segments: int = 5
     held = heldout_frames(cfg)
     res = dict(summary, config=cfg, **evaluate_segments(model, held), seconds=round(time.time() - t0, 1),
                metrics_path=str(out / "metrics.jsonl"))
-    atomic_save({"model": model.state_dict(), "meta": {"model": cfg["model"], "output_stride": cfg["output_stride"], "num_segments": cfg["num_segments"],
-                 "temperature": cfg["temperature"], "batchnorm": True, "loss": cfg["loss"], "data": cfg["data"],
-                 "image_size": cfg["image_size"]}}, out / "model.pt")
+    atomic_save({"model": model.state_dict(), "meta": {"model": cfg["model"], "output_stride": cfg["output_stride"],
+                 "num_segments": cfg["num_segments"], "temperature": cfg["temperature"], "batchnorm": True, "loss": cfg["loss"],
+                 "data": cfg["data"], "image_size": cfg["image_size"]}}, out / "model.pt")
     with atomic_write(out / "results.json") as tmp: tmp.write_text(json.dumps(res, indent=1))
     return dict(res, model=model, heldout=held)
 
