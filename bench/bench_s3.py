@@ -2,8 +2,9 @@
 
 Time of each S3 loss (forward + backward w.r.t. the masks) for B = 8, L = 5 segments, 128×128, against
 the forward + backward of the segmentation network that produces the masks (the thesis' FCN-8s on
-VGG-16, and `fcn8s_small` at output stride 8 and at the CPU preset's stride 2), measured in the same run on 2 threads. The losses should
-be a small fraction of a training step. The last line printed is one JSON object.
+VGG-16, and `fcn8s_small` at output stride 8 and at the CPU preset's stride 2), measured in the same
+run on 2 threads. The losses should be a small fraction of a training step. The last line printed is
+one JSON object.
 """
 import json
 import time

@@ -405,8 +405,9 @@ def fit(model: nn.Module,  # the model (its device is used unless `device` is gi
         rngs = _all_gather(_rng_state())
         if rank != 0: return
         atomic_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": pos, "rng": rngs, "best_valid_loss": best, "best_step": best_step,
-                     "bad_validations": bad, "stopped_early": stopped, "config": full_config}, path)
+                     "scheduler": sched.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": pos, "rng": rngs,
+                     "best_valid_loss": best, "best_step": best_step, "bad_validations": bad, "stopped_early": stopped,
+                     "config": full_config}, path)
 
     def validate() -> float:
         state = _rng_state()
@@ -464,9 +465,10 @@ def fit(model: nn.Module,  # the model (its device is used unless `device` is gi
                 epoch, pos = epoch + 1, 0
     finally:
         bar.close()
-    if restore_best and best_state is not None: model.load_state_dict(best_state)
-    elif restore_best and best_step is not None and out_dir is not None and (out_dir / "best.pt").exists():
-        _load_model_state(model, load_checkpoint(out_dir / "best.pt")["model"], out_dir / "best.pt")
+    if restore_best:
+        if best_state is not None: model.load_state_dict(best_state)
+        elif best_step is not None and out_dir is not None and (out_dir / "best.pt").exists():
+            _load_model_state(model, load_checkpoint(out_dir / "best.pt")["model"], out_dir / "best.pt")
     return {"steps": step, "best_valid_loss": None if best_step is None else best, "best_step": best_step,
             "stopped_early": stopped, "out_dir": None if out_dir is None else str(out_dir)}
 
