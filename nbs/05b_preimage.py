@@ -33,11 +33,17 @@
 import math
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from motion_nbs.models import layer_outputs
+
+try:
+    import numba
+except ImportError:  # the tensor code path below does the same work without it
+    numba = None
 
 # %%
 #| hide
@@ -391,16 +397,13 @@ test_eq(jitter(canvas, 1), canvas)
 # with a few fused tensor operations, and skips the projection when no pixel is beyond $B_+$.
 #
 # **What an iteration costs.** Besides $\Phi$'s forward and backward pass, an iteration does a fixed amount
-# of whole-image work: the regularisers with their closed-form gradients (`regularizer_terms`) and this
-# update, about 1–1.5 ms for a $224\times224$ colour image on 2 CPU threads. For a CNN layer that is noise
-# (`bench/bench_preimage.py`: EfficientNet-Lite0 `blocks.4`, iteration/forward+backward 0.93–1.11); for
-# HOG, whose fused forward+backward takes about 5 ms, it is 1.27–1.31× — above the issue's 1.15× goal,
-# while 350 iterations take 2.4–2.65 s (goal ≤ 3 s). A profile of one HOG iteration against one
-# forward+backward (1 thread) puts the difference in about 25 whole-image passes of 20–80 µs each:
-# the regularisers and their gradients, the update and its projection test, adding the mean image and
-# its backward, and HOG itself running slower between them (its inputs no longer in cache).
-# `torch.compile` of the regularisers and the update (35 s to compile) and `vector_norm` reductions
-# in place of the squared sums were both slower on this CPU, so the plain tensor code stays.
+# of whole-image work: the regularisers with their closed-form gradients (`regularizer_terms`), this
+# update, and adding the mean image for $\Phi$. As tensor operations that is about 25 passes over the image
+# of 20–80 µs each, 1–1.5 ms for a $224\times224$ colour image on 2 CPU threads: noise beside a CNN layer,
+# but 1.27–1.31× the fused HOG's own forward+backward pass (about 5 ms), against the issue's 1.15× goal.
+# `torch.compile` of these operations (35 s to compile) and `vector_norm` reductions in place of the
+# squared sums were both slower on this CPU. The next section does all of it in one compiled pass; the
+# tensor code stays as the reference it is checked against and as the path on a GPU.
 
 # %%
 #| export
@@ -439,6 +442,187 @@ test_close(G.item(), 4.6); test_close(mu.item(), m2); test_close(x.item(), -2 / 
 x = torch.tensor([[[[300.0]], [[400.0]]]])          # norm 500 > B+ = 160
 algorithm1_step(x, torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x), lr=1.0, bound=160.0)
 test_close(x.flatten(), torch.tensor([96.0, 128.0]), eps=1e-4)
+
+# %% [markdown]
+# ## One pass per iteration on the CPU
+#
+# `regularize_and_step` does the whole update in one pass over the image: for each pixel it reads
+# $\mathbf{x}_t$, its neighbours and the data term's gradient, and writes $G_t$, $\mu_t$, $\mathbf{x}_{t+1}$
+# (projected) and the image $\Phi$ sees next, $\text{mean} + \mathbf{x}_{t+1}/255$, accumulating
+# $\mathcal{R}_\alpha(\mathbf{x}_t)$ and $\mathcal{R}_{TV^\beta}(\mathbf{x}_t)$ on the way. The kernel is
+# compiled by numba (parallel over image rows, compiled once per dtype and cached on disk). With $\beta = 2$
+# (the thesis' setting) the TV gradient is a discrete Laplacian with replicated borders, $2\,(4x_{uv} -
+# x_{u\pm1,v} - x_{u,v\pm1})$ over $HWV^2$; other $\beta$ take `regularizer_terms`' tensor code for the
+# regularisers and the kernel for the rest. $\mathbf{x}_{t+1}$ goes to a second buffer, because neighbours
+# still read $\mathbf{x}_t$. On a GPU, or without numba, the same function runs `regularizer_terms` and
+# `algorithm1_step`; the cell below checks that both paths agree to float64 round-off, with pixels beyond
+# $B_+$ and a flat black corner. **Measured** (`bench/bench_preimage.py`, 2 threads, HOG of a 224×224 image):
+# an iteration against HOG's forward+backward went from 1.27–1.31× to 1.09–1.17× (the median of 9 paired
+# rounds, in five runs; single rounds range over 0.84–1.23 on this shared machine), so the issue's 1.15× goal
+# is met in some runs and not in others; 350 iterations went from 2.4–2.65 s to 1.8–2.1 s; the kernel itself
+# takes about 0.2 ms (0.4 ms inside the loop, where HOG has evicted its inputs from the cache). It is compiled
+# on first use (about 2 s) and then loaded from numba's cache.
+
+# %%
+#| export
+if numba is not None:
+    @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+    def _fused_kernel(x, g, G, mu, xn, image, mean, ra_rows, tv_rows,
+                      reg, pa, ca, ct, inv_lr, rho, bound, inv_scale):
+        "Regularisers at x (per-row sums), their gradient added to g, Algorithm 1 into xn, and mean + xn/scale into image."
+        nb, nc, H, W = x.shape
+        b2 = bound * bound
+        for r in numba.prange(nb * H):                 # one image row per task; the loops over j vectorise
+            b, i = r // H, r % H
+            s, n2, cp, gt = np.zeros(W, x.dtype), np.zeros(W, x.dtype), np.zeros(W, x.dtype), np.empty(W, x.dtype)
+            ra, tv = 0.0, 0.0
+            if reg:                                   # alpha-norm: value p*s and gradient ca*p*x per pixel
+                for c in range(nc):
+                    xr = x[b, c, i]
+                    for j in range(W): s[j] += xr[j] * xr[j]
+                for j in range(W):
+                    if pa == 2.0: p = s[j] * s[j]
+                    elif pa == 0.0: p = s[j] * 0 + 1
+                    elif s[j] > 0: p = s[j] ** pa
+                    else: p = s[j] * 0
+                    ra += p * s[j]
+                    cp[j] = ca * p
+            for c in range(nc):
+                xr, gr, Gr, mr, out = x[b, c, i], g[b, c, i], G[b, c, i], mu[b, c, i], xn[b, c, i]
+                for j in range(W): gt[j] = gr[j] + cp[j] * xr[j]
+                if reg:                               # TV with beta = 2: a Laplacian with replicated borders
+                    xu = x[b, c, i - 1] if i > 0 else xr
+                    xd = x[b, c, i + 1] if i + 1 < H else xr
+                    for j in range(W):
+                        d = xd[j] - xr[j]
+                        tv += d * d
+                        gt[j] += ct * (2 * xr[j] - xu[j] - xd[j])
+                    for j in range(W - 1):
+                        d = xr[j + 1] - xr[j]
+                        tv += d * d
+                    for j in range(1, W - 1): gt[j] += ct * (2 * xr[j] - xr[j - 1] - xr[j + 1])
+                    if W > 1:
+                        gt[0] += ct * (xr[0] - xr[1])
+                        gt[W - 1] += ct * (xr[W - 1] - xr[W - 2])
+                for j in range(W):                    # Algorithm 1, lines 4-7
+                    gj = gt[j]
+                    Gv = rho * Gr[j] + gj * gj
+                    Gr[j] = Gv
+                    m = rho * mr[j] - gj / (inv_lr + math.sqrt(Gv))
+                    mr[j] = m
+                    w = xr[j] + m
+                    out[j] = w
+                    n2[j] += w * w
+            for j in range(W):                        # line 8: the projection onto |x_pixel| <= B+
+                n2[j] = bound / math.sqrt(n2[j]) if n2[j] > b2 else n2[j] * 0 + 1
+            for c in range(nc):
+                out, im, mc = xn[b, c, i], image[b, c, i], mean[c]
+                for j in range(W):
+                    w = out[j] * n2[j]
+                    out[j] = w
+                    im[j] = mc + w * inv_scale
+            ra_rows[r] = ra
+            tv_rows[r] = tv
+
+def fused_available(x: torch.Tensor) -> bool:
+    "Whether `regularize_and_step` can take the compiled one-pass path for `x` (numba present, CPU, float32/64)."
+    return numba is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+def prepare_update(x: torch.Tensor,  # (B,C,H,W) an iterate: its shape, dtype and device
+                   mean: torch.Tensor,  # (1,C,1,1) image mean
+                   params,  # `PreimageParams` (alpha, B, beta, V, momentum, bound, scale)
+                   grad_scale: float = 1.0,  # factor of the regularisers' gradient (the solver's area, see below)
+                   fused: bool | None = None  # None: the one-pass kernel when `fused_available(x)`
+                  ):
+    """`regularize_and_step` with its constants and buffers prepared once (the solver calls it every iteration):
+    returns `step(x, grad, G, mu, out, image, lr) -> (ra, rtv)` for tensors like `x`."""
+    p = params
+    if fused is None: fused = fused_available(x)
+    elif fused and not fused_available(x):
+        raise ValueError(f"the one-pass update needs numba and a float32/float64 CPU tensor; got {x.dtype} on {x.device}"
+                         + ("" if numba is not None else " (numba is not installed)"))
+    if not fused:
+        def step(x, grad, G, mu, out, image, lr):
+            ra, rtv, reg_grad = regularizer_terms(x, p.alpha, p.B, p.beta, p.tv_scale)
+            grad.add_(reg_grad, alpha=grad_scale)
+            out.copy_(x)
+            algorithm1_step(out, grad, G, mu, lr, p.momentum, p.bound)
+            torch.add(mean, out, alpha=1 / p.scale, out=image)
+            return ra, rtv
+        return step
+    Bn, C, H, W = x.shape
+    in_kernel = p.beta == 2.0        # other β: the TV term through regularizer_terms, the rest in the kernel
+    rows = np.zeros((2, Bn * H))     # per-row sums of the two regularisers (float64)
+    norm = torch.tensor([[1 / (H * W * p.B ** p.alpha)], [1 / (H * W * p.tv_scale ** 2)]], dtype=torch.float64)
+    m = mean.reshape(-1).to(x.dtype).numpy()
+    f = m.dtype.type                 # constants in the images' precision: float32 loops vectorise
+    consts = [f(v) for v in (p.alpha / 2 - 1, grad_scale * p.alpha / (H * W * p.B ** p.alpha),
+                             grad_scale * 2 / (H * W * p.tv_scale ** 2))]
+    tail = [f(v) for v in (p.momentum, p.bound, 1 / p.scale)]
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    def step(x, grad, G, mu, out, image, lr):
+        if not in_kernel:
+            ra, rtv, reg_grad = regularizer_terms(x, p.alpha, p.B, p.beta, p.tv_scale)
+            grad.add_(reg_grad, alpha=grad_scale)
+        numba.set_num_threads(threads)
+        _fused_kernel(x.numpy(), grad.contiguous().numpy(), G.numpy(), mu.numpy(), out.numpy(), image.numpy(), m,
+                      rows[0], rows[1], in_kernel, *consts, f(1 / lr), *tail)
+        if in_kernel:
+            ra, rtv = (torch.from_numpy(rows).view(2, Bn, H).sum(2) * norm).to(x.dtype)
+        return ra, rtv
+    return step
+
+def regularize_and_step(x: torch.Tensor,  # (B,C,H,W) x_t in thesis units (not modified)
+                        grad: torch.Tensor,  # the data terms' gradient at x_t (on the solver's scale); may be modified
+                        G: torch.Tensor, mu: torch.Tensor,  # Algorithm 1's state, updated in place
+                        out: torch.Tensor,  # receives x_{t+1} (a buffer other than x)
+                        image: torch.Tensor,  # receives mean + x_{t+1}/scale
+                        mean: torch.Tensor,  # (1,C,1,1) image mean
+                        params,  # `PreimageParams` (alpha, B, beta, V, momentum, bound, scale)
+                        lr: float,  # η_0 of this stage
+                        grad_scale: float = 1.0,  # factor of the regularisers' gradient (the solver's area, see below)
+                        fused: bool | None = None  # None: the one-pass kernel when `fused_available(x)`
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add the regularisers' gradient to `grad` and take one Algorithm 1 step from `x` into `out` and `image`.
+
+    Returns $\\mathcal{R}_\\alpha(x_t)$ and $\\mathcal{R}_{TV^\\beta}(x_t)$. Shape: `(B,C,H,W)` → `(B,)`, `(B,)`."""
+    return prepare_update(x, mean, params, grad_scale, fused)(x, grad, G, mu, out, image, lr)
+    Bn, C, H, W = x.shape
+    in_kernel = p.beta == 2.0
+    if not in_kernel:
+        ra, rtv, reg_grad = regularizer_terms(x, p.alpha, p.B, p.beta, p.tv_scale)
+        grad.add_(reg_grad, alpha=grad_scale)
+    grad = grad.contiguous()
+    rows = np.empty((2, Bn * H))
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    _fused_kernel(x.contiguous().numpy(), grad.numpy(), G.numpy(), mu.numpy(), out.numpy(), image.numpy(),
+                  mean.reshape(-1).to(x.dtype).numpy(), rows[0], rows[1], in_kernel,
+                  p.alpha / 2 - 1, grad_scale * p.alpha / (H * W * p.B ** p.alpha),
+                  grad_scale * 2 / (H * W * p.tv_scale ** 2), 1 / lr, p.momentum, p.bound, 1 / p.scale)
+    if in_kernel:
+        ra = torch.from_numpy(rows[0]).view(Bn, H).sum(1).to(x.dtype) / (H * W * p.B ** p.alpha)
+        rtv = torch.from_numpy(rows[1]).view(Bn, H).sum(1).to(x.dtype) / (H * W * p.tv_scale ** 2)
+    return ra, rtv
+
+
+# %%
+g64 = torch.Generator().manual_seed(5)
+for a_, b_ in ((6.0, 2.0), (2.0, 2.0), (3.0, 2.0), (1.0, 2.0), (6.0, 1.5), (6.0, 1.0)):
+    pr = preimage_params(alpha=a_, beta=b_, B_plus=100.0)
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64, generator=g64) * 60
+    x[0, :, :3, :3] = 0.0                                    # flat black corner; |x| > B+ = 100 elsewhere
+    grad = torch.randn(x.shape, dtype=torch.float64, generator=g64) * 50
+    G0, mu0 = torch.rand(x.shape, dtype=torch.float64, generator=g64) * 9, torch.randn(x.shape, dtype=torch.float64, generator=g64)
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    res = []
+    for fused in (False, True):
+        G, mu, out, im = G0.clone(), mu0.clone(), torch.empty_like(x), torch.empty_like(x)
+        ra_, tv_ = regularize_and_step(x, grad.clone(), G, mu, out, im, mean, pr, lr=2.0, grad_scale=99.0, fused=fused)
+        res.append((ra_, tv_, G, mu, out, im))
+    for a, b in zip(*res): test_close(a, b, eps=1e-10)
+    assert (res[1][4].square().sum(1) <= 100.0 ** 2 * (1 + 1e-12)).all() and (res[0][4] != x).any()
+test_fail(lambda: regularize_and_step(x.half(), grad.half(), G.half(), mu.half(), x.half(), x.half(), mean.half(), pr, 1.0, fused=True),
+          contains="float32/float64 CPU tensor")
 
 # %% [markdown]
 # ## The solver
@@ -509,7 +693,8 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
                    regularizers=(),  # callables image -> (B,), added to the energy (e.g. `TextureRegularizer`)
                    finetune: bool = False,  # add `finetune_iters` without jitter at lr/10 (inversion with jitter)
                    generator: torch.Generator | None = None,  # CPU generator for the jitter shifts
-                   progress: bool = False  # show a tqdm bar
+                   progress: bool = False,  # show a tqdm bar
+                   fused: bool | None = None  # the one-pass update of `regularize_and_step`; None: where available
                   ) -> tuple[torch.Tensor, dict]:
     """Minimise eq 5.1/5.7 with Algorithm 1: returns the final canvas (thesis units) and the history.
 
@@ -518,8 +703,12 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
     T = p.jitter
     mean = (image_mean(x.shape[1]) if mean is None else mean).to(x)
     x = x.detach().clone()
+    x_next = torch.empty_like(x)                 # Algorithm 1 writes x_{t+1} here (neighbours still read x_t)
+    image = torch.add(mean, x, alpha=1 / p.scale)   # the canvas Φ sees, kept in step with x
     area = x.shape[-2] * x.shape[-1]   # Algorithm 1 runs on the per-pixel scale of the η0 heuristic (see above)
+    update = prepare_update(x, mean, p, area, fused)   # regularize_and_step, prepared once
     G, mu = torch.zeros_like(x), torch.zeros_like(x)
+    no_extra = x.new_zeros(x.shape[0])
     stages = [(p.num_iters, T > 1, p.lr0)]
     if finetune and T > 1: stages.append((p.finetune_iters, False, p.lr0 / 10))
     hist = {k: [] for k in ("energy", "loss", "alpha", "tv", "extra")}
@@ -528,21 +717,22 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
     try:
         for iters, jittered, lr in stages:
             for t in range(iters):
-                x.requires_grad_(True)
-                image = torch.add(mean, jitter(x, T, generator if jittered else None), alpha=1 / p.scale)
-                loss = data_loss(image)
-                ra, rtv, reg_grad = regularizer_terms(x.detach(), p.alpha, p.B, p.beta, p.tv_scale)   # closed form
-                extra = sum((r(image) for r in regularizers), torch.zeros_like(ra))
-                energy = ra + rtv + p.C * loss + extra
+                image.requires_grad_(True)
+                view = jitter(image, T, generator if jittered else None)
+                loss = data_loss(view)
+                extra = sum((r(view) for r in regularizers), no_extra)
+                # d/dx of the data terms = d/dimage / scale; times the area of the η0 heuristic
+                data = (p.C * loss + extra).sum() if regularizers else loss.sum() * p.C
+                grad, = torch.autograd.grad(data * (area / p.scale), image)
+                image = image.detach()
+                ra, rtv = update(x, grad, G, mu, x_next, image, lr)
+                energy = ra + rtv + p.C * loss.detach() + extra.detach()
                 if not torch.isfinite(energy).all():
                     bad = [k for k, v in (("loss (phi's output)", loss), ("alpha", ra), ("tv", rtv), ("extra regularizers", extra))
                            if not torch.isfinite(v).all()]
                     raise ValueError(f"the pre-image energy is not finite at iteration {len(hist['energy'])}: "
                                      f"non-finite {', '.join(bad)} — does phi return NaN/inf for these images?")
-                grad, = torch.autograd.grad((p.C * loss + extra).sum() * area, x)
-                x = x.detach()
-                grad.add_(reg_grad, alpha=area)
-                algorithm1_step(x, grad, G, mu, lr, p.momentum, p.bound)
+                x, x_next = x_next, x
                 for k, v in zip(hist, (energy, loss, ra, rtv, extra)): hist[k].append(v.detach())
                 bar.update()
     finally:
@@ -569,6 +759,22 @@ assert (recon - x0).abs().mean() < 0.03, (recon - x0).abs().mean()
 assert hist["loss"][-1, 0] < 0.005
 assert hist["energy"][-1, 0] < 0.05 * hist["energy"][0, 0]
 test_eq(hist["energy"].shape, (200, 1))
+
+# %% [markdown]
+# The one-pass update and the tensor code give the same solver run: a smooth $\Phi$ (a fixed random
+# convolution), with jitter and the fine-tuning stage, 30 iterations in float64.
+
+# %%
+wconv = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+x0c = sample_image("astronaut")[None, :, 80:104, 200:224].double()
+target = F.conv2d(x0c, wconv)
+init = initial_noise((1, 3, 26, 26), generator=torch.Generator().manual_seed(1)).double()
+pr = preimage_params(C=100, num_iters=20, finetune_iters=10, jitter=3)
+runs = [solve_preimage(lambda im: normalized_error(F.conv2d(im, wconv), target), init, pr, image_mean(3).double(),
+                       finetune=True, generator=torch.Generator().manual_seed(2), fused=f) for f in (False, True)]
+test_close(runs[0][0], runs[1][0], eps=1e-8)
+for k in ("energy", "loss", "alpha", "tv"): test_close(runs[0][1][k], runs[1][1][k], eps=1e-10)
+test_eq(runs[1][1]["energy"].shape, (30, 1))
 
 
 # %% [markdown]

@@ -366,8 +366,9 @@ if "explorer" in chosen:
 # %% [markdown]
 # ## What came out
 #
-# Measured on 25 Nov 2026 with the defaults (`preset="fast"`), on 2 CPU cores shared with other jobs
-# (load average 2.1–2.5): **2 min 21 s** wall, 2 min 15 s user + 4 s sys. The same run with torch's
+# Measured on 27 Nov 2026 with the defaults (`preset="fast"`), on 2 CPU cores, after the solver's update
+# became one compiled pass (05b): **1 min 15 s** wall, 2 min 12 s user (on 25 Nov, before it and on a machine
+# shared with other jobs, load average 2.1–2.5: 2 min 21 s). The same run with torch's
 # default 2 threads (before the `num_threads` parameter) took 20 min 26 s (19 min 13 s user+sys, load
 # 2.6–3.9): on a loaded machine a second thread made one small inversion 60–100× slower (0.18 s vs
 # 12–19 s), so `num_threads = 1` is now the default. Saved in `nbs/05c_preimage_results.json` and shown
@@ -381,28 +382,29 @@ if "explorer" in chosen:
 # | | HOGgle | HOG | HOGb | DSIFT |
 # |---|---|---|---|---|
 # | thesis (%) | 60.1 ± 2.3 | 36.6 ± 3.4 | 11.6 ± 0.9 | 9.4 ± 1.7 |
-# | ours, eq 5.2 squared ratio (%) | — | 15.7 ± 4.6 | 2.1 ± 1.4 | 0.8 ± 0.5 |
-# | ours, unsquared ratio (%) | — | 38.8 | 13.2 | 7.8 |
+# | ours, eq 5.2 squared ratio (%) | — | 15.7 ± 4.8 | 2.2 ± 1.4 | 0.7 ± 0.5 |
+# | ours, unsquared ratio (%) | — | 38.8 | 13.4 | 7.8 |
 #
 # The ordering HOG > HOGb > DSIFT of the thesis is reproduced under both readings. If the thesis' numbers
 # are eq 5.2 as written (squared), every target is met by far (HOG 15.7 % ≤ 30 % aim and < 36.6 %,
-# HOGb 2.1 % ≤ 11.6 %, DSIFT 0.8 % ≤ 9.4 %). Our unsquared ratios are of the thesis' magnitude, which suggests
+# HOGb 2.2 % ≤ 11.6 %, DSIFT 0.7 % ≤ 9.4 %). Our unsquared ratios are of the thesis' magnitude, which suggests
 # its table may report that one; read that way only DSIFT meets its target (7.8 ≤ 9.4 %), HOG (38.8 %)
-# misses both the 30 % aim and 36.6 %, and HOGb (13.2 %) misses 11.6 %. Different probes and n = 8
+# misses both the 30 % aim and 36.6 %, and HOGb (13.4 %) misses 11.6 %. Different probes and n = 8
 # make either comparison loose. HOGgle was not run. Fig 5.4 (below) looks like the thesis': HOG pre-images
 # show the edges with grid-aligned streaks and lose the shading, HOGb is smoother and closer, DSIFT is
 # the most detailed.
 #
-# **Fig 5.2** (HOG, astronaut): error 24.5 % at C = 1, 14.6 % at C = 100, 14.2 % at C = 1000 (β = 2);
-# 14.3 % at β = 1 and 14.5 % at β = 1.5 (C = 100). C = 1 is smooth and washed out; C = 1000 and β = 1
+# **Fig 5.2** (HOG, astronaut): error 23.9 % at C = 1, 14.8 % at C = 100, 14.0 % at C = 1000 (β = 2);
+# 14.9 % at β = 1 and 15.4 % at β = 1.5 (C = 100). C = 1 is smooth and washed out; C = 1000 and β = 1
 # add high-frequency texture/speckle, as in the thesis.
 #
 # **Fig 5.5/5.6, fast preset (40 + 6 iterations)** — normalised error (%) for C = 1 / 20 / 100 / 300:
-# blocks.0 75.8 / 25.7 / 14.6 / 13.0; blocks.2 51.3 / 27.9 / 27.1 / 28.6; blocks.4 31.8 / 17.3 / 19.8 / 21.4;
-# conv_head 37.6 / 22.0 / 44.6 / 59.7; classifier 92.4 / 87.6 / 87.3 / 88.5. Standard deviation of the error
-# over the 2 initialisations ≤ 0.023 up to blocks.4 (thesis: ≈ 0.02 or less), 0.05–0.15 at conv_head,
-# 0.02–0.04 at the classifier. Classification consistency 0–0.75 (0.75 once, at blocks.4 C = 20; 0 for
-# every classifier inversion), never the thesis' ≥ 0.8. Gradient-histogram intersection with the probe
+# blocks.0 75.8 / 25.7 / 14.6 / 13.0; blocks.2 51.3 / 28.0 / 27.2 / 28.6; blocks.4 31.4 / 17.5 / 19.8 / 21.5;
+# conv_head 41.6 / 32.7 / 42.4 / 54.2; classifier 94.5 / 85.4 / 84.1 / 87.4. Standard deviation of the error
+# over the 2 initialisations ≤ 0.025 up to blocks.4 (thesis: ≈ 0.02 or less), 0.10–0.17 at conv_head,
+# 0.01–0.08 at the classifier (these unconverged numbers move by up to 10 points at conv_head between runs
+# that differ only in floating-point summation order). Classification consistency 0–0.75 (0.75 once, at
+# blocks.4 C = 20; 0 for every classifier inversion), never the thesis' ≥ 0.8. Gradient-histogram intersection with the probe
 # 0.25–0.65, lowest at C = 1 for the early layers (over-smooth) and highest at C = 20–100. The thesis'
 # "10–20 % for large C at every layer" is met only at blocks.0 (C ≥ 100) and blocks.4 (C = 20–100): these
 # inversions are **not converged** — the classifier's loss is still ≈ 96 % at iteration 40, and the
@@ -423,15 +425,16 @@ if "explorer" in chosen:
 # deeper windows spread texture over the whole image. Figs 5.15–5.18: early units give small centred
 # colour blobs, blocks.2/blocks.4 oriented and textured patterns; the class visualisations are textures
 # without recognisable objects at 64 px; 3 of the 4 classes (tree frog, goose, black swan) are the top-1
-# class of their own pre-image, cheeseburger is not (85 here; 397 with 2 threads — fragile). Fig 5.14:
-# the HOG template fits its 47 crops (9 spheres) perfectly (train accuracy 1.0, i.e. overfit), and its
+# class of their own pre-image in the 25 Nov run, cheeseburger was not (85; 397 with 2 threads); in the
+# 27 Nov run only tree frog and black swan are (goose → 134, cheeseburger → 397) — fragile at 40
+# iterations. Fig 5.14: the HOG template fits its 47 crops (9 spheres) perfectly (train accuracy 1.0, i.e. overfit), and its
 # maximisation shows no clear sphere. Fig 5.3 (tree frog, 4 initialisations, jitter $T = 4$ against none):
 # with 300 iterations jitter makes the pre-images crisper — RMS contrast 0.046 against 0.031, both
 # classified as tree frog with probability 1.00 — but not larger by our measure: the mean spatial
 # frequency is *higher* with jitter (0.148 ± 0.010 against 0.122 ± 0.006 cycles/px; the plain pre-images
-# are low-contrast, smooth washes). With the fast preset's 40 iterations: contrast 0.033 against 0.029,
-# frequency 0.242 against 0.223, and jitter halves the class probability (0.50 against 1.00): jitter needs
-# the iterations. Figs 5.19–5.20 (`-p experiments caricature -p cnn_iters 300`, 43 s; saved figure below): with
+# are low-contrast, smooth washes). With the fast preset's 40 iterations (27 Nov run): contrast 0.031 against
+# 0.028, frequency 0.241 against 0.218, and jitter lowers the class probability (0.25 against 0.75; 0.50
+# against 1.00 on 25 Nov): jitter needs the iterations. Figs 5.19–5.20 (`-p experiments caricature -p cnn_iters 300`, 43 s; saved figure below): with
 # the thesis' C = 1 the caricatures are blurred, desaturated copies of the cat (final loss −0.39 to −1.32,
 # against −1 at the probe: the pattern is barely exaggerated), because at the probe the regularisers are
 # 4.4 (α-norm) and 8.2 (TV) instead of about 1, and the solver spends itself on smoothing. With C = 20

@@ -7,9 +7,12 @@ import torch
 
 from conftest import ROOT
 from motion_nbs.features import HOG
-from motion_nbs.preimage import (TextureRegularizer, algorithm1_step, alpha_norm, caricature, gram_matrix, initial_noise,
-                                 image_mean, inner_product_loss, invert, maximize, normalized_error, preimage_params,
-                                 solve_preimage, tv_beta)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from motion_nbs.preimage import (TextureRegularizer, algorithm1_step, alpha_norm, caricature, fused_available, gram_matrix,
+                                 initial_noise, image_mean, inner_product_loss, invert, maximize, normalized_error,
+                                 preimage_params, regularize_and_step, solve_preimage, tv_beta)
 
 
 def _rand(*shape, seed=0, dtype=torch.float64):
@@ -78,6 +81,68 @@ def test_algorithm1_two_steps_by_hand():
     x = torch.tensor([[[[30.0, 1.0]], [[40.0, 1.0]]]])
     algorithm1_step(x, torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x), 1.0, 0.9, bound=10.0)
     torch.testing.assert_close(x, torch.tensor([[[[6.0, 1.0]], [[8.0, 1.0]]]]))
+
+
+def _one_step(x, grad, pr, fused, lr=2.0, grad_scale=7.0, seed=0):
+    G, mu = _rand(*x.shape, seed=seed + 1) * 9, _rand(*x.shape, seed=seed + 2) - 0.5
+    out, image = torch.empty_like(x), torch.empty_like(x)
+    mean = image_mean(x.shape[1]).double()
+    ra, tv = regularize_and_step(x, grad.clone(), G, mu, out, image, mean, pr, lr, grad_scale, fused=fused)
+    return ra, tv, G, mu, out, image
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 2), st.sampled_from([1, 3]), st.integers(1, 6), st.integers(1, 7)),
+       alpha=st.sampled_from([6.0, 2.0, 3.0, 1.0]), beta=st.sampled_from([2.0, 1.5, 1.0]),
+       bound=st.sampled_from([40.0, 1e6]), seed=st.integers(0, 10 ** 6))
+def test_fused_update_matches_the_tensor_path(shape, alpha, beta, bound, seed):
+    "The one-pass kernel and regularizer_terms + algorithm1_step agree to float64 round-off (borders, 1-pixel images,"
+    " grey images, zero pixels, projection)."
+    x = (_rand(*shape, seed=seed) - 0.5) * 120
+    x[..., : shape[2] // 2, : shape[3] // 2] = 0.0           # zero pixels and flat regions
+    grad = (_rand(*shape, seed=seed + 3) - 0.5) * 50
+    pr = preimage_params(alpha=alpha, beta=beta, B_plus=bound)
+    for a, b in zip(_one_step(x, grad, pr, False, seed=seed), _one_step(x, grad, pr, True, seed=seed)):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_gradient_is_the_autograd_gradient_of_the_regularisers():
+    "From G = mu = 0 the step is mu = -g/(1/lr + |g|), so the kernel's total gradient can be read back from mu and"
+    " compared with autograd through alpha_norm and tv_beta (the definitions, not regularizer_terms)."
+    x = (_rand(2, 3, 5, 6, seed=11) - 0.5) * 150
+    data = (_rand(2, 3, 5, 6, seed=12) - 0.5) * 1e-3
+    pr, lr, area = preimage_params(B_plus=1e9), 0.01, 30.0
+    G, mu, out, image = torch.zeros_like(x), torch.zeros_like(x), torch.empty_like(x), torch.empty_like(x)
+    regularize_and_step(x, data.clone(), G, mu, out, image, image_mean(3).double(), pr, lr, area, fused=True)
+    g = -mu / (lr * (1 - mu.abs()))                          # solves mu = -g / (1/lr + |g|)
+    xa = x.clone().requires_grad_(True)
+    (alpha_norm(xa, pr.alpha, pr.B) + tv_beta(xa, pr.beta, pr.tv_scale)).sum().backward()
+    torch.testing.assert_close(g, data + area * xa.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(G, g * g)
+    torch.testing.assert_close(out, x + mu)
+    torch.testing.assert_close(image, image_mean(3).double() + out / 255)
+
+
+def test_fused_and_tensor_solvers_agree():
+    "Whole runs (batch of 2, jitter, fine-tuning, beta = 1.5 through the tensor TV) agree in float64."
+    w = _rand(4, 3, 3, 3, seed=13) - 0.5
+    x0 = _rand(2, 3, 12, 12, seed=14)
+    target = torch.nn.functional.conv2d(x0, w)
+    init = initial_noise((2, 3, 14, 14), generator=torch.Generator().manual_seed(0)).double()
+    for beta in (2.0, 1.5):
+        p = preimage_params(C=100, beta=beta, num_iters=15, finetune_iters=5, jitter=3)
+        runs = [solve_preimage(lambda im: normalized_error(torch.nn.functional.conv2d(im, w), target), init, p,
+                               image_mean(3).double(), finetune=True, generator=torch.Generator().manual_seed(1), fused=f)
+                for f in (False, True)]
+        torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-8, atol=1e-8)
+        for k in ("energy", "alpha", "tv"): torch.testing.assert_close(runs[1][1][k], runs[0][1][k])
+
+
+def test_fused_update_refuses_what_it_cannot_run():
+    x = torch.zeros(1, 3, 4, 4, dtype=torch.float16)
+    assert fused_available(torch.zeros(1, 3, 4, 4)) and not fused_available(x)
+    with pytest.raises(ValueError, match="float32/float64 CPU tensor; got torch.float16"):
+        regularize_and_step(x, x, x, x, x.clone(), x.clone(), image_mean(3).half(), preimage_params(), 1.0, fused=True)
 
 
 def test_identity_inversion_converges_and_energy_decreases():
