@@ -316,8 +316,8 @@ def prepare_update(x: torch.Tensor,  # (B,C,H,W) an iterate: its shape, dtype an
             ra, rtv, reg_grad = regularizer_terms(x, p.alpha, p.B, p.beta, p.tv_scale)
             grad.add_(reg_grad, alpha=grad_scale)
         numba.set_num_threads(threads)
-        _fused_kernel(x.numpy(), grad.contiguous().numpy(), G.numpy(), mu.numpy(), out.numpy(), image.numpy(), m,
-                      rows[0], rows[1], in_kernel, *consts, f(1 / lr), *tail)
+        arrays = [t.detach().numpy() for t in (x, grad, G, mu, out, image)]   # views: the kernel writes G, mu, out, image
+        _fused_kernel(*arrays, m, rows[0], rows[1], in_kernel, *consts, f(1 / lr), *tail)
         if in_kernel:
             ra, rtv = (torch.from_numpy(rows).view(2, Bn, H).sum(2) * norm).to(x.dtype)
         return ra, rtv

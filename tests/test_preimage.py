@@ -145,6 +145,18 @@ def test_fused_update_refuses_what_it_cannot_run():
         regularize_and_step(x, x, x, x, x.clone(), x.clone(), image_mean(3).half(), preimage_params(), 1.0, fused=True)
 
 
+def test_without_numba_the_tensor_path_runs(monkeypatch):
+    import motion_nbs.preimage as P
+    x = (_rand(1, 3, 6, 6, seed=15, dtype=torch.float32) - 0.5) * 100
+    ref = _one_step(x.double(), x.double(), preimage_params(), True)
+    monkeypatch.setattr(P, "numba", None)
+    assert not fused_available(x)
+    for a, b in zip(ref, _one_step(x.double(), x.double(), preimage_params(), None)):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="numba is not installed"):
+        _one_step(x.double(), x.double(), preimage_params(), True)
+
+
 def test_identity_inversion_converges_and_energy_decreases():
     x0 = _rand(1, 3, 24, 24, seed=3, dtype=torch.float32) * 0.6 + 0.2
     x0 = torch.nn.functional.avg_pool2d(x0, 3, 1, 1)   # a smooth probe: the TV prior does not fight it
