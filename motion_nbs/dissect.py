@@ -22,8 +22,10 @@ import torch.nn.functional as F
 
 # %% ../nbs/06_visualize_motion.ipynb #ece80b58
 PREIMAGE_PRESETS = {
-    "cpu": dict(size=64, units=25, fc_units=3, inits=4, max_iters=80, inv_iters=80, finetune_iters=10, car_iters=80, use_cache=True),
-    "paper": dict(size=224, units=25, fc_units=3, inits=4, max_iters=300, inv_iters=300, finetune_iters=50, car_iters=300, use_cache=False),
+    "cpu": dict(size=64, units=25, fc_units=3, inits=4, max_iters=80, inv_iters=80, finetune_iters=10, car_iters=80, car_C=20.0,
+                use_cache=True),
+    "paper": dict(size=224, units=25, fc_units=3, inits=4, max_iters=300, inv_iters=300, finetune_iters=50, car_iters=300,
+                  car_C=20.0, use_cache=False),
 }
 
 def preimage_settings(preset: str  # a key of `PREIMAGE_PRESETS`
@@ -389,7 +391,8 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
                    finetune_iters=settings["finetune_iters"], seed=0, progress=progress)
         out["inversions"][layer], out["inversion_error"][layer] = r.images.detach().clamp(0, 1), r.error.detach()
     for layer in CARICATURE_LAYERS:
-        r = caricature(phi(layer), frames, jitter=T[layer], num_iters=settings["car_iters"], seed=0, progress=progress)
+        r = caricature(phi(layer), frames, C=settings["car_C"], jitter=T[layer], num_iters=settings["car_iters"], seed=0,
+                       progress=progress)
         out["caricatures"][layer] = r.images.detach().clamp(0, 1)
     return out
 

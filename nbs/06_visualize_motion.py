@@ -59,8 +59,12 @@ from fastcore.test import test_close, test_eq, test_fail
 #   same units and initialisations — recomputed even when a cache file exists (and then cached).
 #
 # Both use the thesis' per-layer parameters (jitter $T$ a quarter of the layer's stride; inversion
-# $C = 300$ up to relu3, 100 at relu4, 20 at relu5, 1 beyond). The networks themselves come from their
-# checkpoints (chapter 03's `cpu` CPFS run and the supervised run below) in both presets.
+# $C = 300$ up to relu3, 100 at relu4, 20 at relu5, 1 beyond). **Deviation:** caricatures use $C = 20$
+# (`car_C`) instead of the thesis' $C = 1$. Chapter 05c found that at $C = 1$ the regularisers win — at
+# the probe they are 4.4 (α-norm) and 8.2 (TV) rather than the ≈ 1 the normalisation aims for — and a
+# caricature only blurs towards the mean colour (this chapter's earlier $C = 1$ runs did the same);
+# $C = 20$ gives the thesis' exaggerated patterns. The networks themselves come from their checkpoints
+# (chapter 03's `cpu` CPFS run and the supervised run below) in both presets.
 
 # %% tags=["parameters"]
 preset = "cpu"  # "cpu": 64-px pre-images, 80 iterations, cached; "paper": the thesis' 224 px and 300 iterations, recomputed
@@ -68,8 +72,10 @@ preset = "cpu"  # "cpu": 64-px pre-images, 80 iterations, cached; "paper": the t
 # %%
 #| export
 PREIMAGE_PRESETS = {
-    "cpu": dict(size=64, units=25, fc_units=3, inits=4, max_iters=80, inv_iters=80, finetune_iters=10, car_iters=80, use_cache=True),
-    "paper": dict(size=224, units=25, fc_units=3, inits=4, max_iters=300, inv_iters=300, finetune_iters=50, car_iters=300, use_cache=False),
+    "cpu": dict(size=64, units=25, fc_units=3, inits=4, max_iters=80, inv_iters=80, finetune_iters=10, car_iters=80, car_C=20.0,
+                use_cache=True),
+    "paper": dict(size=224, units=25, fc_units=3, inits=4, max_iters=300, inv_iters=300, finetune_iters=50, car_iters=300,
+                  car_C=20.0, use_cache=False),
 }
 
 def preimage_settings(preset: str  # a key of `PREIMAGE_PRESETS`
@@ -638,25 +644,28 @@ for n, per in results.items():
     print(f"{n}: " + (", ".join(f"unit {k} {c} ({v:.2f})" for k, c, v, _ in top) or "none"))
 
 # %% [markdown]
-# **Measured** (the last full run, networks from the checkpoints in `_runs/cpfs` and
+# **Measured** (the last full run, 27 Nov 2026, with both networks trained afresh into `_runs/cpfs` and
 # `_runs/dissect_supervised`; the supervised network was the small shapes-trained one, as torchvision's
 # weights are not on this machine), interpretable units / units per layer:
 #
 # | network | relu1 | relu2 | relu3 | relu4 | relu5 |
 # |---|---|---|---|---|---|
-# | CPFS (KTA, shapes motion) | 4/24 | 6/64 | 7/96 | 2/96 | 2/64 |
+# | CPFS (KTA, shapes motion) | 3/24 | 6/64 | 8/96 | 0/96 | 1/64 |
 # | random init | 0/24 | 5/64 | 6/96 | 2/96 | 0/64 |
-# | supervised (shapes categories) | 2/24 | 9/64 | 27/96 | 32/96 | 11/64 |
+# | supervised (shapes categories) | 2/24 | 18/64 | 31/96 | 35/96 | 17/64 |
 #
-# The supervised network has by far the most detectors from relu3 on (27 and 32 of 96, 11 of 64),
-# while CPFS has about as many as the random network at relu2–relu4 and only slightly more at relu1
-# (4 against 0) and relu5 (2 against 0; two `colour:orange` units just above the 0.04 IoU threshold, at
-# 0.05 and 0.04). The supervised network's relu5 detectors are all `texture:checker`. This agrees in
+# The supervised network has by far the most detectors from relu2 on (18 of 64, 31 and 35 of 96, 17 of
+# 64), while CPFS has about as many as the random network at relu2–relu5 and slightly more at relu1
+# (3 against 0); its one relu5 detector is a `colour:orange` unit at the 0.04 IoU threshold. The
+# supervised network's relu5 detectors are mostly `texture:checker`, with a few cube parts (`part:cube
+# side`, `part:cube front`) and `colour:pink`. (An earlier run, with networks trained on an older
+# version of the renderer code, gave CPFS 4 / 6 / 7 / 2 / 2 and supervised 2 / 9 / 27 / 32 / 11, the
+# same picture.) This agrees in
 # direction with the thesis (section 6.4): following Bau et al., who found fewer interpretable units in
 # self-supervised models, it reports a conv5 whose interpretable units are mostly low-level textures and
 # reads the contrast with the ImageNet AlexNet as a *semantic gap*. The comparison here is much weaker
-# evidence. The supervised network barely learned its task — its validation cross-entropy after 600
-# steps is 1.007, against ln 3 ≈ 1.099 for guessing uniformly among the three categories — so it is
+# evidence. The supervised network barely learned its task — its best validation cross-entropy in 600
+# steps is 0.995, against ln 3 ≈ 1.099 for guessing uniformly among the three categories — so it is
 # not the strong supervised reference the thesis uses; the concepts are the renderer's (categories,
 # parts, textures, colours), not Broden's; the networks are quarter-width and trained for minutes; and
 # the counts come from one seed and 64 probe scenes, so differences of one or two units are noise.
@@ -692,7 +701,9 @@ for n, per in results.items():
 # pre-image cache, of which the pre-images took 34 s. On the same cores shared with other jobs (load
 # average about 6) the same cold run took 12 min 17 s (pre-images 528 s): torch's two threads spin while
 # they wait for a core, so a loaded machine is many times slower; with the cache filled, loaded runs
-# took 2–3.5 minutes. Missing checkpoints add the training times given above.
+# took 2–3.5 minutes. Missing checkpoints add the training times given above. The last full run (27 Nov
+# 2026, two idle cores, neither checkpoint present) took 3 min 25 s in all, training both networks
+# included; the pre-images took 26 s.
 #
 # `network_preimages` computes all of a network's pre-images; `cached_preimages` stores them under
 # `../_runs/06_visualize_motion/` with `atomic_save`, in a file named after a hash of the settings and
@@ -747,7 +758,8 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
                    finetune_iters=settings["finetune_iters"], seed=0, progress=progress)
         out["inversions"][layer], out["inversion_error"][layer] = r.images.detach().clamp(0, 1), r.error.detach()
     for layer in CARICATURE_LAYERS:
-        r = caricature(phi(layer), frames, jitter=T[layer], num_iters=settings["car_iters"], seed=0, progress=progress)
+        r = caricature(phi(layer), frames, C=settings["car_C"], jitter=T[layer], num_iters=settings["car_iters"], seed=0,
+                       progress=progress)
         out["caricatures"][layer] = r.images.detach().clamp(0, 1)
     return out
 
@@ -846,14 +858,14 @@ fig = show_maxima(("conv1", "conv2", "conv3"))  # fig 6.2
 fig = show_maxima(("conv4", "conv5"))  # fig 6.1
 
 # %% [markdown]
-# In the measured `cpu` run: conv1's maxima are small centred colour blobs in all three networks (its
-# 11-px receptive field). From conv2 on the networks differ. The supervised network's units give
-# object-sized blobs and the dotted, checker-like surfaces of the `shapes` scenes (its relu5 detectors
-# are `texture:checker`). The random network's units give faint, low-contrast noise. CPFS's conv2 units
-# respond to high-contrast colour noise and its conv3–conv5 units to fine, noise-like textures, stronger
-# than the random network's but without its spatial structure. The thesis sees abstract but structured
-# patterns in the motion-trained network that the random one lacks; here the CPFS patterns are stronger
-# than random but not clearly structured, and only the supervised network shows shapes.
+# In the measured `cpu` run: conv1's maxima are small centred colour blobs in all three networks (its 11-px
+# receptive field). From conv2 on the networks differ. The supervised network's units give object-sized
+# blobs and the dotted, checker-like surfaces of the `shapes` scenes (most of its relu5 detectors are
+# `texture:checker`). The random network's units give faint, low-contrast noise. CPFS's conv2 units respond
+# to high-contrast colour noise and its conv3–conv5 units to fine, noise-like textures, stronger than the
+# random network's but without its spatial structure. The thesis sees abstract but structured patterns in
+# the motion-trained network that the random one lacks; here the CPFS patterns are stronger than random but
+# not clearly structured, and only the supervised network shows shapes.
 
 # %% [markdown]
 # ### Fully connected layers (fig 6.3)
@@ -891,13 +903,13 @@ for n in nets:
 fig = show_images(ims, titles, ncols=1 + len(INVERT_LAYERS), size=2.0)
 
 # %% [markdown]
-# Measured mean errors, relu1 → relu5: CPFS 0.09, 0.07, 0.04, 0.04, 0.02; random 0.004, 0.006, 0.002,
-# 0.001, 0.002; supervised 0.005, 0.013, 0.009, 0.022, 0.040. In every network deeper layers keep less
+# Measured mean errors, relu1 → relu5: CPFS 0.09, 0.07, 0.05, 0.04, 0.03; random 0.004, 0.006, 0.002,
+# 0.001, 0.002; supervised 0.004, 0.007, 0.010, 0.004, 0.005. In every network deeper layers keep less
 # detail, as in the thesis. The four initialisations give nearly the same pre-image (errors within
 # ±0.01). The random network's relu5 pre-images are uniform grey at an error of 0.002: its relu5 code
 # hardly depends on the image. The striped cube is still visible at relu2 in all three. CPFS's
 # pre-images of relu2–relu4 keep high-frequency noise from the initialisation and have the largest
-# errors at relu1–relu4: after 80 + 10 iterations the optimisation is furthest from converged for this
+# errors at every layer: after 80 + 10 iterations the optimisation is furthest from converged for this
 # network.
 
 # %% [markdown]
@@ -914,10 +926,14 @@ for i in range(len(frames)):
 fig = show_images(ims, titles, ncols=1 + len(CARICATURE_LAYERS), size=1.8)
 
 # %% [markdown]
-# At the thesis' $C = 1$ and 80 iterations the caricatures drift away from the frame towards the
-# mean colour in all three networks. Only CPFS's relu3 and relu5 caricatures keep colour blobs where the
-# frame's objects were. None of the networks repeats object parts, so fig 6.7's effect is not reproduced
-# at the `cpu` preset.
+# With $C = 20$ (80 iterations; the deviation is explained above) the three networks caricature the
+# frames differently. The supervised network paints its `texture:checker` pattern — green dotted
+# surfaces — over the objects at relu3 and relu5, the clearest exaggeration of what a network detects.
+# CPFS's relu3 and relu5 caricatures keep traces of the frame's layout (the striped cube of frame 0)
+# and exaggerate its colour contrast and fine texture. The random network's are blurred colour blobs,
+# and relu7 is a nearly uniform colour in all three. None of the networks repeats object parts as the
+# thesis' fig 6.7 does. At the thesis' $C = 1$ (an earlier run) all the caricatures drifted to the mean
+# colour, as chapter 05c explains.
 
 # %% [markdown]
 # ## Summary
