@@ -461,7 +461,9 @@ test_close(x.flatten(), torch.tensor([96.0, 128.0]), eps=1e-4)
 # rounds, in five runs; single rounds range over 0.84–1.23 on this shared machine), so the 1.15× goal
 # is met in some runs and not in others; 350 iterations went from 2.4–2.65 s to 1.8–2.1 s; the kernel itself
 # takes about 0.2 ms (0.4 ms inside the loop, where HOG has evicted its inputs from the cache). It is compiled
-# on first use (about 2 s) and then loaded from numba's cache.
+# on first use (about 2 s) and then loaded from numba's cache. It runs on as many threads as torch uses;
+# numba's OpenMP layer shares torch's runtime, and setting numba's thread count can change torch's, so the
+# step puts torch's back when it does.
 
 # %%
 #| export
@@ -559,14 +561,15 @@ def prepare_update(x: torch.Tensor,  # (B,C,H,W) an iterate: its shape, dtype an
     consts = [f(v) for v in (p.alpha / 2 - 1, grad_scale * p.alpha / (H * W * p.B ** p.alpha),
                              grad_scale * 2 / (H * W * p.tv_scale ** 2))]
     tail = [f(v) for v in (p.momentum, p.bound, 1 / p.scale)]
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     def step(x, grad, G, mu, out, image, lr):
         if not in_kernel:
             ra, rtv, reg_grad = regularizer_terms(x, p.alpha, p.B, p.beta, p.tv_scale)
             grad.add_(reg_grad, alpha=grad_scale)
-        numba.set_num_threads(threads)
+        n = torch.get_num_threads()
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
         arrays = [t.detach().numpy() for t in (x, grad, G, mu, out, image)]   # views: the kernel writes G, mu, out, image
         _fused_kernel(*arrays, m, rows[0], rows[1], in_kernel, *consts, f(1 / lr), *tail)
+        if torch.get_num_threads() != n: torch.set_num_threads(n)   # numba's OpenMP layer shares torch's runtime
         if in_kernel:
             ra, rtv = (torch.from_numpy(rows).view(2, Bn, H).sum(2) * norm).to(x.dtype)
         return ra, rtv

@@ -145,6 +145,19 @@ def test_fused_update_refuses_what_it_cannot_run():
         regularize_and_step(x, x, x, x, x.clone(), x.clone(), image_mean(3).half(), preimage_params(), 1.0, fused=True)
 
 
+def test_fused_update_leaves_torch_threads_alone():
+    "numba's OpenMP layer shares torch's runtime: its thread setting must not leak into torch's."
+    import numba
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(numba.config.NUMBA_NUM_THREADS + 1)
+        x = (_rand(1, 3, 8, 8, seed=16, dtype=torch.float32) - 0.5) * 100
+        solve_preimage(lambda im: im.square().flatten(1).sum(1), x, preimage_params(num_iters=2), fused=True)
+        assert torch.get_num_threads() == numba.config.NUMBA_NUM_THREADS + 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_without_numba_the_tensor_path_runs(monkeypatch):
     import motion_nbs.preimage as P
     x = (_rand(1, 3, 6, 6, seed=15, dtype=torch.float32) - 0.5) * 100
