@@ -457,13 +457,13 @@ test_close(x.flatten(), torch.tensor([96.0, 128.0]), eps=1e-4)
 # still read $\mathbf{x}_t$. On a GPU, or without numba, the same function runs `regularizer_terms` and
 # `algorithm1_step`; the cell below checks that both paths agree to float64 round-off, with pixels beyond
 # $B_+$ and a flat black corner. **Measured** (`bench/bench_preimage.py`, 2 threads, HOG of a 224×224 image):
-# an iteration against HOG's forward+backward went from 1.27–1.31× to 1.09–1.17× (the median of 9 paired
-# rounds, in five runs; single rounds range over 0.84–1.23 on this shared machine), so the 1.15× goal
-# is met in some runs and not in others; 350 iterations went from 2.4–2.65 s to 1.8–2.1 s; the kernel itself
-# takes about 0.2 ms (0.4 ms inside the loop, where HOG has evicted its inputs from the cache). It is compiled
-# on first use (about 2 s) and then loaded from numba's cache. It runs on as many threads as torch uses;
-# numba's OpenMP layer shares torch's runtime, and setting numba's thread count can change torch's, so the
-# step puts torch's back when it does.
+# an iteration against HOG's forward+backward went from 1.27–1.31× to 1.09–1.18× (each the median of 9 paired
+# rounds; ten runs, median of the ten 1.16; single rounds range over 0.84–1.33 on this shared machine), so the
+# issue's 1.15× goal is met in 4 runs of 10; 350 iterations went from 2.4–2.65 s to 1.8–2.3 s; the kernel
+# itself takes about 0.2 ms (0.4 ms inside the loop, where HOG has evicted its inputs from the cache). It is
+# compiled on first use (about 2 s) and then loaded from numba's cache. It runs on as many threads as torch
+# uses; numba's OpenMP layer shares torch's runtime, and setting numba's thread count can change torch's, so
+# the step puts torch's back when it does.
 
 # %%
 #| export
