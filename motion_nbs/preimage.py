@@ -339,22 +339,6 @@ def regularize_and_step(x: torch.Tensor,  # (B,C,H,W) x_t in thesis units (not m
 
     Returns $\\mathcal{R}_\\alpha(x_t)$ and $\\mathcal{R}_{TV^\\beta}(x_t)$. Shape: `(B,C,H,W)` → `(B,)`, `(B,)`."""
     return prepare_update(x, mean, params, grad_scale, fused)(x, grad, G, mu, out, image, lr)
-    Bn, C, H, W = x.shape
-    in_kernel = p.beta == 2.0
-    if not in_kernel:
-        ra, rtv, reg_grad = regularizer_terms(x, p.alpha, p.B, p.beta, p.tv_scale)
-        grad.add_(reg_grad, alpha=grad_scale)
-    grad = grad.contiguous()
-    rows = np.empty((2, Bn * H))
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    _fused_kernel(x.contiguous().numpy(), grad.numpy(), G.numpy(), mu.numpy(), out.numpy(), image.numpy(),
-                  mean.reshape(-1).to(x.dtype).numpy(), rows[0], rows[1], in_kernel,
-                  p.alpha / 2 - 1, grad_scale * p.alpha / (H * W * p.B ** p.alpha),
-                  grad_scale * 2 / (H * W * p.tv_scale ** 2), 1 / lr, p.momentum, p.bound, 1 / p.scale)
-    if in_kernel:
-        ra = torch.from_numpy(rows[0]).view(Bn, H).sum(1).to(x.dtype) / (H * W * p.B ** p.alpha)
-        rtv = torch.from_numpy(rows[1]).view(Bn, H).sum(1).to(x.dtype) / (H * W * p.tv_scale ** 2)
-    return ra, rtv
 
 # %% ../nbs/05b_preimage.ipynb #7e10327f
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
