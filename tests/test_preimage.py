@@ -4,12 +4,11 @@ import math
 
 import pytest
 import torch
-
-from conftest import ROOT
-from motion_nbs.features import HOG
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import ROOT
+from motion_nbs.features import HOG
 from motion_nbs.preimage import (TextureRegularizer, algorithm1_step, alpha_norm, caricature, fused_available, gram_matrix,
                                  initial_noise, image_mean, inner_product_loss, invert, maximize, normalized_error,
                                  preimage_params, regularize_and_step, solve_preimage, tv_beta)
