@@ -301,7 +301,7 @@ def prepare_update(x: torch.Tensor,  # (B,C,H,W) an iterate: its shape, dtype an
             torch.add(mean, out, alpha=1 / p.scale, out=image)
             return ra, rtv
         return step
-    Bn, C, H, W = x.shape
+    Bn, _, H, W = x.shape
     in_kernel = p.beta == 2.0        # other β: the TV term through regularizer_terms, the rest in the kernel
     rows = np.zeros((2, Bn * H))     # per-row sums of the two regularisers (float64)
     norm = torch.tensor([[1 / (H * W * p.B ** p.alpha)], [1 / (H * W * p.tv_scale ** 2)]], dtype=torch.float64)
@@ -405,8 +405,7 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
                 loss = data_loss(view)
                 extra = sum((r(view) for r in regularizers), no_extra)
                 # d/dx of the data terms = d/dimage / scale; times the area of the η0 heuristic
-                data = (p.C * loss + extra).sum() if regularizers else loss.sum() * p.C
-                grad, = torch.autograd.grad(data * (area / p.scale), image)
+                grad, = torch.autograd.grad((p.C * loss + extra).sum() * (area / p.scale), image)
                 image = image.detach()
                 ra, rtv = update(x, grad, G, mu, x_next, image, lr)
                 energy = ra + rtv + p.C * loss.detach() + extra.detach()
