@@ -9,14 +9,17 @@
 # ```bash
 # papermill nbs/05c_preimage_experiments.ipynb _runs/05c.ipynb -p experiments table52
 # papermill nbs/05c_preimage_experiments.ipynb _runs/05c_paper.ipynb -p preset paper
+# papermill nbs/05c_preimage_experiments.ipynb _runs/05c_alexnet.ipynb -p network alexnet -p experiments cnn
 # ```
 #
-# The `fast` preset finishes in minutes on a 2-core CPU (2 min 21 s measured; small images, few probes and initialisations);
+# The `fast` preset finishes in minutes on a 2-core CPU (1 min 15 s measured; small images, few probes and initialisations);
 # `paper` uses the thesis' scale (100 probe images, 24 initialisations for the spread, 224-pixel images
 # for the CNN) and wants a GPU. Probe images are the book's offline natural images (scikit-image photos,
-# then frames of the sample videos) instead of the first 100 ILSVRC validation images; the CNN is the
-# offline ImageNet classifier EfficientNet-lite0 (AlexNet/VGG-16 weights are used only if present
-# locally). The experiment cells carry nbdev's `slow` flag: `nbdev_test` checks the parameters only.
+# then frames of the sample videos) instead of the first 100 ILSVRC validation images. The CNN is by default
+# the offline ImageNet classifier EfficientNet-lite0, which a Python package ships; `network="alexnet"` or
+# `"vgg16"` runs the thesis' networks instead, from torchvision's ImageNet weights file in the torch hub cache
+# (or `weights_path`): this machine cannot download it, and without it the run stops saying which file to
+# provide. The experiment cells carry nbdev's `slow` flag: `nbdev_test` checks the parameters only.
 
 # %% tags=["parameters"]
 preset = "fast"          # "fast" (CPU, minutes) or "paper" (the thesis' scale, for a GPU)
@@ -30,7 +33,9 @@ cnn_iters = None         # iterations for the CNN experiments (None: preset's)
 num_inits = None         # random initialisations per image for the spread of the error (paper: 24)
 template_scenes = None   # synthetic scenes for the HOG template of fig 5.14 (None: preset's)
 Cs = "1,20,100,300"      # values of C for the CNN inversion sweep (fig 5.5)
-cnn_layers = "blocks.0,blocks.2,blocks.4,conv_head,classifier"  # EfficientNet-lite0 layers to study
+network = "efficientnet_lite0"  # the CNN: "efficientnet_lite0" (offline), "alexnet" or "vgg16" (torchvision weights file)
+weights_path = None      # alexnet/vgg16: torchvision's ImageNet weights file (None: its name in the torch hub cache)
+cnn_layers = None        # comma-separated layers to study (None: the network's default, see NETWORKS)
 seed = 0                 # seeds every initialisation
 num_threads = 1          # torch CPU threads (None: torch's default); on a shared, loaded CPU more threads can be ~60x slower
 out_dir = "../_runs/preimage"  # results.json and figures go here
@@ -53,7 +58,19 @@ if bad or not chosen: raise ValueError(f"experiments={experiments!r}: unknown {b
 try: C_values = [float(c) for c in str(Cs).split(",")]
 except ValueError: raise ValueError(f"Cs={Cs!r} must be comma-separated numbers, e.g. '1,20,100,300'") from None
 if not C_values or any(c < 0 for c in C_values): raise ValueError(f"Cs={Cs!r} must be non-negative numbers")
-layers = [l.strip() for l in str(cnn_layers).split(",") if l.strip()]
+# per network: default layers (one per block, table 5.1's names for AlexNet/VGG-16), the class-score layer,
+# and the input normalisation
+NETWORKS = {"efficientnet_lite0": dict(layers="blocks.0,blocks.2,blocks.4,conv_head,classifier", scores="classifier",
+                                       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),   # tf_efficientnet_lite0's normalisation
+            "alexnet": dict(layers="relu1,relu2,relu3,relu4,relu5,relu6,relu7,fc8", scores="fc8",
+                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+            "vgg16": dict(layers="relu1_2,relu2_2,relu3_3,relu4_3,relu5_3,relu6,relu7,fc8", scores="fc8",
+                          mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))}
+if network not in NETWORKS: raise ValueError(f"network={network!r}; valid: {', '.join(NETWORKS)}")
+if weights_path is not None and network == "efficientnet_lite0":
+    raise ValueError("weights_path is for network='alexnet' or 'vgg16' (efficientnet_lite0's weights come with its package)")
+net_cfg = NETWORKS[network]
+layers = [l.strip() for l in str(cnn_layers or net_cfg["layers"]).split(",") if l.strip()]
 if not isinstance(seed, int): raise ValueError(f"seed must be an int, got {seed!r}")
 if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
     raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
@@ -75,20 +92,19 @@ from motion_nbs.preimage import (LayerPhi, caricature, classification_consistenc
 if num_threads: torch.set_num_threads(num_threads)
 device = default_device()
 out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-results = {"preset": preset, "config": cfg, "num_iters": num_iters}
+results = {"preset": preset, "config": cfg, "num_iters": num_iters, "network": network}
 def save(): (out / "results.json").write_text(json.dumps(results, indent=1))
 
 
 # %%
 cnn_needed = any(e in chosen for e in ("cnn", "window", "maximize", "caricature", "explorer"))
 if cnn_needed:
-    from motion_nbs.models import efficientnet_lite0, layer_names
-    cnn = efficientnet_lite0().to(device)
+    from motion_nbs.models import layer_names, load_pretrained
+    cnn = load_pretrained(network, weights_path).to(device)   # FileNotFoundError names the weights file to provide
     unknown = [l for l in layers if l not in layer_names(cnn) and l not in dict(cnn.named_modules())]
-    if unknown: raise ValueError(f"cnn_layers: unknown layer(s) {unknown}; e.g. conv_stem, blocks.0 ... blocks.6, conv_head, classifier")
-    EFF = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # tf_efficientnet_lite0's input normalisation
-    def cnn_phi(layer): return LayerPhi(cnn, layer, **EFF).to(device)
-    classifier = cnn_phi("classifier")
+    if unknown: raise ValueError(f"cnn_layers: unknown layer(s) {unknown} of {network}; names of its modules, e.g. {net_cfg['layers']}")
+    def cnn_phi(layer): return LayerPhi(cnn, layer, mean=net_cfg["mean"], std=net_cfg["std"]).to(device)
+    classifier = cnn_phi(net_cfg["scores"])
 
 # %% [markdown]
 # ## Table 5.2: inverting HOG, HOGb and DSIFT
@@ -166,7 +182,8 @@ if "cnn" in chosen:
     map_stride = max([v.stride[0] for v in rf.values() if v.stride[0] < cfg["cnn_size"]] or [cfg["cnn_size"]])
     sweep = {}
     for layer in layers:
-        stride = (rf[layer].stride[0] if spatial[layer] else map_stride) if layer in rf else 1
+        if not spatial[layer]: stride = map_stride   # fully connected (AlexNet's fc6-fc8 are not traced by receptive_fields)
+        else: stride = rf[layer].stride[0] if layer in rf else 1
         T = max(1, round(stride / 4))
         for C in C_values:
             errs, cons, hi = [], [], []
@@ -223,7 +240,7 @@ if "maximize" in chosen:
     shape = (3, cfg["cnn_size"], cfg["cnn_size"])
     probes_m = natural_images(8, cfg["cnn_size"]).to(device)
     ims, titles = [], []
-    for layer in [l for l in layers if l != "classifier"][:3]:
+    for layer in [l for l in layers if l != net_cfg["scores"]][:3]:
         units = [0, 1, 2]
         r = maximize(cnn_phi(layer), units, shape, M=unit_maximum(cnn_phi(layer), units, probes_m), jitter=4,
                      num_iters=cfg["cnn_iters"], seed=seed, mean=0.5)

@@ -282,10 +282,32 @@ def test_experiments_notebook_smoke(tmp_path):
     assert all(0 < v["mean_frequency"] <= 0.71 and 0 <= v["p_tree_frog"] <= 1 for v in res["fig53"].values())
 
 
+def test_experiments_notebook_runs_torchvisions_alexnet_from_a_weights_file(tmp_path):
+    "network='alexnet' reads torchvision's weights file (here random weights the test saves) and studies table 5.1's layers."
+    import json
+
+    import papermill as pm
+    import torchvision
+    torch.manual_seed(0)
+    weights = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), weights)
+    pm.execute_notebook(NB, tmp_path / "out.ipynb", cwd=NB.parent, kernel_name="python3", progress_bar=False,
+                        parameters=dict(SMOKE, experiments="cnn", network="alexnet", weights_path=str(weights), cnn_size=64,
+                                        cnn_layers="relu1,fc8", out_dir=str(tmp_path / "run")))
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["network"] == "alexnet" and set(res["cnn"]) == {"relu1|C=100", "fc8|C=100"}
+    assert all(v["error"] > 0 and 0 <= v["consistency"] <= 1 for v in res["cnn"].values())
+    assert res["cnn"]["relu1|C=100"]["jitter"] == 1 and res["cnn"]["fc8|C=100"]["jitter"] == 8   # strides 4 and 32 (pool5's)
+
+
 @pytest.mark.parametrize("params, message", [(dict(preset="gpu"), "valid: fast, paper"),
                                              (dict(experiments="table52,fig99"), "unknown \\['fig99'\\]"),
                                              (dict(num_iters=0), "num_iters must be an int >= 1"),
-                                             (dict(Cs="1,a"), "comma-separated numbers")])
+                                             (dict(Cs="1,a"), "comma-separated numbers"),
+                                             (dict(network="resnet18"), "valid: efficientnet_lite0, alexnet, vgg16"),
+                                             (dict(weights_path="w.pth"), "weights_path is for network='alexnet' or 'vgg16'"),
+                                             (dict(network="vgg16", weights_path="/nonexistent/vgg.pth", experiments="cnn"),
+                                              "/nonexistent/vgg.pth")])
 def test_experiments_notebook_rejects_bad_parameters(tmp_path, params, message):
     import papermill as pm
     with pytest.raises(pm.PapermillExecutionError, match=message):
