@@ -15,7 +15,9 @@
 # The `fast` preset finishes in minutes on a 2-core CPU (1 min 15 s measured; small images, few probes and initialisations);
 # `paper` uses the thesis' scale (100 probe images, 24 initialisations for the spread, 224-pixel images
 # for the CNN) and wants a GPU. Probe images are the book's offline natural images (scikit-image photos,
-# then frames of the sample videos) instead of the first 100 ILSVRC validation images. The CNN is by default
+# then frames of the sample videos) instead of the first 100 ILSVRC validation images; `probe_dir` takes the
+# probes from a folder instead (its first files in name order: point it at ILSVRC2012_img_val for the
+# thesis' probes). The CNN is by default
 # the offline ImageNet classifier EfficientNet-lite0, which a Python package ships; `network="alexnet"` or
 # `"vgg16"` runs the thesis' networks instead, from torchvision's ImageNet weights file in the torch hub cache
 # (or `weights_path`): this machine cannot download it, and without it the run stops saying which file to
@@ -25,6 +27,8 @@
 preset = "fast"          # "fast" (CPU, minutes) or "paper" (the thesis' scale, for a GPU)
 experiments = "all"      # "all" or a comma-separated subset of: table52, fig52, cnn, window, maximize, template, caricature, explorer
 num_images = None        # probe images for table 5.2 (None: preset's; paper: 100)
+probe_dir = None         # a folder of probe images, e.g. the ILSVRC 2012 validation set (the thesis' probes): its first files
+                         # in name order; None: the book's offline natural images
 image_size = None        # side of the HOG/DSIFT probe images (None: preset's)
 num_iters = 300          # iterations of Algorithm 1 (thesis: 300, +50 without jitter for inversion with jitter)
 cnn_images = None        # probe images for the CNN experiments (None: preset's)
@@ -41,6 +45,8 @@ num_threads = 1          # torch CPU threads (None: torch's default); on a share
 out_dir = "../_runs/preimage"  # results.json and figures go here
 
 # %%
+from pathlib import Path
+
 PRESETS = {"fast": dict(num_images=8, image_size=128, cnn_images=2, cnn_size=64, cnn_iters=40, num_inits=2, template_scenes=12),
            "paper": dict(num_images=100, image_size=224, cnn_images=100, cnn_size=224, cnn_iters=300, num_inits=24, template_scenes=200)}
 EXPERIMENTS = ("table52", "fig52", "cnn", "window", "maximize", "template", "caricature", "explorer")
@@ -69,6 +75,8 @@ NETWORKS = {"efficientnet_lite0": dict(layers="blocks.0,blocks.2,blocks.4,conv_h
 if network not in NETWORKS: raise ValueError(f"network={network!r}; valid: {', '.join(NETWORKS)}")
 if weights_path is not None and network == "efficientnet_lite0":
     raise ValueError("weights_path is for network='alexnet' or 'vgg16' (efficientnet_lite0's weights come with its package)")
+if probe_dir is not None and not Path(probe_dir).is_dir():
+    raise FileNotFoundError(f"probe_dir={probe_dir!r} is not a folder: give a folder of images (e.g. ILSVRC2012_img_val) or None")
 net_cfg = NETWORKS[network]
 layers = [l.strip() for l in str(cnn_layers or net_cfg["layers"]).split(",") if l.strip()]
 if not isinstance(seed, int): raise ValueError(f"seed must be an int, got {seed!r}")
@@ -118,7 +126,7 @@ if cnn_needed:
 #| slow
 THESIS = {"HOGgle": 60.1, "HOG": 36.6, "HOGb": 11.6, "DSIFT": 9.4}
 if "table52" in chosen or "fig52" in chosen:
-    probes = natural_images(cfg["num_images"], cfg["image_size"], channels=1).to(device)
+    probes = natural_images(cfg["num_images"], cfg["image_size"], channels=1, folder=probe_dir).to(device)
 if "table52" in chosen:
     reps = {"HOG": HOG(8), "HOGb": HOG(8, bilinear_orientations=True), "DSIFT": DenseSIFT(8, 8)}
     table, pre = {}, {}
@@ -175,7 +183,7 @@ if "fig52" in chosen:
 if "cnn" in chosen:
     from motion_nbs.models import receptive_fields
     rf = receptive_fields(cnn, cfg["cnn_size"])
-    cprobes = natural_images(cfg["cnn_images"], cfg["cnn_size"]).to(device)
+    cprobes = natural_images(cfg["cnn_images"], cfg["cnn_size"], folder=probe_dir).to(device)
     # After global pooling the "stride" is the whole image (64 px at 64, 224 at 224): like table 5.1 (fc6–fc8
     # keep pool5's 32), layers without a spatial map take the stride of the deepest spatial one.
     with torch.no_grad(): spatial = {l: cnn_phi(l)(cprobes[:1]).ndim == 4 for l in layers}
@@ -214,7 +222,7 @@ if "cnn" in chosen:
 # %%
 #| slow
 if "window" in chosen:
-    x0 = natural_images(1, cfg["cnn_size"]).to(device)
+    x0 = natural_images(1, cfg["cnn_size"], folder=probe_dir).to(device)
     conv_layers = [l for l in layers if cnn_phi(l)(x0).ndim == 4 and min(cnn_phi(l)(x0).shape[-2:]) >= 1]
     ims, titles = [x0[0].cpu()], ["probe"]
     for layer in conv_layers:
@@ -238,7 +246,7 @@ if "window" in chosen:
 #| slow
 if "maximize" in chosen:
     shape = (3, cfg["cnn_size"], cfg["cnn_size"])
-    probes_m = natural_images(8, cfg["cnn_size"]).to(device)
+    probes_m = natural_images(8, cfg["cnn_size"], folder=probe_dir).to(device)   # M of eq 5.9: the thesis takes ILSVRC's
     ims, titles = [], []
     for layer in [l for l in layers if l != net_cfg["scores"]][:3]:
         units = [0, 1, 2]
@@ -346,7 +354,7 @@ if "template" in chosen:
 # %%
 #| slow
 if "caricature" in chosen:
-    x0 = natural_images(2, cfg["cnn_size"])[1:].to(device)   # chelsea, the cat
+    x0 = natural_images(2, cfg["cnn_size"], folder=probe_dir)[1:].to(device)   # chelsea, the cat (or the folder's second)
     ims, titles, results["caricature_loss"] = [], [], {}
     for C in (1.0, 20.0):
         ims.append(x0[0].cpu()); titles.append("probe")

@@ -282,6 +282,27 @@ def test_experiments_notebook_smoke(tmp_path):
     assert all(0 < v["mean_frequency"] <= 0.71 and 0 <= v["p_tree_frog"] <= 1 for v in res["fig53"].values())
 
 
+def test_experiments_notebook_takes_probes_from_a_folder(tmp_path):
+    "probe_dir: table 5.2's probes are the folder's first images (random images the test writes); too few images stop the run."
+    import json
+
+    import cv2
+    import papermill as pm
+    from motion_nbs.core import image_to_array
+    probes = tmp_path / "probes"; probes.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for name in ("2.png", "1.png", "3.png"):
+        cv2.imwrite(str(probes / name), image_to_array(torch.rand(3, 50, 60, generator=g)))
+    pm.execute_notebook(NB, tmp_path / "out.ipynb", cwd=NB.parent, kernel_name="python3", progress_bar=False,
+                        parameters=dict(SMOKE, experiments="table52", probe_dir=str(probes), out_dir=str(tmp_path / "run")))
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(res["table52"]) == {"HOG", "HOGb", "DSIFT"} and all(v["error"] > 0 for v in res["table52"].values())
+    (probes / "1.png").unlink(); (probes / "3.png").unlink()
+    with pytest.raises(pm.PapermillExecutionError, match="has 1 image files"):
+        pm.execute_notebook(NB, tmp_path / "out2.ipynb", cwd=NB.parent, kernel_name="python3", progress_bar=False,
+                            parameters=dict(SMOKE, experiments="table52", probe_dir=str(probes), out_dir=str(tmp_path / "run")))
+
+
 def test_experiments_notebook_runs_torchvisions_alexnet_from_a_weights_file(tmp_path):
     "network='alexnet' reads torchvision's weights file (here random weights the test saves) and studies table 5.1's layers."
     import json
@@ -307,7 +328,8 @@ def test_experiments_notebook_runs_torchvisions_alexnet_from_a_weights_file(tmp_
                                              (dict(network="resnet18"), "valid: efficientnet_lite0, alexnet, vgg16"),
                                              (dict(weights_path="w.pth"), "weights_path is for network='alexnet' or 'vgg16'"),
                                              (dict(network="vgg16", weights_path="/nonexistent/vgg.pth", experiments="cnn"),
-                                              "/nonexistent/vgg.pth")])
+                                              "/nonexistent/vgg.pth"),
+                                             (dict(probe_dir="/nonexistent/probes"), "probe_dir='/nonexistent/probes' is not a folder")])
 def test_experiments_notebook_rejects_bad_parameters(tmp_path, params, message):
     import papermill as pm
     with pytest.raises(pm.PapermillExecutionError, match=message):
