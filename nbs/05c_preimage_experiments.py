@@ -35,6 +35,7 @@ cnn_images = None        # probe images for the CNN experiments (None: preset's)
 cnn_size = None          # side of the CNN pre-images (None: preset's; paper 224)
 cnn_iters = None         # iterations for the CNN experiments (None: preset's)
 num_inits = None         # random initialisations per image for the spread of the error (paper: 24)
+std_images = None        # the spread over initialisations uses the first std_images CNN probes (None: preset's, paper: 24)
 template_scenes = None   # synthetic scenes for the HOG template of fig 5.14 (None: preset's)
 Cs = "1,20,100,300"      # values of C for the CNN inversion sweep (fig 5.5)
 network = "efficientnet_lite0"  # the CNN: "efficientnet_lite0" (offline), "alexnet" or "vgg16" (torchvision weights file)
@@ -47,17 +48,22 @@ out_dir = "../_runs/preimage"  # results.json and figures go here
 # %%
 from pathlib import Path
 
-PRESETS = {"fast": dict(num_images=8, image_size=128, cnn_images=2, cnn_size=64, cnn_iters=40, num_inits=2, template_scenes=12),
-           "paper": dict(num_images=100, image_size=224, cnn_images=100, cnn_size=224, cnn_iters=300, num_inits=24, template_scenes=200)}
+PRESETS = {"fast": dict(num_images=8, image_size=128, cnn_images=2, cnn_size=64, cnn_iters=40, num_inits=2, std_images=2,
+                        template_scenes=12),
+           "paper": dict(num_images=100, image_size=224, cnn_images=100, cnn_size=224, cnn_iters=300, num_inits=24, std_images=24,
+                         template_scenes=200)}
 EXPERIMENTS = ("table52", "fig52", "cnn", "window", "maximize", "template", "caricature", "explorer")
 if preset not in PRESETS: raise ValueError(f"preset={preset!r}; valid: {', '.join(PRESETS)}")
 cfg = dict(PRESETS[preset])
 for k, v in dict(num_images=num_images, image_size=image_size, cnn_images=cnn_images, cnn_size=cnn_size,
-                 cnn_iters=cnn_iters, num_inits=num_inits, template_scenes=template_scenes).items():
+                 cnn_iters=cnn_iters, num_inits=num_inits, std_images=std_images, template_scenes=template_scenes).items():
     if v is not None: cfg[k] = v
+if std_images is None: cfg["std_images"] = min(cfg["std_images"], cfg["cnn_images"])
 for k, v in dict(num_iters=num_iters, **cfg).items():
     if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k} must be an int >= 1, got {v!r}")
 if cfg["image_size"] < 32 or cfg["cnn_size"] < 32: raise ValueError(f"image sizes must be >= 32 (HOG/DSIFT blocks, CNN), got {cfg}")
+if cfg["std_images"] > cfg["cnn_images"]:
+    raise ValueError(f"std_images={cfg['std_images']} must be <= cnn_images={cfg['cnn_images']} (the spread uses the first CNN probes)")
 chosen = list(EXPERIMENTS) if experiments == "all" else [e.strip() for e in str(experiments).split(",") if e.strip()]
 bad = [e for e in chosen if e not in EXPERIMENTS]
 if bad or not chosen: raise ValueError(f"experiments={experiments!r}: unknown {bad}; valid: 'all' or a subset of {', '.join(EXPERIMENTS)}")
@@ -173,10 +179,12 @@ if "fig52" in chosen:
 # %% [markdown]
 # ## Fig 5.5 and 5.6: inverting CNN layers
 #
-# For each layer and $C$: mean normalised error over the probes, the standard deviation of the error over
-# `num_inits` initialisations (averaged over probes), classification consistency with the classifier itself,
-# and the gradient-histogram intersection with the probe (naturalness, fig 5.6). Jitter $T$ = a quarter of
-# the layer's stride (section 5.4.2.1).
+# For each layer and $C$, as in the thesis' fig 5.5: the mean normalised error over the probes with its 95%
+# confidence interval, and the classification consistency with the classifier itself, from one pre-image
+# per probe; the standard deviation of the error over `num_inits` initialisations, averaged over the first
+# `std_images` probes (the thesis: 100 probes, 24 initialisations of the first 24); and the
+# gradient-histogram intersection with the probe (naturalness, fig 5.6). Jitter $T$ = a quarter of the
+# layer's stride (section 5.4.2.1).
 
 # %%
 #| slow
@@ -194,22 +202,26 @@ if "cnn" in chosen:
         else: stride = rf[layer].stride[0] if layer in rf else 1
         T = max(1, round(stride / 4))
         for C in C_values:
-            errs, cons, hi = [], [], []
-            for init in range(cfg["num_inits"]):
-                r = invert(cnn_phi(layer), cprobes, C=C, jitter=T, num_iters=cfg["cnn_iters"], finetune_iters=max(1, cfg["cnn_iters"] // 6),
-                           seed=seed + init, mean=0.5)
-                errs.append(r.error.cpu())
-                cons.append(classification_consistency(classifier, r.images, cprobes))
-                hi.append(gradient_histogram_intersection(r.images, cprobes).mean().item())
-            e = torch.stack(errs)                   # (inits, images)
-            sweep[f"{layer}|C={C:g}"] = dict(error=100 * e.mean().item(), std_over_inits=e.std(0).mean().item() if len(e) > 1 else 0.0,
-                                             consistency=sum(cons) / len(cons), hist_intersection=sum(hi) / len(hi), jitter=T)
+            def run(probes, init):
+                return invert(cnn_phi(layer), probes, C=C, jitter=T, num_iters=cfg["cnn_iters"],
+                              finetune_iters=max(1, cfg["cnn_iters"] // 6), seed=seed + init, mean=0.5)
+            r = run(cprobes, 0)                                  # one pre-image per probe
+            e0, k = r.error.cpu(), cfg["std_images"]
+            e = torch.stack([e0[:k]] + [run(cprobes[:k], i).error.cpu() for i in range(1, cfg["num_inits"])])   # (inits, k)
+            sweep[f"{layer}|C={C:g}"] = dict(error=100 * e0.mean().item(),
+                                             ci95=100 * 1.96 * e0.std().item() / math.sqrt(len(e0)) if len(e0) > 1 else float("nan"),
+                                             std_over_inits=e.std(0).mean().item() if len(e) > 1 else 0.0,
+                                             consistency=classification_consistency(classifier, r.images, cprobes),
+                                             hist_intersection=gradient_histogram_intersection(r.images, cprobes).mean().item(), jitter=T)
             print(layer, C, sweep[f"{layer}|C={C:g}"], flush=True)
     results["cnn"] = sweep; save()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
     for ax, key, title in zip(axes, ("error", "std_over_inits", "consistency", "hist_intersection"),
                               ("normalised error (%)", "std over initialisations", "classification consistency", "gradient-histogram intersection")):
-        for C in C_values: ax.plot(layers, [sweep[f"{l}|C={C:g}"][key] for l in layers], "o-", label=f"C={C:g}")
+        for C in C_values:
+            ys = [sweep[f"{l}|C={C:g}"][key] for l in layers]
+            err = [sweep[f"{l}|C={C:g}"]["ci95"] for l in layers] if key == "error" else None
+            ax.errorbar(layers, ys, yerr=err, fmt="o-", capsize=3, label=f"C={C:g}")
         ax.set_title(title); ax.tick_params(axis="x", rotation=45)
     axes[0].legend(); fig.tight_layout(); fig.savefig(out / "fig5_5.png")
 
@@ -481,13 +493,16 @@ from IPython.display import Image, Markdown, display
 
 SAVED = (Path.cwd().parent if Path.cwd().name == "nbs" else Path.cwd()) / "nbs" / "05c_preimage_results.json"
 def sweep_table(sweep: dict) -> str:
-    "Markdown table of a fig 5.5/5.6 sweep: error % (std of the error over inits), classification consistency, histogram intersection."
+    "Markdown table of a fig 5.5/5.6 sweep: error % (± 95% CI where recorded), std of the error over inits, consistency, histogram intersection."
     lays = list(dict.fromkeys(k.split("|")[0] for k in sweep)); cs = list(dict.fromkeys(k.split("|")[1] for k in sweep))
     lines = ["| layer (jitter T) | " + " | ".join(cs) + " |", "|---|" + "---|" * len(cs)]
+    def cell(v):
+        ci = v.get("ci95", math.nan)
+        err = f"{v['error']:.1f}" + (f" ± {ci:.1f}" if math.isfinite(ci) else "")
+        return f"{err}%, std {v['std_over_inits']:.3f}, cons {v['consistency']:.2f}, hist {v['hist_intersection']:.2f}"
     for l in lays:
         cells = [sweep[f"{l}|{c}"] for c in cs]
-        lines.append(f"| {l} ({cells[0]['jitter']}) | " + " | ".join(
-            f"{v['error']:.1f}% (±{v['std_over_inits']:.3f}), cons {v['consistency']:.2f}, hist {v['hist_intersection']:.2f}" for v in cells) + " |")
+        lines.append(f"| {l} ({cells[0]['jitter']}) | " + " | ".join(cell(v) for v in cells) + " |")
     return "\n".join(lines)
 
 if SAVED.exists():

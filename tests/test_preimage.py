@@ -314,11 +314,12 @@ def test_experiments_notebook_runs_torchvisions_alexnet_from_a_weights_file(tmp_
     torch.save(torchvision.models.alexnet().state_dict(), weights)
     pm.execute_notebook(NB, tmp_path / "out.ipynb", cwd=NB.parent, kernel_name="python3", progress_bar=False,
                         parameters=dict(SMOKE, experiments="cnn", network="alexnet", weights_path=str(weights), cnn_size=64,
-                                        cnn_layers="relu1,fc8", out_dir=str(tmp_path / "run")))
+                                        cnn_layers="relu1,fc8", cnn_images=2, std_images=1, out_dir=str(tmp_path / "run")))
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["network"] == "alexnet" and set(res["cnn"]) == {"relu1|C=100", "fc8|C=100"}
-    assert all(v["error"] > 0 and 0 <= v["consistency"] <= 1 for v in res["cnn"].values())
-    assert res["cnn"]["relu1|C=100"]["jitter"] == 1 and res["cnn"]["fc8|C=100"]["jitter"] == 8   # strides 4 and 32 (pool5's)
+    assert all(v["error"] > 0 and v["ci95"] >= 0 and v["std_over_inits"] >= 0 and v["consistency"] in (0, 0.5, 1)
+               for v in res["cnn"].values())   # two probes: error ± CI and consistency over both, spread from the first
+    assert res["config"]["std_images"] == 1 and res["cnn"]["relu1|C=100"]["jitter"] == 1 and res["cnn"]["fc8|C=100"]["jitter"] == 8   # strides 4 and 32 (pool5's)
 
 
 @pytest.mark.parametrize("params, message", [(dict(preset="gpu"), "valid: fast, paper"),
@@ -329,6 +330,7 @@ def test_experiments_notebook_runs_torchvisions_alexnet_from_a_weights_file(tmp_
                                              (dict(weights_path="w.pth"), "weights_path is for network='alexnet' or 'vgg16'"),
                                              (dict(network="vgg16", weights_path="/nonexistent/vgg.pth", experiments="cnn"),
                                               "/nonexistent/vgg.pth"),
+                                             (dict(cnn_images=2, std_images=3), "std_images=3 must be <= cnn_images=2"),
                                              (dict(probe_dir="/nonexistent/probes"), "probe_dir='/nonexistent/probes' is not a folder")])
 def test_experiments_notebook_rejects_bad_parameters(tmp_path, params, message):
     import papermill as pm
