@@ -412,7 +412,7 @@ if "explorer" in chosen:
 # below. The scale is tiny: table 5.2 uses **8 grey probes at 128 px** (the eight scikit-image photos,
 # not the first 100 ILSVRC validation images); the CNN sweep uses **2 probes (astronaut, chelsea) at 64 px,
 # 40 + 6 iterations, 2 initialisations** on EfficientNet-lite0 (not AlexNet), so each consistency value
-# is over 4 pre-images (steps of 0.25) and the "95% CI" of table 5.2 is from n = 8.
+# is over 2 pre-images (steps of 0.5), the CIs of fig 5.5 are from n = 2 and those of table 5.2 from n = 8.
 #
 # **Table 5.2** (C = 100, 300 iterations, no jitter; mean ± 95% CI):
 #
