@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from motion_nbs.core import sample_image
 from motion_nbs.models import (AlexNet, AlexNetCPFS, FCN8s, VGG16, alexnet_cpfs_small, create_model, efficientnet_lite0,
@@ -199,9 +199,10 @@ def test_receptive_fields_match_gradient_support(spec):
         layers.append(nn.ReLU())
     net = nn.Sequential(*layers)
     n = 160
+    try: out = net(torch.zeros(1, 1, n, n, dtype=torch.float64)).shape[-1]
+    except RuntimeError: assume(False)   # strided pooling shrank the image below a kernel: no network for 160 px
     rf = receptive_fields(net, n, in_channels=1)[str(len(layers) - 1)]
     size, stride, center = rf.size[0], rf.stride[0], rf.center[0]
-    out = net(torch.zeros(1, 1, n, n, dtype=torch.float64)).shape[-1]
     # a unit whose field lies inside the image (not cut by the borders)
     inside = [u for u in range(out) if center + u * stride - (size - 1) / 2 >= 0 and center + u * stride + (size - 1) / 2 <= n - 1]
     if len(inside) < 2: return
