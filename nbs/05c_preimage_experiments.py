@@ -12,7 +12,7 @@
 # papermill nbs/05c_preimage_experiments.ipynb _runs/05c_alexnet.ipynb -p network alexnet -p experiments cnn
 # ```
 #
-# The `fast` preset finishes in minutes on a 2-core CPU (1 min 15 s measured; small images, few probes and initialisations);
+# The `fast` preset finishes in minutes on a 2-core CPU (1 min 15–23 s measured; small images, few probes and initialisations);
 # `paper` uses the thesis' scale (100 probe images, 24 initialisations for the spread, 224-pixel images
 # for the CNN) and wants a GPU. Probe images are the book's offline natural images (scikit-image photos,
 # then frames of the sample videos) instead of the first 100 ILSVRC validation images; `probe_dir` takes the
@@ -198,7 +198,7 @@ if "cnn" in chosen:
     map_stride = max([v.stride[0] for v in rf.values() if v.stride[0] < cfg["cnn_size"]] or [cfg["cnn_size"]])
     sweep = {}
     for layer in layers:
-        if not spatial[layer]: stride = map_stride   # fully connected (AlexNet's fc6-fc8 are not traced by receptive_fields)
+        if not spatial[layer]: stride = map_stride   # fully connected (below 224 px receptive_fields may not reach AlexNet's fc6-fc8)
         else: stride = rf[layer].stride[0] if layer in rf else 1
         T = max(1, round(stride / 4))
         for C in C_values:
