@@ -319,7 +319,7 @@ def prepare_update(x: torch.Tensor,  # (B,C,H,W) an iterate: its shape, dtype an
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
         arrays = [t.detach().numpy() for t in (x, grad, G, mu, out, image)]   # views: the kernel writes G, mu, out, image
         _fused_kernel(*arrays, m, rows[0], rows[1], in_kernel, *consts, f(1 / lr), *tail)
-        if torch.get_num_threads() != n: torch.set_num_threads(n)   # numba's OpenMP layer shares torch's runtime
+        if torch.get_num_threads() != n: torch.set_num_threads(n)   # numba's thread setting can leak into torch's
         if in_kernel:
             ra, rtv = (torch.from_numpy(rows).view(2, Bn, H).sum(2) * norm).to(x.dtype)
         return ra, rtv

@@ -459,12 +459,13 @@ test_close(x.flatten(), torch.tensor([96.0, 128.0]), eps=1e-4)
 # `algorithm1_step`; the cell below checks that both paths agree to float64 round-off, with pixels beyond
 # $B_+$ and a flat black corner. **Measured** (`bench/bench_preimage.py`, 2 threads, HOG of a 224×224 image):
 # an iteration against HOG's forward+backward went from 1.27–1.31× to 1.09–1.18× (each the median of 9 paired
-# rounds; ten runs, median of the ten 1.16; single rounds range over 0.84–1.33 on this shared machine), so the
-# issue's 1.15× goal is met in 4 runs of 10; 350 iterations went from 2.4–2.65 s to 1.8–2.3 s; the kernel
+# rounds; thirteen runs, median 1.16; single rounds range over 0.84–1.35 on this shared machine), so the
+# issue's 1.15× goal is met in 5 runs of 13; 350 iterations went from 2.4–2.65 s to 1.8–2.3 s; the kernel
 # itself takes about 0.2 ms (0.4 ms inside the loop, where HOG has evicted its inputs from the cache). It is
 # compiled on first use (about 2 s) and then loaded from numba's cache. It runs on as many threads as torch
-# uses; numba's OpenMP layer shares torch's runtime, and setting numba's thread count can change torch's, so
-# the step puts torch's back when it does.
+# uses. numba's OpenMP layer loads the system's libgomp beside the copy torch ships (two thread pools in one
+# process), yet setting numba's thread count has been seen to change torch's, so the step puts torch's back
+# when it does.
 
 # %%
 #| export
@@ -570,7 +571,7 @@ def prepare_update(x: torch.Tensor,  # (B,C,H,W) an iterate: its shape, dtype an
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
         arrays = [t.detach().numpy() for t in (x, grad, G, mu, out, image)]   # views: the kernel writes G, mu, out, image
         _fused_kernel(*arrays, m, rows[0], rows[1], in_kernel, *consts, f(1 / lr), *tail)
-        if torch.get_num_threads() != n: torch.set_num_threads(n)   # numba's OpenMP layer shares torch's runtime
+        if torch.get_num_threads() != n: torch.set_num_threads(n)   # numba's thread setting can leak into torch's
         if in_kernel:
             ra, rtv = (torch.from_numpy(rows).view(2, Bn, H).sum(2) * norm).to(x.dtype)
         return ra, rtv
