@@ -219,127 +219,158 @@ def algorithm1_step(x: torch.Tensor,  # (B,C,H,W) current image x_t, updated in 
 # %% ../nbs/05b_preimage.ipynb #6f53ba95
 if numba is not None:
     @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
-    def _fused_kernel(x, g, G, mu, xn, image, mean, ra_rows, tv_rows,
-                      reg, pa, ca, ct, inv_lr, rho, bound, inv_scale):
-        "Regularisers at x (per-row sums), their gradient added to g, Algorithm 1 into xn, and mean + xn/scale into image."
-        nb, nc, H, W = x.shape
+    def _fused_kernel(im, g, G, mu, mean, rows, edges, nchunks, reg, k):
+        """In place on `im`: x_t = (im - mean)*scale; the regularisers at x_t (their sums per chunk into `rows`), their
+        gradient added to g's, Algorithm 1 into G and mu, and im <- mean + x_{t+1}/scale. `nchunks` chunks of rows per image;
+        `edges` holds x_t of the rows just outside each chunk. k = (alpha/2 - 1, c_alpha, c_tv, 1/lr, rho, B+, scale, 1/scale)."""
+        pa, ca, ct, inv_lr, rho, bound, scale, inv_scale = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
+        nb, nc, H, W = im.shape
         b2 = bound * bound
-        for r in numba.prange(nb * H):                 # one image row per task; the loops over j vectorise
-            b, i = r // H, r % H
-            s, n2, cp, gt = np.zeros(W, x.dtype), np.zeros(W, x.dtype), np.zeros(W, x.dtype), np.empty(W, x.dtype)
+        size = (H + nchunks - 1) // nchunks           # rows per chunk
+        for t in numba.prange(nb * nchunks):          # x_t of the rows next to each chunk, before anyone overwrites them
+            b, q = t // nchunks, t % nchunks
+            r0, r1 = q * size, min(H, (q + 1) * size)
+            for c in range(nc):
+                if 0 < r0 < H:
+                    for j in range(W): edges[b, q, 0, c, j] = (im[b, c, r0 - 1, j] - mean[c]) * scale
+                if r1 < H:
+                    for j in range(W): edges[b, q, 1, c, j] = (im[b, c, r1, j] - mean[c]) * scale
+        for t in numba.prange(nb * nchunks):          # one chunk per task, its rows in order
+            b, q = t // nchunks, t % nchunks
+            r0, r1 = q * size, min(H, (q + 1) * size)
             ra, tv = 0.0, 0.0
-            if reg:                                   # alpha-norm: value p*s and gradient ca*p*x per pixel
+            if r0 < r1:
+                # x_t of the rows above, at and below row i, with one replicated pixel at each end (the TV border)
+                up, cur, dn = np.empty((nc, W + 2), im.dtype), np.empty((nc, W + 2), im.dtype), np.empty((nc, W + 2), im.dtype)
+                out = np.empty((nc, W), im.dtype)
+                s, n2, cp = np.empty(W, im.dtype), np.empty(W, im.dtype), np.zeros(W, im.dtype)
                 for c in range(nc):
-                    xr = x[b, c, i]
-                    for j in range(W): s[j] += xr[j] * xr[j]
-                for j in range(W):
-                    if pa == 2.0: p = s[j] * s[j]
-                    elif pa == 0.0: p = s[j] * 0 + 1
-                    elif s[j] > 0: p = s[j] ** pa
-                    else: p = s[j] * 0
-                    ra += p * s[j]
-                    cp[j] = ca * p
-            for c in range(nc):
-                xr, gr, Gr, mr, out = x[b, c, i], g[b, c, i], G[b, c, i], mu[b, c, i], xn[b, c, i]
-                for j in range(W): gt[j] = gr[j] + cp[j] * xr[j]
-                if reg:                               # TV with beta = 2: a Laplacian with replicated borders
-                    xu = x[b, c, i - 1] if i > 0 else xr
-                    xd = x[b, c, i + 1] if i + 1 < H else xr
-                    for j in range(W):
-                        d = xd[j] - xr[j]
-                        tv += d * d
-                        gt[j] += ct * (2 * xr[j] - xu[j] - xd[j])
-                    for j in range(W - 1):
-                        d = xr[j + 1] - xr[j]
-                        tv += d * d
-                    for j in range(1, W - 1): gt[j] += ct * (2 * xr[j] - xr[j - 1] - xr[j + 1])
-                    if W > 1:
-                        gt[0] += ct * (xr[0] - xr[1])
-                        gt[W - 1] += ct * (xr[W - 1] - xr[W - 2])
-                for j in range(W):                    # Algorithm 1, lines 4-7
-                    gj = gt[j]
-                    Gv = rho * Gr[j] + gj * gj
-                    Gr[j] = Gv
-                    m = rho * mr[j] - gj / (inv_lr + math.sqrt(Gv))
-                    mr[j] = m
-                    w = xr[j] + m
-                    out[j] = w
-                    n2[j] += w * w
-            for j in range(W):                        # line 8: the projection onto |x_pixel| <= B+
-                n2[j] = bound / math.sqrt(n2[j]) if n2[j] > b2 else n2[j] * 0 + 1
-            for c in range(nc):
-                out, im, mc = xn[b, c, i], image[b, c, i], mean[c]
-                for j in range(W):
-                    w = out[j] * n2[j]
-                    out[j] = w
-                    im[j] = mc + w * inv_scale
-            ra_rows[r] = ra
-            tv_rows[r] = tv
+                    for j in range(W): cur[c, j + 1] = (im[b, c, r0, j] - mean[c]) * scale
+                    if r0 > 0:
+                        for j in range(W): up[c, j + 1] = edges[b, q, 0, c, j]
+                for i in range(r0, r1):
+                    if i + 1 < H:
+                        for c in range(nc):
+                            if i + 1 < r1:
+                                for j in range(W): dn[c, j + 1] = (im[b, c, i + 1, j] - mean[c]) * scale
+                            else:
+                                for j in range(W): dn[c, j + 1] = edges[b, q, 1, c, j]
+                    xu_rows = up if i > 0 else cur       # replicated border rows
+                    xd_rows = dn if i + 1 < H else cur
+                    if reg:                               # alpha-norm: value p*s and gradient ca*p*x per pixel
+                        for j in range(W): s[j] = 0
+                        for c in range(nc):
+                            for j in range(W): s[j] += cur[c, j + 1] * cur[c, j + 1]
+                        for j in range(W):
+                            if pa == 2.0: p = s[j] * s[j]
+                            elif pa == 0.0: p = s[j] * 0 + 1
+                            elif s[j] > 0: p = s[j] ** pa
+                            else: p = s[j] * 0
+                            ra += p * s[j]
+                            cp[j] = ca * p
+                    for j in range(W): n2[j] = 0
+                    for c in range(nc):
+                        xr, xu, xd = cur[c], xu_rows[c], xd_rows[c]
+                        xr[0], xr[W + 1] = xr[1], xr[W]
+                        gr, Gr, mr, o = g[b, c, i], G[b, c, i], mu[b, c, i], out[c]
+                        if reg:                           # TV with beta = 2 (a Laplacian) and Algorithm 1, lines 4-7
+                            for j in range(W):
+                                x0 = xr[j + 1]
+                                dv, dh = xd[j + 1] - x0, xr[j + 2] - x0
+                                tv += dv * dv + dh * dh
+                                gj = gr[j] + cp[j] * x0 + ct * (4 * x0 - xu[j + 1] - xd[j + 1] - xr[j] - xr[j + 2])
+                                Gv = rho * Gr[j] + gj * gj
+                                Gr[j] = Gv
+                                m = rho * mr[j] - gj / (inv_lr + math.sqrt(Gv))
+                                mr[j] = m
+                                w = x0 + m
+                                o[j] = w
+                                n2[j] += w * w
+                        else:                             # Algorithm 1 only (the regularisers came with g)
+                            for j in range(W):
+                                gj = gr[j]
+                                Gv = rho * Gr[j] + gj * gj
+                                Gr[j] = Gv
+                                m = rho * mr[j] - gj / (inv_lr + math.sqrt(Gv))
+                                mr[j] = m
+                                w = xr[j + 1] + m
+                                o[j] = w
+                                n2[j] += w * w
+                    for j in range(W):                    # line 8: the projection onto |x_pixel| <= B+
+                        n2[j] = bound / math.sqrt(n2[j]) if n2[j] > b2 else n2[j] * 0 + 1
+                    for c in range(nc):
+                        o, ir, mc = out[c], im[b, c, i], mean[c]
+                        for j in range(W): ir[j] = mc + o[j] * n2[j] * inv_scale
+                    up, cur, dn = cur, dn, up             # row i's x_t is the next row's upper neighbour
+            rows[0, t] = ra
+            rows[1, t] = tv
 
 def fused_available(x: torch.Tensor) -> bool:
     "Whether `regularize_and_step` can take the compiled one-pass path for `x` (numba present, CPU, float32/64)."
     return numba is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
-def prepare_update(x: torch.Tensor,  # (B,C,H,W) an iterate: its shape, dtype and device
+def prepare_update(image: torch.Tensor,  # (B,C,H,W) an iterate (book units): its shape, dtype and device
                    mean: torch.Tensor,  # (1,C,1,1) image mean
                    params,  # `PreimageParams` (alpha, B, beta, V, momentum, bound, scale)
                    grad_scale: float = 1.0,  # factor of the regularisers' gradient (the solver's area, see below)
-                   fused: bool | None = None  # None: the one-pass kernel when `fused_available(x)`
+                   fused: bool | None = None  # None: the one-pass kernel when `fused_available(image)`
                   ):
     """`regularize_and_step` with its constants and buffers prepared once (the solver calls it every iteration):
-    returns `step(x, grad, G, mu, out, image, lr) -> (ra, rtv)` for tensors like `x`."""
+    returns `step(image, grad, G, mu, lr) -> terms`, where terms holds $\\mathcal{R}_\\alpha(x_t)$ and
+    $\\mathcal{R}_{TV^\\beta}(x_t)$, shape `(2,B)`: a numpy array from the kernel, a tensor from the tensor path."""
     p = params
-    if fused is None: fused = fused_available(x)
-    elif fused and not fused_available(x):
-        raise ValueError(f"the one-pass update needs numba and a float32/float64 CPU tensor; got {x.dtype} on {x.device}"
+    if fused is None: fused = fused_available(image)
+    elif fused and not fused_available(image):
+        raise ValueError(f"the one-pass update needs numba and a float32/float64 CPU tensor; got {image.dtype} on {image.device}"
                          + ("" if numba is not None else " (numba is not installed)"))
     if not fused:
-        def step(x, grad, G, mu, out, image, lr):
+        def step(image, grad, G, mu, lr):
+            x = (image - mean) * p.scale
             ra, rtv, reg_grad = regularizer_terms(x, p.alpha, p.B, p.beta, p.tv_scale)
             grad.add_(reg_grad, alpha=grad_scale)
-            out.copy_(x)
-            algorithm1_step(out, grad, G, mu, lr, p.momentum, p.bound)
-            torch.add(mean, out, alpha=1 / p.scale, out=image)
-            return ra, rtv
+            algorithm1_step(x, grad, G, mu, lr, p.momentum, p.bound)
+            torch.add(mean, x, alpha=1 / p.scale, out=image)
+            return torch.stack((ra, rtv))
         return step
-    Bn, _, H, W = x.shape
+    Bn, nc, H, W = image.shape
     in_kernel = p.beta == 2.0        # other β: the TV term through regularizer_terms, the rest in the kernel
-    rows = np.zeros((2, Bn * H))     # per-row sums of the two regularisers (float64)
-    norm = torch.tensor([[1 / (H * W * p.B ** p.alpha)], [1 / (H * W * p.tv_scale ** 2)]], dtype=torch.float64)
-    m = mean.reshape(-1).to(x.dtype).numpy()
-    f = m.dtype.type                 # constants in the images' precision: float32 loops vectorise
-    consts = [f(v) for v in (p.alpha / 2 - 1, grad_scale * p.alpha / (H * W * p.B ** p.alpha),
-                             grad_scale * 2 / (H * W * p.tv_scale ** 2))]
-    tail = [f(v) for v in (p.momentum, p.bound, 1 / p.scale)]
-    def step(x, grad, G, mu, out, image, lr):
+    norm = np.array([[1 / (H * W * p.B ** p.alpha)], [1 / (H * W * p.tv_scale ** 2)]])
+    m = mean.reshape(-1).to(image.dtype).numpy()
+    # constants in the images' precision (float32 loops vectorise); k[3] = 1/lr is set per call
+    k = np.array([p.alpha / 2 - 1, grad_scale * p.alpha / (H * W * p.B ** p.alpha), grad_scale * 2 / (H * W * p.tv_scale ** 2),
+                  1.0, p.momentum, p.bound, p.scale, 1 / p.scale], dtype=m.dtype)
+    buf = {}                         # per-chunk sums and saved edge rows, by number of chunks
+    def step(image, grad, G, mu, lr):
         if not in_kernel:
-            ra, rtv, reg_grad = regularizer_terms(x, p.alpha, p.B, p.beta, p.tv_scale)
+            ra, rtv, reg_grad = regularizer_terms((image - mean) * p.scale, p.alpha, p.B, p.beta, p.tv_scale)
             grad.add_(reg_grad, alpha=grad_scale)
         n = torch.get_num_threads()
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-        arrays = [t.detach().numpy() for t in (x, grad, G, mu, out, image)]   # views: the kernel writes G, mu, out, image
-        _fused_kernel(*arrays, m, rows[0], rows[1], in_kernel, *consts, f(1 / lr), *tail)
+        nch = max(1, min(H, n))      # one chunk of rows per thread
+        if nch not in buf: buf[nch] = (np.zeros((2, Bn * nch)), np.empty((Bn, nch, 2, nc, W), m.dtype))
+        rows, edges = buf[nch]
+        k[3] = 1 / lr
+        _fused_kernel(image.detach().numpy(), grad.detach().numpy(), G.numpy(), mu.numpy(), m, rows, edges, nch, in_kernel, k)
         if torch.get_num_threads() != n: torch.set_num_threads(n)   # numba's thread setting can leak into torch's
-        if in_kernel:
-            ra, rtv = (torch.from_numpy(rows).view(2, Bn, H).sum(2) * norm).to(x.dtype)
-        return ra, rtv
+        if in_kernel: return rows.reshape(2, Bn, nch).sum(2) * norm
+        return torch.stack((ra, rtv)).numpy()
     return step
 
-def regularize_and_step(x: torch.Tensor,  # (B,C,H,W) x_t in thesis units (not modified)
-                        grad: torch.Tensor,  # the data terms' gradient at x_t (on the solver's scale); may be modified
+def regularize_and_step(image: torch.Tensor,  # (B,C,H,W) mean + x_t/scale (book units); becomes mean + x_{t+1}/scale
+                        grad: torch.Tensor,  # the data terms' gradient w.r.t. x_t (on the solver's scale); may be modified
                         G: torch.Tensor, mu: torch.Tensor,  # Algorithm 1's state, updated in place
-                        out: torch.Tensor,  # receives x_{t+1} (a buffer other than x)
-                        image: torch.Tensor,  # receives mean + x_{t+1}/scale
                         mean: torch.Tensor,  # (1,C,1,1) image mean
                         params,  # `PreimageParams` (alpha, B, beta, V, momentum, bound, scale)
                         lr: float,  # η_0 of this stage
                         grad_scale: float = 1.0,  # factor of the regularisers' gradient (the solver's area, see below)
-                        fused: bool | None = None  # None: the one-pass kernel when `fused_available(x)`
+                        fused: bool | None = None  # None: the one-pass kernel when `fused_available(image)`
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add the regularisers' gradient to `grad` and take one Algorithm 1 step from `x` into `out` and `image`.
+    """Add the regularisers' gradient at $x_t$ = scale·(image - mean) and take one Algorithm 1 step, in place on `image`.
 
     Returns $\\mathcal{R}_\\alpha(x_t)$ and $\\mathcal{R}_{TV^\\beta}(x_t)$. Shape: `(B,C,H,W)` → `(B,)`, `(B,)`."""
-    return prepare_update(x, mean, params, grad_scale, fused)(x, grad, G, mu, out, image, lr)
+    terms = prepare_update(image, mean, params, grad_scale, fused)(image, grad, G, mu, lr)
+    terms = torch.as_tensor(terms).to(image.dtype)
+    return terms[0], terms[1]
 
 # %% ../nbs/05b_preimage.ipynb #7e10327f
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -370,6 +401,13 @@ def initial_noise(shape,  # (B,C,H,W)
     return (torch.rand(shape, generator=generator) * 2 - 1) * (B / math.sqrt(3) / 0.95)
 
 # %% ../nbs/05b_preimage.ipynb #7642006d
+def _all_finite(v) -> bool:
+    "Whether a few numbers (numpy array or tensor) are all finite; small CPU tensors go through numpy (cheaper)."
+    if isinstance(v, np.ndarray): return bool(np.isfinite(v).all())
+    if v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64): return bool(np.isfinite(v.numpy()).all())
+    return bool(torch.isfinite(v).all())
+
+# %% ../nbs/05b_preimage.ipynb #0533fd51
 def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) loss ℓ
                    x: torch.Tensor,  # (B,C,H+T-1,W+T-1) initial canvas in thesis units (not modified)
                    params: PreimageParams | None = None,  # `preimage_params(...)`; None: the thesis' set
@@ -386,16 +424,15 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
     p = params or PreimageParams()
     T = p.jitter
     mean = (image_mean(x.shape[1]) if mean is None else mean).to(x)
-    x = x.detach().clone()
-    x_next = torch.empty_like(x)                 # Algorithm 1 writes x_{t+1} here (neighbours still read x_t)
-    image = torch.add(mean, x, alpha=1 / p.scale)   # the canvas Φ sees, kept in step with x
+    image = torch.add(mean, x.detach(), alpha=1 / p.scale)   # the canvas Φ sees; the variable is x = scale·(image - mean)
     area = x.shape[-2] * x.shape[-1]   # Algorithm 1 runs on the per-pixel scale of the η0 heuristic (see above)
-    update = prepare_update(x, mean, p, area, fused)   # regularize_and_step, prepared once
-    G, mu = torch.zeros_like(x), torch.zeros_like(x)
-    no_extra = x.new_zeros(x.shape[0])
+    update = prepare_update(image, mean, p, area, fused)   # regularize_and_step, prepared once; updates image in place
+    G, mu = torch.zeros_like(image), torch.zeros_like(image)
+    no_extra = image.new_zeros(x.shape[0])
+    weights = None   # d/dx = d/dimage / scale, times the area of the η0 heuristic: C·area/scale for ℓ, area/scale for the rest
     stages = [(p.num_iters, T > 1, p.lr0)]
     if finetune and T > 1: stages.append((p.finetune_iters, False, p.lr0 / 10))
-    hist = {k: [] for k in ("energy", "loss", "alpha", "tv", "extra")}
+    hist = {k: [] for k in ("loss", "terms", "extra")}
     from tqdm.auto import tqdm
     bar = tqdm(total=sum(s[0] for s in stages), disable=not progress, desc="pre-image", leave=False)
     try:
@@ -405,22 +442,31 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
                 view = jitter(image, T, generator if jittered else None)
                 loss = data_loss(view)
                 extra = sum((r(view) for r in regularizers), no_extra)
-                # d/dx of the data terms = d/dimage / scale; times the area of the η0 heuristic
-                grad, = torch.autograd.grad((p.C * loss + extra).sum() * (area / p.scale), image)
+                if weights is None: weights = (torch.full_like(loss, p.C * area / p.scale), torch.full_like(extra, area / p.scale))
+                used = [(o, w) for o, w in zip((loss, extra), weights) if o.requires_grad]
+                if used:
+                    outputs, grad_outputs = zip(*used)
+                    grad, = torch.autograd.grad(outputs, image, grad_outputs)
+                else: grad = torch.zeros_like(image)
                 image = image.detach()
-                ra, rtv = update(x, grad, G, mu, x_next, image, lr)
-                energy = ra + rtv + p.C * loss.detach() + extra.detach()
-                if not torch.isfinite(energy).all():
-                    bad = [k for k, v in (("loss (phi's output)", loss), ("alpha", ra), ("tv", rtv), ("extra regularizers", extra))
-                           if not torch.isfinite(v).all()]
-                    raise ValueError(f"the pre-image energy is not finite at iteration {len(hist['energy'])}: "
+                terms = update(image, grad, G, mu, lr)      # R_α(x_t), R_TV(x_t); image becomes mean + x_{t+1}/scale
+                loss, extra = loss.detach(), extra.detach()
+                if not (_all_finite(loss) and _all_finite(terms) and _all_finite(extra)):
+                    bad = [k for k, v in (("loss (phi's output)", loss), ("alpha", terms[0]), ("tv", terms[1]),
+                                          ("extra regularizers", extra)) if not _all_finite(v)]
+                    raise ValueError(f"the pre-image energy is not finite at iteration {len(hist['loss'])}: "
                                      f"non-finite {', '.join(bad)} — does phi return NaN/inf for these images?")
-                x, x_next = x_next, x
-                for k, v in zip(hist, (energy, loss, ra, rtv, extra)): hist[k].append(v.detach())
+                for k, v in zip(hist, (loss, terms, extra)): hist[k].append(v)
                 bar.update()
     finally:
         bar.close()
-    return x, {k: torch.stack(v) if v else x.new_zeros(0, x.shape[0]) for k, v in hist.items()}
+    x = ((image - mean) * p.scale).detach()
+    if not hist["loss"]: return x, {k: x.new_zeros(0, x.shape[0]) for k in ("energy", "loss", "alpha", "tv", "extra")}
+    terms = hist["terms"]
+    terms = (torch.from_numpy(np.stack(terms)) if isinstance(terms[0], np.ndarray) else torch.stack(terms)).to(x)
+    out = dict(loss=torch.stack(hist["loss"]), alpha=terms[:, 0], tv=terms[:, 1], extra=torch.stack(hist["extra"]))
+    out = dict(energy=out["alpha"] + out["tv"] + p.C * out["loss"] + out["extra"], **out)
+    return x, out
 
 # %% ../nbs/05b_preimage.ipynb #cd94cd64
 def _check_images(x, name):
