@@ -405,7 +405,9 @@ if "explorer" in chosen:
 #
 # Measured on 27 Nov 2026 with the defaults (`preset="fast"`), on 2 CPU cores, after the solver's update
 # became one compiled pass (05b): **1 min 23 s** wall, 1 min 20 s user (on 25 Nov, before it and on a machine
-# shared with other jobs, load average 2.1–2.5: 2 min 21 s). The same run with torch's
+# shared with other jobs, load average 2.1–2.5: 2 min 21 s). The saved results below are from a re-run that
+# evening, after the update began to work in place on the image: 1 min 51 s wall on a machine that was then
+# about 30 % slower on the same benchmark. The same run with torch's
 # default 2 threads (before the `num_threads` parameter) took 20 min 26 s (19 min 13 s user+sys, load
 # 2.6–3.9): on a loaded machine a second thread made one small inversion 60–100× slower (0.18 s vs
 # 12–19 s), so `num_threads = 1` is now the default. Saved in `nbs/05c_preimage_results.json` and shown
@@ -419,14 +421,14 @@ if "explorer" in chosen:
 # | | HOGgle | HOG | HOGb | DSIFT |
 # |---|---|---|---|---|
 # | thesis (%) | 60.1 ± 2.3 | 36.6 ± 3.4 | 11.6 ± 0.9 | 9.4 ± 1.7 |
-# | ours, eq 5.2 squared ratio (%) | — | 15.7 ± 4.8 | 2.2 ± 1.4 | 0.7 ± 0.5 |
-# | ours, unsquared ratio (%) | — | 38.8 | 13.4 | 7.8 |
+# | ours, eq 5.2 squared ratio (%) | — | 15.7 ± 4.7 | 2.1 ± 1.4 | 0.7 ± 0.5 |
+# | ours, unsquared ratio (%) | — | 38.9 | 13.3 | 7.7 |
 #
 # The ordering HOG > HOGb > DSIFT of the thesis is reproduced under both readings. If the thesis' numbers
 # are eq 5.2 as written (squared), every target is met by far (HOG 15.7 % ≤ 30 % aim and < 36.6 %,
-# HOGb 2.2 % ≤ 11.6 %, DSIFT 0.7 % ≤ 9.4 %). Our unsquared ratios are of the thesis' magnitude, which suggests
-# its table may report that one; read that way only DSIFT meets its target (7.8 ≤ 9.4 %), HOG (38.8 %)
-# misses both the 30 % aim and 36.6 %, and HOGb (13.4 %) misses 11.6 %. Different probes and n = 8
+# HOGb 2.1 % ≤ 11.6 %, DSIFT 0.7 % ≤ 9.4 %). Our unsquared ratios are of the thesis' magnitude, which suggests
+# its table may report that one; read that way only DSIFT meets its target (7.7 ≤ 9.4 %), HOG (38.9 %)
+# misses both the 30 % aim and 36.6 %, and HOGb (13.3 %) misses 11.6 %. Different probes and n = 8
 # make either comparison loose. HOGgle was not run.
 #
 # **Table 5.2 at the thesis' scale** (100 probes at 224 px: the 8 photos and 92 frames of the three sample
@@ -438,21 +440,22 @@ if "explorer" in chosen:
 # three probes at 224 px) looks like the thesis': HOG pre-images show the edges with grid-aligned streaks and
 # lose the shading, HOGb is smoother and closer, DSIFT is the most detailed.
 #
-# **Fig 5.2** (HOG, astronaut): error 23.9 % at C = 1, 14.8 % at C = 100, 14.0 % at C = 1000 (β = 2);
-# 14.9 % at β = 1 and 15.4 % at β = 1.5 (C = 100). C = 1 is smooth and washed out; C = 1000 and β = 1
+# **Fig 5.2** (HOG, astronaut): error 23.2 % at C = 1, 15.5 % at C = 100, 13.6 % at C = 1000 (β = 2);
+# 15.0 % at β = 1 and 14.3 % at β = 1.5 (C = 100). C = 1 is smooth and washed out; C = 1000 and β = 1
 # add high-frequency texture/speckle, as in the thesis.
 #
 # **Fig 5.5/5.6, fast preset (40 + 6 iterations)** — normalised error (%) for C = 1 / 20 / 100 / 300, as the
 # thesis measures it (one pre-image per probe; the spread over the 2 initialisations of both probes):
-# blocks.0 75.8 / 25.6 / 14.6 / 13.0; blocks.2 51.2 / 29.0 / 28.2 / 29.0; blocks.4 30.8 / 17.4 / 18.9 / 20.6;
-# conv_head 26.6 / 22.5 / 32.5 / 54.7; classifier 95.6 / 93.0 / 91.2 / 88.0. Standard deviation of the error
-# over the initialisations ≤ 0.018 up to blocks.4 (thesis: ≈ 0.02 or less), 0.04–0.20 at conv_head,
-# 0.016–0.065 at the classifier (these unconverged numbers move by up to 15 points at conv_head between runs
-# that differ only in floating-point summation order). Classification consistency 0–0.5 (over 2 pre-images;
-# 0 for every classifier inversion), never the thesis' ≥ 0.8. Gradient-histogram intersection with the probe
-# 0.25–0.65, lowest at C = 1 for the early layers (over-smooth) and highest at C = 20–100. The thesis'
-# "10–20 % for large C at every layer" is met only at blocks.0 (C ≥ 100) and blocks.4 (C = 20–100): these
-# inversions are **not converged** — the classifier's loss is still ≈ 96 % at iteration 40, and the
+# blocks.0 75.8 / 25.6 / 14.6 / 13.0; blocks.2 51.4 / 29.2 / 28.2 / 29.2; blocks.4 30.7 / 17.1 / 18.5 / 20.4;
+# conv_head 29.0 / 19.9 / 36.9 / 57.3; classifier 94.0 / 82.3 / 91.1 / 90.6. Standard deviation of the error
+# over the initialisations ≤ 0.018 up to blocks.4 (thesis: ≈ 0.02 or less), 0.08–0.19 at conv_head,
+# 0.006–0.069 at the classifier. These unconverged numbers move between runs that differ only in
+# floating-point rounding: by up to 15 points at conv_head and 11 at the classifier. Classification
+# consistency is 0–0.5 (over 2 pre-images; 0 for every classifier inversion) except blocks.4 at C = 20
+# (1.0, where the previous run had 0.5). Gradient-histogram intersection with the probe is 0.25–0.65,
+# lowest at C = 1 for the early layers (over-smooth) and highest at C = 20–100. The thesis' "10–20 % for
+# large C at every layer" is met only at blocks.0 (C ≥ 100), blocks.4 (C = 20–100) and conv_head (C = 20).
+# These inversions are **not converged**: the classifier's error is still 82–94 % at iteration 40, and the
 # error *rises* with C at conv_head. With the thesis' 300 + 50 iterations
 # (`-p experiments cnn -p cnn_iters 300`, a separate run of 6 min 26 s, same probes and initialisations) the
 # picture matches the thesis: error for C = 1 / 20 / 100 / 300 is blocks.0 50.2 / 17.6 / 6.9 / 2.9; blocks.2
@@ -504,21 +507,21 @@ if "explorer" in chosen:
 # texture and sharpen the eyes (final loss −0.83, −1.42, −1.55, −1.72, −3.88; at C = 1 the blocks.0 caricature is a
 # blurred, washed-out copy, −0.42).
 #
-# **Other figures** (fast preset). Fig 5.12: from a central 5×5 window the errors are 18 / 17 / 11 / 11 %
+# **Other figures** (fast preset). Fig 5.12: from a central 5×5 window the errors are 18 / 17 / 11 / 12 %
 # (blocks.0 / blocks.2 / blocks.4 / conv_head); blocks.0 reconstructs only a small central patch,
 # deeper windows spread texture over the whole image. Figs 5.15–5.18: early units give small centred
 # colour blobs, blocks.2/blocks.4 oriented and textured patterns; the class visualisations are textures
 # without recognisable objects at 64 px; 3 of the 4 classes (tree frog, goose, black swan) are the top-1
-# class of their own pre-image in the 25 Nov run, cheeseburger was not (85; 397 with 2 threads); in two
-# 27 Nov runs goose was (99) and was not (134), cheeseburger never (397) — fragile at 40 iterations; at
-# 224 px and 300 iterations all four are (above). Fig 5.14: the HOG template fits its 47 crops (9 spheres) perfectly (train accuracy 1.0, i.e. overfit), and its
-# maximisation shows no clear sphere. Fig 5.3 (tree frog, 4 initialisations, jitter $T = 4$ against none):
+# class of their own pre-image in the 25 Nov run, cheeseburger was not (85; 397 with 2 threads); in three
+# 27 Nov runs goose was top-1 twice (99) and once not (134), cheeseburger never (397) — fragile at 40
+# iterations; at 224 px and 300 iterations all four are (above). Fig 5.14: the HOG template fits its 47 crops
+# (9 spheres) perfectly (train accuracy 1.0, i.e. overfit), and its maximisation shows no clear sphere. Fig 5.3 (tree frog, 4 initialisations, jitter $T = 4$ against none):
 # with 300 iterations jitter makes the pre-images crisper — RMS contrast 0.046 against 0.031, both
 # classified as tree frog with probability 1.00 — but not larger by our measure: the mean spatial
 # frequency is *higher* with jitter (0.148 ± 0.010 against 0.122 ± 0.006 cycles/px; the plain pre-images
-# are low-contrast, smooth washes). With the fast preset's 40 iterations (27 Nov run): contrast 0.031 against
-# 0.030, frequency 0.240 against 0.225, and jitter lowers the class probability (0.25 against 1.00; 0.50
-# against 1.00 on 25 Nov): jitter needs the iterations. Figs 5.19–5.20 (`-p experiments caricature -p cnn_iters 300`, 43 s; saved figure below): with
+# are low-contrast, smooth washes). With the fast preset's 40 iterations (27 Nov runs): contrast 0.031–0.032
+# against 0.028–0.030, frequency 0.240–0.241 against 0.218–0.225, and jitter lowers the class probability
+# (0.25 against 1.00; 0.50 against 1.00 on 25 Nov): jitter needs the iterations. Figs 5.19–5.20 (`-p experiments caricature -p cnn_iters 300`, 43 s; saved figure below): with
 # the thesis' C = 1 the caricatures are blurred, desaturated copies of the cat (final loss −0.39 to −1.32,
 # against −1 at the probe: the pattern is barely exaggerated), because at the probe the regularisers are
 # 4.4 (α-norm) and 8.2 (TV) instead of about 1, and the solver spends itself on smoothing. With C = 20
