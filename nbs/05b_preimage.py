@@ -473,7 +473,7 @@ test_close(x.flatten(), torch.tensor([96.0, 128.0]), eps=1e-4)
 # - That kernel took about 0.2 ms alone but 0.4 ms inside the loop, where HOG has evicted its inputs from
 #   the cache. Another 0.18 ms per iteration went to the solver's own Python work.
 # - The in-place, single-loop kernel (0.24 ms alone, against 0.29 ms for the first one on the same day) and
-#   the leaner solver loop below are 1.04–1.12×: the median of six runs is 1.11, and all six meet the goal.
+#   the leaner solver loop below are 1.04–1.12×: the median of nine runs is 1.11, and all nine meet the goal.
 #   In the same session the first kernel measured 1.14 and 1.15×. The solver's Python work fell to about
 #   0.07 ms. It now passes the data term's weights to `autograd.grad` instead of building the weighted sum,
 #   and it assembles the energies once at the end.
