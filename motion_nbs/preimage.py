@@ -220,9 +220,9 @@ def algorithm1_step(x: torch.Tensor,  # (B,C,H,W) current image x_t, updated in 
 if numba is not None:
     @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
     def _fused_kernel(im, g, G, mu, mean, rows, edges, nchunks, reg, k):
-        """In place on `im`: x_t = (im - mean)*scale; the regularisers at x_t (their sums per chunk into `rows`), their
-        gradient added to g's, Algorithm 1 into G and mu, and im <- mean + x_{t+1}/scale. `nchunks` chunks of rows per image;
-        `edges` holds x_t of the rows just outside each chunk. k = (alpha/2 - 1, c_alpha, c_tv, 1/lr, rho, B+, scale, 1/scale)."""
+        """In place on `im`: x_t = (im - mean)*scale; the regularisers at x_t (their sums per chunk into `rows`); Algorithm 1
+        with g plus their gradient, into G and mu; and im <- mean + x_{t+1}/scale. `nchunks` chunks of rows per image;
+        `edges` receives x_t of the rows just outside each chunk. k = (alpha/2 - 1, c_alpha, c_tv, 1/lr, rho, B+, scale, 1/scale)."""
         pa, ca, ct, inv_lr, rho, bound, scale, inv_scale = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
         nb, nc, H, W = im.shape
         b2 = bound * bound
