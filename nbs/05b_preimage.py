@@ -480,10 +480,10 @@ test_close(x.flatten(), torch.tensor([96.0, 128.0]), eps=1e-4)
 # - 350 iterations take 1.9–2.1 s. This machine was slower that day: HOG's forward+backward pass took
 #   5.4–6 ms, against 4 ms before.
 #
-# The kernel is compiled on first use (about 6 s per dtype) and then loaded from numba's cache. It runs on as many
-# threads as torch uses. numba's OpenMP layer loads the system's libgomp beside the copy torch ships (two
-# thread pools in one process). Setting numba's thread count has been seen to change torch's, so the step
-# puts torch's back when it does.
+# The kernel is compiled on first use (about 6 s per dtype) and then loaded from numba's cache. It runs on
+# as many threads as torch uses. numba's OpenMP layer loads the system's libgomp beside the copy torch
+# ships (two thread pools in one process). Setting numba's thread count has been seen to change torch's, so
+# the step puts torch's back when it does.
 
 # %%
 #| export
