@@ -222,7 +222,8 @@ if numba is not None:
     def _fused_kernel(im, g, G, mu, mean, rows, edges, nchunks, reg, k):
         """In place on `im`: x_t = (im - mean)*scale; the regularisers at x_t (their sums per chunk into `rows`); Algorithm 1
         with g plus their gradient, into G and mu; and im <- mean + x_{t+1}/scale. `nchunks` chunks of rows per image;
-        `edges` receives x_t of the rows just outside each chunk. k = (alpha/2 - 1, c_alpha, c_tv, 1/lr, rho, B+, scale, 1/scale)."""
+        `edges` receives x_t of the rows just outside each chunk. k = (alpha/2 - 1, c_alpha, c_tv, 1/lr, rho, B+, scale, 1/scale).
+        Without `reg` the regularisers are left out (g already holds their gradient; the caller passes c_tv = 0)."""
         pa, ca, ct, inv_lr, rho, bound, scale, inv_scale = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
         nb, nc, H, W = im.shape
         b2 = bound * bound
@@ -257,7 +258,7 @@ if numba is not None:
                                 for j in range(W): dn[c, j + 1] = edges[b, q, 1, c, j]
                     xu_rows = up if i > 0 else cur       # replicated border rows
                     xd_rows = dn if i + 1 < H else cur
-                    if reg:                               # alpha-norm: value p*s and gradient ca*p*x per pixel
+                    if reg:                               # alpha-norm: value p*s and gradient ca*p*x per pixel (else cp = 0)
                         for j in range(W): s[j] = 0
                         for c in range(nc):
                             for j in range(W): s[j] += cur[c, j + 1] * cur[c, j + 1]
@@ -273,29 +274,18 @@ if numba is not None:
                         xr, xu, xd = cur[c], xu_rows[c], xd_rows[c]
                         xr[0], xr[W + 1] = xr[1], xr[W]
                         gr, Gr, mr, o = g[b, c, i], G[b, c, i], mu[b, c, i], out[c]
-                        if reg:                           # TV with beta = 2 (a Laplacian) and Algorithm 1, lines 4-7
-                            for j in range(W):
-                                x0 = xr[j + 1]
-                                dv, dh = xd[j + 1] - x0, xr[j + 2] - x0
-                                tv += dv * dv + dh * dh
-                                gj = gr[j] + cp[j] * x0 + ct * (4 * x0 - xu[j + 1] - xd[j + 1] - xr[j] - xr[j + 2])
-                                Gv = rho * Gr[j] + gj * gj
-                                Gr[j] = Gv
-                                m = rho * mr[j] - gj / (inv_lr + math.sqrt(Gv))
-                                mr[j] = m
-                                w = x0 + m
-                                o[j] = w
-                                n2[j] += w * w
-                        else:                             # Algorithm 1 only (the regularisers came with g)
-                            for j in range(W):
-                                gj = gr[j]
-                                Gv = rho * Gr[j] + gj * gj
-                                Gr[j] = Gv
-                                m = rho * mr[j] - gj / (inv_lr + math.sqrt(Gv))
-                                mr[j] = m
-                                w = xr[j + 1] + m
-                                o[j] = w
-                                n2[j] += w * w
+                        for j in range(W):                # TV with beta = 2 (a Laplacian) and Algorithm 1, lines 4-7
+                            x0 = xr[j + 1]
+                            dv, dh = xd[j + 1] - x0, xr[j + 2] - x0
+                            tv += dv * dv + dh * dh
+                            gj = gr[j] + cp[j] * x0 + ct * (4 * x0 - xu[j + 1] - xd[j + 1] - xr[j] - xr[j + 2])
+                            Gv = rho * Gr[j] + gj * gj
+                            Gr[j] = Gv
+                            m = rho * mr[j] - gj / (inv_lr + math.sqrt(Gv))
+                            mr[j] = m
+                            w = x0 + m
+                            o[j] = w
+                            n2[j] += w * w
                     for j in range(W):                    # line 8: the projection onto |x_pixel| <= B+
                         n2[j] = bound / math.sqrt(n2[j]) if n2[j] > b2 else n2[j] * 0 + 1
                     for c in range(nc):
@@ -337,7 +327,9 @@ def prepare_update(image: torch.Tensor,  # (B,C,H,W) an iterate (book units): it
     norm = np.array([[1 / (H * W * p.B ** p.alpha)], [1 / (H * W * p.tv_scale ** 2)]])
     m = mean.reshape(-1).to(image.dtype).numpy()
     # constants in the images' precision (float32 loops vectorise); k[3] = 1/lr is set per call
-    k = np.array([p.alpha / 2 - 1, grad_scale * p.alpha / (H * W * p.B ** p.alpha), grad_scale * 2 / (H * W * p.tv_scale ** 2),
+    # (without in_kernel the regularisers' gradient comes with grad: the kernel's TV coefficient is 0)
+    k = np.array([p.alpha / 2 - 1, grad_scale * p.alpha / (H * W * p.B ** p.alpha),
+                  grad_scale * 2 / (H * W * p.tv_scale ** 2) if in_kernel else 0.0,
                   1.0, p.momentum, p.bound, p.scale, 1 / p.scale], dtype=m.dtype)
     buf = {}                         # per-chunk sums and saved edge rows, by number of chunks
     def step(image, grad, G, mu, lr):
