@@ -14,6 +14,7 @@
 # %%
 #| export
 import contextlib
+import functools
 import importlib.util
 import os
 import random
@@ -91,6 +92,127 @@ test_eq(torch.rand(3), a)
 test_eq(torch.rand(3, generator=seed_everything(0)), a)
 test_fail(lambda: seed_everything(0.5), contains="seed must be an int")
 assert default_device().type in ("cpu", "cuda", "mps")
+
+
+# %% [markdown]
+# Every training and evaluation entry point takes a `device` argument. `resolve_device` turns what the
+# user wrote into a `torch.device` and refuses, at once and with the list of devices this machine has,
+# a device that is not there (`device="cuda"` on a laptop), instead of failing deep inside the first
+# forward pass.
+
+# %%
+#| export
+def available_devices() -> list:
+    "The names of the devices torch can use on this machine, e.g. `['cpu', 'cuda:0', 'cuda:1']`."
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] + (["mps"] if mps else [])
+
+def resolve_device(device=None  # None or "auto": `default_device()`; else "cpu", "cuda", "cuda:1", "mps" or a `torch.device`
+                  ) -> torch.device:
+    "The `torch.device` named by `device`, checked to exist on this machine."
+    if device is None or device == "auto": return default_device()
+    here = ", ".join(available_devices())
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r} is not a device name; devices on this machine: {here}") from None
+    ok = {"cpu": True, "cuda": torch.cuda.is_available() and (d.index or 0) < torch.cuda.device_count(),
+          "mps": "mps" in available_devices()}.get(d.type, False)
+    if not ok: raise ValueError(f"device={device!r} is not available on this machine; devices here: {here}")
+    return d
+
+
+# %%
+test_eq(resolve_device("cpu"), torch.device("cpu"))
+test_eq(resolve_device(None), default_device())
+test_eq(available_devices()[0], "cpu")
+test_fail(lambda: resolve_device("gpu"), contains="'gpu' is not a device name; devices on this machine: cpu")
+if not torch.cuda.is_available():
+    test_fail(lambda: resolve_device("cuda"), contains="device='cuda' is not available on this machine; devices here: cpu")
+test_fail(lambda: resolve_device(f"cuda:{torch.cuda.device_count()}"), contains="is not available on this machine")
+
+# %% [markdown]
+# ## Precision
+#
+# Training may run under mixed precision (`torch.autocast`: matrix products in bfloat16 or float16).
+# A few computations of the book must not: a Gaussian kernel at $\sigma = 0.06$ turns an error of
+# $10^{-2}$ in a squared distance into an error of order 1 in the kernel, and a least-squares or
+# eigenvector fit loses its digits. Functions decorated with `full_precision` run outside autocast,
+# with half-precision tensor arguments promoted to float32 (float64 arguments stay float64), whatever
+# the caller does.
+
+# %%
+#| export
+_HALF = (torch.float16, torch.bfloat16)
+
+def full_precision(fn):
+    "Decorator: run `fn` with autocast off and float16/bfloat16 tensor arguments promoted to float32."
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        up = lambda v: v.float() if torch.is_tensor(v) and v.dtype in _HALF else v
+        args, kwargs = [up(a) for a in args], {k: up(v) for k, v in kwargs.items()}
+        types = {t.device.type for t in (*args, *kwargs.values()) if torch.is_tensor(t)} or {"cpu"}
+        with contextlib.ExitStack() as stack:
+            for t in types:
+                if t in ("cpu", "cuda", "mps", "xpu"): stack.enter_context(torch.autocast(t, enabled=False))
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+# %%
+@full_precision
+def _gram(a): return a @ a.T, a.dtype
+
+_a = torch.randn(8, 2, generator=torch.Generator().manual_seed(0)) * 30
+with torch.autocast("cpu", torch.bfloat16):
+    test_eq(((_a @ _a.T).dtype, _gram(_a)[0].dtype), (torch.bfloat16, torch.float32))   # autocast is off inside
+    test_eq(_gram(_a.bfloat16())[1], torch.float32)                                     # half inputs promoted
+    test_eq(_gram(_a.double())[0].dtype, torch.float64)
+test_eq(_gram(_a)[0], _a @ _a.T)
+
+
+# %% [markdown]
+# ## Checking arguments
+#
+# Bad input gets a `ValueError` that names the argument, what came and what was expected. Three small
+# checks cover most parameters of the book (a `bool` is not accepted where an int or a number is
+# expected: `True` as a batch size is a mistake, not a 1).
+
+# %%
+#| export
+def check_choice(name: str,  # the argument's name, for the message
+                 value, valid  # the value and the valid choices
+                ):
+    "`value` if it is one of `valid`, else a `ValueError` listing the choices."
+    if value not in valid: raise ValueError(f"{name}={value!r}; valid: {', '.join(map(str, valid))}")
+    return value
+
+def check_int(name: str, value, minimum: int = 1  # the smallest valid value
+             ) -> int:
+    "`value` if it is an int >= `minimum` (not a bool), else a `ValueError`."
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r}; expected an int >= {minimum}")
+    return int(value)
+
+def check_number(name: str, value, minimum: float = 0.0,  # the bound
+                 inclusive: bool = False  # accept `minimum` itself
+                ) -> float:
+    "`value` if it is a finite number above `minimum` (or equal, when `inclusive`), else a `ValueError`."
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
+    if not ok or value < minimum or (value == minimum and not inclusive):
+        raise ValueError(f"{name}={value!r}; expected a finite number {'>=' if inclusive else '>'} {minimum}")
+    return float(value)
+
+
+# %%
+test_eq(check_choice("loss", "ce", ("ce", "kta")), "ce")
+test_fail(lambda: check_choice("loss", "l2", ("ce", "kta")), contains="loss='l2'; valid: ce, kta")
+test_eq(check_int("steps", 3), 3)
+test_fail(lambda: check_int("steps", True), contains="steps=True; expected an int >= 1")
+test_fail(lambda: check_int("steps", 0), contains="expected an int >= 1")
+test_eq(check_number("lr", 1e-4), 1e-4)
+test_fail(lambda: check_number("lr", 0), contains="lr=0; expected a finite number > 0")
+test_fail(lambda: check_number("lr", float("nan")), contains="lr=nan")
+test_eq(check_number("decay", 0, inclusive=True), 0.0)
 
 
 # %% [markdown]
@@ -380,7 +502,9 @@ fig = show_images([sample_image(n) for n in ("astronaut", "chelsea", "coffee", "
 # ## Summary
 #
 # - `data_dir()` is where data and caches go (`$MOTION_NBS_DATA`).
-# - `seed_everything(seed)` seeds everything and returns a generator; `default_device()` picks a device.
+# - `seed_everything(seed)` seeds everything and returns a generator; `default_device()` picks a device,
+#   `resolve_device(name)` checks one exists; `full_precision` keeps sensitive numerics out of autocast.
+# - `check_choice`, `check_int`, `check_number`: argument checks with messages that name the argument.
 # - Images are `(3,H,W)` float tensors in $[0,1]$: `load_image`, `sample_image`, `image_from_array`,
 #   `image_to_array`; videos are read with OpenCV: `sample_video`, `video_info`, `read_video_frames`.
 # - `atomic_write` / `atomic_save` never leave a partial file under the final name.

@@ -4,9 +4,9 @@
 # %% [markdown]
 # # Learner
 #
-# > One training loop for every experiment: Adam with the thesis' settings, validation and early
-# > stopping, atomic checkpoints with bit-exact resume, metrics files, DDP under `torchrun`, and a
-# > command line.
+# > One training loop for every experiment: a run's settings in one `TrainConfig`, Adam with the thesis'
+# > settings, validation and early stopping, atomic checkpoints with bit-exact resume, metrics files,
+# > GPUs with mixed precision, DDP under `torchrun`, and a command line.
 
 # %% [markdown]
 # Every model of the book is trained the same way (section 3.3.3): Adam with $\beta_1 = 0.9$,
@@ -22,6 +22,8 @@
 #| export
 import argparse
 import ast
+import contextlib
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -29,9 +31,12 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,7 +45,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from motion_nbs.core import atomic_save, atomic_write, seed_everything
+from motion_nbs.core import (atomic_save, atomic_write, check_choice, check_int, check_number, resolve_device,
+                             seed_everything)
 
 # %%
 #| hide
@@ -151,9 +157,7 @@ def _load_model_state(model, state, path):
 
 # %%
 #| export
-CHECKPOINT_FORMAT = "motion_nbs.fit/1"
-LR_SCHEDULES = {"constant": lambda t: 1.0,   # factor of the learning rate at the fraction t of `max_steps` done
-                "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t))}
+CHECKPOINT_FORMAT = "motion_nbs.fit/2"  # /2: the config is one flat dict of a `TrainConfig`
 
 def load_checkpoint(path  # a checkpoint written by `fit`
                    ) -> dict:
@@ -187,7 +191,7 @@ with tempfile.TemporaryDirectory() as _tmp:
     (_tmp / "garbage.pt").write_bytes(b"not a checkpoint")
     test_fail(lambda: load_checkpoint(_tmp / "garbage.pt"), contains="garbage.pt: not a readable checkpoint")
     torch.save(nn.Linear(2, 2).state_dict(), _tmp / "plain.pt")
-    test_fail(lambda: load_checkpoint(_tmp / "plain.pt"), contains="expected format 'motion_nbs.fit/1', found None")
+    test_fail(lambda: load_checkpoint(_tmp / "plain.pt"), contains="expected format 'motion_nbs.fit/2', found None")
     test_fail(lambda: load_checkpoint(_tmp / "none.pt"), contains="none.pt")
     test_fail(lambda: load_weights(nn.Linear(3, 2), _tmp / "plain.pt"), contains="plain.pt: the weights do not fit Linear")
     _lin = load_weights(nn.Linear(2, 2), _tmp / "plain.pt")
@@ -201,7 +205,8 @@ with tempfile.TemporaryDirectory() as _tmp:
 # gives each process its shard of each batch, and lets rank 0 alone write checkpoints, metrics and the
 # progress bar. The loss function receives the wrapped model and must call it (`model(x)`), so that
 # DDP sees the forward pass. `init_distributed` starts the process group from torchrun's environment
-# (NCCL on GPUs, gloo on CPUs); without torchrun it does nothing.
+# (NCCL on GPUs, gloo on CPUs); without torchrun it does nothing. `is_main_process` is what a
+# training function asks before it writes its own files (`model.pt`, `results.json`, figures).
 
 # %%
 #| export
@@ -213,6 +218,10 @@ def init_distributed() -> bool:
     if cuda: torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
     return True
+
+def is_main_process() -> bool:
+    "True in a single process and in rank 0 of a distributed run: the process that writes files."
+    return _world()[0] == 0
 
 
 # %%
@@ -227,6 +236,16 @@ def _all_mean(values: list, device) -> list:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return (t / _world()[1]).tolist()
+
+def _any_rank(flag: bool, device) -> bool:
+    "True when `flag` is true in any process (so that all processes take the same branch)."
+    if _world()[1] == 1: return bool(flag)
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+def _barrier():
+    if _world()[1] > 1: dist.barrier()
 
 def _all_gather(obj) -> list:
     if _world()[1] == 1: return [obj]
@@ -253,7 +272,8 @@ def _batch_len(batch) -> int:
 # A loss function takes the model and a batch and returns the scalar loss, or a dictionary with the
 # loss under `"loss"` and other numbers to log. This form fits every experiment of the book (CPFS
 # needs the flow and sampled pixels, S3 the flow and masks); `supervised` adapts an ordinary
-# `loss(output, target)` criterion for `(input, target)` batches.
+# `loss(output, target)` criterion for `(input, target)` batches. The numbers stay tensors on the
+# device until the next log line: reading them at every step would make the CPU wait for the GPU.
 
 # %%
 #| export
@@ -271,39 +291,215 @@ def supervised(criterion  # e.g. `nn.CrossEntropyLoss()`: criterion(model(x), y)
 def _split_loss(out) -> tuple:
     if isinstance(out, dict):
         if "loss" not in out: raise ValueError(f"a loss function returning a dict must include 'loss'; got keys {list(out)}")
-        return out["loss"], {k: float(v) for k, v in out.items() if k != "loss"}
+        return out["loss"], {k: v.detach() if torch.is_tensor(v) else v for k, v in out.items() if k != "loss"}
     return out, {}
 
 
 # %%
 _m = nn.Linear(2, 1, bias=False); nn.init.ones_(_m.weight)
 test_eq(supervised(nn.MSELoss())(_m, (torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0]]))).item(), 4.0)
-test_eq(_split_loss({"loss": torch.tensor(1.0), "acc": torch.tensor(0.5)})[1], {"acc": 0.5})
+test_eq(_split_loss({"loss": torch.tensor(1.0), "acc": torch.tensor(0.5)})[1], {"acc": torch.tensor(0.5)})
 test_fail(lambda: _split_loss({"acc": 1}), contains="must include 'loss'")
 
 # %% [markdown]
-# ## The loop: `fit`
+# ## A run's settings: `TrainConfig`
+#
+# Everything `fit` needs to know about a run is one dataclass. Its fields are documented where they are
+# defined, validated once when it is made (a bad value is a `ValueError` that names the field), and
+# stored in every checkpoint and in the results. A chapter's experiment family extends it with its own
+# fields (`ExperimentConfig` below, then `cpfs.CPFSConfig` and `s3.S3Config`), so that the settings
+# every training run shares — steps, batch, learning rate and schedule, seed, device, precision,
+# workers, output folder, progress, validation cadence — are written once.
+#
+# **Device and precision.** `device=None` trains on `core.default_device()` (CUDA, else MPS, else the
+# CPU); naming a device this machine does not have fails when the config is made. `amp` is the
+# mixed precision: `"bf16"`, `"fp16"` (with a gradient scaler, whose state is checkpointed) or `"off"`;
+# `"auto"` is bf16 on CUDA (fp16 on GPUs without bf16) and off elsewhere — on a CPU, bfloat16 is
+# slower than float32 for the book's networks. The parts of the losses that must stay in float32 are
+# marked with `core.full_precision` where they are defined (chapters 3 and 4).
+
+# %%
+#| export
+LR_SCHEDULES = {"constant": lambda t: 1.0,   # factor of the learning rate at the fraction t of `num_iters` done
+                "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t))}
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+@dataclass
+class TrainConfig:
+    "The settings of one training run: Adam with the thesis' defaults (section 3.3.3), validation, files, device."
+    num_iters: int = 1000  # optimiser steps in total
+    batch_size: int = 96  # global batch size, split over processes (96 frames in the thesis)
+    lr: float = 1e-4  # Adam's learning rate (section 3.3.3)
+    lr_schedule: str = "constant"  # "constant" (the thesis) or "cosine": lr·½(1 + cos(π·step/num_iters))
+    betas: tuple = (0.9, 0.999)  # Adam's β1, β2
+    eps: float = 1e-8  # Adam's ε
+    weight_decay: float = 0.0  # none in the thesis
+    valid_every: int = 100  # validate every so many steps
+    patience: int | None = None  # stop after this many validations without improvement (None: never)
+    restore_best: bool = True  # end with the best validated weights; False: the last step's (e.g. after a decay to 0)
+    checkpoint_every: int = 100  # write last.pt every so many steps
+    log_every: int = 10  # write a metrics line (and check that the loss is finite) every so many steps
+    seed: int = 0  # initial random state and data order
+    device: str | None = None  # "cpu", "cuda", "cuda:1", "mps"; None: `core.default_device()` (cuda:LOCAL_RANK under torchrun)
+    amp: str = "auto"  # mixed precision: "bf16", "fp16" (gradient scaler) or "off"; "auto": bf16 on CUDA, off elsewhere
+    num_workers: int = 0  # DataLoader worker processes for the training data
+    sync_batchnorm: bool = False  # under torchrun on GPUs: batch statistics over all processes (SyncBatchNorm)
+    find_unused_parameters: bool = False  # DDP: allow parameters the loss does not reach
+    out_dir: str | None = None  # where last.pt, best.pt and metrics.jsonl go (None: no files, no resume)
+    resume: bool | str = True  # continue from out_dir/last.pt if present; False: start over; or a checkpoint path
+    progress: bool = True  # show a progress bar
+
+    # where and how a run executes, not what it computes: these may differ when a run is resumed
+    RUNTIME: ClassVar[tuple] = ("num_iters", "device", "amp", "num_workers", "out_dir", "resume", "progress", "log_every",
+                                "checkpoint_every", "restore_best", "find_unused_parameters", "sync_batchnorm")
+
+    def __post_init__(self): self.validate()
+
+    def validate(self):
+        "Raise a `ValueError` naming the first field with a bad value."
+        for k in ("num_iters", "batch_size", "valid_every", "checkpoint_every", "log_every"): check_int(k, getattr(self, k))
+        check_int("seed", self.seed, 0); check_int("num_workers", self.num_workers, 0)
+        if self.patience is not None: check_int("patience", self.patience)
+        check_number("lr", self.lr); check_number("eps", self.eps); check_number("weight_decay", self.weight_decay, inclusive=True)
+        if not (len(self.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"betas={self.betas!r}; expected two numbers in [0, 1)")
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES); check_choice("amp", self.amp, AMP_MODES)
+        for k in ("restore_best", "sync_batchnorm", "find_unused_parameters", "progress"):
+            if not isinstance(getattr(self, k), bool): raise ValueError(f"{k}={getattr(self, k)!r}; expected True or False")
+        resolve_device(self.device)  # a device this machine does not have fails now, not at the first step
+
+    def to_dict(self) -> dict:
+        "The fields as plain JSON values (tuples become lists, paths strings), as stored in checkpoints and results."
+        plain = lambda v: list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
+
+def _check_names(cls, names):
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(names) - set(valid))
+    if unknown: raise ValueError(f"unknown setting(s) {unknown} for {cls.__name__}; valid: {', '.join(valid)}")
+
+def configure(config: TrainConfig,  # a config to start from
+              **overrides  # fields to change
+             ) -> TrainConfig:
+    "A copy of `config` with `overrides`, validated; an unknown name is a `ValueError` listing the valid ones."
+    _check_names(type(config), overrides)
+    return replace(config, **overrides)
+
+def resolve_amp(amp: str,  # one of `AMP_MODES`
+                device: torch.device) -> str:
+    "The precision a run on `device` uses: `amp`, with 'auto' resolved (bf16 on CUDA, fp16 without bf16 support, else off)."
+    check_choice("amp", amp, AMP_MODES)
+    if amp != "auto": return amp
+    if device.type != "cuda": return "off"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+# %%
+test_eq(TrainConfig().to_dict()["betas"], [0.9, 0.999])
+test_eq(configure(TrainConfig(), batch_size=8).batch_size, 8)
+test_fail(lambda: configure(TrainConfig(), max_steps=8), contains="unknown setting(s) ['max_steps'] for TrainConfig; valid: num_iters")
+test_fail(lambda: TrainConfig(num_iters=0), contains="num_iters=0; expected an int >= 1")
+test_fail(lambda: TrainConfig(lr_schedule="step"), contains="valid: constant, cosine")
+test_fail(lambda: TrainConfig(amp="fp8"), contains="amp='fp8'; valid: auto, off, bf16, fp16")
+test_fail(lambda: TrainConfig(progress="yes"), contains="progress='yes'; expected True or False")
+if not torch.cuda.is_available():
+    test_fail(lambda: TrainConfig(device="cuda"), contains="device='cuda' is not available on this machine; devices here: cpu")
+test_eq(resolve_amp("auto", torch.device("cpu")), "off")
+test_eq(resolve_amp("bf16", torch.device("cpu")), "bf16")
+
+
+# %% [markdown]
+# ### Experiment families and presets
+#
+# The training experiments of chapters 3 and 4 share more than `fit`'s settings: an objective (`loss`),
+# a data source, a network, crops of `image_size`, optionally a pool of rendered scenes reused with
+# augmentation, a validation set, and *presets* — `cpu` (minutes on a laptop) and `paper` (the
+# thesis' hyper-parameters, for a GPU). `ExperimentConfig.from_preset(preset, **overrides)` starts from
+# the family's preset and applies the overrides; `None` keeps the preset's value (so a notebook can
+# pass all its parameters). A preset value that depends on the objective is a dict
+# `{loss: value, "*": default}`.
+
+# %%
+#| export
+@dataclass
+class ExperimentConfig(TrainConfig):
+    "A training experiment of the book: `TrainConfig` plus objective, data, network and crops, made from a preset."
+    preset: str = "cpu"  # "cpu" (minutes on a 2-core laptop) or "paper" (the thesis' settings, for a GPU)
+    loss: str = ""  # the training objective: a key of the family's registry
+    data: str = ""  # where the training pairs come from
+    model: str = ""  # the network, by its `motion_nbs.models` name
+    image_size: int = 128  # side of the square training crops, in pixels
+    pool_size: int | None = None  # rendered data: scenes rendered once and reused with augmentation (None: fresh scenes)
+    num_valid: int = 32  # validation pairs (built once and cached)
+
+    PRESETS: ClassVar[dict] = {}  # the family's presets: {name: {field: value or {loss: value, "*": default}}}
+
+    def validate(self):
+        super().validate()
+        check_choice("preset", self.preset, self.PRESETS)
+        check_int("image_size", self.image_size); check_int("num_valid", self.num_valid)
+        if self.pool_size is not None: check_int("pool_size", self.pool_size)
+
+    @classmethod
+    def from_preset(cls, preset: str = "cpu",  # a key of `PRESETS`
+                    **overrides  # fields to set; None keeps the preset's value
+                   ):
+        "The preset's settings with `overrides`, validated."
+        check_choice("preset", preset, cls.PRESETS)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        _check_names(cls, given)
+        values = {**cls.PRESETS[preset], **given}
+        loss = values.get("loss", cls.loss)
+        values = {k: v.get(loss, v.get("*")) if isinstance(v, dict) else v for k, v in values.items()}
+        return cls(**{**cls._derived(values, given), "preset": preset})
+
+    @classmethod
+    def _derived(cls, values: dict, given: dict) -> dict:
+        "Values that follow from others unless given (a family may override this)."
+        return values
+
+
+# %%
+@dataclass
+class _Toy(ExperimentConfig):
+    PRESETS: ClassVar[dict] = {"cpu": dict(loss="a", num_iters={"a": 5, "*": 7}, batch_size=4), "paper": dict(loss="a", num_iters=9)}
+
+test_eq(_Toy.from_preset().num_iters, 5)
+test_eq(_Toy.from_preset(loss="b").num_iters, 7)                  # the per-loss value's default
+test_eq(_Toy.from_preset(num_iters=None, batch_size=2).batch_size, 2)
+test_eq(_Toy.from_preset("paper").to_dict()["preset"], "paper")
+test_fail(lambda: _Toy.from_preset("gpu"), contains="preset='gpu'; valid: cpu, paper")
+test_fail(lambda: _Toy.from_preset(lr_rate=1.0), contains="unknown setting(s) ['lr_rate'] for _Toy")
+
+
+# %% [markdown]
+# ## The loop: `Learner` and `fit`
 #
 # Per step: one batch, one Adam step; every `valid_every` steps the mean validation loss (under a fixed
 # seed, in a forked random state, so that validating changes nothing in the training run), early
 # stopping when it has not improved for `patience` validations (the best weights are kept in
 # `best.pt`, or in memory without an `out_dir`, and restored at the end), a checkpoint `last.pt` every
-# `checkpoint_every` steps and at the
-# end, and a line of metrics in `metrics.jsonl` every `log_every` steps and at each validation.
+# `checkpoint_every` steps and at the end, and a line of metrics in `metrics.jsonl` every `log_every`
+# steps and at each validation.
 #
-# `config` holds the experiment's parameters. It is stored in the checkpoint with `fit`'s own
-# settings (batch size, learning rate, seed, number of processes, ...); resuming with different values
-# is an error that names the file, the parameter and both values. `max_steps` may change, so a
-# finished run can be extended. A run that finished is not repeated: calling `fit` again with the
-# same `out_dir` loads the result (a rerun notebook returns at once).
+# The config is stored in the checkpoint with the number of processes and the size of the training
+# set; resuming with a different value of a field that changes what is computed (batch size, learning
+# rate, seed, the experiment's own fields, ...) is an error that names the file, the field and both
+# values. The `RUNTIME` fields may change — more `num_iters` extends a finished run, and a run
+# started on a GPU may continue on another device. A run that finished is not repeated: calling `fit`
+# again with the same `out_dir` loads the result (a rerun notebook returns at once).
+#
+# The loop is a small class whose methods are the steps of a run: `_resume`, `_one_step`,
+# `_check_finite`, `_log_train`, `_validate`, `_after_validation`, `_save` and `_finish`. Losses stay
+# on the device: the host reads them (one synchronisation) only every `log_every` steps, and before
+# anything is validated or saved — so a non-finite loss is caught before it can reach a checkpoint,
+# and the error names the first step at which it appeared.
 
 # %%
 #| exporti
-_CHECKED = ("batch_size", "lr", "betas", "eps", "weight_decay", "seed", "world_size", "valid_every", "patience", "train_size")
-
-def _check_config(path, saved: dict, current: dict):
+def _check_config(path, saved: dict, current: dict, runtime):
     for k in sorted(set(saved) | set(current)):
-        if k in ("max_steps",): continue
+        if k in runtime: continue
         a, b = saved.get(k, "<absent>"), current.get(k, "<absent>")
         if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)): a, b = list(a), list(b)
         if a != b:
@@ -320,157 +516,234 @@ def _read_metrics(path: Path, max_step: int) -> list:
         if rec.get("step", 0) <= max_step: out.append(rec)
     return out
 
-def _jsonable(v):
-    return list(v) if isinstance(v, tuple) else v
+def _check_data(data, batch_size: int, world: int):
+    if batch_size % world: raise ValueError(f"batch_size {batch_size} is not divisible by the number of processes {world}")
+    if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
+        raise ValueError(f"fit needs a map-style dataset (len and indexing) so that a resumed run can skip to its position; got {type(data).__name__}")
+    if len(data) // batch_size == 0:
+        raise ValueError(f"the training set has {len(data)} samples, fewer than one batch of {batch_size}")
+
+def _weights_digest(model: nn.Module) -> str:
+    "SHA-256 of the model's parameters and buffers (equal digests: bitwise-equal weights)."
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # %%
 #| export
-def fit(model: nn.Module,  # the model (its device is used unless `device` is given; on GPUs under torchrun, cuda:LOCAL_RANK)
-        train_data: Dataset,  # a map-style dataset (len + indexing)
-        loss_fn,  # loss_fn(model, batch) -> scalar loss, or {"loss": ..., other metrics}
-        out_dir=None,  # where last.pt, best.pt and metrics.jsonl go (None: no files, no resume)
-        valid_data: Dataset = None,  # validation set for early stopping
-        max_steps: int = 1000,  # optimiser steps in total
-        batch_size: int = 96,  # global batch size (split over processes); 96 frames in the thesis
-        lr: float = 1e-4,  # Adam's learning rate (section 3.3.3)
-        betas=(0.9, 0.999),  # Adam's β1, β2
-        eps: float = 1e-8,  # Adam's ε
-        weight_decay: float = 0.0,  # none in the thesis
-        lr_schedule: str = "constant",  # "constant" (the thesis) or "cosine": lr·½(1 + cos(π·step/max_steps))
-        valid_every: int = 100,  # validate every so many steps
-        patience: int = None,  # stop after this many validations without improvement (None: never)
-        restore_best: bool = True,  # end with the best validated weights; False: the last step's (e.g. after a decay to 0)
-        checkpoint_every: int = 100,  # write last.pt every so many steps
-        log_every: int = 10,  # write a metrics line every so many steps
-        seed: int = 0,  # data order, initial random state
-        resume=True,  # True: continue from out_dir/last.pt if present; False: start over; or a checkpoint path
-        config: dict = None,  # the experiment's parameters, stored and checked on resume
-        num_workers: int = 0,  # DataLoader workers
-        collate_fn=None,  # DataLoader collate function
-        device=None,  # override the device
-        find_unused_parameters: bool = False,  # DDP: allow parameters the loss does not reach
-        progress: bool = True  # show a tqdm progress bar
-       ) -> dict:
-    "Train `model` with Adam; returns a summary dict (steps, best validation loss and step, stopped early)."
-    if lr_schedule not in LR_SCHEDULES: raise ValueError(f"lr_schedule={lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
-    rank, world = _world()
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if world > 1 and torch.cuda.is_available() \
-                 else next(model.parameters()).device
-    model.to(device)
-    if batch_size % world: raise ValueError(f"batch_size {batch_size} is not divisible by the number of processes {world}")
-    per_rank = batch_size // world
-    if not hasattr(train_data, "__len__") or not hasattr(train_data, "__getitem__"):
-        raise ValueError(f"fit needs a map-style dataset (len and indexing) so that a resumed run can skip to its position; got {type(train_data).__name__}")
-    batches_per_epoch = len(train_data) // world // per_rank
-    if batches_per_epoch == 0:
-        raise ValueError(f"the training set has {len(train_data)} samples, fewer than one batch of {batch_size}")
-    settings = dict(batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, betas=list(betas), eps=eps, weight_decay=weight_decay,
-                    seed=seed, world_size=world, valid_every=valid_every, patience=patience, train_size=len(train_data))
-    full_config = {"fit": settings, "task": {k: _jsonable(v) for k, v in (config or {}).items()}}
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: LR_SCHEDULES[lr_schedule](min(s, max_steps) / max_steps))
-    out_dir = Path(out_dir) if out_dir is not None else None
-    last = out_dir / "last.pt" if out_dir is not None else None
-    ckpt_path = Path(resume) if isinstance(resume, (str, Path)) else (last if resume is True and last is not None and last.exists() else None)
+class Learner:
+    "One training run of `model` on `train_data` with `loss_fn` under a `TrainConfig`; `fit()` runs it."
+    def __init__(self, model: nn.Module, train_data: Dataset, loss_fn, valid_data: Dataset = None,
+                 config: TrainConfig = None, collate_fn=None):
+        self.cfg, self.model, self.loss_fn, self.collate_fn = config or TrainConfig(), model, loss_fn, collate_fn
+        self.train_data, self.valid_data = train_data, valid_data
+        self.rank, self.world = _world()
+        _check_data(train_data, self.cfg.batch_size, self.world)
+        self.per_rank = self.cfg.batch_size // self.world
+        self.device = self._device()
+        self.amp = resolve_amp(self.cfg.amp, self.device)
+        self.net = self._wrap()
+        c, n = self.cfg, self.cfg.num_iters
+        self.opt = torch.optim.Adam(model.parameters(), lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: LR_SCHEDULES[c.lr_schedule](min(s, n) / n))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.out = Path(c.out_dir) if c.out_dir is not None else None
+        self.stored_config = {**c.to_dict(), "world_size": self.world, "train_size": len(train_data)}
+        self.step = self.epoch = self.pos = 0
+        self.best, self.best_step, self.bad, self.stopped, self.best_state = math.inf, None, 0, False, None
+        self._window, self._sums, self._count, self._t0 = [], {}, 0, time.time()
 
-    step, epoch, pos, best, best_step, bad, stopped, best_state = 0, 0, 0, math.inf, None, 0, False, None
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        _check_config(ckpt_path, ckpt["config"]["fit"], settings)
-        _check_config(ckpt_path, ckpt["config"]["task"], full_config["task"])
-        _load_model_state(model, ckpt["model"], ckpt_path)
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        step, epoch, pos = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        best, best_step, bad, stopped = ckpt["best_valid_loss"], ckpt["best_step"], ckpt["bad_validations"], ckpt["stopped_early"]
-        _set_rng_state(ckpt["rng"][rank])
-    else:
-        seed_everything(seed + rank)
-    if out_dir is not None and rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = out_dir / "metrics.jsonl"
-        kept = _read_metrics(metrics_path, step) if ckpt_path is not None else []
-        with atomic_write(metrics_path) as tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    def _device(self) -> torch.device:
+        "The configured device; under torchrun on GPUs, this process's GPU."
+        if self.world > 1 and torch.cuda.is_available() and self.cfg.device in (None, "auto", "cuda"):
+            return torch.device("cuda", torch.cuda.current_device())
+        return resolve_device(self.cfg.device)
 
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                              find_unused_parameters=find_unused_parameters) if world > 1 else model
+    def _wrap(self) -> nn.Module:
+        "Move the model to the device; under torchrun, SyncBatchNorm (if asked) and DDP."
+        self.model.to(self.device)
+        if self.world == 1: return self.model
+        if self.cfg.sync_batchnorm:
+            if self.device.type != "cuda": raise ValueError(f"sync_batchnorm=True needs CUDA devices; this run is on {self.device}")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        ids = [self.device] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=self.cfg.find_unused_parameters)
 
-    def log(rec):
-        if out_dir is not None and rank == 0:
-            with open(out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
+    def _autocast(self):
+        if self.amp == "off": return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
 
-    def save(path):
-        rngs = _all_gather(_rng_state())
-        if rank != 0: return
-        atomic_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": pos, "rng": rngs,
-                     "best_valid_loss": best, "best_step": best_step, "bad_validations": bad, "stopped_early": stopped,
-                     "config": full_config}, path)
+    def _resume_path(self):
+        r = self.cfg.resume
+        if isinstance(r, (str, Path)): return Path(r)
+        last = self.out / "last.pt" if self.out is not None else None
+        return last if r is True and last is not None and last.exists() else None
 
-    def validate() -> float:
-        state = _rng_state()
-        seed_everything(seed)  # the same pixels/augmentations at every validation, on every run
-        was = model.training
-        model.eval()
+    def _resume(self):
+        "Continue from a checkpoint (weights, optimiser, scaler, position, early stopping, random state), or seed a new run."
+        path = self._resume_path()
+        if path is None: seed_everything(self.cfg.seed + self.rank); return
+        ckpt = load_checkpoint(path)
+        _check_config(path, ckpt["config"], self.stored_config, type(self.cfg).RUNTIME)
+        _load_model_state(self.model, ckpt["model"], path)
+        self.opt.load_state_dict(ckpt["optimizer"]); self.sched.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"] and self.scaler.is_enabled(): self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.epoch, self.pos = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        self.best, self.best_step, self.bad, self.stopped = (ckpt["best_valid_loss"], ckpt["best_step"], ckpt["bad_validations"],
+                                                             ckpt["stopped_early"])
+        _set_rng_state(ckpt["rng"][self.rank])
+
+    def _start_metrics(self, resumed: bool):
+        "Keep the metrics lines up to the checkpoint's step (a killed run may have logged past it)."
+        if self.out is None or self.rank != 0: return
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "metrics.jsonl"
+        kept = _read_metrics(path, self.step) if resumed else []
+        with atomic_write(path) as tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def _log(self, rec: dict):
+        if self.out is not None and self.rank == 0:
+            with open(self.out / "metrics.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
+
+    def _batches(self):
+        "Training batches from the current position on, epoch after epoch."
+        while True:
+            yield from _epoch_loader(self.train_data, self.epoch, self.pos, self.cfg.seed, self.rank, self.world, self.per_rank,
+                                     self.cfg.num_workers, self.collate_fn)
+            self.epoch, self.pos = self.epoch + 1, 0
+
+    def _one_step(self, batch):
+        "Forward (under autocast when `amp` is on), backward, Adam and schedule steps; the loss stays on the device."
+        with self._autocast():
+            loss, extra = _split_loss(self.loss_fn(self.net, _to_device(batch, self.device)))
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.step, self.pos = self.step + 1, self.pos + 1
+        self._window.append({"train_loss": loss.detach(), **extra})
+
+    def _check_finite(self):
+        "Read the losses of the steps since the last check (one synchronisation) and stop at a non-finite one."
+        if not self._window: return
+        first, n = self.step - len(self._window) + 1, len(self._window)
+        stacked = {k: torch.stack([torch.as_tensor(w[k], dtype=torch.float64, device=self.device) for w in self._window])
+                   for k in self._window[0]}
+        self._window = []
+        bad = ~torch.isfinite(stacked["train_loss"])
+        if _any_rank(bad.any().item(), self.device):
+            i = int(bad.nonzero()[0]) if bad.any() else 0
+            raise FloatingPointError(f"the loss is {stacked['train_loss'][i].item()} at step {first + i}"
+                                     + ("" if bad.any() else " in another process"))
+        for k, v in stacked.items(): self._sums[k] = self._sums.get(k, 0.0) + v.sum()
+        self._count += n
+
+    def _log_train(self, bar):
+        "Write the mean of the logged numbers since the last line (averaged over processes)."
+        keys = sorted(self._sums)
+        vals = _all_mean([float(self._sums[k]) / self._count for k in keys], self.device)
+        rec = {"step": self.step, "epoch": self.epoch, **dict(zip(keys, vals)), "seconds": round(time.time() - self._t0, 3)}
+        self._log(rec); bar.set_postfix(loss=f"{rec['train_loss']:.4g}")
+        self._sums, self._count = {}, 0
+
+    @torch.no_grad()
+    def _validate(self) -> float:
+        "Mean validation loss, under a fixed seed in a forked random state (so that validating changes nothing)."
+        state, was = _rng_state(), self.model.training
+        seed_everything(self.cfg.seed)  # the same pixels/augmentations at every validation, on every run
+        self.model.eval()
         try:
-            total, count = 0.0, 0
-            with torch.no_grad():
-                idx = list(range(rank, len(valid_data), world))
-                for b in DataLoader(valid_data, batch_size=per_rank, sampler=_ListSampler(idx), num_workers=num_workers, collate_fn=collate_fn):
-                    n = _batch_len(b)
-                    total += float(_split_loss(loss_fn(model, _to_device(b, device)))[0]) * n
-                    count += n
-            total, count = _all_mean([total, count], device)
+            total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
+            # in the main process: validation sets are small and cached, and workers would lose the cache
+            idx = list(range(self.rank, len(self.valid_data), self.world))
+            for b in DataLoader(self.valid_data, batch_size=self.per_rank, sampler=_ListSampler(idx), collate_fn=self.collate_fn):
+                with self._autocast(): loss = _split_loss(self.loss_fn(self.model, _to_device(b, self.device)))[0]
+                total += loss.double() * _batch_len(b); count += _batch_len(b)
+            total, count = _all_mean([total.item(), count], self.device)
         finally:
-            model.train(was)
+            self.model.train(was)
             _set_rng_state(state)
         return total / max(count, 1e-12)
 
-    model.train()
-    bar = tqdm(total=max_steps, initial=min(step, max_steps), disable=not progress or rank != 0, desc="fit", dynamic_ncols=True)
-    sums, n_sum, t0 = {}, 0, time.time()
-    try:
-        while step < max_steps and not stopped:
-            for batch in _epoch_loader(train_data, epoch, pos, seed, rank, world, per_rank, num_workers, collate_fn):
-                loss, extra = _split_loss(loss_fn(net, _to_device(batch, device)))
-                if not torch.isfinite(loss): raise FloatingPointError(f"the loss is {loss.item()} at step {step + 1}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step, pos = step + 1, pos + 1
-                for k, v in {"train_loss": loss.item(), **extra}.items(): sums[k] = sums.get(k, 0.0) + v
-                n_sum += 1
+    def _after_validation(self, v: float):
+        "Early-stopping bookkeeping; keep the best weights (best.pt, or in memory without an out_dir)."
+        if v < self.best: self.best, self.best_step, self.bad = v, self.step, 0
+        else: self.bad += 1
+        self.stopped = self.cfg.patience is not None and self.bad >= self.cfg.patience
+        self._log({"step": self.step, "valid_loss": v, "best_valid_loss": self.best})
+        if self.best_step != self.step: return
+        if self.out is not None: self._save(self.out / "best.pt")
+        else: self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _save(self, path: Path):
+        "An atomic checkpoint of everything a bit-exact resume needs (rank 0 writes; all ranks' random states)."
+        rngs = _all_gather(_rng_state())
+        if self.rank != 0: return
+        atomic_save({"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                     "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
+                     "epoch": self.epoch, "batch_in_epoch": self.pos, "rng": rngs, "best_valid_loss": self.best,
+                     "best_step": self.best_step, "bad_validations": self.bad, "stopped_early": self.stopped,
+                     "config": self.stored_config}, path)
+
+    def _after_step(self, bar):
+        "Check, log, validate and checkpoint at their intervals."
+        c, s = self.cfg, self.step
+        end = s >= c.num_iters
+        log = s % c.log_every == 0 or end
+        validate = self.valid_data is not None and (s % c.valid_every == 0 or end)
+        save = self.out is not None and (s % c.checkpoint_every == 0 or end)
+        if log or validate or save: self._check_finite()
+        if log: self._log_train(bar)
+        if validate: self._after_validation(self._validate())
+        if self.out is not None and (save or self.stopped): self._save(self.out / "last.pt")
+
+    def _finish(self):
+        "Restore the best weights (if asked) and check that every process ends with the same weights."
+        _barrier()  # rank 0 may still be writing best.pt
+        if self.cfg.restore_best:
+            if self.best_state is not None: self.model.load_state_dict(self.best_state)
+            elif self.best_step is not None and self.out is not None and (self.out / "best.pt").exists():
+                _load_model_state(self.model, load_checkpoint(self.out / "best.pt")["model"], self.out / "best.pt")
+        self.digests = _all_gather(_weights_digest(self.model))
+        if len(set(self.digests)) > 1: raise RuntimeError(f"the processes ended with different weights: {self.digests}")
+
+    def fit(self) -> dict:
+        "Train until `num_iters` steps or early stopping; returns a summary (steps, best validation loss and step, ...)."
+        resumed = self._resume_path() is not None
+        self._resume()
+        self._start_metrics(resumed)
+        self.model.train()
+        bar = tqdm(total=self.cfg.num_iters, initial=min(self.step, self.cfg.num_iters), desc="fit", dynamic_ncols=True,
+                   disable=not self.cfg.progress or self.rank != 0)
+        try:
+            batches = self._batches()
+            while self.step < self.cfg.num_iters and not self.stopped:
+                self._one_step(next(batches))
                 bar.update(1)
-                if step % log_every == 0 or step == max_steps:
-                    keys = sorted(sums)
-                    vals = _all_mean([sums[k] / n_sum for k in keys], device)
-                    rec = {"step": step, "epoch": epoch, **dict(zip(keys, vals)), "seconds": round(time.time() - t0, 3)}
-                    log(rec); bar.set_postfix(loss=f"{rec['train_loss']:.4g}")
-                    sums, n_sum = {}, 0
-                if valid_data is not None and (step % valid_every == 0 or step == max_steps):
-                    v = validate()
-                    if v < best: best, best_step, bad = v, step, 0
-                    else: bad += 1
-                    stopped = patience is not None and bad >= patience
-                    log({"step": step, "valid_loss": v, "best_valid_loss": best})
-                    if best_step == step:
-                        if out_dir is not None: save(out_dir / "best.pt")
-                        else: best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if out_dir is not None and (step % checkpoint_every == 0 or step == max_steps or stopped): save(last)
-                if step >= max_steps or stopped: break
-            else:
-                epoch, pos = epoch + 1, 0
-    finally:
-        bar.close()
-    if restore_best:
-        if best_state is not None: model.load_state_dict(best_state)
-        elif best_step is not None and out_dir is not None and (out_dir / "best.pt").exists():
-            _load_model_state(model, load_checkpoint(out_dir / "best.pt")["model"], out_dir / "best.pt")
-    return {"steps": step, "best_valid_loss": None if best_step is None else best, "best_step": best_step,
-            "stopped_early": stopped, "out_dir": None if out_dir is None else str(out_dir)}
+                self._after_step(bar)
+        finally:
+            bar.close()
+        self._finish()
+        return {"steps": self.step, "best_valid_loss": None if self.best_step is None else self.best, "best_step": self.best_step,
+                "stopped_early": self.stopped, "out_dir": None if self.out is None else str(self.out), "device": str(self.device),
+                "amp": self.amp, "world_size": self.world, "weights_sha256": self.digests}
+
+
+# %%
+#| export
+def fit(model: nn.Module,  # the model; it is moved to the config's device
+        train_data: Dataset,  # a map-style dataset (len + indexing)
+        loss_fn,  # loss_fn(model, batch) -> scalar loss, or {"loss": ..., other metrics}
+        valid_data: Dataset = None,  # validation set for early stopping
+        config: TrainConfig = None,  # the run's settings (default: `TrainConfig()`)
+        collate_fn=None,  # DataLoader collate function
+        **overrides  # any `TrainConfig` field, e.g. `num_iters=100, out_dir="runs/x"`
+       ) -> dict:
+    "Train `model` with Adam under `config`; returns a summary dict (steps, best validation loss and step, stopped early, ...)."
+    cfg = configure(config or TrainConfig(), **overrides)
+    return Learner(model, train_data, loss_fn, valid_data, cfg, collate_fn).fit()
 
 
 # %% [markdown]
@@ -493,7 +766,7 @@ class _Noisy(Dataset):
 with tempfile.TemporaryDirectory() as _tmp:
     torch.manual_seed(0)
     _net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 1))
-    _r = fit(_net, _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, seed=1), max_steps=60,
+    _r = fit(_net, _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, seed=1), num_iters=60,
              batch_size=8, lr=1e-2, valid_every=20, checkpoint_every=20, log_every=10, progress=False)
     _m = [json.loads(l) for l in (Path(_tmp) / "metrics.jsonl").read_text().splitlines()]
     test_eq([r["step"] for r in _m if "train_loss" in r], [10, 20, 30, 40, 50, 60])
@@ -502,13 +775,13 @@ with tempfile.TemporaryDirectory() as _tmp:
     assert _v[-1] < _v[0] / 3, _v
     _ck = load_checkpoint(Path(_tmp) / "last.pt")
     test_eq((_ck["step"], _ck["epoch"], _ck["batch_in_epoch"]), (60, 7, 4))   # 8 batches per epoch
-    test_eq(_ck["config"]["fit"]["betas"], [0.9, 0.999])
+    test_eq(_ck["config"]["betas"], [0.9, 0.999])
     test_eq(_r["best_step"], int(np.argmin(_v) + 1) * 20)
     # the run is finished: fitting again only reloads the result
-    _again = fit(_net, _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, seed=1), max_steps=60,
+    _again = fit(_net, _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, seed=1), num_iters=60,
                  batch_size=8, lr=1e-2, valid_every=20, checkpoint_every=20, progress=False)
     test_eq(_again["steps"], 60)
-    test_fail(lambda: fit(_net, _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, seed=1), max_steps=80,
+    test_fail(lambda: fit(_net, _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, seed=1), num_iters=80,
                           batch_size=16, lr=1e-2, valid_every=20, progress=False), contains="batch_size was 8 in the checkpoint, now 16")
 
 
@@ -521,7 +794,7 @@ with tempfile.TemporaryDirectory() as _tmp:
 def _run(tmp, steps, resume=True):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
-    fit(net, _Noisy(40), supervised(nn.MSELoss()), out_dir=tmp, max_steps=steps, batch_size=8, lr=1e-2,
+    fit(net, _Noisy(40), supervised(nn.MSELoss()), out_dir=tmp, num_iters=steps, batch_size=8, lr=1e-2,
         checkpoint_every=10, resume=resume, progress=False)
     return net
 
@@ -534,7 +807,7 @@ with tempfile.TemporaryDirectory() as _a, tempfile.TemporaryDirectory() as _b:
 
 
 # %% [markdown]
-# A cosine learning-rate schedule, $\eta_t = \eta\,\tfrac12(1 + \cos(\pi t/T))$ over the `max_steps` $T$, is a
+# A cosine learning-rate schedule, $\eta_t = \eta\,\tfrac12(1 + \cos(\pi t/T))$ over the `num_iters` $T$, is a
 # function of the step alone: its state travels in the checkpoint, so a run interrupted after its
 # checkpoint at step 20 of 30 resumes onto the same bits, and the last step runs at $\eta \approx 0$.
 
@@ -546,7 +819,7 @@ def _cosine_run(tmp, interrupt_after=None):
         calls[0] += 1
         if calls[0] == interrupt_after: raise RuntimeError("interrupted")   # as if the process died mid-run
         return mse(m, b)
-    fit(net, _Noisy(40), loss, out_dir=tmp, max_steps=30, batch_size=8, lr=1e-2, lr_schedule="cosine",
+    fit(net, _Noisy(40), loss, out_dir=tmp, num_iters=30, batch_size=8, lr=1e-2, lr_schedule="cosine",
         checkpoint_every=10, progress=False)
     return net
 
@@ -572,7 +845,7 @@ with tempfile.TemporaryDirectory() as _a, tempfile.TemporaryDirectory() as _b:
 with tempfile.TemporaryDirectory() as _tmp:
     torch.manual_seed(0)
     _net = nn.Linear(4, 1)
-    _r = fit(_net, _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, 1), max_steps=200, batch_size=8,
+    _r = fit(_net, _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, 1), num_iters=200, batch_size=8,
              lr=5.0, valid_every=5, patience=2, progress=False)
     _v = [r["valid_loss"] for r in _read_metrics(Path(_tmp) / "metrics.jsonl", math.inf) if "valid_loss" in r]
     test_eq(_r["best_step"], 5 * (int(np.argmin(_v)) + 1))
@@ -581,17 +854,47 @@ with tempfile.TemporaryDirectory() as _tmp:
     assert torch.equal(_net.weight, load_checkpoint(Path(_tmp) / "best.pt")["model"]["weight"])
 torch.manual_seed(0)
 _net2 = nn.Linear(4, 1)   # the same run without files keeps the best weights in memory
-_r2 = fit(_net2, _Noisy(64), supervised(nn.MSELoss()), valid_data=_Noisy(16, 1), max_steps=200, batch_size=8, lr=5.0,
+_r2 = fit(_net2, _Noisy(64), supervised(nn.MSELoss()), valid_data=_Noisy(16, 1), num_iters=200, batch_size=8, lr=5.0,
           valid_every=5, patience=2, progress=False)
 test_eq(_r2["best_step"], _r["best_step"])
 assert torch.equal(_net2.weight, _net.weight)
 with tempfile.TemporaryDirectory() as _tmp:   # restore_best=False: the run ends with its last step's weights
     torch.manual_seed(0)
     _net3 = nn.Linear(4, 1)
-    fit(_net3, _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, 1), max_steps=200, batch_size=8,
+    fit(_net3, _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, 1), num_iters=200, batch_size=8,
         lr=5.0, valid_every=5, patience=2, restore_best=False, progress=False)
     assert torch.equal(_net3.weight, load_checkpoint(Path(_tmp) / "last.pt")["model"]["weight"])
     assert not torch.equal(_net3.weight, load_checkpoint(Path(_tmp) / "best.pt")["model"]["weight"])
+
+
+# %% [markdown]
+# A non-finite loss stops the run with the step at which it first appeared, before anything is saved;
+# mixed precision runs on the CPU as on a GPU: under `amp="bf16"` the regression still learns, and
+# under `amp="fp16"` the gradient scaler's state goes into the checkpoint, so a resumed run continues
+# with the same loss scale.
+
+# %%
+def _nan_after(k):
+    calls, mse = [0], supervised(nn.MSELoss())
+    def loss(m, b):
+        calls[0] += 1
+        return mse(m, b) * (float("nan") if calls[0] >= k else 1.0)
+    return loss
+
+with tempfile.TemporaryDirectory() as _tmp:
+    test_fail(lambda: fit(nn.Linear(4, 1), _Noisy(40), _nan_after(13), out_dir=_tmp, num_iters=30, batch_size=8,
+                          checkpoint_every=10, progress=False), contains="the loss is nan at step 13")
+    test_eq(load_checkpoint(Path(_tmp) / "last.pt")["step"], 10)                      # the checkpoint before it
+    torch.manual_seed(0)
+    _r = fit(nn.Linear(4, 1), _Noisy(64), supervised(nn.MSELoss()), valid_data=_Noisy(16, 1), num_iters=60, batch_size=8,
+             lr=3e-2, valid_every=20, amp="bf16", progress=False, out_dir=Path(_tmp) / "bf16")
+    test_eq((_r["amp"], _r["device"]), ("bf16", "cpu"))
+    _v = [r["valid_loss"] for r in _read_metrics(Path(_tmp) / "bf16" / "metrics.jsonl", math.inf) if "valid_loss" in r]
+    assert _v[-1] < _v[0] / 2, _v
+    fit(nn.Linear(4, 1), _Noisy(64), supervised(nn.MSELoss()), num_iters=20, batch_size=8, amp="fp16", progress=False,
+        out_dir=Path(_tmp) / "fp16")
+    assert load_checkpoint(Path(_tmp) / "fp16" / "last.pt")["scaler"]["scale"] > 0
+
 
 
 # %% [markdown]
@@ -628,7 +931,7 @@ def plot_metrics(path,  # a metrics.jsonl file or the run's out_dir
 # %%
 with tempfile.TemporaryDirectory() as _tmp:
     torch.manual_seed(0)
-    fit(nn.Linear(4, 1), _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, 1), max_steps=100,
+    fit(nn.Linear(4, 1), _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, 1), num_iters=100,
         batch_size=8, lr=3e-2, valid_every=10, log_every=5, progress=False)
     _ax = plot_metrics(_tmp, logy=True)
     test_eq(len(_ax.lines), 2)
@@ -638,20 +941,24 @@ with tempfile.TemporaryDirectory() as _tmp:
 # %% [markdown]
 # ## The command line: `motion_nbs_train`
 #
-# Training notebooks define their experiment as a function, e.g. `motion_nbs.cpfs:train(preset=...,
-# steps=..., out=...)`, which the notebook calls with its parameters and which calls `fit`. The console
-# command runs the same function with the same parameters, so a run can go to a cluster:
+# Training notebooks define their experiment as a function, e.g. `motion_nbs.cpfs:train(config)`,
+# which the notebook calls with its parameters and which calls `fit`. The console command runs the
+# same function with the same parameters, so a run can go to a cluster:
 #
 # ```
-# motion_nbs_train --task motion_nbs.cpfs:train --preset paper --out runs/cpfs
+# motion_nbs_train --task motion_nbs.cpfs:train --preset paper --out_dir runs/cpfs
 # torchrun --nproc_per_node=8 --no-python motion_nbs_train --task motion_nbs.cpfs:train --preset paper
 # ```
 #
 # The task is found at run time (a module or a `.py` file, then the function), so this chapter does
-# not import the later ones. Parameters are given as `--name value` (or `--name=value`) and converted
-# to the type of the function's default (`int`, `float`, `bool`, `str`, tuples as `1,2`); parameters
-# without a default, or with `None`, take a Python literal or else the string. `--help` lists the
-# task's parameters. Under torchrun the process group is started before the task runs.
+# not import the later ones. A task is either a function whose `config` parameter is annotated with a
+# `TrainConfig` class — its parameters are that class's fields, filled from a preset by `from_preset`
+# — or a plain function with keyword parameters. Parameters are given as `--name value` (or
+# `--name=value`) and converted to the type of the default (`int`, `float`, `bool`, `str`, tuples as
+# `1,2`); parameters without a default, or with `None`, take a Python literal or else the string.
+# `--help` lists the parameters with their documentation. Under torchrun the process group is started
+# before the task runs. At the end, rank 0 prints one line of JSON with the run's scalar results
+# (`out_dir`, `steps`, the key metric, ...) and the command exits with status 0.
 
 # %%
 #| exporti
@@ -691,10 +998,21 @@ def _convert(name: str, text: str, default):
     try: return ast.literal_eval(text)
     except (ValueError, SyntaxError): return text
 
-def _parse_params(fn, args: list) -> dict:
+def _config_class(fn):
+    "The `TrainConfig` class a task takes as its `config` parameter, or None for a plain keyword function."
+    p = inspect.signature(fn).parameters.get("config")
+    a = None if p is None else p.annotation
+    return a if isinstance(a, type) and issubclass(a, TrainConfig) else None
+
+def _task_params(fn) -> dict:
+    "Name -> default of a task's parameters (`inspect.Parameter.empty` where required)."
+    cls = _config_class(fn)
+    if cls is not None: return {f.name: f.default for f in fields(cls)}
     sig = inspect.signature(fn)
-    params = {n: p for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    out, i = {}, 0
+    return {n: p.default for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+def _parse_params(fn, args: list) -> dict:
+    params, out, i = _task_params(fn), {}, 0
     while i < len(args):
         a = args[i]
         if not a.startswith("--"): raise ValueError(f"expected --name value, got {a!r}")
@@ -706,19 +1024,39 @@ def _parse_params(fn, args: list) -> dict:
         key = name.replace("-", "_")
         if key not in params:
             raise ValueError(f"unknown parameter --{name} for {fn.__module__}.{fn.__name__}; valid: {', '.join('--' + n for n in params)}")
-        d = params[key].default
+        d = params[key]
         out[key] = _convert(name, value, None if d is inspect.Parameter.empty else d)
-    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in out]
+    missing = [n for n, d in params.items() if d is inspect.Parameter.empty and n not in out]
     if missing: raise ValueError(f"missing required parameter(s) {', '.join('--' + n for n in missing)}")
     return out
+
+def _field_docs(cls) -> dict:
+    "The inline comments of a dataclass' fields (its docments), read from its source and its bases'."
+    docs = {}
+    for c in reversed(cls.__mro__):
+        try: src = inspect.getsource(c)
+        except (OSError, TypeError): continue
+        docs.update(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", src, re.M))
+    return docs
+
+def _task_help(spec: str, fn) -> str:
+    cls = _config_class(fn)
+    if cls is None: return f"{spec}{inspect.signature(fn)}\n\n{inspect.getdoc(fn) or ''}"
+    docs = _field_docs(cls)
+    lines = [f"  --{f.name} (default {f.default!r}): {docs.get(f.name, '')}" for f in fields(cls)]
+    return f"{spec}: {inspect.getdoc(fn) or ''}\n\nParameters ({cls.__name__}; unset ones come from --preset):\n" + "\n".join(lines)
+
+def _summary_line(result) -> str:
+    "One JSON line with a result's scalar entries (never tensors or models)."
+    if not isinstance(result, dict): return json.dumps({"result": repr(result)[:200]})
+    return json.dumps({k: v for k, v in result.items() if v is None or isinstance(v, (str, bool, int, float))})
 
 
 # %%
 #| export
-def train_cli(argv=None  # arguments (default: sys.argv[1:])
-             ):
-    "`motion_nbs_train --task module:function --name value ...`: run a training task (under torchrun too)."
-    argv = list(sys.argv[1:] if argv is None else argv)
+def run_task(argv: list  # `--task module:function --name value ...`
+            ):
+    "Run a training task from command-line arguments (starting the process group under torchrun); returns its result."
     p = argparse.ArgumentParser(prog="motion_nbs_train", add_help=False,
                                 description="Run a training task of the book with --name value parameters.")
     p.add_argument("--task", help="module:function or file.py:function, e.g. motion_nbs.cpfs:train")
@@ -730,13 +1068,23 @@ def train_cli(argv=None  # arguments (default: sys.argv[1:])
         raise SystemExit("motion_nbs_train: --task is required")
     fn = _resolve_task(known.task)
     if known.help:
-        print(f"{known.task}{inspect.signature(fn)}\n\n{inspect.getdoc(fn) or ''}")
+        print(_task_help(known.task, fn))
         return None
-    params = _parse_params(fn, rest)
+    params, cls = _parse_params(fn, rest), _config_class(fn)
     distributed = init_distributed()
-    try: return fn(**params)
+    try:
+        if cls is None: return fn(**params)
+        return fn(cls.from_preset(**params) if hasattr(cls, "from_preset") else cls(**params))
     finally:
         if distributed and dist.is_initialized(): dist.destroy_process_group()
+
+def train_cli(argv=None  # arguments (default: sys.argv[1:])
+             ) -> int:
+    "`motion_nbs_train --task module:function --name value ...`: run a task, print its summary (rank 0), return 0."
+    rank = int(os.environ.get("RANK", "0"))
+    result = run_task(list(sys.argv[1:] if argv is None else argv))
+    if result is not None and rank == 0: print(_summary_line(result), flush=True)
+    return 0
 
 
 # %%
@@ -744,26 +1092,39 @@ def _task(out: str, steps: int = 3, lr: float = 1e-3, deep: bool = False, sizes=
     "A stand-in task."
     return dict(out=out, steps=steps, lr=lr, deep=deep, sizes=sizes, note=note)
 
+def _toy_task(config: _Toy = None): return config
+
 test_eq(_parse_params(_task, ["--out", "x", "--steps=5", "--deep", "true", "--sizes", "3,4", "--note", "[1, 2]"]),
         dict(out="x", steps=5, deep=True, sizes=(3, 4), note=[1, 2]))
 test_fail(lambda: _parse_params(_task, ["--out", "x", "--stpes", "5"]), contains="unknown parameter --stpes")
 test_fail(lambda: _parse_params(_task, ["--out", "x", "--steps", "five"]), contains="--steps: expected a int like 3, got 'five'")
 test_fail(lambda: _parse_params(_task, ["--steps", "5"]), contains="missing required parameter(s) --out")
-test_eq(train_cli(["--task", "motion_nbs.core:data_dir", "--create", "false"]).name, Path(os.environ.get("MOTION_NBS_DATA", "motion_nbs")).name)
+test_eq(_parse_params(_toy_task, ["--num_iters", "4", "--loss", "b", "--patience", "3"]), dict(num_iters=4, loss="b", patience=3))
+test_fail(lambda: _parse_params(_toy_task, ["--max_steps", "4"]), contains="valid: --num_iters, --batch_size")
+test_eq(_summary_line({"steps": 3, "out_dir": "x", "model": nn.Linear(1, 1), "w": torch.ones(2), "ok": None}),
+        '{"steps": 3, "out_dir": "x", "ok": null}')
+import motion_nbs.learner as _exported   # inspect reads the source of the exported class
+
+test_eq(_field_docs(_exported.ExperimentConfig)["amp"][:15], "mixed precision")
+test_eq(run_task(["--task", "motion_nbs.core:data_dir", "--create", "false"]).name, Path(os.environ.get("MOTION_NBS_DATA", "motion_nbs")).name)
+test_eq(train_cli(["--task", "motion_nbs.core:data_dir", "--create", "false"]), 0)
 test_fail(lambda: train_cli(["--task", "motion_nbs.core:nothing"]), contains="its functions: data_dir")
 test_fail(lambda: train_cli(["--task", "motion_nbs.nowhere:train"]), contains="cannot import the task module 'motion_nbs.nowhere'")
 
 # %% [markdown]
 # ## Summary
 #
-# - `fit(model, train_data, loss_fn, out_dir=..., valid_data=..., ...)`: Adam (β 0.9/0.999, ε 1e-8,
-#   lr 1e-4, no weight decay), validation every `valid_every` steps, early stopping with `patience`
-#   (best weights in `best.pt`, restored at the end), `last.pt` every `checkpoint_every` steps,
-#   `metrics.jsonl`, tqdm progress; bit-exact resume; DDP under torchrun.
+# - `TrainConfig`: a run's settings in one validated dataclass, stored in checkpoints; `ExperimentConfig`
+#   adds an experiment family's objective, data, network and crops, made `from_preset`.
+# - `fit(model, train_data, loss_fn, valid_data, config, **overrides)` (a `Learner`): Adam (β 0.9/0.999,
+#   ε 1e-8, lr 1e-4, no weight decay), validation every `valid_every` steps, early stopping with
+#   `patience` (best weights in `best.pt`, restored at the end), `last.pt` every `checkpoint_every`
+#   steps, `metrics.jsonl`, tqdm progress; bit-exact resume; any device, with bf16/fp16 autocast;
+#   DDP under torchrun, where the processes must end with the same weights.
 # - Loss functions take `(model, batch)`; `supervised(criterion)` adapts `criterion(output, target)`.
 # - `load_checkpoint`, `load_weights`, `read_metrics`, `plot_metrics`.
 # - `motion_nbs_train --task module:function --name value ...` runs a chapter's training function,
-#   also as `torchrun --nproc_per_node=N --no-python motion_nbs_train ...`.
+#   also as `torchrun --nproc_per_node=N --no-python motion_nbs_train ...`, and prints a one-line summary.
 
 # %%
 #| hide

@@ -18,7 +18,7 @@ from conftest import BIN, ROOT
 sys.path.insert(0, str(Path(__file__).parent))
 import _learner_task  # noqa: E402
 
-from motion_nbs.learner import _epoch_indices, fit, load_checkpoint, supervised, train_cli  # noqa: E402
+from motion_nbs.learner import _epoch_indices, fit, load_checkpoint, run_task, supervised  # noqa: E402
 
 TASK = f"{Path(__file__).parent / '_learner_task.py'}:train"
 MAIN = str(Path(__file__).parent / "_learner_main.py")
@@ -80,8 +80,8 @@ def test_checkpoint_contents_load_weights_only(tmp_path):
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert {"model", "optimizer", "step", "epoch", "batch_in_epoch", "rng", "config"} <= set(ckpt)
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (4, 0, 4)        # 48 samples = 6 batches of 8
-    assert ckpt["config"]["task"] == {"dropout": 0.3, "hidden": 16, "noise": 0.05}
-    assert ckpt["config"]["fit"]["betas"] == [0.9, 0.999] and ckpt["config"]["fit"]["eps"] == 1e-8
+    assert {k: ckpt["config"][k] for k in ("dropout", "hidden", "noise")} == {"dropout": 0.3, "hidden": 16, "noise": 0.05}
+    assert ckpt["config"]["betas"] == [0.9, 0.999] and ckpt["config"]["eps"] == 1e-8 and ckpt["config"]["amp"] == "auto"
     assert {"python", "numpy", "torch", "cuda"} == set(ckpt["rng"][0])
     assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] in (4,)
 
@@ -92,7 +92,7 @@ def test_adam_defaults_are_the_thesis_settings():
     x, y = torch.randn(8, 3), torch.randn(8, 1)
     a = nn.Linear(3, 1)
     b = nn.Linear(3, 1); b.load_state_dict(a.state_dict())
-    fit(a, torch.utils.data.TensorDataset(x, y), supervised(nn.MSELoss()), max_steps=1, batch_size=8, progress=False)
+    fit(a, torch.utils.data.TensorDataset(x, y), supervised(nn.MSELoss()), num_iters=1, batch_size=8, progress=False)
     opt = torch.optim.Adam(b.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)
     idx = _epoch_indices(8, 0, 0, 0, 1)
     nn.MSELoss()(b(x[idx]), y[idx]).backward(); opt.step()
@@ -105,7 +105,7 @@ def test_validation_does_not_change_training(tmp_path):
         torch.manual_seed(0)
         m = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5), nn.Linear(8, 1))
         fit(m, _learner_task.Noisy(32, 0), supervised(nn.MSELoss()), out_dir=d, valid_data=_learner_task.Noisy(8, 1) if valid else None,
-            max_steps=10, batch_size=8, lr=1e-2, valid_every=3, progress=False)
+            num_iters=10, batch_size=8, lr=1e-2, valid_every=3, progress=False)
         return load_checkpoint(d / "last.pt")["model"]
     _assert_bitwise_equal(run(tmp_path / "a", True), run(tmp_path / "b", False))
 
@@ -131,7 +131,7 @@ def test_torchrun_two_processes_agree(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     w0, w1 = _weights(out / "final_rank0.pt"), _weights(out / "final_rank1.pt")
     _assert_bitwise_equal(w0, w1)
-    assert load_checkpoint(out / "last.pt")["config"]["fit"]["world_size"] == 2
+    assert load_checkpoint(out / "last.pt")["config"]["world_size"] == 2
     assert len(load_checkpoint(out / "last.pt")["rng"]) == 2
     # the same run in one process: the two shards of each step form its batch, so the weights agree
     # (without noise and dropout, which draw from each process's own generator)
@@ -143,16 +143,26 @@ def test_torchrun_two_processes_agree(tmp_path):
 
 
 def test_cli_passes_parameters_and_rejects_bad_ones(tmp_path, capsys):
-    summary = train_cli(["--task", TASK, "--out", str(tmp_path), "--steps", "4", "--lr=0.001", "--dropout", "0"])
-    assert summary["steps"] == 4 and load_checkpoint(tmp_path / "last.pt")["config"]["fit"]["lr"] == 0.001
+    summary = run_task(["--task", TASK, "--out", str(tmp_path), "--steps", "4", "--lr=0.001", "--dropout", "0"])
+    assert summary["steps"] == 4 and load_checkpoint(tmp_path / "last.pt")["config"]["lr"] == 0.001
     with pytest.raises(ValueError, match="unknown parameter --stpes for _learner_task.train; valid: --out, --steps"):
-        train_cli(["--task", TASK, "--out", str(tmp_path), "--stpes", "4"])
+        run_task(["--task", TASK, "--out", str(tmp_path), "--stpes", "4"])
     with pytest.raises(ValueError, match="--steps: expected a int like 12, got '4.5'"):
-        train_cli(["--task", TASK, "--out", str(tmp_path), "--steps", "4.5"])
+        run_task(["--task", TASK, "--out", str(tmp_path), "--steps", "4.5"])
     with pytest.raises(FileNotFoundError, match="task file .*nope.py does not exist"):
-        train_cli(["--task", str(tmp_path / "nope.py") + ":train"])
-    train_cli(["--task", TASK, "--help"])
+        run_task(["--task", str(tmp_path / "nope.py") + ":train"])
+    run_task(["--task", TASK, "--help"])
     assert "sleep: float = 0.0" in capsys.readouterr().out
+
+
+def test_console_command_exits_zero_with_a_summary(tmp_path):
+    "The installed `motion_nbs_train` returns status 0 after a successful run and prints one JSON line, no tensors."
+    r = subprocess.run([str(BIN / "motion_nbs_train"), "--task", TASK, "--out", str(tmp_path), "--steps", "4"], env=ENV, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and summary["out_dir"] == str(tmp_path) and summary["device"] == "cpu"
+    assert "tensor" not in r.stdout + r.stderr
 
 
 def test_corrupt_checkpoint(tmp_path):
@@ -165,7 +175,7 @@ def test_corrupt_checkpoint(tmp_path):
 
 def test_foreign_checkpoint(tmp_path):
     torch.save(nn.Linear(6, 1).state_dict(), tmp_path / "last.pt")  # someone else's file under our name
-    with pytest.raises(ValueError, match="last.pt: not a motion_nbs training checkpoint: expected format 'motion_nbs.fit/1', found None"):
+    with pytest.raises(ValueError, match="last.pt: not a motion_nbs training checkpoint: expected format 'motion_nbs.fit/2', found None"):
         _learner_task.train(str(tmp_path), steps=4)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         fit(nn.Linear(6, 1), _learner_task.Noisy(16, 0), supervised(nn.MSELoss()), resume=tmp_path / "missing.pt", batch_size=8, progress=False)
@@ -178,10 +188,10 @@ def test_resume_with_a_different_configuration(tmp_path):
     with pytest.raises(ValueError, match="lr was 0.01 in the checkpoint, now 0.02"):
         _learner_task.train(str(tmp_path), steps=6, lr=0.02)
     # a different architecture under the same configuration: the weights do not fit
-    ck = load_checkpoint(tmp_path / "last.pt")
+    saved = {k: v for k, v in load_checkpoint(tmp_path / "last.pt")["config"].items() if k not in ("world_size", "train_size")}
     with pytest.raises(ValueError, match="last.pt: the weights do not fit Sequential"):
-        fit(nn.Sequential(nn.Linear(6, 3)), _learner_task.Noisy(48, 0), supervised(nn.MSELoss()), out_dir=tmp_path, batch_size=8, lr=0.01,
-            valid_data=_learner_task.Noisy(16, 1), valid_every=4, config=ck["config"]["task"], max_steps=6, progress=False)
+        fit(nn.Sequential(nn.Linear(6, 3)), _learner_task.Noisy(48, 0), supervised(nn.MSELoss()), _learner_task.Noisy(16, 1),
+            _learner_task.TaskConfig(**saved), num_iters=6)
 
 
 def test_bad_fit_arguments():
