@@ -6,8 +6,8 @@
 __all__ = ['PRESETS', 'CATEGORIES', 'NUM_FACES', 'TEXTURES', 'OBJECT_TEXTURES', 'BACKGROUND_TEXTURES', 'TEXTURE_SIZE', 'Scene',
            'render_frame', 'sample_scene', 'render_scene', 'render_pair', 'warp_error', 'scene_seed', 'SceneDataset',
            'label_to_rgb', 'scene_cuts', 'video_frame_pairs', 'encode_flow_pair', 'decode_flow_pair', 'FlowPairDataset',
-           'flow_pair_stream', 'paired_resize', 'paired_crop', 'paired_hflip', 'colour_jitter', 'PairedAugment',
-           'video_flow_pairs', 'ImageFlowSamples']
+           'flow_pair_stream', 'split_heldout', 'paired_resize', 'paired_crop', 'paired_centre_crop', 'paired_hflip',
+           'colour_jitter', 'PairedAugment', 'video_flow_pairs', 'ImageFlowSamples']
 
 # %% ../nbs/02a_data.ipynb #97dec9ea
 import functools
@@ -617,6 +617,26 @@ def flow_pair_stream(urls,  # shard URLs or a brace pattern (`shards/pairs-{0000
     if shuffle: ds = ds.shuffle(shuffle, rng=__import__("random").Random(seed))
     return ds.map(decode)
 
+# %% ../nbs/02a_data.ipynb #13110278
+def split_heldout(data: FlowPairDataset,  # pairs from shards or a folder
+                  num_valid: int  # validation pairs wanted
+                 ) -> tuple:
+    "(training, validation) `Subset`s of `data`: validation from whole shards at the end, else its last `num_valid` pairs."
+    sources = [it[0] for it in data.items]
+    shards = list(dict.fromkeys(sources))
+    held, count = set(), 0
+    for src in reversed(shards[1:]):  # the first shard always stays for training
+        if count >= num_valid: break
+        held.add(src); count += sources.count(src)
+    if count >= num_valid:
+        train = [i for i, s in enumerate(sources) if s not in held]
+        valid = [i for i, s in enumerate(sources) if s in held][:num_valid]
+    else:
+        if len(data) <= num_valid:
+            raise ValueError(f"{data.path}: {len(data)} flow pairs, too few to hold out num_valid={num_valid} for validation")
+        train, valid = list(range(len(data) - num_valid)), list(range(len(data) - num_valid, len(data)))
+    return torch.utils.data.Subset(data, train), torch.utils.data.Subset(data, valid)
+
 # %% ../nbs/02a_data.ipynb #626dbfe4
 _FRAMES = ("image", "next_image")
 
@@ -650,6 +670,15 @@ def paired_crop(sample: dict, top: int, left: int, height: int, width: int) -> d
     if not (0 <= top <= h - height and 0 <= left <= w - width):
         raise ValueError(f"crop window at ({top}, {left}) of size {height}x{width} leaves the image {h}x{w}")
     return {k: (v[..., top:top + height, left:left + width] if k in _spatial_keys(sample) else v) for k, v in sample.items()}
+
+def paired_centre_crop(sample: dict, size: int) -> dict:
+    "The central `size`×`size` window (the sample is first enlarged if its shorter side is below `size`)."
+    h, w = sample["image"].shape[-2:]
+    if min(h, w) < size:
+        f = size / min(h, w)
+        sample = paired_resize(sample, (max(size, round(h * f)), max(size, round(w * f))))
+        h, w = sample["image"].shape[-2:]
+    return paired_crop(sample, (h - size) // 2, (w - size) // 2, size, size)
 
 def paired_hflip(sample: dict) -> dict:
     "Mirror every spatial entry left-right; the flow's x component changes sign."
@@ -718,6 +747,9 @@ def video_flow_pairs(names,  # sample video names (`SAMPLE_VIDEOS`) or video pat
     return out
 
 # %% ../nbs/02a_data.ipynb #1360a30f
+def _image_flow(sample: dict) -> dict:
+    return {k: sample[k] for k in ("image", "flow")}
+
 class ImageFlowSamples(torch.utils.data.Dataset):
     "The items of a data set (or list) reduced to `{image, flow}`; `cache` keeps them after the first read, `transform` augments each read."
     def __init__(self, base,  # a data set or list of dicts with at least `image` and `flow`
@@ -728,7 +760,17 @@ class ImageFlowSamples(torch.utils.data.Dataset):
     def __getitem__(self, i):
         if self.cache is not None and i in self.cache: s = self.cache[i]
         else:
-            s = self.base[i]
-            s = {k: s[k] for k in ("image", "flow")}
+            s = _image_flow(self.base[i])
             if self.cache is not None: self.cache[i] = s
         return self.transform(s) if self.transform is not None else s
+
+    def fill(self, num_workers: int = 0,  # processes that read (render) the items; 0: this one
+             progress: bool = False, desc: str = "cache"):
+        "Read every item into the cache now: a pool rendered once, up front, that DataLoader workers then share."
+        from tqdm.auto import tqdm
+        if self.cache is None: raise ValueError("fill() needs an ImageFlowSamples made with cache=True")
+        todo = [i for i in range(len(self.base)) if i not in self.cache]
+        loader = torch.utils.data.DataLoader(self.base, batch_size=None, sampler=todo, num_workers=num_workers, collate_fn=_image_flow)
+        for i, s in zip(todo, tqdm(loader, total=len(todo), desc=desc, disable=not progress or not todo, leave=False)):
+            self.cache[i] = {k: v.clone() for k, v in s.items()}  # own memory: no shared-memory handle per cached tensor
+        return self

@@ -6,9 +6,9 @@
 __all__ = ['PREIMAGE_PRESETS', 'COLOUR_NAMES', 'PART_NAMES', 'BRODEN_PIXEL_KINDS', 'BRODEN_IMAGE_KINDS', 'NO_NORMALISATION',
            'DISSECT_LAYERS', 'MAXIMIZE_LAYERS', 'INVERT_LAYERS', 'CARICATURE_LAYERS', 'INVERSION_C',
            'preimage_settings', 'colour_names', 'scene_concepts', 'SceneConcepts', 'BrodenConcepts', 'Dissection',
-           'network_dissection', 'write_tiny_broden', 'majority_category', 'train_supervised', 'supervised_network',
-           'dissect_networks', 'plot_dissection', 'thesis_jitter', 'network_preimages', 'network_fingerprint',
-           'cached_preimages']
+           'network_dissection', 'write_tiny_broden', 'majority_category', 'SupervisedConfig', 'train_supervised',
+           'supervised_network', 'dissect_networks', 'plot_dissection', 'thesis_jitter', 'network_preimages',
+           'network_fingerprint', 'cached_preimages']
 
 # %% ../nbs/06_visualize_motion.ipynb #b8b5211a
 import csv
@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .learner import TrainConfig
 
 # %% ../nbs/06_visualize_motion.ipynb #ece80b58
 PREIMAGE_PRESETS = {
@@ -275,8 +277,16 @@ def majority_category(scene: dict) -> int:
     c = scene["categories"][scene["categories"] > 0]
     return int(c.mode().values) if c.numel() else 0
 
+@dataclass
+class SupervisedConfig(TrainConfig):
+    "The learner's settings for the label-supervised reference network, with the task it learns."
+    task: str = "majority_category"  # the label of a `shapes` scene
+    image_size: int = 128  # side of the rendered scenes
+
 def train_supervised(num_iters: int = 600, batch_size: int = 16, size: int = 128, seed: int = 0, out_dir="_runs/dissect_supervised",
-                     progress: bool = True) -> nn.Module:
+                     progress: bool = True,
+                     device=None  # training device (None: `core.default_device()`); the network is returned on the CPU
+                    ) -> nn.Module:
     "`alexnet_cpfs_small` (with parameter-free BN, folded after training) trained to classify `majority_category` of `shapes` scenes."
     from motion_nbs.core import seed_everything
     from motion_nbs.data import SceneDataset
@@ -293,10 +303,10 @@ def train_supervised(num_iters: int = 600, batch_size: int = 16, size: int = 128
             if i not in self.cache:
                 sc = self.ds[i]; self.cache[i] = {"image": sc["image"], "label": majority_category(sc)}
             return self.cache[i]
-    fit(model, _Labelled(1024, seed + 5), lambda m, b: F.cross_entropy(m(b["image"]), b["label"]), out_dir=out_dir,
-        valid_data=_Labelled(64, seed + 7), max_steps=num_iters, batch_size=batch_size, lr=1e-3, valid_every=100,
-        checkpoint_every=100, seed=seed, progress=progress, config=dict(task="majority_category", size=size))
-    return fold_batchnorm(model[0]).eval()
+    cfg = SupervisedConfig(num_iters=num_iters, batch_size=batch_size, lr=1e-3, valid_every=100, checkpoint_every=100, seed=seed,
+                           progress=progress, out_dir=None if out_dir is None else str(out_dir), device=device, image_size=size)
+    fit(model, _Labelled(1024, seed + 5), lambda m, b: F.cross_entropy(m(b["image"]), b["label"]), _Labelled(64, seed + 7), cfg)
+    return fold_batchnorm(model[0]).cpu().eval()
 
 NO_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # the book's networks see images in [0,1] as they are
 

@@ -101,9 +101,9 @@ def fold_batchnorm(model: nn.Module  # a model with Conv2d→BatchNorm2d / Linea
         names = list(parent._modules)
         for a, b in zip(names, names[1:]):
             first, bn = parent._modules[a], parent._modules[b]
-            if isinstance(first, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            if isinstance(first, nn.Conv2d) and isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm)):  # SyncBN: after DDP training
                 parent._modules[a] = fuse_conv_bn_eval(first, bn)
-            elif isinstance(first, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
+            elif isinstance(first, nn.Linear) and isinstance(bn, (nn.BatchNorm1d, nn.SyncBatchNorm)):
                 # fuse_linear_bn_eval needs an affine BN; the weights function takes the missing scale/shift as 1/0
                 fused = copy.deepcopy(first)
                 one = torch.ones_like(bn.running_mean)

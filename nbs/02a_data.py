@@ -1013,6 +1013,48 @@ def flow_pair_stream(urls,  # shard URLs or a brace pattern (`shards/pairs-{0000
 
 
 # %% [markdown]
+# Training on shards needs validation pairs that no training step sees. `split_heldout` holds out
+# whole shards from the end (pairs of other videos than the training ones, as the thesis validated on
+# another data set), enough to give `num_valid` pairs; with a single shard or a folder of files it
+# holds out the last `num_valid` pairs.
+
+# %%
+#| export
+def split_heldout(data: FlowPairDataset,  # pairs from shards or a folder
+                  num_valid: int  # validation pairs wanted
+                 ) -> tuple:
+    "(training, validation) `Subset`s of `data`: validation from whole shards at the end, else its last `num_valid` pairs."
+    sources = [it[0] for it in data.items]
+    shards = list(dict.fromkeys(sources))
+    held, count = set(), 0
+    for src in reversed(shards[1:]):  # the first shard always stays for training
+        if count >= num_valid: break
+        held.add(src); count += sources.count(src)
+    if count >= num_valid:
+        train = [i for i, s in enumerate(sources) if s not in held]
+        valid = [i for i, s in enumerate(sources) if s in held][:num_valid]
+    else:
+        if len(data) <= num_valid:
+            raise ValueError(f"{data.path}: {len(data)} flow pairs, too few to hold out num_valid={num_valid} for validation")
+        train, valid = list(range(len(data) - num_valid)), list(range(len(data) - num_valid, len(data)))
+    return torch.utils.data.Subset(data, train), torch.utils.data.Subset(data, valid)
+
+
+# %%
+class _Pairs(torch.utils.data.Dataset):   # stands in for FlowPairDataset: only `items` and `path` matter
+    def __init__(self, per_shard): self.items, self.path = [(f"s{j}.tar", k, {}) for j, n in enumerate(per_shard) for k in range(n)], "p"
+    def __len__(self): return len(self.items)
+    def __getitem__(self, i): return self.items[i]
+
+_tr, _va = split_heldout(_Pairs([3, 2, 2]), 3)                  # the last two shards hold 4 pairs: the first 3 validate
+test_eq((_tr.indices, _va.indices), ([0, 1, 2], [3, 4, 5]))
+_tr, _va = split_heldout(_Pairs([3, 2, 2]), 2)
+test_eq((_tr.indices, _va.indices), ([0, 1, 2, 3, 4], [5, 6]))
+_tr, _va = split_heldout(_Pairs([6]), 2)                        # one shard: its last pairs
+test_eq((_tr.indices, _va.indices), ([0, 1, 2, 3], [4, 5]))
+test_fail(lambda: split_heldout(_Pairs([2]), 2), contains="p: 2 flow pairs, too few to hold out num_valid=2")
+
+# %% [markdown]
 # ## Paired augmentation
 #
 # The thesis augments with scale, crop and flip, and colour (section 3.3.3; the same for S3-CNN,
@@ -1060,6 +1102,15 @@ def paired_crop(sample: dict, top: int, left: int, height: int, width: int) -> d
     if not (0 <= top <= h - height and 0 <= left <= w - width):
         raise ValueError(f"crop window at ({top}, {left}) of size {height}x{width} leaves the image {h}x{w}")
     return {k: (v[..., top:top + height, left:left + width] if k in _spatial_keys(sample) else v) for k, v in sample.items()}
+
+def paired_centre_crop(sample: dict, size: int) -> dict:
+    "The central `size`×`size` window (the sample is first enlarged if its shorter side is below `size`)."
+    h, w = sample["image"].shape[-2:]
+    if min(h, w) < size:
+        f = size / min(h, w)
+        sample = paired_resize(sample, (max(size, round(h * f)), max(size, round(w * f))))
+        h, w = sample["image"].shape[-2:]
+    return paired_crop(sample, (h - size) // 2, (w - size) // 2, size, size)
 
 def paired_hflip(sample: dict) -> dict:
     "Mirror every spatial entry left-right; the flow's x component changes sign."
@@ -1124,6 +1175,8 @@ _a = PairedAugment(crop_size=16, flip=False, scale=(1.2, 1.2))(_s, torch.Generat
 _b = PairedAugment(crop_size=16, flip=False, scale=(1.2, 1.2), colour=False)(_s, torch.Generator().manual_seed(0))
 test_eq(_a["flow"], _b["flow"]); assert not torch.equal(_a["image"], _b["image"])     # jitter never touches flow
 test_fail(lambda: paired_crop(_s, 0, 0, 32, 32), contains="larger than the image")
+test_eq(paired_centre_crop(_s, 16)["flow"], _s["flow"][:, 2:18, 7:23])
+test_eq(paired_centre_crop(_s, 30)["image"].shape, (3, 30, 30))                     # enlarged to 30x45 first
 
 
 # %% [markdown]
@@ -1164,6 +1217,9 @@ test_fail(lambda: video_flow_pairs(["carphone"], 0), contains="short_side must b
 
 # %%
 #| export
+def _image_flow(sample: dict) -> dict:
+    return {k: sample[k] for k in ("image", "flow")}
+
 class ImageFlowSamples(torch.utils.data.Dataset):
     "The items of a data set (or list) reduced to `{image, flow}`; `cache` keeps them after the first read, `transform` augments each read."
     def __init__(self, base,  # a data set or list of dicts with at least `image` and `flow`
@@ -1174,10 +1230,20 @@ class ImageFlowSamples(torch.utils.data.Dataset):
     def __getitem__(self, i):
         if self.cache is not None and i in self.cache: s = self.cache[i]
         else:
-            s = self.base[i]
-            s = {k: s[k] for k in ("image", "flow")}
+            s = _image_flow(self.base[i])
             if self.cache is not None: self.cache[i] = s
         return self.transform(s) if self.transform is not None else s
+
+    def fill(self, num_workers: int = 0,  # processes that read (render) the items; 0: this one
+             progress: bool = False, desc: str = "cache"):
+        "Read every item into the cache now: a pool rendered once, up front, that DataLoader workers then share."
+        from tqdm.auto import tqdm
+        if self.cache is None: raise ValueError("fill() needs an ImageFlowSamples made with cache=True")
+        todo = [i for i in range(len(self.base)) if i not in self.cache]
+        loader = torch.utils.data.DataLoader(self.base, batch_size=None, sampler=todo, num_workers=num_workers, collate_fn=_image_flow)
+        for i, s in zip(todo, tqdm(loader, total=len(todo), desc=desc, disable=not progress or not todo, leave=False)):
+            self.cache[i] = {k: v.clone() for k, v in s.items()}  # own memory: no shared-memory handle per cached tensor
+        return self
 
 
 # %%
@@ -1185,6 +1251,9 @@ _items = [dict(image=torch.rand(3, 8, 8), flow=torch.randn(2, 8, 8), depth=torch
 _ifs = ImageFlowSamples(_items, transform=paired_hflip, cache=True)
 test_eq(sorted(_ifs[0]), ["flow", "image"]); test_eq(_ifs[0]["image"], _items[0]["image"].flip(-1))
 assert 0 in _ifs.cache and torch.equal(_ifs.cache[0]["image"], _items[0]["image"])   # the cache holds unaugmented items
+_pool = ImageFlowSamples(SceneDataset("shapes", 3, seed=1, size=(24, 24)), cache=True).fill(num_workers=2)
+test_eq(sorted(_pool.cache), [0, 1, 2])
+test_eq(_pool.cache[2]["flow"], SceneDataset("shapes", 3, seed=1, size=(24, 24))[2]["flow"])   # workers render the same items
 
 # %% [markdown]
 # ## Summary
@@ -1199,7 +1268,10 @@ assert 0 in _ifs.cache and torch.equal(_ifs.cache[0]["image"], _items[0]["image"
 #   without crossing shot boundaries; `encode_flow_pair`/`decode_flow_pair` store them as
 #   JPEG + 16-bit KITTI PNG + JSON, `data_scripts/build_flow_dataset.py` writes them into resumable tar
 #   shards, and `FlowPairDataset` / `flow_pair_stream` read them back (random access or streaming).
-# - `PairedAugment` crops, rescales, flips and colour-jitters an image and its flow consistently.
+# - `PairedAugment` crops, rescales, flips and colour-jitters an image and its flow consistently;
+#   `paired_centre_crop` takes validation crops, `split_heldout` holds out shards for validation.
+# - `ImageFlowSamples` reduces items to `{image, flow}`, caches them (`fill` renders a pool up front, in
+#   worker processes) and augments each read.
 
 # %%
 #| hide

@@ -233,9 +233,9 @@ def fold_batchnorm(model: nn.Module  # a model with Conv2d→BatchNorm2d / Linea
         names = list(parent._modules)
         for a, b in zip(names, names[1:]):
             first, bn = parent._modules[a], parent._modules[b]
-            if isinstance(first, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            if isinstance(first, nn.Conv2d) and isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm)):  # SyncBN: after DDP training
                 parent._modules[a] = fuse_conv_bn_eval(first, bn)
-            elif isinstance(first, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
+            elif isinstance(first, nn.Linear) and isinstance(bn, (nn.BatchNorm1d, nn.SyncBatchNorm)):
                 # fuse_linear_bn_eval needs an affine BN; the weights function takes the missing scale/shift as 1/0
                 fused = copy.deepcopy(first)
                 one = torch.ones_like(bn.running_mean)
@@ -260,6 +260,9 @@ _bn.eval()
 _folded = fold_batchnorm(_bn)
 _x = torch.rand(2, 3, 64, 64)
 test_close(_folded(_x), _bn(_x), eps=1e-5)
+_sync = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(_bn)).eval()   # as left by `fit(sync_batchnorm=True)`
+test_close(fold_batchnorm(_sync)(_x), _bn(_x), eps=1e-5)
+assert not any(isinstance(m, nn.SyncBatchNorm) for m in fold_batchnorm(_sync).modules())
 assert not any(isinstance(m, nn.BatchNorm2d) for m in _folded.modules())
 assert _bn.bn1.running_var.sub(1).abs().max() > 0.1          # the statistics were not trivial
 _plain = alexnet_cpfs_small(batchnorm=False).eval()

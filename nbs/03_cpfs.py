@@ -25,18 +25,28 @@
 
 # %%
 #| export
+import copy
+import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from motion_nbs.flow import normalize_flow_log
+from motion_nbs.core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check_int, full_precision,
+                             load_model_file, seed_everything)
+from motion_nbs.data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, split_heldout,
+                             video_flow_pairs)
+from motion_nbs.flow import flow_to_classes, normalize_flow_log
+from motion_nbs.learner import ExperimentConfig, configure, fit, init_distributed, is_main_process
+from motion_nbs.models import create_model, fold_batchnorm, layer_outputs
 
 # %%
 #| hide
 import tempfile
-from pathlib import Path
 
 from fastcore.test import test_close, test_eq, test_fail
 
@@ -54,11 +64,17 @@ from fastcore.test import test_close, test_eq, test_fail
 # thesis learned $\sigma^2 = 0.0036$ in some experiments. Squared distances are computed as
 # $\|a\|^2 + \|b\|^2 - 2a^\top b$, which needs no `(B,N,N,2)` difference tensor: memory stays
 # $O(B N^2)$.
+#
+# Both kernels and the losses below are `full_precision` (chapter 00): under mixed-precision training
+# they run in float32 whatever the caller does. At $\sigma = 0.06$ the RBF kernel divides the squared
+# distance by $2\sigma^2 = 0.0072$, so bfloat16's relative error of $2^{-8}$ in $\|a\|^2 + \|b\|^2 - 2a^\top b$
+# would move the kernel's values, which lie in $[0, 1]$, by up to 0.7.
 
 # %%
 #| export
 THESIS_SIGMA2 = 0.0036  # the bandwidth the thesis learned (fig 3.2)
 
+@full_precision
 def cosine_kernel(emb: torch.Tensor  # `(B,N,D)` embeddings (any norm; zero vectors give zero rows)
                  ) -> torch.Tensor:
     """Eq 3.2, left: ¼ × cosine similarity of every pair of embeddings.
@@ -67,6 +83,7 @@ def cosine_kernel(emb: torch.Tensor  # `(B,N,D)` embeddings (any norm; zero vect
     e = F.normalize(emb, dim=-1, eps=1e-8)
     return 0.25 * e @ e.transpose(-1, -2)
 
+@full_precision
 def rbf_kernel(flow: torch.Tensor,  # `(B,N,2)` flow vectors (eq-3.8-normalised for CPFS)
                sigma  # bandwidth σ: a float or a scalar tensor (learnable)
               ) -> torch.Tensor:
@@ -84,6 +101,13 @@ test_close(cosine_kernel(e), 0.25 * torch.tensor([[[1.0, 0, -1], [0, 1, 0], [-1,
 f = torch.tensor([[[0.0, 0], [0.1, 0], [0, 0.3]]])
 test_close(rbf_kernel(f, 0.1), torch.exp(-torch.tensor([[[0, 0.01, 0.09], [0.01, 0, 0.1], [0.09, 0.1, 0]]]) / 0.02))
 test_eq(cosine_kernel(torch.zeros(1, 2, 4)), torch.zeros(1, 2, 2))  # zero embeddings: finite, no NaN
+_fl = torch.rand(2, 64, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+_k32 = rbf_kernel(_fl, 0.06)
+with torch.autocast("cpu", torch.bfloat16):                           # as in mixed-precision training
+    test_eq(rbf_kernel(_fl, 0.06), _k32)                               # computed in float32 all the same
+    _sq = (_fl * _fl).sum(-1)
+    _naive = torch.exp(-(_sq[..., :, None] + _sq[..., None, :] - 2 * _fl @ _fl.transpose(-1, -2)).clamp_min(0) / 0.0072)
+assert (_naive.float() - _k32).abs().max() > 0.3                      # what autocast alone would have given
 
 # %% [markdown]
 # ## The three losses (section 3.2.2)
@@ -116,6 +140,7 @@ test_eq(cosine_kernel(torch.zeros(1, 2, 4)), torch.zeros(1, 2, 2))  # zero embed
 #| export
 CPFS_LOSSES = ("kta", "ce", "ce_rev")
 
+@full_precision
 def kernel_log_softmax(K: torch.Tensor  # `(B,N,N)` kernel matrix
                       ) -> torch.Tensor:
     """Eq 3.5/3.6: log S, the row-wise softmax of K in which the diagonal logit counts as 0 (exp(0) = 1).
@@ -125,6 +150,7 @@ def kernel_log_softmax(K: torch.Tensor  # `(B,N,N)` kernel matrix
     diag = torch.eye(n, dtype=torch.bool, device=K.device)
     return torch.log_softmax(K.masked_fill(diag, 0.0), dim=-1)
 
+@full_precision
 def kernel_alignment(K1: torch.Tensor, K2: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Eq 3.3: kernel target alignment of two batches of kernel matrices, in [-1, 1].
 
@@ -139,6 +165,7 @@ def _check_pair(emb, flow):
         raise ValueError(f"emb {tuple(emb.shape)} and flow {tuple(flow.shape)} differ in batch size or number of pixels")
     if not torch.isfinite(flow).all(): raise ValueError("flow contains NaN or infinite values")
 
+@full_precision
 def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
               flow: torch.Tensor,  # `(B,N,2)` flow at the same pixels, in pixels (or normalised: see `normalize`)
               kind: str = "ce",  # "kta" (eq 3.3), "ce" (eq 3.4) or "ce_rev" (eq 3.7)
@@ -260,7 +287,10 @@ def sample_pixels(batch: int, num_pixels: int, height: int, width: int,
     if num_pixels > height * width:
         raise ValueError(f"cannot sample {num_pixels} distinct pixels from a {height}x{width} image ({height * width} pixels)")
     if num_pixels < 2: raise ValueError(f"num_pixels must be at least 2 (pairs of pixels), got {num_pixels}")
-    idx = torch.rand(batch, height * width, generator=generator).argsort(dim=1)[:, :num_pixels]
+    # the N largest of H·W uniform keys: a uniform N-subset in random order, drawn where the generator lives
+    # (or on `device`), without sorting all H·W keys
+    where = generator.device if generator is not None else device
+    idx = torch.rand(batch, height * width, generator=generator, device=where).topk(num_pixels, dim=1).indices
     return torch.stack([idx % width, idx // width], dim=-1).to(device)
 
 def gather_pixels(dense: torch.Tensor,  # `(B,C,H,W)` a per-pixel map (flow, masks as float)
@@ -316,7 +346,6 @@ class SparseHypercolumn(nn.Module):
                  normalize: bool = True,  # L2-normalise the outputs (embeddings)
                  probe_size: int = 128):  # input size of the dry run that measures the layers' widths
         super().__init__()
-        from motion_nbs.models import layer_outputs
         self.backbone, self.layers, self.normalize = backbone, tuple(layers), normalize
         was = backbone.training
         backbone.eval()
@@ -329,7 +358,6 @@ class SparseHypercolumn(nn.Module):
 
     def hypercolumns(self, image, xy):
         "Shape: `(B,3,H,W)`, `(B,N,2)` → `(B,N,ΣC)`."
-        from motion_nbs.models import layer_outputs
         feats = layer_outputs(self.backbone, image, self.layers)
         return torch.cat([sample_features(feats[n], xy, image.shape[-2:]) for n in self.layers], dim=-1)
 
@@ -343,6 +371,11 @@ class SparseHypercolumn(nn.Module):
         if xy.shape[0] != image.shape[0]: raise ValueError(f"xy has {xy.shape[0]} images, image has {image.shape[0]}")
         return self.head(self.hypercolumns(image, xy))
 
+    def head_args(self) -> dict:
+        "The constructor arguments besides the backbone (stored with the weights, so `load_cpfs` can rebuild the head)."
+        return dict(layers=list(self.layers), out_dim=self.mlp[-1].out_features, hidden=self.mlp[0].out_features,
+                    normalize=self.normalize)
+
 @torch.no_grad()
 def dense_embedding(model: SparseHypercolumn,  # a trained head
                     image: torch.Tensor,  # `(B,3,H,W)` images
@@ -351,7 +384,6 @@ def dense_embedding(model: SparseHypercolumn,  # a trained head
     """The head's output at every pixel (for figures): backbone once, MLP over all pixels in chunks.
 
     Shape: `(B,3,H,W)` → `(B,out_dim,H,W)`."""
-    from motion_nbs.models import layer_outputs
     b, _, h, w = image.shape
     feats = layer_outputs(model.backbone, image, model.layers)
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -396,27 +428,26 @@ test_close(gather_pixels(_d, _xy), _e, eps=1e-5)
 #| export
 BASELINE_LR = 0.01  # section 3.3.5: "a faster initial learning rate of 0.01"
 
-class FlowClassificationBaseline(nn.Module):
-    "Backbone + sparse hypercolumn predicting 16-way classes of the x and y flow per pixel."
+class FlowClassificationBaseline(SparseHypercolumn):
+    "The same backbone and sparse hypercolumn head, predicting 16-way classes of the x and y flow per pixel."
     def __init__(self, backbone: nn.Module, layers=ALEXNET_HYPERCOLUMN, num_bins: int = 16, hidden: int = 1024):
-        super().__init__()
+        super().__init__(backbone, layers, out_dim=2 * num_bins, hidden=hidden, normalize=False)
         self.num_bins = num_bins
-        self.net = SparseHypercolumn(backbone, layers, out_dim=2 * num_bins, hidden=hidden, normalize=False)
-
-    @property
-    def backbone(self): return self.net.backbone
 
     def forward(self, image, xy):
         "Shape: `(B,3,H,W)`, `(B,N,2)` → logits `(B,N,2,num_bins)`."
-        out = self.net(image, xy)
+        out = super().forward(image, xy)
         return out.view(*out.shape[:-1], 2, self.num_bins)
 
+    def head_args(self) -> dict:
+        return dict(layers=list(self.layers), num_bins=self.num_bins, hidden=self.mlp[0].out_features)
+
+@full_precision
 def flow_classification_loss(logits: torch.Tensor,  # `(B,N,2,num_bins)` from `FlowClassificationBaseline`
                              flow: torch.Tensor,  # `(B,N,2)` flow in pixels at the same pixels
                              max_flow: float = 56.0  # M of eq 3.8
                             ) -> torch.Tensor:
     "Mean softmax cross-entropy of the x and y flow classes. Shape: → `()`."
-    from motion_nbs.flow import flow_to_classes
     num_bins = logits.shape[-1]
     if logits.shape[:-1] != flow.shape: raise ValueError(f"logits {tuple(logits.shape)} do not match flow {tuple(flow.shape)}")
     if not torch.isfinite(flow).all(): raise ValueError("flow contains NaN or infinite values")
@@ -480,6 +511,7 @@ _noise = lambda im, xy: torch.randn(xy.shape[0], xy.shape[1], 16, generator=torc
 assert abs(grouping_auc(_noise, torch.rand(2, 3, 8, 8), _inst, num_pixels=64) - 0.5) < 0.1  # chance
 test_eq(embedding_to_rgb(torch.randn(2, 16, 5, 6)).shape, (2, 3, 5, 6))
 
+
 # %% [markdown]
 # ## Training
 #
@@ -487,7 +519,36 @@ test_eq(embedding_to_rgb(torch.randn(2, 16, 5, 6)).shape, (2, 3, 5, 6))
 # (`motion_nbs_train --task motion_nbs.cpfs:train --loss ce ...`) run is here, so that the experiment
 # is one call. `CPFSTrainer` bundles the head, the loss (and its learnable σ) and the pixel sampling
 # into one module whose forward pass returns the loss — the form the learner (and DDP) expects.
-# Presets:
+#
+# **Objectives.** `CPFS_OBJECTIVES` registers what can be trained: each entry names the head it trains
+# and builds the criterion applied to the head's outputs at the sampled pixels. The three CPFS losses
+# train a `SparseHypercolumn` with a `CPFSLoss`; the baseline trains a `FlowClassificationBaseline`
+# (the same head with 32 outputs) with `flow_classification_loss`. Adding an objective is adding an
+# entry; nothing else in the training code names a loss.
+
+# %%
+#| export
+@dataclass(frozen=True)
+class CPFSObjective:
+    "A training objective of chapter 3: the head it trains and its criterion."
+    head: type  # a `SparseHypercolumn` class, built as head(backbone)
+    criterion: Callable  # config → criterion(outputs at the sampled pixels, flow `(B,N,2)`) → loss
+
+def _cpfs_criterion(kind: str):
+    def build(cfg):
+        fixed = cfg.sigma != "learned"
+        return CPFSLoss(kind, sigma2=cfg.sigma if fixed else THESIS_SIGMA2, learn_sigma=not fixed)
+    return build
+
+CPFS_OBJECTIVES = {**{k: CPFSObjective(SparseHypercolumn, _cpfs_criterion(k)) for k in CPFS_LOSSES},
+                   "flow_cls": CPFSObjective(FlowClassificationBaseline, lambda cfg: flow_classification_loss)}
+CPFS_TRAIN_LOSSES = tuple(CPFS_OBJECTIVES)
+
+# %% [markdown]
+# **Settings.** A run is one `CPFSConfig`: the learner's settings (chapter 02c: steps, batch, learning
+# rate, seed, device, mixed precision, workers, output folder, validation cadence) and chapter 3's own —
+# the objective, the pixels per image, σ, the data and the network. `CPFSConfig.from_preset` fills it
+# from a preset:
 #
 # | | `cpu` | `paper` (section 3.3.3) |
 # |---|---|---|
@@ -495,102 +556,127 @@ test_eq(embedding_to_rgb(torch.randn(2, 16, 5, 6)).shape, (2, 3, 5, 6))
 # | batch, pixels, crop | 16, 256, 128×128 | 96, 512, 224×224 |
 # | steps | 600 | 200k with early stopping (patience 10 validations) |
 # | optimiser | Adam 1e-4 (baseline 1e-3) | Adam 1e-4 (baseline 0.01) |
+# | validation | 32 held-out pairs, every 100 steps | 5,000 held-out pairs, every 1,000 steps |
 #
 # Both use parameter-free batch normalisation, folded into the convolutions after training, and the
 # thesis' augmentation (scale 1.01–1.5×, crop, flip, colour). Deviations in the `cpu` preset, for a
 # run of minutes on two cores: the smaller network, fewer pixels, a pool of 1024 rendered scenes
 # reused with augmentation rather than fresh data, and a baseline learning rate of 1e-3 (0.01 diverges
-# in so few steps with a quarter-width network).
+# in so few steps with a quarter-width network). On a GPU (`device=None` picks it) training runs in
+# bfloat16 autocast by default (`amp`), with the kernels and losses kept in float32.
 
 # %%
 #| export
-CPFS_TRAIN_LOSSES = CPFS_LOSSES + ("flow_cls",)
+CPFS_MODELS = ("alexnet_cpfs", "alexnet_cpfs_small")
 CPFS_PRESETS = {
     "cpu": dict(model="alexnet_cpfs_small", num_iters=600, batch_size=16, num_pixels=256, image_size=128, render_size=160,
-                pool_size=1024, lr=1e-4, baseline_lr=1e-3, valid_every=100, patience=None, num_valid=32),
+                pool_size=1024, lr={"flow_cls": 1e-3, "*": 1e-4}, valid_every=100, checkpoint_every=100, patience=None,
+                num_valid=32),
     "paper": dict(model="alexnet_cpfs", num_iters=200_000, batch_size=96, num_pixels=512, image_size=224, render_size=256,
-                  pool_size=None, lr=1e-4, baseline_lr=BASELINE_LR, valid_every=1000, patience=10, num_valid=5000),
+                  pool_size=None, lr={"flow_cls": BASELINE_LR, "*": 1e-4}, valid_every=1000, checkpoint_every=1000,
+                  patience=10, num_valid=5000),
 }
 
-def train_config(loss: str = "ce", data: str = "synthetic", preset: str = "cpu", num_iters=None, batch_size=None,
-                 num_pixels=None, image_size=None, sigma="learned", seed: int = 0, out_dir="_runs/cpfs") -> dict:
-    "Validate the training notebook's parameters and fill the unset ones from the preset."
-    from pathlib import Path
-    if loss not in CPFS_TRAIN_LOSSES: raise ValueError(f"loss={loss!r}; valid: {', '.join(CPFS_TRAIN_LOSSES)}")
-    if preset not in CPFS_PRESETS: raise ValueError(f"preset={preset!r}; valid: {', '.join(CPFS_PRESETS)}")
-    if data not in ("synthetic", "videos") and not Path(str(data)).expanduser().exists():
-        raise ValueError(f"data={data!r}; valid: 'synthetic', 'videos', or an existing folder of flow-pair shards")
-    cfg = dict(CPFS_PRESETS[preset])
-    for k, v in dict(num_iters=num_iters, batch_size=batch_size, num_pixels=num_pixels, image_size=image_size).items():
-        if v is None: continue
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k}={v!r}; expected a positive int")
-        cfg[k] = v
-    if cfg["num_pixels"] < 2 or cfg["num_pixels"] > cfg["image_size"] ** 2:
-        raise ValueError(f"num_pixels={cfg['num_pixels']}; expected 2..{cfg['image_size'] ** 2} for {cfg['image_size']}px crops")
-    if cfg["image_size"] < 64: raise ValueError(f"image_size={cfg['image_size']}; the network needs crops of at least 64 pixels")
-    if image_size is not None: cfg["render_size"] = max(cfg["render_size"], round(image_size * 1.25))
-    if sigma != "learned":
-        try: sigma = float(sigma)
-        except (TypeError, ValueError): raise ValueError(f"sigma={sigma!r}; valid: 'learned' or a positive number (σ²)") from None
-        if not sigma > 0: raise ValueError(f"sigma={sigma!r}; expected σ² > 0")
-    if not isinstance(seed, int): raise ValueError(f"seed={seed!r}; expected an int")
-    return dict(loss=loss, data=str(data), preset=preset, sigma=sigma, seed=seed, out_dir=str(out_dir), **cfg)
+@dataclass
+class CPFSConfig(ExperimentConfig):
+    "One CPFS training run (chapter 3): the learner's settings, the objective, pixels, σ, data and network."
+    loss: str = "ce"  # "kta", "ce", "ce_rev" (eq 3.3–3.7) or "flow_cls" (direct flow classification, section 3.3.5)
+    data: str = "synthetic"  # "synthetic" (rendered `shapes` scenes), "videos" (the sample videos) or a folder of flow-pair shards
+    model: str = "alexnet_cpfs_small"  # "alexnet_cpfs" (appendix A) or "alexnet_cpfs_small" (¼ of the channels)
+    num_pixels: int = 256  # N: pixels sampled per image for the loss (512 in the thesis)
+    sigma: float | str = "learned"  # RBF bandwidth: "learned" (from the thesis' σ² = 0.0036) or a fixed σ²
+    render_size: int = 160  # side of rendered scenes, before the augmentation rescales and crops them
+    out_dir: str | None = "_runs/cpfs"  # checkpoints, metrics, model.pt and results.json (None: no files)
+
+    PRESETS: ClassVar[dict] = CPFS_PRESETS
+
+    def validate(self):
+        super().validate()
+        check_choice("loss", self.loss, CPFS_TRAIN_LOSSES); check_choice("model", self.model, CPFS_MODELS)
+        if self.data not in ("synthetic", "videos") and not Path(str(self.data)).expanduser().exists():
+            raise ValueError(f"data={self.data!r}; valid: 'synthetic', 'videos', or an existing folder of flow-pair shards")
+        if self.image_size < 64: raise ValueError(f"image_size={self.image_size}; the network needs crops of at least 64 pixels")
+        check_int("render_size", self.render_size, self.image_size)
+        if not 2 <= check_int("num_pixels", self.num_pixels, 2) <= self.image_size ** 2:
+            raise ValueError(f"num_pixels={self.num_pixels}; expected 2..{self.image_size ** 2} for {self.image_size}px crops")
+        if self.sigma != "learned":
+            try: self.sigma = float(self.sigma)
+            except (TypeError, ValueError): raise ValueError(f"sigma={self.sigma!r}; valid: 'learned' or a positive number (σ²)") from None
+            if not self.sigma > 0: raise ValueError(f"sigma={self.sigma!r}; expected σ² > 0")
+
+    @classmethod
+    def _derived(cls, values: dict, given: dict) -> dict:
+        if "image_size" in given and "render_size" not in given:  # rendered scenes must be larger than the crops
+            values["render_size"] = max(values["render_size"], round(given["image_size"] * 1.25))
+        return values
 
 
 # %%
-test_eq(train_config(loss="kta")["batch_size"], 16)
-test_eq(train_config(preset="paper", batch_size=32)["batch_size"], 32)
-test_fail(lambda: train_config(loss="l2"), contains="valid: kta, ce, ce_rev, flow_cls")
-test_fail(lambda: train_config(data="/no/such/folder"), contains="valid: 'synthetic', 'videos'")
-test_fail(lambda: train_config(num_pixels=10**6), contains="num_pixels=1000000")
-test_fail(lambda: train_config(sigma="big"), contains="'learned' or a positive number")
+test_eq(CPFSConfig.from_preset(loss="kta").batch_size, 16)
+test_eq(CPFSConfig.from_preset(loss="flow_cls").lr, 1e-3)
+test_eq((CPFSConfig.from_preset("paper", batch_size=32).batch_size, CPFSConfig.from_preset("paper", loss="flow_cls").lr), (32, 0.01))
+test_eq(CPFSConfig.from_preset(image_size=256).render_size, 320)
+test_eq(CPFSConfig.from_preset(sigma="0.01").sigma, 0.01)          # command-line strings are numbers
+test_fail(lambda: CPFSConfig.from_preset(loss="l2"), contains="valid: kta, ce, ce_rev, flow_cls")
+test_fail(lambda: CPFSConfig.from_preset(data="/no/such/folder"), contains="valid: 'synthetic', 'videos'")
+test_fail(lambda: CPFSConfig.from_preset(num_pixels=10**6), contains="num_pixels=1000000")
+test_fail(lambda: CPFSConfig.from_preset(sigma="big"), contains="'learned' or a positive number")
+test_fail(lambda: CPFSConfig.from_preset(steps=10), contains="unknown setting(s) ['steps'] for CPFSConfig")
 
+
+# %% [markdown]
+# **Data.** Rendered pools are rendered once, up front (in `num_workers` processes), then reused with
+# augmentation. Validation pairs are held out from the training data's own kind — rendered scenes of
+# another seed, the last pairs of the sample videos, whole shards at the end of a shard folder (the
+# thesis validated on 5,000 held-out real pairs) — centre-cropped, built once and cached.
 
 # %%
 #| export
 class CPFSTrainer(nn.Module):
     "Head + loss + pixel sampling in one module: forward(image, flow) → the training loss."
-    def __init__(self, net: nn.Module,  # `SparseHypercolumn` or `FlowClassificationBaseline`
+    def __init__(self, net: nn.Module,  # a `SparseHypercolumn` (or `FlowClassificationBaseline`)
                  crit,  # a `CPFSLoss` (its σ may be learned) or `flow_classification_loss`
                  num_pixels: int = 512):  # N: pixels sampled per image (512 in the thesis)
         super().__init__()
         self.net, self.crit, self.num_pixels = net, crit, num_pixels
 
     def forward(self, image, flow):
-        "Shape: image `(B,3,H,W)`, flow `(B,2,H,W)` in pixels → `()`. Pixels drawn from torch's global RNG."
+        "Shape: image `(B,3,H,W)`, flow `(B,2,H,W)` in pixels → `()`. Pixels drawn on the image's device from its global RNG."
         if image.shape[0] != flow.shape[0] or image.shape[-2:] != flow.shape[-2:]:
             raise ValueError(f"image {tuple(image.shape)} and flow {tuple(flow.shape)} differ in batch or spatial size")
         b, _, h, w = image.shape
         xy = sample_pixels(b, self.num_pixels, h, w, device=image.device)
         return self.crit(self.net(image, xy), gather_pixels(flow, xy))
 
-def train_data(cfg: dict):
-    "(training set, validation set) for a `train_config`."
-    from motion_nbs.core import SAMPLE_VIDEOS
-    from motion_nbs.data import FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, video_flow_pairs
-    aug = PairedAugment(crop_size=cfg["image_size"], colour=True)
-    r = cfg["render_size"]
-    valid = ImageFlowSamples(SceneDataset("shapes", length=cfg["num_valid"], seed=cfg["seed"] + 1_000_003, size=(cfg["image_size"],) * 2))
-    if cfg["data"] == "synthetic":
-        n = cfg["pool_size"] or cfg["num_iters"] * cfg["batch_size"]
-        return ImageFlowSamples(SceneDataset("shapes", length=n, seed=cfg["seed"], size=(r, r)), aug, cache=cfg["pool_size"] is not None), valid
-    if cfg["data"] == "videos": return ImageFlowSamples(video_flow_pairs(SAMPLE_VIDEOS, r, cfg["seed"]), aug), valid
-    return ImageFlowSamples(FlowPairDataset(cfg["data"]), aug), valid
+def _heldout_pairs(pairs, cfg, progress: bool):
+    "The validation view of held-out pairs: centre crops, cached after one read."
+    crop = lambda s: paired_centre_crop(s, cfg.image_size)
+    return ImageFlowSamples(pairs, crop, cache=True).fill(cfg.num_workers, progress, "validation pairs")
 
-def build_cpfs_model(cfg: dict) -> CPFSTrainer:
-    "The network and loss of a `train_config` (seeded, so every loss starts from the same weights)."
-    from motion_nbs.core import seed_everything
-    from motion_nbs.models import create_model
-    seed_everything(cfg["seed"])
-    backbone = create_model(cfg["model"], batchnorm=True)
-    if cfg["loss"] == "flow_cls": return CPFSTrainer(FlowClassificationBaseline(backbone), flow_classification_loss, cfg["num_pixels"])
-    crit = CPFSLoss(cfg["loss"], sigma2=THESIS_SIGMA2 if cfg["sigma"] == "learned" else cfg["sigma"], learn_sigma=cfg["sigma"] == "learned")
-    return CPFSTrainer(SparseHypercolumn(backbone), crit, cfg["num_pixels"])
+def train_data(cfg: CPFSConfig):
+    "(training set, validation set) of a `CPFSConfig`."
+    aug, r, show = PairedAugment(crop_size=cfg.image_size, colour=True), cfg.render_size, cfg.progress and is_main_process()
+    if cfg.data == "synthetic":
+        n = cfg.pool_size or cfg.num_iters * cfg.batch_size
+        train = ImageFlowSamples(SceneDataset("shapes", length=n, seed=cfg.seed, size=(r, r)), aug, cache=cfg.pool_size is not None)
+        if cfg.pool_size is not None: train.fill(cfg.num_workers, show, "render pool")
+        return train, _heldout_pairs(SceneDataset("shapes", length=cfg.num_valid, seed=cfg.seed + 1_000_003, size=(r, r)), cfg, show)
+    if cfg.data == "videos":
+        pairs = video_flow_pairs(SAMPLE_VIDEOS, r, cfg.seed)
+        if len(pairs) <= cfg.num_valid: raise ValueError(f"num_valid={cfg.num_valid}; the sample videos give only {len(pairs)} pairs")
+        return ImageFlowSamples(pairs[:-cfg.num_valid], aug), _heldout_pairs(pairs[-cfg.num_valid:], cfg, show)
+    train, valid = split_heldout(FlowPairDataset(cfg.data), cfg.num_valid)
+    return ImageFlowSamples(train, aug), _heldout_pairs(valid, cfg, show)
 
-def heldout_scenes(cfg: dict, num: int = 16) -> dict:
-    "Held-out `shapes` frames for evaluation and figures: a batch dict of image, flow, instances, categories."
-    from motion_nbs.data import SceneDataset
-    ds = SceneDataset("shapes", length=num, seed=cfg["seed"] + 2_000_003, size=(cfg["image_size"],) * 2)
+def build_cpfs_model(cfg: CPFSConfig) -> CPFSTrainer:
+    "The network and loss of a `CPFSConfig` (seeded, so every objective starts from the same weights)."
+    seed_everything(cfg.seed)
+    objective = CPFS_OBJECTIVES[cfg.loss]
+    return CPFSTrainer(objective.head(create_model(cfg.model, batchnorm=True)), objective.criterion(cfg), cfg.num_pixels)
+
+def heldout_scenes(cfg: CPFSConfig, num: int = 16) -> dict:
+    "Held-out `shapes` frames for evaluation and figures: a batch dict of image, flow, instances, categories (on the CPU)."
+    ds = SceneDataset("shapes", length=num, seed=cfg.seed + 2_000_003, size=(cfg.image_size,) * 2)
     items = [ds[i] for i in range(num)]
     return {k: torch.stack([it[k] for it in items]) for k in ("image", "flow", "instances", "categories")}
 
@@ -601,48 +687,54 @@ def _embedder(net):
 
 # %% [markdown]
 # `train` runs one experiment end to end: data, model, `fit` (checkpoints, resume, early stopping,
-# DDP under torchrun), folding of the batch normalisation, the grouping AUC of the trained network
-# and of the same network at its random initialisation, and a `results.json` plus the folded weights
-# `model.pt` in `out_dir`.
+# device and precision, DDP under torchrun), folding of the batch normalisation, the grouping AUC of
+# the trained network and of the same network at its random initialisation — on the training device —
+# and, from the main process only, a `results.json` plus the folded weights `model.pt` in `out_dir`.
+
+# %%
+#| exporti
+def _trainer_loss(model, batch): return model(batch["image"], batch["flow"])
+
+def _save_run(cfg: CPFSConfig, net: SparseHypercolumn, res: dict):
+    out = Path(cfg.out_dir)
+    atomic_save({"backbone": {k: v.cpu() for k, v in net.backbone.state_dict().items()},
+                 "head": {k: v.cpu() for k, v in net.mlp.state_dict().items()},
+                 "meta": {"model": cfg.model, "loss": cfg.loss, "folded": True, "head_args": net.head_args(),
+                          "image_size": cfg.image_size}}, out / "model.pt")
+    with atomic_write(out / "results.json") as tmp: tmp.write_text(json.dumps(res, indent=1))
+
+def _evaluate(cfg: CPFSConfig, trainer: CPFSTrainer, init_state: dict) -> tuple:
+    "The folded trained head, the same head at its initial weights, the held-out frames, and both grouping AUCs."
+    net = trainer.eval().net
+    net.backbone = fold_batchnorm(net.backbone)
+    device = next(net.parameters()).device
+    random = build_cpfs_model(cfg); random.load_state_dict(init_state)
+    rnet = random.to(device).eval().net
+    held = heldout_scenes(cfg)
+    im, inst = held["image"].to(device), held["instances"].to(device)
+    aucs = {"auc_trained": grouping_auc(_embedder(net), im, inst, seed=cfg.seed),
+            "auc_random": grouping_auc(_embedder(rnet), im, inst, seed=cfg.seed)}
+    return net, rnet, held, aucs
+
 
 # %%
 #| export
-def train(loss: str = "ce", data: str = "synthetic", preset: str = "cpu", num_iters=None, batch_size=None,
-          num_pixels=None, image_size=None, sigma="learned", seed: int = 0, out_dir="_runs/cpfs", progress: bool = True) -> dict:
+def train(config: CPFSConfig = None,  # the run's settings (default: the `cpu` preset)
+          **overrides  # `CPFSConfig` fields to set (None keeps the value), e.g. loss="kta", num_iters=100, device="cuda"
+         ) -> dict:
     "Train a CPFS model (or the flow-classification baseline); returns results, the folded model and held-out frames."
-    import copy, json
-    from pathlib import Path
-    from motion_nbs.core import atomic_save, atomic_write
-    from motion_nbs.learner import fit, init_distributed
-    from motion_nbs.models import fold_batchnorm
-    cfg = train_config(loss, data, preset, num_iters, batch_size, num_pixels, image_size, sigma, seed, out_dir)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg = configure(config, **given) if config is not None else CPFSConfig.from_preset(**given)
     init_distributed()
-    out = Path(cfg["out_dir"]); out.mkdir(parents=True, exist_ok=True)
     trainer = build_cpfs_model(cfg)
     init_state = copy.deepcopy(trainer.state_dict())
-    sigma2_initial = trainer.crit.sigma2 if isinstance(trainer.crit, CPFSLoss) else None
+    sigma2_initial = getattr(trainer.crit, "sigma2", None)
     train_ds, valid_ds = train_data(cfg)
-    lr = cfg["baseline_lr"] if loss == "flow_cls" else cfg["lr"]
-    summary = fit(trainer, train_ds, lambda m, b: m(b["image"], b["flow"]), out_dir=out, valid_data=valid_ds,
-                  max_steps=cfg["num_iters"], batch_size=cfg["batch_size"], lr=lr, valid_every=cfg["valid_every"],
-                  patience=cfg["patience"], checkpoint_every=cfg["valid_every"], seed=cfg["seed"], progress=progress,
-                  config={k: v for k, v in cfg.items() if k not in ("num_iters", "out_dir")})  # these may change on resume
-    trainer.eval()
-    net = trainer.net.net if loss == "flow_cls" else trainer.net
-    net.backbone = fold_batchnorm(net.backbone)
-    random = build_cpfs_model(cfg); random.load_state_dict(init_state); random.eval()
-    rnet = random.net.net if loss == "flow_cls" else random.net
-    held = heldout_scenes(cfg)
-    res = dict(summary, config=cfg, sigma2_initial=sigma2_initial,
-               sigma2_final=trainer.crit.sigma2 if isinstance(trainer.crit, CPFSLoss) else None,
-               auc_trained=grouping_auc(_embedder(net), held["image"], held["instances"], seed=seed),
-               auc_random=grouping_auc(_embedder(rnet), held["image"], held["instances"], seed=seed),
-               metrics_path=str(out / "metrics.jsonl"))
-    atomic_save({"backbone": net.backbone.state_dict(), "head": net.mlp.state_dict(),
-                 "meta": {"model": cfg["model"], "loss": loss, "layers": list(net.layers), "folded": True,
-                          "out_dim": net.mlp[-1].out_features, "hidden": net.mlp[0].out_features,
-                          "normalize": net.normalize, "image_size": cfg["image_size"]}}, out / "model.pt")
-    with atomic_write(out / "results.json") as tmp: tmp.write_text(json.dumps(res, indent=1))
+    summary = fit(trainer, train_ds, _trainer_loss, valid_ds, cfg)
+    net, rnet, held, aucs = _evaluate(cfg, trainer, init_state)
+    res = dict(summary, config=cfg.to_dict(), sigma2_initial=sigma2_initial, sigma2_final=getattr(trainer.crit, "sigma2", None),
+               **aucs, metrics_path=None if cfg.out_dir is None else str(Path(cfg.out_dir) / "metrics.jsonl"))
+    if cfg.out_dir is not None and is_main_process(): _save_run(cfg, net, res)
     return dict(res, model=net, random_model=rnet, heldout=held)
 
 
@@ -656,35 +748,35 @@ def train(loss: str = "ce", data: str = "synthetic", preset: str = "cpu", num_it
 def load_cpfs(path  # a `model.pt` written by `train`, or the run folder holding it
              ):
     "The trained `SparseHypercolumn` (CPFS) or `FlowClassificationBaseline` (flow_cls) of a run, in eval mode."
-    from motion_nbs.core import load_model_file
-    from motion_nbs.models import create_model
     ckpt = load_model_file(path, ("backbone", "head", "meta"), "CPFS model", "03_cpfs_train")
     meta = ckpt["meta"]
     backbone = create_model(meta["model"], batchnorm=not meta["folded"])
     backbone.load_state_dict(ckpt["backbone"])
-    if meta["loss"] == "flow_cls":
-        model = FlowClassificationBaseline(backbone, meta["layers"], num_bins=meta["out_dim"] // 2, hidden=meta["hidden"])
-        model.net.mlp.load_state_dict(ckpt["head"])
-    else:
-        model = SparseHypercolumn(backbone, meta["layers"], out_dim=meta["out_dim"], hidden=meta["hidden"], normalize=meta["normalize"])
-        model.mlp.load_state_dict(ckpt["head"])
+    args = meta.get("head_args") or _old_head_args(meta)
+    model = CPFS_OBJECTIVES[meta["loss"]].head(backbone, **args)
+    model.mlp.load_state_dict(ckpt["head"])
     model.meta = dict(meta)
     return model.eval()
+
+def _old_head_args(meta: dict) -> dict:
+    "Head arguments of a `model.pt` written before they were stored (the baseline's output is 2 × bins)."
+    if meta["loss"] == "flow_cls": return dict(layers=meta["layers"], num_bins=meta["out_dim"] // 2, hidden=meta["hidden"])
+    return dict(layers=meta["layers"], out_dim=meta["out_dim"], hidden=meta["hidden"], normalize=meta["normalize"])
 
 
 # %%
 with tempfile.TemporaryDirectory() as _d:
-    from motion_nbs.models import alexnet_cpfs_small, fold_batchnorm
-    from motion_nbs.core import atomic_save
     torch.manual_seed(0)
-    _m = SparseHypercolumn(alexnet_cpfs_small(batchnorm=True)).eval()
-    _m.backbone = fold_batchnorm(_m.backbone)
-    atomic_save({"backbone": _m.backbone.state_dict(), "head": _m.mlp.state_dict(),
-                 "meta": {"model": "alexnet_cpfs_small", "loss": "ce", "layers": list(_m.layers), "folded": True,
-                          "out_dim": 16, "hidden": 1024, "normalize": True, "image_size": 128}}, Path(_d) / "model.pt")
-    _l = load_cpfs(_d)
-    _im, _xy = torch.rand(2, 3, 64, 64), sample_pixels(2, 10, 64, 64)
-    test_close(_l(_im, _xy), _m(_im, _xy), eps=1e-5)
+    for _loss, _head in (("ce", SparseHypercolumn), ("flow_cls", FlowClassificationBaseline)):
+        _m = _head(alexnet_cpfs_small(batchnorm=True)).eval()
+        _m.backbone = fold_batchnorm(_m.backbone)
+        atomic_save({"backbone": _m.backbone.state_dict(), "head": _m.mlp.state_dict(),
+                     "meta": {"model": "alexnet_cpfs_small", "loss": _loss, "folded": True, "head_args": _m.head_args(),
+                              "image_size": 128}}, Path(_d) / "model.pt")
+        _l = load_cpfs(_d)
+        _im, _xy = torch.rand(2, 3, 64, 64), sample_pixels(2, 10, 64, 64)
+        test_eq(type(_l), _head)
+        test_close(_l(_im, _xy), _m(_im, _xy), eps=1e-5)
     test_fail(lambda: load_cpfs(Path(_d) / "nope.pt"), contains="no such checkpoint")
 
 

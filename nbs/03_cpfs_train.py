@@ -31,28 +31,33 @@ num_pixels = None      # pixels sampled per image for the loss (None: the preset
 image_size = None      # side of the square training crops (None: the preset's)
 sigma = "learned"      # RBF bandwidth: "learned" (starts from the thesis value 0.0036 for sigma squared) or a fixed sigma squared
 seed = 0               # seeds initialisation, data and pixel sampling
+device = None          # "cpu", "cuda", "cuda:1", "mps"; None: CUDA if present, else MPS, else the CPU
+amp = "auto"           # mixed precision: "bf16", "fp16" or "off"; "auto": bf16 on CUDA, off on the CPU
+num_workers = 0        # data-loading processes (they also render the scene pool)
 out_dir = "_runs/cpfs" # checkpoints, metrics and results go here
 
 # %%
-from motion_nbs.cpfs import train_config
+from motion_nbs.cpfs import CPFSConfig
 
-params = dict(loss=loss, data=data, preset=preset, num_iters=num_iters, batch_size=batch_size,
-              num_pixels=num_pixels, image_size=image_size, sigma=sigma, seed=seed, out_dir=out_dir)
-train_config(**params)  # raises a ValueError naming the bad parameter and the valid choices
+config = CPFSConfig.from_preset(preset, loss=loss, data=data, num_iters=num_iters, batch_size=batch_size, num_pixels=num_pixels,
+                                image_size=image_size, sigma=sigma, seed=seed, device=device, amp=amp,
+                                num_workers=num_workers, out_dir=out_dir)
+config  # a bad parameter raises a ValueError naming it and the valid choices
 
 # %% [markdown]
 # ## Train
 #
 # The learner (chapter 02c) runs the optimisation: Adam with the thesis' settings, validation on
-# held-out scenes, early stopping with the best checkpoint kept, checkpoints written atomically (a
-# killed run resumes where it stopped when the notebook is run again with the same `out_dir`).
+# held-out pairs, early stopping with the best checkpoint kept, checkpoints written atomically (a
+# killed run resumes where it stopped when the notebook is run again with the same `out_dir`), on the
+# chosen device and precision.
 
 # %%
 #| slow
 from motion_nbs.cpfs import train
 
-result = train(**params)
-print({k: v for k, v in result.items() if k not in ("model", "random_model", "heldout")})
+result = train(config)
+print({k: v for k, v in result.items() if k not in ("model", "random_model", "heldout", "weights_sha256")})
 
 # %% [markdown]
 # ## Loss curves and σ

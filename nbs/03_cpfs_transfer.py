@@ -44,10 +44,12 @@ num_test = None       # held-out frames the probes are scored on (None: the pres
 seg_iters = None      # steps of the segmentation probe (None: the preset's)
 train_missing = True  # train arms whose pre-training run is missing from runs_dir (False: skip them, e.g. while they train elsewhere)
 num_threads = None    # torch CPU threads (None: torch's default; 1 avoids oversubscribing a busy machine)
+device = None         # pre-training and probing device ("cpu", "cuda", ...); None: CUDA if present, else MPS, else the CPU
 runs_dir = "_runs/cpfs_transfer"  # pre-training runs go to {runs_dir}/{loss}_seed{seed} (relative to the repository root)
 results_path = None   # results JSON (+ .png figure); None: nbs/03_cpfs_transfer_results.json for "full", {runs_dir}/results.json otherwise
 
 # %%
+from motion_nbs.core import resolve_device
 from motion_nbs.transfer import TRANSFER_ARMS
 
 PRESETS = {
@@ -69,6 +71,7 @@ if seeds is not None and (not isinstance(seeds, (list, tuple)) or not seeds or n
     raise ValueError(f"seeds={seeds!r}; expected a non-empty list of non-negative ints or None (the preset's)")
 if not isinstance(train_missing, bool): raise ValueError(f"train_missing={train_missing!r}; valid: True, False")
 for _name in ("num_iters", "num_train", "num_test", "seg_iters", "num_threads"): _positive_int(_name, globals()[_name])
+dev = resolve_device(device)  # a device this machine lacks fails here, naming the ones it has
 
 # %% [markdown]
 # ## Settings and data
@@ -136,8 +139,8 @@ def probe_frames(num: int, seed: int, size: int, cache_dir: Path) -> dict:
 
 # %%
 if run:
-    from motion_nbs.cpfs import train_config
-    size = train_config(preset="cpu", image_size=cfg["image_size"])["image_size"]
+    from motion_nbs.cpfs import CPFSConfig
+    size = CPFSConfig.from_preset("cpu", image_size=cfg["image_size"]).image_size
     train_frames = probe_frames(cfg["num_train"], 7_000_001, size, runs)
     test_frames = probe_frames(cfg["num_test"], 7_000_002, size, runs)
     for name, fr in (("train", train_frames), ("test", test_frames)):
@@ -156,25 +159,25 @@ if run:
 # %%
 def pretrained_backbone(arm: str, seed: int):
     "The folded backbone of one arm and seed (trained, or reused from runs_dir) and a short note."
-    from motion_nbs.cpfs import build_cpfs_model, load_cpfs, train
+    from motion_nbs.cpfs import CPFSConfig, build_cpfs_model, load_cpfs, train
     from motion_nbs.models import fold_batchnorm
     from motion_nbs.transfer import calibrate_batchnorm
-    kw = dict(preset="cpu", num_iters=cfg["num_iters"], batch_size=cfg["batch_size"], num_pixels=cfg["num_pixels"],
-              image_size=cfg["image_size"], seed=seed)
+    kw = dict(num_iters=cfg["num_iters"], batch_size=cfg["batch_size"], num_pixels=cfg["num_pixels"],
+              image_size=cfg["image_size"], seed=seed, device=device, progress=False)
     if arm == "random":
-        net = build_cpfs_model(train_config(loss="ce", **kw)).net.backbone  # the trained arms' initial weights
+        net = build_cpfs_model(CPFSConfig.from_preset("cpu", loss="ce", **kw)).net.backbone.to(dev)  # the trained arms' initial weights
         return fold_batchnorm(calibrate_batchnorm(net, train_frames["image"])), "random init, batch norm calibrated"
     out = runs / f"{arm}_seed{seed}"
     done = out / "results.json"
-    want = train_config(loss=arm, out_dir=out, **kw)
+    want = CPFSConfig.from_preset("cpu", loss=arm, out_dir=str(out), **kw)
     if done.exists() and (out / "model.pt").exists():
         prev = json.loads(done.read_text())
-        if prev["steps"] == cfg["num_iters"] and all(prev["config"].get(k) == want[k] for k in want if k != "out_dir"):
-            return load_cpfs(out).backbone, f"reused {out}"
+        same = all(prev["config"].get(k) == v for k, v in want.to_dict().items() if k not in CPFSConfig.RUNTIME)
+        if prev["steps"] == cfg["num_iters"] and same: return load_cpfs(out).backbone.to(dev), f"reused {out}"
     if not train_missing: return None, f"no finished run in {out}: skipped"
     t = time.time()
-    train(loss=arm, out_dir=out, progress=False, **kw)
-    return load_cpfs(out).backbone, f"trained in {time.time() - t:.0f} s"
+    train(want)
+    return load_cpfs(out).backbone.to(dev), f"trained in {time.time() - t:.0f} s"
 
 def evaluate(backbone, seed: int) -> dict:
     "Both probes of chapter 03b on the held-out frames (segmentation: a 128-unit MLP, scored on every 4th pixel)."
@@ -224,8 +227,8 @@ if run:
     results = dict(preset=mode, settings=cfg, records=records, summary=summarize_transfer(records),
                    majority_class=float(torch.bincount(test_frames["label"], minlength=3).max() / len(test_frames["label"])),
                    test_counts=torch.bincount(test_frames["label"], minlength=3).tolist(),
-                   pretrain_settings={k: v for k, v in train_config(preset="cpu", **{k: cfg[k] for k in ("num_iters", "batch_size",
-                                      "num_pixels", "image_size")}).items() if k not in ("loss", "out_dir", "seed")})
+                   pretrain_settings={k: v for k, v in CPFSConfig.from_preset("cpu", **{k: cfg[k] for k in ("num_iters", "batch_size",
+                                      "num_pixels", "image_size")}).to_dict().items() if k not in ("loss", "seed", *CPFSConfig.RUNTIME)})
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(results, indent=1))
     fig = plot_transfer(results["summary"], chance=100 * results["majority_class"])

@@ -25,16 +25,26 @@
 
 # %%
 #| export
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from motion_nbs.core import atomic_save, atomic_write, check_choice, check_int, check_number, full_precision, load_model_file, seed_everything
+from motion_nbs.data import ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, video_flow_pairs
 from motion_nbs.flow import log_flow_magnitude
+from motion_nbs.learner import ExperimentConfig, configure, fit, init_distributed, is_main_process
+from motion_nbs.models import create_model
 
 # %%
 #| hide
 import tempfile
-from pathlib import Path
 
 from fastcore.test import test_close, test_eq, test_fail
 
@@ -116,6 +126,7 @@ def _grid(h, w, dtype, device):
 
 # %%
 #| export
+@full_precision
 def affine_fit(masks: torch.Tensor,  # `(B,L,H,W)` soft segments
                flow: torch.Tensor,  # `(B,2,H,W)` flow in pixels
                ridge: float = 1e-6  # λ / (H·W): Tikhonov term for empty segments
@@ -134,6 +145,7 @@ def affine_fit(masks: torch.Tensor,  # `(B,L,H,W)` soft segments
     eye = torch.eye(3, dtype=dt, device=masks.device)
     return torch.linalg.solve(G + ridge * h * w * eye, rhs)
 
+@full_precision
 def affine_loss(masks: torch.Tensor,  # `(B,L,H,W)` soft segments
                 flow: torch.Tensor,  # `(B,2,H,W)` flow in pixels
                 ridge: float = 1e-6,  # see `affine_fit`
@@ -220,6 +232,7 @@ def _epipolar_rows(flow):
     one = torch.ones_like(xp)
     return torch.stack([xp * x, xp * y, xp, yp * x, yp * y, yp, x, y, one], dim=-1).flatten(1, 2)
 
+@full_precision
 def rigid_fit(masks: torch.Tensor,  # `(B,L,H,W)` soft segments
               flow: torch.Tensor  # `(B,2,H,W)` flow in pixels
              ) -> torch.Tensor:
@@ -232,6 +245,7 @@ def rigid_fit(masks: torch.Tensor,  # `(B,L,H,W)` soft segments
     beta = smallest_eigenvector(0.5 * (Q + Q.transpose(-1, -2)))
     return beta.view(*beta.shape[:-1], 3, 3)
 
+@full_precision
 def rigid_loss(masks: torch.Tensor,  # `(B,L,H,W)` soft segments
                flow: torch.Tensor,  # `(B,2,H,W)` flow in pixels
                residual_scale: float = 1.0  # residuals are divided by this before smooth-L1
@@ -306,6 +320,7 @@ for case in ("static", "empty", "planar"):
 
 # %%
 #| export
+@full_precision
 def entropy_loss(masks: torch.Tensor,  # `(B,L,H,W)` soft segments
                  flow: torch.Tensor,  # `(B,2,H,W)` flow in pixels
                  num_bins: int = 16,  # B: bins of the normalised flow magnitude
@@ -423,7 +438,6 @@ def s3_model(model: str = "fcn8s_small",  # "fcn8s" (thesis) or "fcn8s_small" (C
              output_stride: int = 8  # 8: FCN-8s (thesis); 4 or 2: finer skips (`FCN8s`' extension)
             ) -> S3Model:
     "A freshly initialised `S3Model` on an FCN-8s with `num_segments` output channels."
-    from motion_nbs.models import create_model
     if model not in ("fcn8s", "fcn8s_small"): raise ValueError(f"model={model!r}; valid: 'fcn8s', 'fcn8s_small'")
     if not isinstance(num_segments, int) or isinstance(num_segments, bool) or num_segments < 1:
         raise ValueError(f"num_segments={num_segments!r}; expected a positive int")
@@ -455,7 +469,6 @@ def grid_segments(height: int, width: int,
                   num_segments: int  # L: cells in the grid
                  ) -> torch.Tensor:
     "A fixed grid of `num_segments` cells covering the image, ids 0..L−1 row by row. Shape: → `(H,W)` long."
-    import math
     if num_segments < 1: raise ValueError(f"num_segments must be >= 1, got {num_segments}")
     rows = max(1, math.isqrt(num_segments))
     cols = torch.tensor([num_segments // rows + (r < num_segments % rows) for r in range(rows)])
@@ -511,7 +524,9 @@ test_close(segments_to_rgb(torch.full((1, 2, 1, 1), 0.5))[0, :, 0, 0], SEGMENT_C
 # - `videos`: frame pairs 5 frames apart of the sample clips (bikes, bigbuckbunny) with flow from
 #   OpenCV's DIS, held-out frames from the third (carphone); no ground truth.
 #
-# Presets:
+# A run is one `S3Config` — the learner's settings (chapter 02c) and chapter 4's own: the motion
+# model, the data, the number of segments $L$, the head's temperature, the network. `S3Config.from_preset`
+# fills it from a preset:
 #
 # | | `cpu` | `paper` (section 4.4) |
 # |---|---|---|
@@ -550,92 +565,97 @@ S3_DATA = ("single_cube", "multi_cube", "shapes", "videos")
 RIGID_RESIDUAL_SCALE = 1e-3
 AFFINE_BETA = 0.1
 S3_PRESETS = {
-    "cpu": dict(model="fcn8s_small", output_stride=2, num_iters={"affine": 12_000, "rigid": 24_000, "entropy": 12_000},
-                batch_size=8, image_size=96, pool_size=192, lr=1e-3, lr_schedule="cosine", restore_best=False, dropout=0.0,
-                valid_every=250, patience=None, num_valid=16),
+    "cpu": dict(model="fcn8s_small", output_stride=2, num_iters={"rigid": 24_000, "*": 12_000}, batch_size=8, image_size=96,
+                pool_size=192, lr=1e-3, lr_schedule="cosine", restore_best=False, dropout=0.0, valid_every=250,
+                checkpoint_every=250, patience=None, num_valid=16),
     "paper": dict(model="fcn8s", output_stride=8, num_iters=200_000, batch_size=16, image_size=224, pool_size=None, lr=1e-4,
-                  lr_schedule="constant", restore_best=True, dropout=0.5, valid_every=1000, patience=10, num_valid=500),
+                  lr_schedule="constant", restore_best=True, dropout=0.5, valid_every=1000, checkpoint_every=1000, patience=10,
+                  num_valid=500),
 }
 
 def s3_loss(name: str  # one of `S3_LOSSES`
            ):
     "The training criterion `(masks, flow) → loss` of a loss name (the rigid one with scaled residuals)."
-    if name not in S3_LOSSES: raise ValueError(f"loss={name!r}; valid: {', '.join(S3_LOSSES)}")
+    check_choice("loss", name, S3_LOSSES)
     if name == "rigid": return lambda masks, flow: rigid_loss(masks, flow, residual_scale=RIGID_RESIDUAL_SCALE)
     if name == "affine": return lambda masks, flow: affine_loss(masks, flow, beta=AFFINE_BETA)
     return S3_LOSSES[name]
 
-def train_config(loss: str = "affine", data: str = "single_cube", num_segments: int = 5, temperature: float = 30.0,
-                 preset: str = "cpu", num_iters=None, batch_size=None, image_size=None, seed: int = 0, out_dir="_runs/s3") -> dict:
-    "Validate the training notebook's parameters and fill the unset ones from the preset."
-    if loss not in S3_LOSSES: raise ValueError(f"loss={loss!r}; valid: {', '.join(S3_LOSSES)}")
-    if data not in S3_DATA: raise ValueError(f"data={data!r}; valid: {', '.join(S3_DATA)}")
-    if preset not in S3_PRESETS: raise ValueError(f"preset={preset!r}; valid: {', '.join(S3_PRESETS)}")
-    if not isinstance(num_segments, int) or isinstance(num_segments, bool) or not 1 <= num_segments <= 64:
-        raise ValueError(f"num_segments={num_segments!r}; expected an int in 1..64")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature={temperature!r}; expected a positive number (30 or 10 in the thesis)")
-    cfg = dict(S3_PRESETS[preset])
-    if isinstance(cfg["num_iters"], dict): cfg["num_iters"] = cfg["num_iters"][loss]   # steps per loss
-    for k, v in dict(num_iters=num_iters, batch_size=batch_size, image_size=image_size).items():
-        if v is None: continue
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k}={v!r}; expected a positive int")
-        cfg[k] = v
-    if not 32 <= cfg["image_size"] <= 1024: raise ValueError(f"image_size={cfg['image_size']}; expected 32..1024 pixels")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0: raise ValueError(f"seed={seed!r}; expected a non-negative int")
-    return dict(loss=loss, data=data, num_segments=num_segments, temperature=float(temperature), preset=preset,
-                seed=seed, out_dir=str(out_dir), **cfg)
+@dataclass
+class S3Config(ExperimentConfig):
+    "One S3-CNN training run (chapter 4): the learner's settings, the motion model, the segments, data and network."
+    loss: str = "affine"  # "affine" (eq 4.4), "rigid" (eq 4.5–4.8) or "entropy" (eq 4.9–4.11)
+    data: str = "single_cube"  # "single_cube", "multi_cube", "shapes" (rendered, exact flow) or "videos" (sample clips, DIS flow)
+    model: str = "fcn8s_small"  # "fcn8s" (FCN-8s on VGG-16, the thesis) or "fcn8s_small" (⅛ of the channels)
+    num_segments: int = 5  # L: segments the network predicts
+    temperature: float = 30.0  # β of the soft-mask head (30 or 10 in the thesis)
+    output_stride: int = 2  # 8: FCN-8s; 4 or 2: its skips continued to pool2/pool1
+    dropout: float = 0.0  # dropout after fc6 and fc7 (0.5 in the thesis)
+    out_dir: str | None = "_runs/s3"  # checkpoints, metrics, model.pt and results.json (None: no files)
+
+    PRESETS: ClassVar[dict] = S3_PRESETS
+
+    def validate(self):
+        super().validate()
+        check_choice("loss", self.loss, S3_LOSSES); check_choice("data", self.data, S3_DATA)
+        check_choice("model", self.model, ("fcn8s", "fcn8s_small")); check_choice("output_stride", self.output_stride, (2, 4, 8))
+        if not 1 <= check_int("num_segments", self.num_segments) <= 64: raise ValueError(f"num_segments={self.num_segments!r}; expected an int in 1..64")
+        check_number("temperature", self.temperature)
+        if not 0 <= check_number("dropout", self.dropout, inclusive=True) < 1: raise ValueError(f"dropout={self.dropout!r}; expected 0 <= p < 1")
+        if not 32 <= self.image_size <= 1024: raise ValueError(f"image_size={self.image_size}; expected 32..1024 pixels")
 
 
 # %%
-test_eq(train_config()["model"], "fcn8s_small")
-test_eq([train_config(loss=l)["num_iters"] for l in ("affine", "rigid")], [12_000, 24_000])
-test_eq(train_config(loss="rigid", num_iters=5)["num_iters"], 5)
-test_eq(train_config(preset="paper", batch_size=4)["batch_size"], 4)
-test_fail(lambda: train_config(loss="l2"), contains="valid: affine, rigid, entropy")
-test_fail(lambda: train_config(data="sintel"), contains="valid: single_cube, multi_cube, shapes, videos")
-test_fail(lambda: train_config(num_segments=0), contains="num_segments=0")
-test_fail(lambda: train_config(temperature=-1), contains="temperature=-1")
-test_fail(lambda: train_config(num_iters=2.5), contains="num_iters=2.5")
+test_eq(S3Config.from_preset().model, "fcn8s_small")
+test_eq([S3Config.from_preset(loss=l).num_iters for l in ("affine", "rigid")], [12_000, 24_000])
+test_eq(S3Config.from_preset(loss="rigid", num_iters=5).num_iters, 5)
+test_eq(S3Config.from_preset("paper", batch_size=4).batch_size, 4)
+test_fail(lambda: S3Config.from_preset(loss="l2"), contains="valid: affine, rigid, entropy")
+test_fail(lambda: S3Config.from_preset(data="sintel"), contains="valid: single_cube, multi_cube, shapes, videos")
+test_fail(lambda: S3Config.from_preset(num_segments=0), contains="num_segments=0")
+test_fail(lambda: S3Config.from_preset(temperature=-1), contains="temperature=-1")
+test_fail(lambda: S3Config.from_preset(num_iters=2.5), contains="num_iters=2.5")
 
 
 # %%
 #| export
-def train_data(cfg: dict):
-    "(training set, validation set) of a `train_config`."
-    from motion_nbs.data import ImageFlowSamples, PairedAugment, SceneDataset, paired_crop, video_flow_pairs
-    size = cfg["image_size"]
-    aug = PairedAugment(crop_size=size, colour=cfg["data"] == "videos")
-    if cfg["data"] == "videos":
-        frames = video_flow_pairs(("bikes", "bigbuckbunny"), size, cfg["seed"], 48)
-        centre = lambda s: paired_crop(s, (s["image"].shape[-2] - size) // 2, (s["image"].shape[-1] - size) // 2, size, size)
-        valid = [centre(s) for s in frames[-cfg["num_valid"]:]]
-        return ImageFlowSamples(frames[:-cfg["num_valid"]], aug), ImageFlowSamples(valid)
-    valid = ImageFlowSamples(SceneDataset(cfg["data"], length=cfg["num_valid"], seed=cfg["seed"] + 1_000_003, size=(size, size)))
-    n = cfg["pool_size"] or cfg["num_iters"] * cfg["batch_size"]
-    return ImageFlowSamples(SceneDataset(cfg["data"], length=n, seed=cfg["seed"], size=(size, size)), aug, cache=cfg["pool_size"] is not None), valid
+def train_data(cfg: S3Config):
+    "(training set, validation set) of an `S3Config`; rendered pools and the validation set are built once, up front."
+    size, show = cfg.image_size, cfg.progress and is_main_process()
+    aug = PairedAugment(crop_size=size, colour=cfg.data == "videos")
+    centre = lambda s: paired_centre_crop(s, size)
+    if cfg.data == "videos":
+        frames = video_flow_pairs(("bikes", "bigbuckbunny"), size, cfg.seed, 48)
+        valid = ImageFlowSamples(frames[-cfg.num_valid:], centre, cache=True).fill()
+        return ImageFlowSamples(frames[:-cfg.num_valid], aug), valid
+    valid = ImageFlowSamples(SceneDataset(cfg.data, length=cfg.num_valid, seed=cfg.seed + 1_000_003, size=(size, size)), cache=True)
+    valid.fill(cfg.num_workers, show, "validation scenes")
+    n = cfg.pool_size or cfg.num_iters * cfg.batch_size
+    train = ImageFlowSamples(SceneDataset(cfg.data, length=n, seed=cfg.seed, size=(size, size)), aug, cache=cfg.pool_size is not None)
+    if cfg.pool_size is not None: train.fill(cfg.num_workers, show, "render pool")
+    return train, valid
 
-def heldout_frames(cfg: dict, num: int = 32) -> dict:
+def heldout_frames(cfg: S3Config, num: int = 32) -> dict:
     """Frames no training step saw, for evaluation and figures: a batch dict of image, flow and, for
     rendered data, `target` (faces for `single_cube`, instances otherwise)."""
-    from motion_nbs.data import SceneDataset, paired_crop, video_flow_pairs
-    size = cfg["image_size"]
-    if cfg["data"] == "videos":
-        items = [paired_crop(s, (s["image"].shape[-2] - size) // 2, (s["image"].shape[-1] - size) // 2, size, size)
-                 for s in video_flow_pairs(("carphone",), size, cfg["seed"], num)]
+    size = cfg.image_size
+    if cfg.data == "videos":
+        items = [paired_centre_crop(s, size) for s in video_flow_pairs(("carphone",), size, cfg.seed, num)]
         return {k: torch.stack([it[k] for it in items]) for k in ("image", "flow")}
-    ds = SceneDataset(cfg["data"], length=num, seed=cfg["seed"] + 2_000_003, size=(size, size))
+    ds = SceneDataset(cfg.data, length=num, seed=cfg.seed + 2_000_003, size=(size, size))
     items = [ds[i] for i in range(num)]
     out = {k: torch.stack([it[k] for it in items]) for k in ("image", "flow")}
-    out["target"] = torch.stack([it["parts" if cfg["data"] == "single_cube" else "instances"] for it in items])
+    out["target"] = torch.stack([it["parts" if cfg.data == "single_cube" else "instances"] for it in items])
     return out
 
-def evaluate_segments(model: S3Model,  # a trained (or any) model
-                      frames: dict,  # `heldout_frames`: image, flow, target
+def evaluate_segments(model: S3Model,  # a trained (or any) model, on any device
+                      frames: dict,  # `heldout_frames`: image, flow, target (on the CPU)
                       batch_size: int = 16) -> dict:
-    "Matched mIoU of the model's hard segments and of the grid baseline against `frames['target']`, and the loss terms."
+    "Matched mIoU of the model's hard segments and of the grid baseline against `frames['target']`, and the segments used."
     model.eval()
-    pred = torch.cat([model.segment(frames["image"][i:i + batch_size]) for i in range(0, len(frames["image"]), batch_size)])
+    device = next(model.parameters()).device
+    pred = torch.cat([model.segment(frames["image"][i:i + batch_size].to(device)).cpu()
+                      for i in range(0, len(frames["image"]), batch_size)])
     L = model.backbone.num_classes
     out = {"num_frames": len(pred)}
     if "target" in frames:
@@ -647,48 +667,45 @@ def evaluate_segments(model: S3Model,  # a trained (or any) model
 
 # %% [markdown]
 # `train` builds the data and the model, runs `fit` (chapter 02c: checkpoints, resume, early stopping
-# on the validation loss, DDP under torchrun), evaluates the best model on held-out frames, and writes
-# `model.pt` (weights and metadata, loadable with `weights_only=True`) and `results.json` into
-# `out_dir`, both atomically.
+# on the validation loss, device and precision, DDP under torchrun), evaluates the model on held-out
+# frames on the training device, and — from the main process only — writes `model.pt` (weights and
+# metadata, loadable with `weights_only=True`) and `results.json` into `out_dir`, both atomically.
+
+# %%
+#| exporti
+def _save_run(cfg: S3Config, model: S3Model, res: dict):
+    out = Path(cfg.out_dir)
+    atomic_save({"model": {k: v.cpu() for k, v in model.state_dict().items()},
+                 "meta": {"model": cfg.model, "output_stride": cfg.output_stride, "num_segments": cfg.num_segments,
+                          "temperature": cfg.temperature, "batchnorm": True, "loss": cfg.loss, "data": cfg.data,
+                          "image_size": cfg.image_size}}, out / "model.pt")
+    with atomic_write(out / "results.json") as tmp: tmp.write_text(json.dumps(res, indent=1))
+
 
 # %%
 #| export
-def train(loss: str = "affine", data: str = "single_cube", num_segments: int = 5, temperature: float = 30.0,
-          preset: str = "cpu", num_iters=None, batch_size=None, image_size=None, seed: int = 0, out_dir="_runs/s3",
-          progress: bool = True) -> dict:
+def train(config: S3Config = None,  # the run's settings (default: the `cpu` preset)
+          **overrides  # `S3Config` fields to set (None keeps the value), e.g. loss="rigid", data="multi_cube", device="cuda"
+         ) -> dict:
     "Train an S3-CNN; returns the results, the model and the held-out frames."
-    import json, time
-    from pathlib import Path
-    from motion_nbs.core import atomic_save, atomic_write, seed_everything
-    from motion_nbs.learner import fit, init_distributed
-    cfg = train_config(loss, data, num_segments, temperature, preset, num_iters, batch_size, image_size, seed, out_dir)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg = configure(config, **given) if config is not None else S3Config.from_preset(**given)
     init_distributed()
-    out = Path(cfg["out_dir"]); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    seed_everything(cfg["seed"])
-    model = s3_model(cfg["model"], cfg["num_segments"], cfg["temperature"], dropout=cfg["dropout"],
-                     output_stride=cfg["output_stride"])
+    seed_everything(cfg.seed)
+    model = s3_model(cfg.model, cfg.num_segments, cfg.temperature, dropout=cfg.dropout, output_stride=cfg.output_stride)
     train_ds, valid_ds = train_data(cfg)
-    crit = s3_loss(cfg["loss"])
-    summary = fit(model, train_ds, lambda m, b: crit(m(b["image"]), b["flow"]), out_dir=out, valid_data=valid_ds,
-                  max_steps=cfg["num_iters"], batch_size=cfg["batch_size"], lr=cfg["lr"], lr_schedule=cfg["lr_schedule"],
-                  restore_best=cfg["restore_best"], valid_every=cfg["valid_every"],
-                  patience=cfg["patience"], checkpoint_every=cfg["valid_every"], seed=cfg["seed"], progress=progress,
-                  config={k: v for k, v in cfg.items() if k not in ("num_iters", "out_dir")})  # these may change on resume
-    model.cpu().eval()
+    crit = s3_loss(cfg.loss)
+    summary = fit(model, train_ds, lambda m, b: crit(m(b["image"]), b["flow"]), valid_ds, cfg)
     held = heldout_frames(cfg)
-    res = dict(summary, config=cfg, **evaluate_segments(model, held), seconds=round(time.time() - t0, 1),
-               metrics_path=str(out / "metrics.jsonl"))
-    atomic_save({"model": model.state_dict(), "meta": {"model": cfg["model"], "output_stride": cfg["output_stride"],
-                 "num_segments": cfg["num_segments"], "temperature": cfg["temperature"], "batchnorm": True, "loss": cfg["loss"],
-                 "data": cfg["data"], "image_size": cfg["image_size"]}}, out / "model.pt")
-    with atomic_write(out / "results.json") as tmp: tmp.write_text(json.dumps(res, indent=1))
+    res = dict(summary, config=cfg.to_dict(), **evaluate_segments(model, held), seconds=round(time.time() - t0, 1),
+               metrics_path=None if cfg.out_dir is None else str(Path(cfg.out_dir) / "metrics.jsonl"))
+    if cfg.out_dir is not None and is_main_process(): _save_run(cfg, model, res)
     return dict(res, model=model, heldout=held)
 
 def load_s3(path  # a `model.pt` written by `train`, or the run folder holding it
            ) -> S3Model:
     "The trained `S3Model` of a run, in eval mode (weights loaded with `weights_only=True`)."
-    from motion_nbs.core import load_model_file
     ckpt = load_model_file(path, ("model", "meta"), "S3 model", "04_s3_train")
     m = ckpt["meta"]
     model = s3_model(m["model"], m["num_segments"], m["temperature"], m["batchnorm"], output_stride=m.get("output_stride", 8))
@@ -698,7 +715,6 @@ def load_s3(path  # a `model.pt` written by `train`, or the run folder holding i
 
 
 # %%
-from motion_nbs.core import atomic_save
 for _stride in (8, 2):   # a checkpoint without `output_stride` (written before it existed) is FCN-8s
     with tempfile.TemporaryDirectory() as _d:
         torch.manual_seed(0)

@@ -31,14 +31,18 @@ num_iters = None        # training steps (None: the preset's)
 batch_size = None       # images per step (None: the preset's)
 image_size = None       # side of the square training crops (None: the preset's)
 seed = 0                # seeds initialisation, data and augmentation
+device = None           # "cpu", "cuda", "cuda:1", "mps"; None: CUDA if present, else MPS, else the CPU
+amp = "auto"            # mixed precision: "bf16", "fp16" or "off"; "auto": bf16 on CUDA, off on the CPU
+num_workers = 0         # data-loading processes (they also render the scene pool)
 out_dir = "_runs/s3"    # checkpoints, metrics and results go here
 
 # %%
-from motion_nbs.s3 import train_config
+from motion_nbs.s3 import S3Config
 
-params = dict(loss=loss, data=data, num_segments=num_segments, temperature=temperature, preset=preset,
-              num_iters=num_iters, batch_size=batch_size, image_size=image_size, seed=seed, out_dir=out_dir)
-train_config(**params)  # raises a ValueError naming the bad parameter and the valid choices
+config = S3Config.from_preset(preset, loss=loss, data=data, num_segments=num_segments, temperature=temperature,
+                              num_iters=num_iters, batch_size=batch_size, image_size=image_size, seed=seed, device=device,
+                              amp=amp, num_workers=num_workers, out_dir=out_dir)
+config  # a bad parameter raises a ValueError naming it and the valid choices
 
 # %% [markdown]
 # ## Train
@@ -51,8 +55,8 @@ train_config(**params)  # raises a ValueError naming the bad parameter and the v
 #| slow
 from motion_nbs.s3 import train
 
-result = train(**params)
-print({k: v for k, v in result.items() if k not in ("model", "heldout")})
+result = train(config)
+print({k: v for k, v in result.items() if k not in ("model", "heldout", "weights_sha256")})
 
 # %%
 #| slow

@@ -943,7 +943,8 @@ for name, make in classifiers.items():
     else:
         t0 = time.time()
         fit(model, Flipped(train_images - SHAPES_MEAN, train_labels), supervised(nn.CrossEntropyLoss()),
-            max_steps=STEPS[name], batch_size=32, lr=1e-3, progress=False, valid_every=10**9, checkpoint_every=10**9)
+            num_iters=STEPS[name], batch_size=32, lr=1e-3, progress=False, valid_every=10**9, checkpoint_every=10**9)
+        model.cpu()  # trained on the default device (a GPU where there is one); the figures below run on the CPU
         calibrate_batchnorm(model, train_images - SHAPES_MEAN, batch_size=100)
         saved = {"model": model.state_dict(), "seconds": time.time() - t0}
         atomic_save(saved, path)
