@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'LR_SCHEDULES', 'AMP_MODES', 'load_checkpoint', 'load_weights', 'init_distributed',
            'is_main_process', 'supervised', 'TrainConfig', 'configure', 'resolve_amp', 'ExperimentConfig', 'Learner',
-           'fit', 'read_metrics', 'plot_metrics', 'run_task', 'train_cli']
+           'fit', 'read_metrics', 'plot_metrics', 'images_per_second', 'run_task', 'train_cli']
 
 # %% ../nbs/02c_learner.ipynb #fe69a3bf
 import argparse
@@ -479,6 +479,11 @@ class Learner:
                      "best_step": self.best_step, "bad_validations": self.bad, "stopped_early": self.stopped,
                      "config": self.stored_config}, path)
 
+    def _sync_buffers(self):
+        "Give every process rank 0's buffers (batch-norm statistics), as DDP does at the start of each forward pass."
+        if self.world == 1: return
+        for b in self.model.buffers(): dist.broadcast(b, 0)
+
     def _after_step(self, bar):
         "Check, log, validate and checkpoint at their intervals."
         c, s = self.cfg, self.step
@@ -487,6 +492,7 @@ class Learner:
         validate = self.valid_data is not None and (s % c.valid_every == 0 or end)
         save = self.out is not None and (s % c.checkpoint_every == 0 or end)
         if log or validate or save: self._check_finite()
+        if validate or save or end: self._sync_buffers()  # each process ran its last forward pass on its own shard
         if log: self._log_train(bar)
         if validate: self._after_validation(self._validate())
         if self.out is not None and (save or self.stopped): self._save(self.out / "last.pt")
@@ -494,6 +500,7 @@ class Learner:
     def _finish(self):
         "Restore the best weights (if asked) and check that every process ends with the same weights."
         _barrier()  # rank 0 may still be writing best.pt
+        self._sync_buffers()  # a run stopped early, or resumed when finished, has not synchronised them yet
         if self.cfg.restore_best:
             if self.best_state is not None: self.model.load_state_dict(self.best_state)
             elif self.best_step is not None and self.out is not None and (self.out / "best.pt").exists():
@@ -567,6 +574,16 @@ def plot_metrics(path,  # a metrics.jsonl file or the run's out_dir
     ax.set_xlabel("step"); ax.legend(); ax.grid(alpha=0.3)
     if logy: ax.set_yscale("log")
     return ax
+
+# %% ../nbs/02c_learner.ipynb #00432d76
+def images_per_second(path,  # a metrics.jsonl file or the run's out_dir
+                      batch_size: int  # images per step
+                     ) -> float:
+    "Training speed of a run: images per second between consecutive log lines (across a resume, each process's own clock)."
+    recs = [r for r in read_metrics(path) if "train_loss" in r]
+    pairs = [(b["step"] - a["step"], b["seconds"] - a["seconds"]) for a, b in zip(recs, recs[1:]) if b["seconds"] > a["seconds"]]
+    if not pairs: raise ValueError(f"{path}: fewer than two timed log lines; cannot measure the speed")
+    return batch_size * sum(n for n, _ in pairs) / sum(t for _, t in pairs)
 
 # %% ../nbs/02c_learner.ipynb #e26693a8
 def _resolve_task(spec: str):

@@ -490,7 +490,11 @@ test_fail(lambda: _Toy.from_preset(lr_rate=1.0), contains="unknown setting(s) ['
 # again with the same `out_dir` loads the result (a rerun notebook returns at once).
 #
 # The loop is a small class whose methods are the steps of a run: `_resume`, `_one_step`,
-# `_check_finite`, `_log_train`, `_validate`, `_after_validation`, `_save` and `_finish`. Losses stay
+# `_check_finite`, `_log_train`, `_validate`, `_after_validation`, `_save` and `_finish`. Under DDP the
+# parameters agree across processes after every step, but each process updates its batch-norm
+# statistics on its own shard; before validating, saving and finishing they are set to rank 0's (as
+# DDP itself does at the next forward pass), and `_finish` checks that every process ends with
+# bitwise-equal weights. Losses stay
 # on the device: the host reads them (one synchronisation) only every `log_every` steps, and before
 # anything is validated or saved — so a non-finite loss is caught before it can reach a checkpoint,
 # and the error names the first step at which it appeared.
@@ -687,6 +691,11 @@ class Learner:
                      "best_step": self.best_step, "bad_validations": self.bad, "stopped_early": self.stopped,
                      "config": self.stored_config}, path)
 
+    def _sync_buffers(self):
+        "Give every process rank 0's buffers (batch-norm statistics), as DDP does at the start of each forward pass."
+        if self.world == 1: return
+        for b in self.model.buffers(): dist.broadcast(b, 0)
+
     def _after_step(self, bar):
         "Check, log, validate and checkpoint at their intervals."
         c, s = self.cfg, self.step
@@ -695,6 +704,7 @@ class Learner:
         validate = self.valid_data is not None and (s % c.valid_every == 0 or end)
         save = self.out is not None and (s % c.checkpoint_every == 0 or end)
         if log or validate or save: self._check_finite()
+        if validate or save or end: self._sync_buffers()  # each process ran its last forward pass on its own shard
         if log: self._log_train(bar)
         if validate: self._after_validation(self._validate())
         if self.out is not None and (save or self.stopped): self._save(self.out / "last.pt")
@@ -702,6 +712,7 @@ class Learner:
     def _finish(self):
         "Restore the best weights (if asked) and check that every process ends with the same weights."
         _barrier()  # rank 0 may still be writing best.pt
+        self._sync_buffers()  # a run stopped early, or resumed when finished, has not synchronised them yet
         if self.cfg.restore_best:
             if self.best_state is not None: self.model.load_state_dict(self.best_state)
             elif self.best_step is not None and self.out is not None and (self.out / "best.pt").exists():
@@ -929,6 +940,25 @@ def plot_metrics(path,  # a metrics.jsonl file or the run's out_dir
 
 
 # %%
+#| export
+def images_per_second(path,  # a metrics.jsonl file or the run's out_dir
+                      batch_size: int  # images per step
+                     ) -> float:
+    "Training speed of a run: images per second between consecutive log lines (across a resume, each process's own clock)."
+    recs = [r for r in read_metrics(path) if "train_loss" in r]
+    pairs = [(b["step"] - a["step"], b["seconds"] - a["seconds"]) for a, b in zip(recs, recs[1:]) if b["seconds"] > a["seconds"]]
+    if not pairs: raise ValueError(f"{path}: fewer than two timed log lines; cannot measure the speed")
+    return batch_size * sum(n for n, _ in pairs) / sum(t for _, t in pairs)
+
+
+# %%
+with tempfile.TemporaryDirectory() as _tmp:
+    (Path(_tmp) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"step": 10, "train_loss": 1, "seconds": 2.0}, {"step": 20, "train_loss": 1, "seconds": 4.0}, {"step": 20, "valid_loss": 1},
+        {"step": 30, "train_loss": 1, "seconds": 1.0}, {"step": 40, "train_loss": 1, "seconds": 3.0}]))   # resumed after step 20
+    test_eq(images_per_second(_tmp, 8), 8 * 20 / 4.0)
+
+# %%
 with tempfile.TemporaryDirectory() as _tmp:
     torch.manual_seed(0)
     fit(nn.Linear(4, 1), _Noisy(64), supervised(nn.MSELoss()), out_dir=_tmp, valid_data=_Noisy(16, 1), num_iters=100,
@@ -1122,7 +1152,7 @@ test_fail(lambda: train_cli(["--task", "motion_nbs.nowhere:train"]), contains="c
 #   steps, `metrics.jsonl`, tqdm progress; bit-exact resume; any device, with bf16/fp16 autocast;
 #   DDP under torchrun, where the processes must end with the same weights.
 # - Loss functions take `(model, batch)`; `supervised(criterion)` adapts `criterion(output, target)`.
-# - `load_checkpoint`, `load_weights`, `read_metrics`, `plot_metrics`.
+# - `load_checkpoint`, `load_weights`, `read_metrics`, `plot_metrics`, `images_per_second`.
 # - `motion_nbs_train --task module:function --name value ...` runs a chapter's training function,
 #   also as `torchrun --nproc_per_node=N --no-python motion_nbs_train ...`, and prints a one-line summary.
 

@@ -60,6 +60,22 @@ result = train(config)
 print({k: v for k, v in result.items() if k not in ("model", "random_model", "heldout", "weights_sha256")})
 
 # %% [markdown]
+# Training speed on this machine, from the metrics file (and, on a GPU, the memory peak). On two CPU
+# cores the `cpu` preset trains at about 150 images/s. The `paper` preset has not yet been run on a GPU
+# by the book's developers (none was available); the line below reports it where it runs.
+
+# %%
+#| slow
+import torch
+
+from motion_nbs.learner import images_per_second
+
+precision = "float32" if result["amp"] == "off" else f"{result['amp']} autocast"
+print(f"{result['device']}, {precision}, {result['world_size']} process(es): "
+      f"{images_per_second(result['metrics_path'], config.batch_size):.1f} training images/s")
+if result["device"].startswith("cuda"): print(f"GPU memory peak: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+# %% [markdown]
 # ## Loss curves and σ
 
 # %%

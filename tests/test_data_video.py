@@ -189,3 +189,22 @@ def test_augmented_flow_still_explains_the_next_frame():
 def test_crop_larger_than_image():
     with pytest.raises(ValueError, match="crop 64x64 is larger than the image 40x56"): paired_crop(_sample(), 0, 0, 64, 64)
     with pytest.raises(ValueError, match="scale must satisfy"): PairedAugment(scale=(0.5, 1.5))
+
+
+# --- training on shards -----------------------------------------------------------------------
+
+def test_cpfs_on_shards_validates_on_heldout_shards(reference_build, tmp_path):
+    "CPFS training on a shard folder holds out the last shard for validation (cached centre crops) and trains on the rest."
+    from motion_nbs.cpfs import CPFSConfig, train, train_data
+    from motion_nbs.data import split_heldout
+    ds = FlowPairDataset(reference_build)
+    tr, va = split_heldout(ds, 2)
+    assert {ds.items[i][0] for i in va.indices} == {str(reference_build / "pairs-000002.tar")}
+    assert not {ds.items[i][0] for i in tr.indices} & {ds.items[i][0] for i in va.indices} and len(tr) == 4
+    cfg = CPFSConfig.from_preset(data=str(reference_build), num_valid=2, image_size=64, num_pixels=16, num_iters=2, batch_size=2,
+                                 out_dir=str(tmp_path / "run"), progress=False)
+    train_ds, valid_ds = train_data(cfg)
+    assert len(train_ds) == 4 and valid_ds.base.indices == va.indices and sorted(valid_ds.cache) == [0, 1]
+    assert valid_ds[0]["image"].shape == (3, 64, 64) and valid_ds[1]["flow"].shape == (2, 64, 64)
+    res = train(cfg)
+    assert res["steps"] == 2 and res["best_valid_loss"] is not None and (tmp_path / "run" / "model.pt").exists()
