@@ -60,8 +60,9 @@ print({k: v for k, v in result.items() if k not in ("model", "heldout", "weights
 
 # %% [markdown]
 # Training speed on this machine, from the metrics file (and, on a GPU, the memory peak). On two CPU
-# cores the `cpu` preset trains at about 200 images/s with the affine loss. The `paper` preset has not yet been run on a GPU
-# by the book's developers (none was available); the line below reports it where it runs.
+# cores the `cpu` preset trains at about 200 images/s with the affine loss. The `paper` preset has not
+# yet been run on a GPU by the book's developers (none was available); the line below reports it where
+# it runs.
 
 # %%
 #| slow
