@@ -43,6 +43,7 @@ weights_path = None      # alexnet/vgg16: torchvision's ImageNet weights file (N
 cnn_layers = None        # comma-separated layers to study (None: the network's default, see NETWORKS)
 seed = 0                 # seeds every initialisation
 num_threads = 1          # torch CPU threads (None: torch's default); on a shared, loaded CPU more threads can be ~60x slower
+device = None            # "cpu", "cuda", "cuda:1", "mps"; None: CUDA if present, else MPS, else the CPU
 out_dir = "../_runs/preimage"  # results.json and figures go here
 
 # %%
@@ -88,7 +89,10 @@ layers = [l.strip() for l in str(cnn_layers or net_cfg["layers"]).split(",") if 
 if not isinstance(seed, int): raise ValueError(f"seed must be an int, got {seed!r}")
 if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
     raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
-print(preset, cfg, chosen)
+from motion_nbs.core import resolve_device
+
+device = resolve_device(device)  # a device this machine does not have fails here, naming those it has
+print(preset, cfg, chosen, device)
 
 # %%
 import json
@@ -98,13 +102,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from motion_nbs.core import default_device, show_images
+from motion_nbs.core import show_images
 from motion_nbs.features import HOG, DenseSIFT, hog_glyphs
 from motion_nbs.preimage import (LayerPhi, caricature, classification_consistency, gradient_histogram_intersection,
                                  invert, maximize, natural_images, normalized_error, unit_maximum)
 
 if num_threads: torch.set_num_threads(num_threads)
-device = default_device()
 out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
 results = {"preset": preset, "config": cfg, "num_iters": num_iters, "network": network}
 def save(): (out / "results.json").write_text(json.dumps(results, indent=1))
