@@ -27,7 +27,7 @@ from .core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check
 from .data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, split_heldout,
                              video_flow_pairs)
 from .flow import flow_to_classes, normalize_flow_log
-from .learner import ExperimentConfig, configure, fit, init_distributed, is_main_process
+from .learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
 from .models import create_model, fold_batchnorm, layer_outputs
 
 # %% ../nbs/03_cpfs.ipynb #6268b129
@@ -363,10 +363,10 @@ class CPFSTrainer(nn.Module):
         xy = sample_pixels(b, self.num_pixels, h, w, device=image.device)
         return self.crit(self.net(image, xy), gather_pixels(flow, xy))
 
-def _heldout_pairs(pairs, cfg, progress: bool):
-    "The validation view of held-out pairs: centre crops, cached after one read."
-    crop = lambda s: paired_centre_crop(s, cfg.image_size)
-    return ImageFlowSamples(pairs, crop, cache=True).fill(cfg.num_workers, progress, "validation pairs")
+def _heldout_pairs(pairs, cfg, progress: bool, crop: bool = True):
+    "The validation view of held-out pairs (centre crops), this process's share read once, up front, and cached."
+    view = ImageFlowSamples(pairs, (lambda s: paired_centre_crop(s, cfg.image_size)) if crop else None, cache=True)
+    return view.fill(cfg.num_workers, progress, "validation pairs", process_share(len(pairs)))
 
 def train_data(cfg: CPFSConfig):
     "(training set, validation set) of a `CPFSConfig`."
@@ -375,7 +375,8 @@ def train_data(cfg: CPFSConfig):
         n = cfg.pool_size or cfg.num_iters * cfg.batch_size
         train = ImageFlowSamples(SceneDataset("shapes", length=n, seed=cfg.seed, size=(r, r)), aug, cache=cfg.pool_size is not None)
         if cfg.pool_size is not None: train.fill(cfg.num_workers, show, "render pool")
-        return train, _heldout_pairs(SceneDataset("shapes", length=cfg.num_valid, seed=cfg.seed + 1_000_003, size=(r, r)), cfg, show)
+        valid = SceneDataset("shapes", length=cfg.num_valid, seed=cfg.seed + 1_000_003, size=(cfg.image_size,) * 2)
+        return train, _heldout_pairs(valid, cfg, show, crop=False)
     if cfg.data == "videos":
         pairs = video_flow_pairs(SAMPLE_VIDEOS, r, cfg.seed)
         if len(pairs) <= cfg.num_valid: raise ValueError(f"num_valid={cfg.num_valid}; the sample videos give only {len(pairs)} pairs")

@@ -765,11 +765,13 @@ class ImageFlowSamples(torch.utils.data.Dataset):
         return self.transform(s) if self.transform is not None else s
 
     def fill(self, num_workers: int = 0,  # processes that read (render) the items; 0: this one
-             progress: bool = False, desc: str = "cache"):
-        "Read every item into the cache now: a pool rendered once, up front, that DataLoader workers then share."
+             progress: bool = False, desc: str = "cache",
+             indices=None  # the items to read (e.g. one process's share of a validation set); None: all
+            ):
+        "Read items into the cache now: a pool rendered once, up front, that DataLoader workers then share."
         from tqdm.auto import tqdm
         if self.cache is None: raise ValueError("fill() needs an ImageFlowSamples made with cache=True")
-        todo = [i for i in range(len(self.base)) if i not in self.cache]
+        todo = [i for i in (range(len(self.base)) if indices is None else indices) if i not in self.cache]
         loader = torch.utils.data.DataLoader(self.base, batch_size=None, sampler=todo, num_workers=num_workers, collate_fn=_image_flow)
         for i, s in zip(todo, tqdm(loader, total=len(todo), desc=desc, disable=not progress or not todo, leave=False)):
             self.cache[i] = {k: v.clone() for k, v in s.items()}  # own memory: no shared-memory handle per cached tensor

@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'LR_SCHEDULES', 'AMP_MODES', 'load_checkpoint', 'load_weights', 'init_distributed',
-           'is_main_process', 'supervised', 'TrainConfig', 'configure', 'resolve_amp', 'ExperimentConfig', 'Learner',
-           'fit', 'read_metrics', 'plot_metrics', 'images_per_second', 'run_task', 'train_cli']
+           'is_main_process', 'process_share', 'supervised', 'TrainConfig', 'configure', 'resolve_amp',
+           'ExperimentConfig', 'Learner', 'fit', 'read_metrics', 'plot_metrics', 'images_per_second', 'run_task',
+           'train_cli']
 
 # %% ../nbs/02c_learner.ipynb #fe69a3bf
 import argparse
@@ -121,6 +122,12 @@ def init_distributed() -> bool:
 def is_main_process() -> bool:
     "True in a single process and in rank 0 of a distributed run: the process that writes files."
     return _world()[0] == 0
+
+def process_share(n: int  # items of a data set every process holds, e.g. a validation set
+                 ) -> range:
+    "The indices this process evaluates: every `world_size`-th item from its rank (all of them in a single process)."
+    rank, world = _world()
+    return range(rank, n, world)
 
 # %% ../nbs/02c_learner.ipynb #79f99894
 def _world() -> tuple:
@@ -449,7 +456,7 @@ class Learner:
         try:
             total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
             # in the main process: validation sets are small and cached, and workers would lose the cache
-            idx = list(range(self.rank, len(self.valid_data), self.world))
+            idx = list(process_share(len(self.valid_data)))
             for b in DataLoader(self.valid_data, batch_size=self.per_rank, sampler=_ListSampler(idx), collate_fn=self.collate_fn):
                 with self._autocast(): loss = _split_loss(self.loss_fn(self.model, _to_device(b, self.device)))[0]
                 total += loss.double() * _batch_len(b); count += _batch_len(b)

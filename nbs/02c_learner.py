@@ -206,7 +206,8 @@ with tempfile.TemporaryDirectory() as _tmp:
 # progress bar. The loss function receives the wrapped model and must call it (`model(x)`), so that
 # DDP sees the forward pass. `init_distributed` starts the process group from torchrun's environment
 # (NCCL on GPUs, gloo on CPUs); without torchrun it does nothing. `is_main_process` is what a
-# training function asks before it writes its own files (`model.pt`, `results.json`, figures).
+# training function asks before it writes its own files (`model.pt`, `results.json`, figures), and
+# `process_share` names the validation items a process evaluates (so it need only prepare those).
 
 # %%
 #| export
@@ -222,6 +223,12 @@ def init_distributed() -> bool:
 def is_main_process() -> bool:
     "True in a single process and in rank 0 of a distributed run: the process that writes files."
     return _world()[0] == 0
+
+def process_share(n: int  # items of a data set every process holds, e.g. a validation set
+                 ) -> range:
+    "The indices this process evaluates: every `world_size`-th item from its rank (all of them in a single process)."
+    rank, world = _world()
+    return range(rank, n, world)
 
 
 # %%
@@ -661,7 +668,7 @@ class Learner:
         try:
             total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
             # in the main process: validation sets are small and cached, and workers would lose the cache
-            idx = list(range(self.rank, len(self.valid_data), self.world))
+            idx = list(process_share(len(self.valid_data)))
             for b in DataLoader(self.valid_data, batch_size=self.per_rank, sampler=_ListSampler(idx), collate_fn=self.collate_fn):
                 with self._autocast(): loss = _split_loss(self.loss_fn(self.model, _to_device(b, self.device)))[0]
                 total += loss.double() * _batch_len(b); count += _batch_len(b)

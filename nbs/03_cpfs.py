@@ -41,7 +41,7 @@ from motion_nbs.core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_cho
 from motion_nbs.data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, split_heldout,
                              video_flow_pairs)
 from motion_nbs.flow import flow_to_classes, normalize_flow_log
-from motion_nbs.learner import ExperimentConfig, configure, fit, init_distributed, is_main_process
+from motion_nbs.learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
 from motion_nbs.models import create_model, fold_batchnorm, layer_outputs
 
 # %%
@@ -627,8 +627,10 @@ test_fail(lambda: CPFSConfig.from_preset(steps=10), contains="unknown setting(s)
 # %% [markdown]
 # **Data.** Rendered pools are rendered once, up front (in `num_workers` processes), then reused with
 # augmentation. Validation pairs are held out from the training data's own kind — rendered scenes of
-# another seed, the last pairs of the sample videos, whole shards at the end of a shard folder (the
-# thesis validated on 5,000 held-out real pairs) — centre-cropped, built once and cached.
+# another seed (at the crop size), the last pairs of the sample videos and whole shards at the end of
+# a shard folder (both centre-cropped; the thesis validated on 5,000 held-out real pairs) — and each
+# process reads its share once, up front, and keeps it in memory (at the `paper` preset, 5,000
+# float32 pairs of 224² are about 5 GB, divided among the processes).
 
 # %%
 #| export
@@ -648,10 +650,10 @@ class CPFSTrainer(nn.Module):
         xy = sample_pixels(b, self.num_pixels, h, w, device=image.device)
         return self.crit(self.net(image, xy), gather_pixels(flow, xy))
 
-def _heldout_pairs(pairs, cfg, progress: bool):
-    "The validation view of held-out pairs: centre crops, cached after one read."
-    crop = lambda s: paired_centre_crop(s, cfg.image_size)
-    return ImageFlowSamples(pairs, crop, cache=True).fill(cfg.num_workers, progress, "validation pairs")
+def _heldout_pairs(pairs, cfg, progress: bool, crop: bool = True):
+    "The validation view of held-out pairs (centre crops), this process's share read once, up front, and cached."
+    view = ImageFlowSamples(pairs, (lambda s: paired_centre_crop(s, cfg.image_size)) if crop else None, cache=True)
+    return view.fill(cfg.num_workers, progress, "validation pairs", process_share(len(pairs)))
 
 def train_data(cfg: CPFSConfig):
     "(training set, validation set) of a `CPFSConfig`."
@@ -660,7 +662,8 @@ def train_data(cfg: CPFSConfig):
         n = cfg.pool_size or cfg.num_iters * cfg.batch_size
         train = ImageFlowSamples(SceneDataset("shapes", length=n, seed=cfg.seed, size=(r, r)), aug, cache=cfg.pool_size is not None)
         if cfg.pool_size is not None: train.fill(cfg.num_workers, show, "render pool")
-        return train, _heldout_pairs(SceneDataset("shapes", length=cfg.num_valid, seed=cfg.seed + 1_000_003, size=(r, r)), cfg, show)
+        valid = SceneDataset("shapes", length=cfg.num_valid, seed=cfg.seed + 1_000_003, size=(cfg.image_size,) * 2)
+        return train, _heldout_pairs(valid, cfg, show, crop=False)
     if cfg.data == "videos":
         pairs = video_flow_pairs(SAMPLE_VIDEOS, r, cfg.seed)
         if len(pairs) <= cfg.num_valid: raise ValueError(f"num_valid={cfg.num_valid}; the sample videos give only {len(pairs)} pairs")

@@ -71,8 +71,9 @@ import torch
 from motion_nbs.learner import images_per_second
 
 precision = "float32" if result["amp"] == "off" else f"{result['amp']} autocast"
-print(f"{result['device']}, {precision}, {result['world_size']} process(es): "
-      f"{images_per_second(result['metrics_path'], config.batch_size):.1f} training images/s")
+if result["steps"] >= 2 * config.log_every:   # two timed log lines at least
+    print(f"{result['device']}, {precision}, {result['world_size']} process(es): "
+          f"{images_per_second(result['metrics_path'], config.batch_size):.1f} training images/s")
 if result["device"].startswith("cuda"): print(f"GPU memory peak: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 # %% [markdown]

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from motion_nbs.core import atomic_save, atomic_write, check_choice, check_int, check_number, full_precision, load_model_file, seed_everything
 from motion_nbs.data import ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, video_flow_pairs
 from motion_nbs.flow import log_flow_magnitude
-from motion_nbs.learner import ExperimentConfig, configure, fit, init_distributed, is_main_process
+from motion_nbs.learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
 from motion_nbs.models import create_model
 
 # %%
@@ -629,7 +629,7 @@ def train_data(cfg: S3Config):
         valid = ImageFlowSamples(frames[-cfg.num_valid:], centre, cache=True).fill()
         return ImageFlowSamples(frames[:-cfg.num_valid], aug), valid
     valid = ImageFlowSamples(SceneDataset(cfg.data, length=cfg.num_valid, seed=cfg.seed + 1_000_003, size=(size, size)), cache=True)
-    valid.fill(cfg.num_workers, show, "validation scenes")
+    valid.fill(cfg.num_workers, show, "validation scenes", process_share(cfg.num_valid))  # this process's share
     n = cfg.pool_size or cfg.num_iters * cfg.batch_size
     train = ImageFlowSamples(SceneDataset(cfg.data, length=n, seed=cfg.seed, size=(size, size)), aug, cache=cfg.pool_size is not None)
     if cfg.pool_size is not None: train.fill(cfg.num_workers, show, "render pool")
