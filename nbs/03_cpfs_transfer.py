@@ -173,8 +173,8 @@ def pretrained_backbone(arm: str, seed: int):
     if done.exists() and (out / "model.pt").exists():
         prev = json.loads(done.read_text())
         same = all(prev["config"].get(k) == v for k, v in want.to_dict().items() if k not in CPFSConfig.RUNTIME)
-        if prev["steps"] == cfg["num_iters"] and same: return load_cpfs(out).backbone.to(dev), f"reused {out}"
-    if not train_missing: return None, f"no finished run in {out}: skipped"
+        if prev["steps"] == cfg["num_iters"] and same: return load_cpfs(out).backbone.to(dev), f"reused {out.name} (in runs_dir)"
+    if not train_missing: return None, f"no finished run {out.name} in runs_dir: skipped"
     t = time.time()
     train(want)
     return load_cpfs(out).backbone.to(dev), f"trained in {time.time() - t:.0f} s"

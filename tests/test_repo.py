@@ -2,6 +2,8 @@
 clean, each notebook and its py:percent script agree, and the site configuration lists every chapter."""
 import configparser
 import filecmp
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -94,3 +96,15 @@ def test_quarto_config():
     chapters = [f for f in listed if f != "index.ipynb"]
     assert chapters == sorted(chapters), f"sidebar chapters are not in order: {chapters}"
     for f in cfg.get("metadata-files", []): assert (NBS / f).exists(), f"metadata file {f} missing in nbs/"
+
+
+def test_saved_results_hold_no_machine_paths():
+    "Saved results name files relative to the repository or the runs folder, never by this machine's absolute paths."
+    def strings(v):
+        if isinstance(v, str): yield v
+        elif isinstance(v, dict): yield from (s for x in v.values() for s in strings(x))
+        elif isinstance(v, list): yield from (s for x in v for s in strings(x))
+    absolute = re.compile(r"(^|[\s'\"(])/(root|home|work|tmp|Users|private|var)/")
+    for path in sorted((ROOT / "nbs").glob("*.json")):
+        bad = [s for s in strings(json.loads(path.read_text())) if absolute.search(s)]
+        assert not bad, f"{path.name}: absolute paths in saved results: {bad[:3]}"
