@@ -428,7 +428,8 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
     from tqdm.auto import tqdm
     bar = tqdm(total=sum(s[0] for s in stages), disable=not progress, desc="pre-image", leave=False)
     try:
-        for iters, jittered, lr in stages:
+        for stage, (iters, jittered, lr) in enumerate(stages):
+            if stage: mu.zero_()   # the fine-tuning stage starts without momentum, as the author's nnpreimage.m does
             for t in range(iters):
                 image.requires_grad_(True)
                 view = jitter(image, T, generator if jittered else None)

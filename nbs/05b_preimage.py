@@ -683,6 +683,11 @@ test_fail(lambda: regularize_and_step(x.half(), grad.half(), G.half(), mu.half()
 #
 # Initialisation follows the author's code: i.i.d. uniform noise scaled so that the 95% quantile of its
 # magnitude is $B/\sqrt 3$ (so a pixel's colour norm is about $B\cdot 0.6$).
+#
+# **Fine-tuning.** With jitter, inversion adds 50 iterations without jitter at $\eta_0/10$ (section 5.2.3).
+# The thesis does not say what happens to Algorithm 1's state there; the author's `nnpreimage.m` keeps
+# the accumulated $G$ and resets the momentum $\mu$ to 0 when the stage starts, and so does `solve_preimage`
+# (`tests/test_preimage.py` checks both).
 
 # %%
 #| export
@@ -761,7 +766,8 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
     from tqdm.auto import tqdm
     bar = tqdm(total=sum(s[0] for s in stages), disable=not progress, desc="pre-image", leave=False)
     try:
-        for iters, jittered, lr in stages:
+        for stage, (iters, jittered, lr) in enumerate(stages):
+            if stage: mu.zero_()   # the fine-tuning stage starts without momentum, as the author's nnpreimage.m does
             for t in range(iters):
                 image.requires_grad_(True)
                 view = jitter(image, T, generator if jittered else None)

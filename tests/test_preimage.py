@@ -219,6 +219,23 @@ def test_jitter_and_finetune_schedule():
     assert r.images.shape == (2, 3, 20, 20) and r.history["energy"].shape == (5, 2)   # no fine-tuning stage
 
 
+def test_finetuning_starts_without_momentum(monkeypatch):
+    "Algorithm 1's momentum is reset when the fine-tuning stage begins (the author's nnpreimage.m); G is kept."
+    import motion_nbs.preimage as P
+    seen, real = [], P.prepare_update
+    def recording(*args, **kwargs):
+        step = real(*args, **kwargs)
+        def wrapped(image, grad, G, mu, lr):
+            seen.append((float(mu.abs().max()), float(G.abs().max()), lr))
+            return step(image, grad, G, mu, lr)
+        return wrapped
+    monkeypatch.setattr(P, "prepare_update", recording)
+    invert(lambda im: im.mean((2, 3)), _rand(1, 3, 20, 20, seed=6, dtype=torch.float32), jitter=4, num_iters=7, finetune_iters=3, C=100)
+    assert len(seen) == 10 and seen[7][2] == seen[6][2] / 10                      # the fine-tuning stage, at lr/10
+    assert seen[6][0] > 0 and seen[7][0] == 0 and seen[8][0] > 0                 # momentum: carried, reset, rebuilt
+    assert seen[7][1] > 0                                                        # the accumulated G is not reset
+
+
 def test_clear_errors():
     x0 = _rand(1, 1, 32, 32, seed=7, dtype=torch.float32)
     with pytest.raises(ValueError, match="NaN"):
