@@ -28,7 +28,7 @@ from .data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDatase
                              video_flow_pairs)
 from .flow import flow_to_classes, normalize_flow_log
 from .learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
-from .models import create_model, fold_batchnorm, layer_outputs
+from .models import create_model, fold_batchnorm, layer_outputs, receptive_fields
 
 # %% ../nbs/03_cpfs.ipynb #6268b129
 THESIS_SIGMA2 = 0.0036  # the bandwidth the thesis learned (fig 3.2)
@@ -152,14 +152,18 @@ def gather_pixels(dense: torch.Tensor,  # `(B,C,H,W)` a per-pixel map (flow, mas
 
 def sample_features(features: torch.Tensor,  # `(B,C,h,w)` a feature map covering the image
                     xy: torch.Tensor,  # `(B,N,2)` pixel locations (x, y) in the input image
-                    image_size  # (H, W) of the input image
+                    image_size,  # (H, W) of the input image
+                    field=None  # ((cy, cx), (sy, sx)): the first unit's field centre and the stride, in input pixels;
+                                # None: centre (s - 1)/2 with s = H/h, W/w
                    ) -> torch.Tensor:
-    """Bilinear interpolation of a feature map at input-pixel locations (pixel centres aligned, see above).
+    """Bilinear interpolation of a feature map at input-pixel locations: pixel x is read at cell coordinate (x − c)/s.
 
     Shape: `(B,C,h,w)`, `(B,N,2)` → `(B,N,C)`."""
-    H, W = image_size
-    g = torch.stack([(xy[..., 0].to(features.dtype) + 0.5) * (2.0 / W) - 1,
-                     (xy[..., 1].to(features.dtype) + 0.5) * (2.0 / H) - 1], dim=-1)
+    (H, W), (h, w) = image_size, features.shape[-2:]
+    (cy, cx), (sy, sx) = field if field is not None else (((H / h - 1) / 2, (W / w - 1) / 2), (H / h, W / w))
+    u = (xy[..., 0].to(features.dtype) - cx) / sx   # cell coordinates: unit i sits at i
+    v = (xy[..., 1].to(features.dtype) - cy) / sy
+    g = torch.stack([(2 * u + 1) / w - 1, (2 * v + 1) / h - 1], dim=-1)   # grid_sample's units, align_corners=False
     out = F.grid_sample(features, g[:, :, None].to(features.device), mode="bilinear", padding_mode="border", align_corners=False)
     return out[..., 0].transpose(1, 2)
 
@@ -183,12 +187,17 @@ class SparseHypercolumn(nn.Module):
             feats = layer_outputs(backbone, torch.zeros(1, 3, probe_size, probe_size, dtype=p.dtype, device=p.device), self.layers)
         backbone.train(was)
         self.widths = [feats[n].shape[1] for n in self.layers]
+        rf = receptive_fields(backbone, probe_size)
+        self.fields = {n: (rf[n].center, rf[n].stride) if n in rf else None for n in self.layers}
         self.mlp = nn.Sequential(nn.Linear(sum(self.widths), hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def sample(self, feats: dict, xy, image_size):
+        "The hypercolumns at `xy` of the layers' feature maps `feats`, each read at its units' field centres."
+        return torch.cat([sample_features(feats[n], xy, image_size, self.fields[n]) for n in self.layers], dim=-1)
 
     def hypercolumns(self, image, xy):
         "Shape: `(B,3,H,W)`, `(B,N,2)` → `(B,N,ΣC)`."
-        feats = layer_outputs(self.backbone, image, self.layers)
-        return torch.cat([sample_features(feats[n], xy, image.shape[-2:]) for n in self.layers], dim=-1)
+        return self.sample(layer_outputs(self.backbone, image, self.layers), xy, image.shape[-2:])
 
     def head(self, hyper):
         out = self.mlp(hyper)
@@ -220,7 +229,7 @@ def dense_embedding(model: SparseHypercolumn,  # a trained head
     outs = []
     for s in range(0, h * w, chunk):
         xy = xy_all[:, s:s + chunk]
-        outs.append(model.head(torch.cat([sample_features(feats[n], xy, (h, w)) for n in model.layers], dim=-1)))
+        outs.append(model.head(model.sample(feats, xy, (h, w))))
     return torch.cat(outs, 1).transpose(1, 2).reshape(b, -1, h, w)
 
 # %% ../nbs/03_cpfs.ipynb #71dd5b97

@@ -42,7 +42,7 @@ from motion_nbs.data import (FlowPairDataset, ImageFlowSamples, PairedAugment, S
                              video_flow_pairs)
 from motion_nbs.flow import flow_to_classes, normalize_flow_log
 from motion_nbs.learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
-from motion_nbs.models import create_model, fold_batchnorm, layer_outputs
+from motion_nbs.models import create_model, fold_batchnorm, layer_outputs, receptive_fields
 
 # %%
 #| hide
@@ -270,11 +270,15 @@ test_eq(len(list(CPFSLoss("kta").parameters())), 0)
 # place).
 #
 # **Coordinate convention.** Pixel locations are integer `(x, y)` pixel indices of the input image
-# (`xy[..., 0]` = column, `xy[..., 1]` = row). Pixel centre $x + \tfrac12$ maps to the same relative
-# position of every feature map: `grid_sample` with `align_corners=False` at
-# $2(x + \tfrac12)/W - 1$, so a feature map of stride $s$ is read at $(x + \tfrac12)/s - \tfrac12$ in its
-# own cells. This matches the TensorFlow-SAME layout of the appendix-A network (a cell covers
-# $[is, (i+1)s)$ of the input). The flow needs no interpolation: it is read at the same integer pixels.
+# (`xy[..., 0]` = column, `xy[..., 1]` = row). A unit $i$ of a feature map looks at the input around the
+# centre of its receptive field, $c + i s$ in pixel indices, with the stride $s$ and the first unit's
+# centre $c$ that `motion_nbs.models.receptive_fields` measures (table 5.1). So pixel $x$ is read at
+# cell coordinate $(x - c)/s$, by bilinear interpolation (`grid_sample`, border values outside): a
+# pixel at a unit's centre gets exactly that unit's value. The centres are not where a naive
+# "cell $i$ covers $[is, (i+1)s)$" layout puts them: in the appendix-A AlexNet, padding shifts conv3's
+# first centre to pixel 14 and pool5's to 30 instead of 7.5 and 15.5 — 0.4 and 0.45 of a cell.
+# Without a measured field, `sample_features` assumes that naive layout ($c = (s - 1)/2$). The flow needs
+# no interpolation: it is read at the same integer pixels.
 
 # %%
 #| export
@@ -305,14 +309,18 @@ def gather_pixels(dense: torch.Tensor,  # `(B,C,H,W)` a per-pixel map (flow, mas
 
 def sample_features(features: torch.Tensor,  # `(B,C,h,w)` a feature map covering the image
                     xy: torch.Tensor,  # `(B,N,2)` pixel locations (x, y) in the input image
-                    image_size  # (H, W) of the input image
+                    image_size,  # (H, W) of the input image
+                    field=None  # ((cy, cx), (sy, sx)): the first unit's field centre and the stride, in input pixels;
+                                # None: centre (s - 1)/2 with s = H/h, W/w
                    ) -> torch.Tensor:
-    """Bilinear interpolation of a feature map at input-pixel locations (pixel centres aligned, see above).
+    """Bilinear interpolation of a feature map at input-pixel locations: pixel x is read at cell coordinate (x − c)/s.
 
     Shape: `(B,C,h,w)`, `(B,N,2)` → `(B,N,C)`."""
-    H, W = image_size
-    g = torch.stack([(xy[..., 0].to(features.dtype) + 0.5) * (2.0 / W) - 1,
-                     (xy[..., 1].to(features.dtype) + 0.5) * (2.0 / H) - 1], dim=-1)
+    (H, W), (h, w) = image_size, features.shape[-2:]
+    (cy, cx), (sy, sx) = field if field is not None else (((H / h - 1) / 2, (W / w - 1) / 2), (H / h, W / w))
+    u = (xy[..., 0].to(features.dtype) - cx) / sx   # cell coordinates: unit i sits at i
+    v = (xy[..., 1].to(features.dtype) - cy) / sy
+    g = torch.stack([(2 * u + 1) / w - 1, (2 * v + 1) / h - 1], dim=-1)   # grid_sample's units, align_corners=False
     out = F.grid_sample(features, g[:, :, None].to(features.device), mode="bilinear", padding_mode="border", align_corners=False)
     return out[..., 0].transpose(1, 2)
 
@@ -327,6 +335,10 @@ test_eq(gather_pixels(_img, _xy), sample_features(_img, _xy, (4, 5)))           
 _half = F.avg_pool2d(torch.arange(16.0).view(1, 1, 4, 4), 2)
 test_close(sample_features(_half, torch.tensor([[[1, 1], [0, 0]]]), (4, 4))[0, :, 0],
            torch.tensor([0.75 * 0.75 * 2.5 + 0.75 * 0.25 * (4.5 + 10.5) + 0.25 * 0.25 * 12.5, 2.5]))
+_f = torch.arange(12.0).view(1, 1, 3, 4)                        # a stride-8 map whose first unit is centred on pixel (6, 6)
+test_close(sample_features(_f, torch.tensor([[[6, 6], [14, 22], [30, 6]]]), (24, 32), ((6, 6), (8, 8)))[0, :, 0],
+           torch.tensor([0.0, 9.0, 3.0]), eps=1e-5)              # at a unit's centre: that unit (rows, columns 0,0; 2,1; 0,3)
+test_close(sample_features(_f, torch.tensor([[[10, 6]]]), (24, 32), ((6, 6), (8, 8))), torch.tensor([[[0.5]]]))  # halfway
 test_fail(lambda: sample_pixels(1, 21, 4, 5), contains="cannot sample 21 distinct pixels")
 
 # %% [markdown]
@@ -354,12 +366,17 @@ class SparseHypercolumn(nn.Module):
             feats = layer_outputs(backbone, torch.zeros(1, 3, probe_size, probe_size, dtype=p.dtype, device=p.device), self.layers)
         backbone.train(was)
         self.widths = [feats[n].shape[1] for n in self.layers]
+        rf = receptive_fields(backbone, probe_size)
+        self.fields = {n: (rf[n].center, rf[n].stride) if n in rf else None for n in self.layers}
         self.mlp = nn.Sequential(nn.Linear(sum(self.widths), hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def sample(self, feats: dict, xy, image_size):
+        "The hypercolumns at `xy` of the layers' feature maps `feats`, each read at its units' field centres."
+        return torch.cat([sample_features(feats[n], xy, image_size, self.fields[n]) for n in self.layers], dim=-1)
 
     def hypercolumns(self, image, xy):
         "Shape: `(B,3,H,W)`, `(B,N,2)` → `(B,N,ΣC)`."
-        feats = layer_outputs(self.backbone, image, self.layers)
-        return torch.cat([sample_features(feats[n], xy, image.shape[-2:]) for n in self.layers], dim=-1)
+        return self.sample(layer_outputs(self.backbone, image, self.layers), xy, image.shape[-2:])
 
     def head(self, hyper):
         out = self.mlp(hyper)
@@ -391,7 +408,7 @@ def dense_embedding(model: SparseHypercolumn,  # a trained head
     outs = []
     for s in range(0, h * w, chunk):
         xy = xy_all[:, s:s + chunk]
-        outs.append(model.head(torch.cat([sample_features(feats[n], xy, (h, w)) for n in model.layers], dim=-1)))
+        outs.append(model.head(model.sample(feats, xy, (h, w))))
     return torch.cat(outs, 1).transpose(1, 2).reshape(b, -1, h, w)
 
 
@@ -413,6 +430,10 @@ test_eq(_e.shape, (2, 16, 16))
 test_close(_e.norm(dim=-1), torch.ones(2, 16), eps=1e-5)
 _d = dense_embedding(head, _im)
 test_close(gather_pixels(_d, _xy), _e, eps=1e-5)
+test_eq(head.fields["pool5"], ((30, 30), (32, 32)))                      # pool5's units: centres 30 + 32i
+_feats = layer_outputs(head.backbone, _im, head.layers)
+_at = torch.tensor([[[30 + 32 * 2, 30 + 32 * 1]]]).expand(2, 1, 2)      # the centre of pool5's unit (row 1, column 2)
+test_close(head.sample(_feats, _at, (96, 128))[:, 0, 24 + 24 + 96:24 + 24 + 96 + 64], _feats["pool5"][:, :, 1, 2], eps=1e-6)
 
 # %% [markdown]
 # ## The direct flow-classification baseline (section 3.3.5)

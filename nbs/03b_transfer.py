@@ -386,7 +386,7 @@ def _dense_logits(model, images, stride: int = 1):
     hidden, start = b1.expand(b, h * w, -1), 0
     for l in model.layers:
         c = feats[l].shape[1]
-        hidden = hidden + sample_features(torch.einsum("oc,bchw->bohw", w1[:, start:start + c], feats[l]), xy, (H, W))
+        hidden = hidden + sample_features(torch.einsum("oc,bchw->bohw", w1[:, start:start + c], feats[l]), xy, (H, W), model.fields[l])
         start += c
     return lin2(relu(hidden)).transpose(1, 2).reshape(b, -1, h, w)
 
@@ -451,7 +451,7 @@ def segmentation_probe(backbone: nn.Module,  # the frozen network
         def loss_fn(step):
             idx = torch.randint(0, len(xt), (batch_size,), generator=g)
             xy = sample_pixels(len(idx), min(num_pixels, h * w), h, w, g)
-            hyper = torch.cat([sample_features(feats[l][idx], xy, (h, w)) for l in layers], dim=-1)
+            hyper = model.sample({l: feats[l][idx] for l in layers}, xy, (h, w))
             target = yt[idx].flatten(1).gather(1, xy[..., 1] * w + xy[..., 0])
             return F.cross_entropy(model.head(hyper).flatten(0, 1), target.flatten().to(hyper.device), ignore_index=IGNORE_INDEX)
         try: _fit_pixels(loss_fn, model.mlp.parameters(), num_iters, lr, progress, "segmentation probe")
