@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['PREIMAGE_PRESETS', 'COLOUR_NAMES', 'PART_NAMES', 'BRODEN_PIXEL_KINDS', 'BRODEN_IMAGE_KINDS', 'NO_NORMALISATION',
            'DISSECT_LAYERS', 'MAXIMIZE_LAYERS', 'INVERT_LAYERS', 'CARICATURE_LAYERS', 'INVERSION_C',
-           'preimage_settings', 'colour_names', 'scene_concepts', 'SceneConcepts', 'BrodenConcepts', 'Dissection',
-           'network_dissection', 'write_tiny_broden', 'majority_category', 'SupervisedConfig', 'train_supervised',
-           'supervised_network', 'dissect_networks', 'plot_dissection', 'thesis_jitter', 'network_preimages',
-           'network_fingerprint', 'cached_preimages']
+           'PREIMAGE_SOLVER_VERSION', 'preimage_settings', 'colour_names', 'scene_concepts', 'SceneConcepts',
+           'BrodenConcepts', 'Dissection', 'network_dissection', 'write_tiny_broden', 'majority_category',
+           'SupervisedConfig', 'train_supervised', 'supervised_network', 'dissect_networks', 'plot_dissection',
+           'thesis_jitter', 'network_preimages', 'network_fingerprint', 'cached_preimages']
 
 # %% ../nbs/06_visualize_motion.ipynb #b8b5211a
 import csv
@@ -414,6 +414,8 @@ def network_fingerprint(model: nn.Module) -> str:
         h.update(k.encode()); h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
+PREIMAGE_SOLVER_VERSION = 2  # part of the cache key: 2 = the author's Z = Mρ²/1e4 and the momentum reset (Dec 2026)
+
 def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
                      cache_dir="../_runs/06_visualize_motion",  # where the cache files go
                      normalisation=NO_NORMALISATION, use_cache: bool | None = None,  # None: the settings' `use_cache`
@@ -422,6 +424,7 @@ def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
     import hashlib, json
     from motion_nbs.core import atomic_save
     key = json.dumps(dict(settings={k: v for k, v in settings.items() if k not in ("use_cache", "preset")}, net=network_fingerprint(model),
+                          solver=PREIMAGE_SOLVER_VERSION,
                           frames=hashlib.sha1(frames.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest(),
                           normalisation=[list(map(float, v)) for v in normalisation]), sort_keys=True)
     path = Path(cache_dir) / f"preimages-{settings.get('preset', 'custom')}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from motion_nbs.models import layer_outputs
+from motion_nbs.models import layer_outputs, receptive_fields
 
 try:
     import numba
@@ -950,13 +950,22 @@ fig = show_images([x0[0], res.images[0].clamp(0, 1)], titles=["x0", f"HOG pre-im
 # ILSVRC validation images; here over the book's natural images, `natural_images`), $\rho$ the size of its
 # receptive field (`motion_nbs.models.receptive_fields`).
 #
-# **Deviation: $\rho = 1$ by default.** With the regularisers normalised by the image area as in eq 5.5,
-# $Z = M\rho^2$ makes the data term about $\rho^2$ times weaker than the prior, and the unit is not
-# activated at all. Measured on the offline EfficientNet-lite0 (96×96 pre-images, 60 iterations): unit 0 of
-# `blocks.2` ($M = 27$, $\rho = 67$) ends at $-2.7$ with $Z = M\rho^2$ and at $91$ with $Z = M$; class 31
-# ("tree frog", $M = 5.4$) at $0.39$ vs $84$. So `maximize` uses $Z = M$ (the loss is about $-1$ when the
-# unit reaches its typical maximum, commensurate with $\mathcal{R}_\alpha \approx \mathcal{R}_{TV} \approx 1$),
-# and `rho=` restores the thesis' form. A unit is a channel index — the channel at the centre of a feature map, as in the thesis —
+# **Scaling.** As printed, $Z = M\rho^2$ makes the data term $\rho^2$ times weaker than the area-normalised
+# regularisers of eq 5.5, and the unit is hardly activated. The author's `exp_maximization.m` multiplies
+# the data term by `innerWeight = 10000/rf^2/max`, that is $Z = M\rho^2/10^4$ — the printed formula with
+# the factor that makes it work with $\eta_0$. That is `maximize`'s default (`scaling="author"`), with $\rho$
+# the largest side of the unit's receptive field, measured by `receptive_fields` when `phi` is a
+# `LayerPhi` (or given as `rho=`). It is about $80\times$ stronger than $Z = M$ at AlexNet's conv1
+# ($\rho = 11$) and $3.8\times$ weaker at pool5 ($\rho = 195$). `scaling="thesis"` is the printed
+# $Z = M\rho^2$, and `scaling="unit"` is $Z = M$, this book's earlier default (the loss is then about $-1$
+# when the unit reaches its typical maximum, like $\mathcal{R}_\alpha$ and $\mathcal{R}_{TV}$).
+# Measured on the offline EfficientNet-lite0 (96×96 pre-images, jitter 4, 60 iterations): unit 0 of
+# `blocks.2` ($M = 27$, $\rho = 67$) ends at 75 with the author's $Z$, 73 with $Z = M$ and $-1.3$ with the
+# printed $Z = M\rho^2$; class 31 ("tree frog", $M = 5.4$, $\rho = 915$ — EfficientNet's theoretical field
+# is far larger than the image) ends at 9.3, 57 and 0.5. The author's scaling activates the units, less
+# strongly where the field is huge.
+#
+# A unit is a channel index — the channel at the centre of a feature map, as in the thesis —
 # or a full index into one code (`(c, y, x)`); a list of units is solved as one batch, one image each.
 
 # %%
@@ -1066,19 +1075,33 @@ def unit_maximum(phi,  # module or callable from images to codes
     m = vals.amax(0)
     return torch.where(m > 0, m, vals.abs().amax(0).clamp_min(1e-6))
 
+AM_SCALINGS = {"author": 1e-4, "thesis": 1.0, "unit": None}  # Z = M ρ² × factor (exp_maximization.m; eq 5.9 as printed); Z = M
+
+def _am_normaliser(phi, M, scaling: str, rho, shape) -> float:
+    "Z of eq 5.4 for activation maximisation under `scaling` (see `AM_SCALINGS`)."
+    if scaling not in AM_SCALINGS: raise ValueError(f"scaling={scaling!r}; valid: {', '.join(AM_SCALINGS)}")
+    if AM_SCALINGS[scaling] is None: return M
+    if rho is None:
+        if not hasattr(phi, "field_size"):   # a `LayerPhi` measures its layer's field
+            raise ValueError(f"scaling={scaling!r} needs rho, the unit's receptive-field size (table 5.1): give rho=, or use a "
+                             "LayerPhi (whose field is measured), or scaling='unit' (Z = M)")
+        rho = phi.field_size(shape[1:])
+    return M * float(rho) ** 2 * AM_SCALINGS[scaling]
+
 def maximize(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...)
              unit,  # int channel (centre location), index tuple, or a list of them (one pre-image each)
              shape=(3, 224, 224),  # (C,H,W) of the pre-images
              M=None,  # typical maximum of the unit(s) (number or (B,)); None: `unit_maximum` over 8 natural images
-             rho: float = 1.0,  # ρ of eq 5.9 (Z = M ρ²); the thesis uses the receptive field size (see text)
-             Z=None,  # the normaliser of eq 5.4 directly (overrides M and rho)
+             scaling: str = "author",  # Z: "author" M ρ²/10⁴ (exp_maximization.m), "thesis" M ρ² (eq 5.9), "unit" M
+             rho=None,  # ρ, the unit's receptive-field size; None: measured (`LayerPhi.field_size`)
+             Z=None,  # the normaliser of eq 5.4 directly (overrides M, scaling and rho)
              mean=None,  # image mean (see `image_mean`); None: ImageNet's
              regularizers=(),  # extra regularisers
              seed: int = 0,  # seeds the initial noise and the jitter
              progress: bool = False,  # show a tqdm bar
              **params  # overrides of `PreimageParams` (jitter, num_iters, ...)
             ) -> Preimage:
-    """Activation maximisation (eq 5.4 with $\\Phi_0 = e_i$, $Z = M\\rho^2$ of eq 5.9, ρ = 1 by default), from random noise.
+    """Activation maximisation (eq 5.4 with $\\Phi_0 = e_i$, by default the author's $Z = M\\rho^2/10^4$), from random noise.
 
     Shape: `len(units)` pre-images `(B,*shape)`."""
     units = list(unit) if isinstance(unit, list) else [unit]
@@ -1089,7 +1112,7 @@ def maximize(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,.
     for b, u in enumerate(units): phi0[(b,) + _unit_index(u, codes.shape[1:])] = 1.0
     if Z is None:
         if M is None: M = unit_maximum(phi, units, natural_images(8, max(shape[1:]), shape[0])[..., :shape[1], :shape[2]])
-        Z = torch.as_tensor(M, dtype=codes.dtype) * float(rho) ** 2
+        Z = _am_normaliser(phi, torch.as_tensor(M, dtype=codes.dtype), scaling, rho, shape)
     Z = torch.as_tensor(Z, dtype=codes.dtype, device=codes.device)
     x, hist = solve_preimage(lambda im: inner_product_loss(phi(im), phi0, Z), x.to(codes.device), p, mean.to(codes.device),
                              regularizers, generator=gen, progress=progress)
@@ -1104,11 +1127,12 @@ def maximize(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,.
 def green_minus_red(im):
     c = im[..., 8:24, 8:24]
     return (c[:, 1] - c[:, 0]).mean((1, 2))[:, None]
-r = maximize(green_minus_red, 0, shape=(3, 32, 32), M=1.0, num_iters=150)
+r = maximize(green_minus_red, 0, shape=(3, 32, 32), M=1.0, scaling="unit", num_iters=150)
 centre = r.images[0, :, 8:24, 8:24].mean((1, 2))
 assert centre[1] - centre[0] > 0.15, centre
 assert (r.images - image_mean(3)).square().sum(1).sqrt().max() <= 160 / 255 + 1e-5   # |x| <= B+ (eq 5.6)
-test_fail(lambda: maximize(green_minus_red, 1, shape=(3, 32, 32), M=1.0), contains="out of range for codes of shape (1,)")
+test_fail(lambda: maximize(green_minus_red, 1, shape=(3, 32, 32), M=1.0, scaling="unit"), contains="out of range for codes of shape (1,)")
+test_fail(lambda: maximize(green_minus_red, 0, shape=(3, 32, 32), M=1.0), contains="scaling='author' needs rho")
 
 
 # %% [markdown]
@@ -1174,6 +1198,12 @@ class LayerPhi(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return layer_outputs(self.model, (image - self.mean) / self.std, [self.layer])[self.layer]
 
+    def field_size(self, input_size) -> float:
+        "ρ of eq 5.9: the largest side of the layer's receptive field (table 5.1) at images of `input_size` (H, W)."
+        rf = receptive_fields(self.model, tuple(input_size))
+        if self.layer not in rf: raise ValueError(f"no receptive field measured for layer {self.layer!r}")
+        return float(max(rf[self.layer].size))
+
     def extra_repr(self) -> str: return f"layer={self.layer!r}"
 
 
@@ -1184,6 +1214,11 @@ phi = LayerPhi(net, "relu", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 im = torch.rand(2, 3, 8, 8)
 test_close(phi(im), F.relu(net.conv(im * 2 - 1)))
 test_eq(phi(im).shape, (2, 4, 6, 6))
+test_eq(phi.field_size((8, 8)), 3.0)
+_Z = _am_normaliser(phi, torch.tensor(2.0), "author", None, (3, 8, 8))
+test_close(_Z, 2.0 * 9 / 1e4); test_close(_am_normaliser(phi, torch.tensor(2.0), "thesis", None, (3, 8, 8)), 18.0)
+test_eq(_am_normaliser(phi, 2.0, "unit", None, (3, 8, 8)), 2.0)
+test_fail(lambda: _am_normaliser(phi, 2.0, "paper", None, (3, 8, 8)), contains="valid: author, thesis, unit")
 
 
 # %% [markdown]
@@ -1248,7 +1283,7 @@ fig = show_images([x0[0]] + [r.images[0].clamp(0, 1) for r in runs.values()],
 # - Regularisers `alpha_norm` (eq 5.5; the bound of eq 5.6 is the optimiser's projection), `tv_beta`, the
 #   texture term `TextureRegularizer` (eq 5.8); losses `normalized_error` (eq 5.2/5.3, also the error metric)
 #   and `inner_product_loss` (eq 5.4); `jitter` (eq 5.7); `algorithm1_step` and `solve_preimage`.
-# - Entry points: `invert(phi, x0 | target)`, `maximize(phi, unit)` with $Z = M\rho^2$ (eq 5.9, `unit_maximum`),
+# - Entry points: `invert(phi, x0 | target)`, `maximize(phi, unit)` with the author's $Z = M\rho^2/10^4$ (eq 5.9, `unit_maximum`),
 #   `caricature(phi, x0)` (eq 5.10) — batched, seeded, returning images and the energy history.
 # - `LayerPhi` turns a network layer into a representation; `classification_consistency` and
 #   `gradient_histogram_intersection` are the quality measures of figs 5.5 and 5.6; `natural_images` is the

@@ -254,7 +254,8 @@ if "window" in chosen:
 #
 # The first channels of each convolutional layer (at the centre of the map) and four classes of the
 # classifier — "tree frog" (31), "goose" (99), "black swan" (100), "cheeseburger" (933) — with jitter
-# and $C = 1$; $M$ is each unit's maximum over the natural images, $Z = M$ (see chapter 5b on $\rho$).
+# and $C = 1$; $Z = M\rho^2/10^4$, the author's scaling of eq 5.9 (chapter 5b), with $M$ each unit's maximum over
+# the natural images and $\rho$ its receptive-field size.
 # Fig 5.17: the same unit from different initialisations.
 
 # %%
@@ -352,7 +353,7 @@ if "template" in chosen:
     acc = ((feats @ w + b.detach() > 0).float() == y).float().mean().item()
     template = lambda im: (hog8(im).flatten(1) @ w)[:, None]
     M = (hog8(torch.rand(1, 1, side, side)).flatten(1) @ w.abs()).item()
-    r = maximize(template, 0, (1, side, side), M=M, num_iters=num_iters, seed=seed, mean=0.5)
+    r = maximize(template, 0, (1, side, side), M=M, rho=side, num_iters=num_iters, seed=seed, mean=0.5)   # the template spans the crop
     results["template"] = dict(train_accuracy=acc, positives=int(y.sum()), crops=len(y)); save()
     wpos = w.clamp(min=0).view(1, 31, side // 8, side // 8)
     fig = show_images([hog_glyphs(wpos)[0][None], r.images[0].clamp(0, 1)], titles=[f"template w+ (acc {acc:.2f})", "activation maximisation"], size=3)

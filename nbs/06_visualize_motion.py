@@ -688,8 +688,9 @@ for n, per in results.items():
 # - **activation maximisation** (figs 6.1, 6.2): the first 25 units of conv1..conv5 (conv1 of the small
 #   networks has only 24), each at the centre of its feature map, in 5×5 grids; and the first 3 units
 #   of fc6 and fc7 (fig 6.3). The conv layers are maximised before their ReLU, where the gradient
-#   never vanishes; $Z = M$ with $M$ each unit's largest response on the book's 8 natural images
-#   (chapter 05b's $\rho = 1$). All the units of a layer are solved as one batch;
+#   never vanishes; $Z = M\rho^2/10^4$ (the author's scaling of eq 5.9, chapter 05b) with $M$ each unit's
+#   largest response on the book's 8 natural images and $\rho$ its receptive-field size. All the units of a
+#   layer are solved as one batch;
 # - **inversion** (fig 6.6) of relu1..relu5 for one held-out `shapes` frame from 4 random
 #   initialisations, each layer's 4 pre-images shown as a 2×2 grid;
 # - **caricatures** (fig 6.7) of two frames at relu3, relu5 and relu7.
@@ -781,6 +782,8 @@ def network_fingerprint(model: nn.Module) -> str:
         h.update(k.encode()); h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
+PREIMAGE_SOLVER_VERSION = 2  # part of the cache key: 2 = the author's Z = Mρ²/1e4 and the momentum reset (Dec 2026)
+
 def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
                      cache_dir="../_runs/06_visualize_motion",  # where the cache files go
                      normalisation=NO_NORMALISATION, use_cache: bool | None = None,  # None: the settings' `use_cache`
@@ -789,6 +792,7 @@ def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
     import hashlib, json
     from motion_nbs.core import atomic_save
     key = json.dumps(dict(settings={k: v for k, v in settings.items() if k not in ("use_cache", "preset")}, net=network_fingerprint(model),
+                          solver=PREIMAGE_SOLVER_VERSION,
                           frames=hashlib.sha1(frames.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest(),
                           normalisation=[list(map(float, v)) for v in normalisation]), sort_keys=True)
     path = Path(cache_dir) / f"preimages-{settings.get('preset', 'custom')}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"

@@ -215,7 +215,7 @@ def test_jitter_and_finetune_schedule():
     x0 = _rand(1, 3, 20, 20, seed=6, dtype=torch.float32)
     r = invert(lambda im: im.mean((2, 3)), x0, jitter=4, num_iters=7, finetune_iters=3)
     assert r.images.shape == x0.shape and r.history["energy"].shape == (10, 1)
-    r = maximize(lambda im: im.mean((2, 3)), [0, 2], (3, 20, 20), M=1.0, jitter=4, num_iters=5)
+    r = maximize(lambda im: im.mean((2, 3)), [0, 2], (3, 20, 20), M=1.0, scaling="unit", jitter=4, num_iters=5)
     assert r.images.shape == (2, 3, 20, 20) and r.history["energy"].shape == (5, 2)   # no fine-tuning stage
 
 
@@ -251,9 +251,9 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="give shape"):
         invert(HOG(8), target=torch.rand(1, 31, 4, 4), num_iters=1)
     with pytest.raises(ValueError, match=r"out of range for codes of shape \(31, 4, 4\)"):
-        maximize(HOG(8), 31, (1, 32, 32), M=1.0, num_iters=1)
+        maximize(HOG(8), 31, (1, 32, 32), M=1.0, rho=16, num_iters=1)
     with pytest.raises(ValueError, match="out of range"):
-        maximize(HOG(8), (0, 4, 0), (1, 32, 32), M=1.0, num_iters=1)
+        maximize(HOG(8), (0, 4, 0), (1, 32, 32), M=1.0, rho=16, num_iters=1)
     with pytest.raises(ValueError, match="all zeros"):
         invert(HOG(8), torch.zeros(1, 1, 32, 32), num_iters=1)
     with pytest.raises(ValueError, match="no positive component"):
