@@ -148,15 +148,20 @@ def _nearest_orientations(gx, gy, directions):
     dx, dy = directions[0], directions[1]
     # VLFeat scores each undirected orientation k by |<g, u_k>| (the directional filter bank) and keeps the
     # first maximum; the sign of <g, u_k> picks the directed bin k or k+K'. The winner is the orientation
-    # nearest to the gradient's angle, and the runner-up (HOGb) the neighbour on the angle's side. Only
-    # where the angle is (nearly) half way between two orientations can float rounding make VLFeat's
-    # choice differ; there we run VLFeat's own scan.
+    # nearest to the gradient's angle; only where the angle is (nearly) half way between two orientations
+    # can float rounding make VLFeat's choice differ, and there we run VLFeat's own scan. The runner-up
+    # (HOGb) is one of the winner's two neighbours: the one whose score is larger, and on a tie — a
+    # gradient on a bin centre, e.g. at 45 degrees (|g_x| = |g_y|) with 4 or 8 orientations — the one
+    # VLFeat's scan meets first, the lower index. The scores are VLFeat's float operations.
     with torch.no_grad():
         t = torch.atan2(gy, gx) * (no / math.pi)
         k = torch.round(t)
         frac = t - k
         k1 = torch.remainder(k, no).long()
-        k2 = torch.remainder(k + torch.where(frac >= 0, 1.0, -1.0), no).long()
+        prev, nxt = torch.remainder(k1 - 1, no), torch.remainder(k1 + 1, no)
+        score = lambda j: (gx * dx.take(j) + gy * dy.take(j)).abs()
+        a_prev, a_next = score(prev), score(nxt)
+        k2 = torch.where((a_next > a_prev) | ((a_next == a_prev) & (nxt < prev)), nxt, prev)
         tie = (frac.abs() > 0.5 - 1e-3).flatten().nonzero().flatten()
         if len(tie):
             kt1, kt2 = _vlfeat_orientation_scan_all(gx.flatten()[tie], gy.flatten()[tie], dx, dy)

@@ -189,7 +189,11 @@ test_eq(gy, im[:, 0, 2:, 1:-1] - im[:, 0, :-2, 1:-1])
 # Scoring all $K/2$ orientations at every pixel is what VLFeat does; the network scores only the
 # orientation nearest to the gradient's angle and its two neighbours, which contain the winner and the
 # runner-up, and falls back to VLFeat's full scan at the few pixels whose angle is within $10^{-3}$ of a
-# bin boundary (where rounding decides).
+# bin boundary (where rounding decides). The runner-up is the neighbour with the larger score; when the
+# two tie — a gradient exactly on a bin centre, which 8-bit images produce at 45° whenever
+# $|g_x| = |g_y|$ and the number of orientations is a multiple of 4 — VLFeat's scan keeps the lower
+# index, and so do we (the tie matters: $|s|/\|\mathbf{g}\|$ rounds just below 1 there, and the
+# runner-up gets a weight of a few $10^{-4}$).
 
 # %%
 #| export
@@ -288,15 +292,20 @@ def _nearest_orientations(gx, gy, directions):
     dx, dy = directions[0], directions[1]
     # VLFeat scores each undirected orientation k by |<g, u_k>| (the directional filter bank) and keeps the
     # first maximum; the sign of <g, u_k> picks the directed bin k or k+K'. The winner is the orientation
-    # nearest to the gradient's angle, and the runner-up (HOGb) the neighbour on the angle's side. Only
-    # where the angle is (nearly) half way between two orientations can float rounding make VLFeat's
-    # choice differ; there we run VLFeat's own scan.
+    # nearest to the gradient's angle; only where the angle is (nearly) half way between two orientations
+    # can float rounding make VLFeat's choice differ, and there we run VLFeat's own scan. The runner-up
+    # (HOGb) is one of the winner's two neighbours: the one whose score is larger, and on a tie — a
+    # gradient on a bin centre, e.g. at 45 degrees (|g_x| = |g_y|) with 4 or 8 orientations — the one
+    # VLFeat's scan meets first, the lower index. The scores are VLFeat's float operations.
     with torch.no_grad():
         t = torch.atan2(gy, gx) * (no / math.pi)
         k = torch.round(t)
         frac = t - k
         k1 = torch.remainder(k, no).long()
-        k2 = torch.remainder(k + torch.where(frac >= 0, 1.0, -1.0), no).long()
+        prev, nxt = torch.remainder(k1 - 1, no), torch.remainder(k1 + 1, no)
+        score = lambda j: (gx * dx.take(j) + gy * dy.take(j)).abs()
+        a_prev, a_next = score(prev), score(nxt)
+        k2 = torch.where((a_next > a_prev) | ((a_next == a_prev) & (nxt < prev)), nxt, prev)
         tie = (frac.abs() > 0.5 - 1e-3).flatten().nonzero().flatten()
         if len(tie):
             kt1, kt2 = _vlfeat_orientation_scan_all(gx.flatten()[tie], gy.flatten()[tie], dx, dy)
@@ -361,6 +370,11 @@ gxs = torch.cat([torch.cos(ang), torch.zeros(2), torch.tensor([1.0, -1.0])]).dou
 gys = torch.cat([torch.sin(ang), torch.zeros(2), torch.tensor([0.0, 0.0])]).double()
 for got, want in zip(_vlfeat_orientation_scan_all(gxs, gys, d[0], d[1]), _vlfeat_orientation_scan(gxs, gys, d[0], d[1])):
     test_eq(got, want)
+# on a bin centre the two neighbours tie: 45 degrees with 4 orientations (bins at 0, 45, 90, 135 degrees)
+d4 = torch.tensor(np.stack([np.cos(np.arange(4) * np.pi / 4), np.sin(np.arange(4) * np.pi / 4)]), dtype=torch.float32)
+g45 = torch.tensor([[[3.0, -5.0]]]), torch.tensor([[[3.0, 5.0]]])          # 45 and 135 degrees, |g_x| = |g_y|
+test_eq([t.flatten().tolist() for t in _nearest_orientations(*g45, d4)], [[1, 3], [0, 0]])
+test_eq([t.flatten().tolist() for t in _vlfeat_orientation_scan(*g45, d4[0], d4[1])], [[1, 3], [0, 0]])
 
 
 # %% [markdown]

@@ -72,6 +72,22 @@ def test_hog_matches_vlfeat(vl, name, cell, bilinear, path):
     assert np.abs(ours - ref).max() <= HOG_TOL
 
 
+@pytest.mark.parametrize("cell", [4, 8, 16])
+@pytest.mark.parametrize("num_orientations", range(3, 10))
+def test_hog_matches_vlfeat_for_every_orientation_count(vl, num_orientations, cell):
+    "HOG and HOGb equal VLFeat for 3..9 orientations on 8-bit photographs, whose 45-degree gradients sit on bin centres for 4 and 8."
+    for name in ("camera_grey_101x99", "chelsea_rgb_300x451"):
+        image = IMAGES[name]()[None]
+        for bilinear in (False, True):
+            a = np.ascontiguousarray(image[0].numpy().transpose(1, 2, 0), dtype=np.float32)
+            ref = vl.hog.hog(a, cell, n_orientations=num_orientations, variant="UoCTTI", bilinear_interpolation=bilinear)
+            hog = HOG(cell, num_orientations=num_orientations, bilinear_orientations=bilinear)
+            for x in (image, image.clone().requires_grad_()):   # the reference path and the fused layer
+                ours = hog(x)[0].permute(1, 2, 0).detach().numpy()
+                assert ours.shape == ref.shape and ref.max() > 0.1
+                assert np.abs(ours - ref).max() <= HOG_TOL, (name, bilinear, x.requires_grad)
+
+
 def test_hog_batch_and_dtype_follow_input(vl):
     images = torch.stack([IMAGES["coffee_rgb_64x80"](), _rand(3, 64, 80, 5)])
     hog = HOG(bilinear_orientations=True)
