@@ -556,7 +556,9 @@ class Learner:
         self.amp = resolve_amp(self.cfg.amp, self.device)
         self.net = self._wrap()
         c, n = self.cfg, self.cfg.num_iters
-        self.opt = torch.optim.Adam(model.parameters(), lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
+        # a model may ask for parameter groups with their own settings (e.g. a learned bandwidth's learning rate)
+        params = model.optimizer_groups() if hasattr(model, "optimizer_groups") else model.parameters()
+        self.opt = torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: LR_SCHEDULES[c.lr_schedule](min(s, n) / n))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.out = Path(c.out_dir) if c.out_dir is not None else None

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from motion_nbs.core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check_int, full_precision,
+from motion_nbs.core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check_int, check_number, full_precision,
                              load_model_file, seed_everything)
 from motion_nbs.data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, split_heldout,
                              video_flow_pairs)
@@ -73,6 +73,7 @@ from fastcore.test import test_close, test_eq, test_fail
 # %%
 #| export
 THESIS_SIGMA2 = 0.0036  # the bandwidth the thesis learned (fig 3.2)
+NEUTRAL_SIGMA2 = 0.04  # where a learned σ starts: σ = 0.2, a tenth of the normalised flow's range [-1, 1]
 
 @full_precision
 def cosine_kernel(emb: torch.Tensor  # `(B,N,D)` embeddings (any norm; zero vectors give zero rows)
@@ -223,6 +224,23 @@ test_fail(lambda: cpfs_loss(good, fl.masked_fill(fl > 5, float("nan")), "ce"), c
 # When σ is learned, it is parametrised in log space ($\sigma = \exp(s)$), which keeps it positive and
 # makes its updates scale-free. `CPFSLoss` bundles the loss kind with a fixed or learnable σ, so the
 # learner's optimiser picks σ up with the network's parameters.
+#
+# **Where a learned σ starts, and how fast it moves.** $\sigma^2 = 0.0036$ is the thesis' *result*, so a run
+# that starts there cannot show where σ goes. A learned σ starts from a neutral $\sigma^2 = 0.04$ — σ a tenth
+# of the normalised flow's range $[-1, 1]$ — and has its own learning rate (`sigma_lr`, $10^{-2}$ in the
+# presets): with the network's $10^{-4}$, Adam would move $\log\sigma$ by about $10^{-4}$ per step, 0.06 in a
+# 600-step run.
+#
+# **KTA with a learned σ has a degenerate optimum.** As $\sigma \to \infty$ the flow kernel tends to the
+# all-ones matrix, and so does the cosine kernel of *collapsed* embeddings (all pixels the same vector):
+# the alignment of eq 3.3 is then perfect, better than any embedding that tells objects apart achieves at
+# any σ, because real flow varies within an object. The cell below measures it on rendered scenes:
+# one-hot embeddings of the true instances reach their best $-\mathcal{A} = -0.977$ at $\sigma^2 = 0.04$,
+# while collapsed embeddings reach $-0.988$ at $\sigma^2 = 0.36$ and $-1.000$ at $\sigma^2 = 36$. Learning σ
+# under KTA would therefore drive σ up and the embeddings to a constant. The book keeps KTA's σ fixed (the
+# presets use the thesis' 0.0036, and `CPFSConfig` refuses `sigma="learned"` with KTA). The cross-entropy
+# losses do not reward the collapse in the same way — their best one-hot value (at small σ) is below the
+# collapsed one — so there σ is learned, from the neutral start, and `03_cpfs_train` reports where it ends.
 
 # %%
 #| export
@@ -255,6 +273,18 @@ test_close(crit.sigma2, THESIS_SIGMA2, eps=1e-9)
 crit(rand, fl).backward()
 assert crit.log_sigma.grad is not None and torch.isfinite(crit.log_sigma.grad)
 test_eq(len(list(CPFSLoss("kta").parameters())), 0)
+
+# %%
+from motion_nbs.data import SceneDataset
+_sc = [SceneDataset("shapes", 4, seed=5, size=(128, 128))[i] for i in range(4)]
+_idx = torch.randperm(128 * 128, generator=torch.Generator().manual_seed(0))[:256]   # 256 pixels per frame
+_f = torch.stack([s["flow"].flatten(1)[:, _idx].T for s in _sc])                       # (4, 256, 2)
+_ids = torch.stack([s["instances"].flatten()[_idx] for s in _sc])
+_onehot, _collapsed = F.one_hot(_ids, 16).float(), torch.ones(4, 256, 16)
+_kta = {s2: (float(cpfs_loss(_onehot, _f, "kta", sigma=math.sqrt(s2))), float(cpfs_loss(_collapsed, _f, "kta", sigma=math.sqrt(s2))))
+        for s2 in (0.0036, 0.01, 0.04, 0.1, 0.36, 36.0)}
+for s2, (oh, co) in _kta.items(): print(f"sigma^2 {s2:7g}: -KTA one-hot instances {oh:.3f}, collapsed {co:.3f}")
+assert min(co for _, co in _kta.values()) < min(oh for oh, _ in _kta.values())   # the collapse wins under KTA
 
 
 # %% [markdown]
@@ -557,8 +587,8 @@ class CPFSObjective:
 
 def _cpfs_criterion(kind: str):
     def build(cfg):
-        fixed = cfg.sigma != "learned"
-        return CPFSLoss(kind, sigma2=cfg.sigma if fixed else THESIS_SIGMA2, learn_sigma=not fixed)
+        learned = cfg.sigma == "learned"
+        return CPFSLoss(kind, sigma2=cfg.sigma_init if learned else cfg.sigma, learn_sigma=learned)
     return build
 
 CPFS_OBJECTIVES = {**{k: CPFSObjective(SparseHypercolumn, _cpfs_criterion(k)) for k in CPFS_LOSSES},
@@ -592,10 +622,10 @@ CPFS_MODELS = ("alexnet_cpfs", "alexnet_cpfs_small")
 CPFS_PRESETS = {
     "cpu": dict(model="alexnet_cpfs_small", num_iters=600, batch_size=16, num_pixels=256, image_size=128, render_size=160,
                 pool_size=1024, lr={"flow_cls": 1e-3, "*": 1e-4}, valid_every=100, checkpoint_every=100, patience=None,
-                num_valid=32),
+                num_valid=32, sigma={"kta": THESIS_SIGMA2, "*": "learned"}, sigma_lr=1e-2),
     "paper": dict(model="alexnet_cpfs", num_iters=200_000, batch_size=96, num_pixels=512, image_size=224, render_size=256,
                   pool_size=None, lr={"flow_cls": BASELINE_LR, "*": 1e-4}, valid_every=1000, checkpoint_every=1000,
-                  patience=10, num_valid=5000),
+                  patience=10, num_valid=5000, sigma={"kta": THESIS_SIGMA2, "*": "learned"}, sigma_lr=1e-2),
 }
 
 @dataclass
@@ -605,7 +635,9 @@ class CPFSConfig(ExperimentConfig):
     data: str = "synthetic"  # "synthetic" (rendered `shapes` scenes), "videos" (the sample videos) or a folder of flow-pair shards
     model: str = "alexnet_cpfs_small"  # "alexnet_cpfs" (appendix A) or "alexnet_cpfs_small" (¼ of the channels)
     num_pixels: int = 256  # N: pixels sampled per image for the loss (512 in the thesis)
-    sigma: float | str = "learned"  # RBF bandwidth: "learned" (from the thesis' σ² = 0.0036) or a fixed σ²
+    sigma: float | str = "learned"  # RBF bandwidth: "learned" (CE, CE-rev) or a fixed σ² (KTA: the thesis' 0.0036)
+    sigma_init: float = NEUTRAL_SIGMA2  # where a learned σ² starts
+    sigma_lr: float = 1e-2  # Adam's learning rate for log σ (the network's is `lr`)
     render_size: int = 160  # side of rendered scenes, before the augmentation rescales and crops them
     out_dir: str | None = "_runs/cpfs"  # checkpoints, metrics, model.pt and results.json (None: no files)
 
@@ -624,6 +656,10 @@ class CPFSConfig(ExperimentConfig):
             try: self.sigma = float(self.sigma)
             except (TypeError, ValueError): raise ValueError(f"sigma={self.sigma!r}; valid: 'learned' or a positive number (σ²)") from None
             if not self.sigma > 0: raise ValueError(f"sigma={self.sigma!r}; expected σ² > 0")
+        elif self.loss == "kta":
+            raise ValueError("sigma='learned' with loss='kta': KTA rewards collapsed embeddings as σ grows (chapter 3, "
+                             "'A learnable bandwidth'); give a fixed σ², e.g. the thesis' 0.0036")
+        check_number("sigma_init", self.sigma_init); check_number("sigma_lr", self.sigma_lr)
 
     @classmethod
     def _derived(cls, values: dict, given: dict) -> dict:
@@ -638,6 +674,8 @@ test_eq(CPFSConfig.from_preset(loss="flow_cls").lr, 1e-3)
 test_eq((CPFSConfig.from_preset("paper", batch_size=32).batch_size, CPFSConfig.from_preset("paper", loss="flow_cls").lr), (32, 0.01))
 test_eq(CPFSConfig.from_preset(image_size=256).render_size, 320)
 test_eq(CPFSConfig.from_preset(sigma="0.01").sigma, 0.01)          # command-line strings are numbers
+test_eq((CPFSConfig.from_preset(loss="kta").sigma, CPFSConfig.from_preset(loss="ce").sigma), (THESIS_SIGMA2, "learned"))
+test_fail(lambda: CPFSConfig.from_preset(loss="kta", sigma="learned"), contains="KTA rewards collapsed embeddings")
 test_fail(lambda: CPFSConfig.from_preset(loss="l2"), contains="valid: kta, ce, ce_rev, flow_cls")
 test_fail(lambda: CPFSConfig.from_preset(data="/no/such/folder"), contains="valid: 'synthetic', 'videos'")
 test_fail(lambda: CPFSConfig.from_preset(num_pixels=10**6), contains="num_pixels=1000000")
@@ -659,9 +697,17 @@ class CPFSTrainer(nn.Module):
     "Head + loss + pixel sampling in one module: forward(image, flow) → the training loss."
     def __init__(self, net: nn.Module,  # a `SparseHypercolumn` (or `FlowClassificationBaseline`)
                  crit,  # a `CPFSLoss` (its σ may be learned) or `flow_classification_loss`
-                 num_pixels: int = 512):  # N: pixels sampled per image (512 in the thesis)
+                 num_pixels: int = 512,  # N: pixels sampled per image (512 in the thesis)
+                 sigma_lr: float | None = None):  # a learned σ's own learning rate (None: the network's)
         super().__init__()
-        self.net, self.crit, self.num_pixels = net, crit, num_pixels
+        self.net, self.crit, self.num_pixels, self.sigma_lr = net, crit, num_pixels, sigma_lr
+
+    def optimizer_groups(self) -> list:
+        "Parameter groups for the learner's Adam: the network, and a learned σ with its own learning rate."
+        own = [p for p in self.crit.parameters()] if isinstance(self.crit, nn.Module) else []
+        groups = [{"params": list(self.net.parameters())}]
+        if own: groups.append({"params": own, **({} if self.sigma_lr is None else {"lr": self.sigma_lr})})
+        return groups
 
     def forward(self, image, flow):
         "Shape: image `(B,3,H,W)`, flow `(B,2,H,W)` in pixels → `()`. Pixels drawn on the image's device from its global RNG."
@@ -696,7 +742,7 @@ def build_cpfs_model(cfg: CPFSConfig) -> CPFSTrainer:
     "The network and loss of a `CPFSConfig` (seeded, so every objective starts from the same weights)."
     seed_everything(cfg.seed)
     objective = CPFS_OBJECTIVES[cfg.loss]
-    return CPFSTrainer(objective.head(create_model(cfg.model, batchnorm=True)), objective.criterion(cfg), cfg.num_pixels)
+    return CPFSTrainer(objective.head(create_model(cfg.model, batchnorm=True)), objective.criterion(cfg), cfg.num_pixels, cfg.sigma_lr)
 
 def heldout_scenes(cfg: CPFSConfig, num: int = 16) -> dict:
     "Held-out `shapes` frames for evaluation and figures: a batch dict of image, flow, instances, categories (on the CPU)."

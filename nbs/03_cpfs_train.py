@@ -29,7 +29,7 @@ num_iters = None       # training steps (None: the preset's)
 batch_size = None      # images per step (None: the preset's)
 num_pixels = None      # pixels sampled per image for the loss (None: the preset's)
 image_size = None      # side of the square training crops (None: the preset's)
-sigma = "learned"      # RBF bandwidth: "learned" (starts from the thesis value 0.0036 for sigma squared) or a fixed sigma squared
+sigma = None           # RBF bandwidth: "learned" (from sigma^2 = 0.04) or a fixed sigma^2; None: the preset's (KTA: 0.0036)
 seed = 0               # seeds initialisation, data and pixel sampling
 device = None          # "cpu", "cuda", "cuda:1", "mps"; None: CUDA if present, else MPS, else the CPU
 amp = "auto"           # mixed precision: "bf16", "fp16" or "off"; "auto": bf16 on CUDA, off on the CPU
@@ -87,9 +87,9 @@ fig = plot_metrics(result["metrics_path"])
 
 # %%
 #| slow
-if loss != "flow_cls":
-    print(f"sigma^2: initial {result['sigma2_initial']:.4g}, final {result['sigma2_final']:.4g} "
-          f"(the thesis learned {0.0036})")
+if result["config"]["sigma"] == "learned":
+    print(f"learned sigma^2: initial {result['sigma2_initial']:.4g}, final {result['sigma2_final']:.4g} (the thesis learned 0.0036)")
+elif loss != "flow_cls": print(f"fixed sigma^2 = {result['sigma2_final']:.4g}")
 
 # %% [markdown]
 # ## What the embedding groups

@@ -115,3 +115,19 @@ def test_nan_flow_and_unknown_loss():
     with pytest.raises(ValueError, match="NaN"): cpfs_loss(torch.randn(1, 4, 16), flow)
     with pytest.raises(ValueError, match="unknown CPFS loss 'l2'; valid: kta, ce, ce_rev"): cpfs_loss(torch.randn(1, 4, 16), torch.zeros(1, 4, 2), "l2")
     with pytest.raises(ValueError, match="valid: kta, ce, ce_rev"): CPFSLoss("l2")
+
+
+def test_learned_sigma_has_its_own_learning_rate():
+    "In training, log σ starts at the neutral σ² = 0.04 and Adam's first step moves it by sigma_lr (1e-2), not by the network's 1e-4."
+    from motion_nbs.cpfs import NEUTRAL_SIGMA2, CPFSConfig, build_cpfs_model
+    from motion_nbs.learner import fit
+    cfg = CPFSConfig.from_preset(loss="ce", num_pixels=16, image_size=64, batch_size=2, num_iters=1, out_dir=None, progress=False, device="cpu")
+    trainer = build_cpfs_model(cfg)
+    assert abs(trainer.crit.sigma2 - NEUTRAL_SIGMA2) < 1e-9
+    groups = trainer.optimizer_groups()
+    assert len(groups) == 2 and groups[1]["lr"] == 1e-2 and groups[1]["params"] == [trainer.crit.log_sigma]
+    before = float(trainer.crit.log_sigma.detach())
+    g = torch.Generator().manual_seed(0)
+    data = [{"image": torch.rand(3, 64, 64, generator=g), "flow": torch.randn(2, 64, 64, generator=g) * 5} for _ in range(2)]
+    fit(trainer, data, lambda m, b: m(b["image"], b["flow"]), None, cfg)
+    assert abs(abs(float(trainer.crit.log_sigma.detach()) - before) - 1e-2) < 1e-4   # Adam's first step: lr · g / |g|
