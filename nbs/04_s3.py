@@ -635,14 +635,20 @@ def train_data(cfg: S3Config):
     if cfg.pool_size is not None: train.fill(cfg.num_workers, show, "render pool")
     return train, valid
 
-def heldout_frames(cfg: S3Config, num: int = 32) -> dict:
-    """Frames no training step saw, for evaluation and figures: a batch dict of image, flow and, for
-    rendered data, `target` (faces for `single_cube`, instances otherwise)."""
+HELDOUT_SEEDS = {"valid": 2_000_003, "test": 3_000_003}  # offsets from the run's seed; the validation loss uses 1_000_003
+
+def heldout_frames(cfg: S3Config, num: int = 32,
+                   split: str = "valid"  # "valid": the frames presets were chosen on (and the figures); "test": frames nobody tuned on
+                  ) -> dict:
+    """Frames no training step saw: a batch dict of image, flow and, for rendered data, `target` (faces for
+    `single_cube`, instances otherwise)."""
+    check_choice("split", split, HELDOUT_SEEDS)
     size = cfg.image_size
     if cfg.data == "videos":
-        items = [paired_centre_crop(s, size) for s in video_flow_pairs(("carphone",), size, cfg.seed, num)]
+        pairs = video_flow_pairs(("carphone",), size, cfg.seed + (split == "test"), num)
+        items = [paired_centre_crop(s, size) for s in pairs]
         return {k: torch.stack([it[k] for it in items]) for k in ("image", "flow")}
-    ds = SceneDataset(cfg.data, length=num, seed=cfg.seed + 2_000_003, size=(size, size))
+    ds = SceneDataset(cfg.data, length=num, seed=cfg.seed + HELDOUT_SEEDS[split], size=(size, size))
     items = [ds[i] for i in range(num)]
     out = {k: torch.stack([it[k] for it in items]) for k in ("image", "flow")}
     out["target"] = torch.stack([it["parts" if cfg.data == "single_cube" else "instances"] for it in items])
@@ -667,9 +673,11 @@ def evaluate_segments(model: S3Model,  # a trained (or any) model, on any device
 
 # %% [markdown]
 # `train` builds the data and the model, runs `fit` (chapter 02c: checkpoints, resume, early stopping
-# on the validation loss, device and precision, DDP under torchrun), evaluates the model on held-out
-# frames on the training device, and — from the main process only — writes `model.pt` (weights and
-# metadata, loadable with `weights_only=True`) and `results.json` into `out_dir`, both atomically.
+# on the validation loss, device and precision, DDP under torchrun), evaluates the model on two sets of
+# held-out frames on the training device — the *validation* frames, on which the presets were chosen and
+# which the figures show (`valid_miou`), and *test* frames that nothing was tuned on (`test_miou`) — and,
+# from the main process only, writes `model.pt` (weights and metadata, loadable with `weights_only=True`)
+# and `results.json` into `out_dir`, both atomically.
 
 # %%
 #| exporti
@@ -697,8 +705,10 @@ def train(config: S3Config = None,  # the run's settings (default: the `cpu` pre
     train_ds, valid_ds = train_data(cfg)
     crit = s3_loss(cfg.loss)
     summary = fit(model, train_ds, lambda m, b: crit(m(b["image"]), b["flow"]), valid_ds, cfg)
-    held = heldout_frames(cfg)
-    res = dict(summary, config=cfg.to_dict(), **evaluate_segments(model, held), seconds=round(time.time() - t0, 1),
+    held = heldout_frames(cfg, split="valid")
+    scores = {f"{split}_{k}": v for split, frames in (("valid", held), ("test", heldout_frames(cfg, split="test")))
+              for k, v in evaluate_segments(model, frames).items()}
+    res = dict(summary, config=cfg.to_dict(), **scores, seconds=round(time.time() - t0, 1),
                metrics_path=None if cfg.out_dir is None else str(Path(cfg.out_dir) / "metrics.jsonl"))
     if cfg.out_dir is not None and is_main_process(): _save_run(cfg, model, res)
     return dict(res, model=model, heldout=held)

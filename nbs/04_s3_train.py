@@ -106,10 +106,12 @@ fig = show_segments(result["model"], result["heldout"], num_images=6)
 
 # %%
 #| slow
-if "miou" in result:
+if "test_miou" in result:
     target = "faces" if data == "single_cube" else "objects"
-    print(f"matched mIoU vs {target} on {result['num_frames']} held-out frames: S3-CNN {result['miou']:.3f}, "
-          f"grid of {num_segments} {result['miou_grid']:.3f}  ({result['steps']} steps, {result['seconds'] / 60:.1f} min)")
+    for split in ("valid", "test"):
+        print(f"matched mIoU vs {target} on {result[split + '_num_frames']} {split} frames: S3-CNN {result[split + '_miou']:.3f}, "
+              f"grid of {num_segments} {result[split + '_miou_grid']:.3f}")
+    print(f"({result['steps']} steps, {result['seconds'] / 60:.1f} min)")
 else:
     print("no ground truth for real videos")
 
@@ -133,7 +135,7 @@ if "target" in result["heldout"]:
     onehot = F.one_hot(gt, int(gt.max()) + 1).permute(0, 3, 1, 2).float()
     coarse = F.interpolate(F.avg_pool2d(onehot, stride), size=gt.shape[-2:], mode="bilinear", align_corners=False)
     print(f"object oracle {matched_miou((gt > 0).long(), gt):.3f}; stride-{stride} resolution ceiling "
-          f"{matched_miou(coarse.argmax(1), gt):.3f}; S3-CNN {result['miou']:.3f}")
+          f"{matched_miou(coarse.argmax(1), gt):.3f}; S3-CNN {result['valid_miou']:.3f} (validation frames)")
 
 # %% [markdown]
 # ## What the `cpu` preset reaches

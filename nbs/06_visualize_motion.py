@@ -483,9 +483,9 @@ with tempfile.TemporaryDirectory() as _root:
 # AlexNet. Here:
 #
 # - **CPFS**: the quarter-width `alexnet_cpfs_small` (units per layer: conv1 24, conv2 64, conv3 96,
-#   conv4 96, conv5 64, fc6 64, fc7 64) trained by `motion_nbs.cpfs.train` — KTA loss, `cpu` preset:
-#   600 steps of 16 `shapes` frames at 128 px, the run of `make demo`, reused when `_runs/cpfs` holds
-#   it;
+#   conv4 96, conv5 64, fc6 64, fc7 64) trained by `motion_nbs.cpfs.train` with the CE loss (eq 3.4) —
+#   the thesis' chapter-6 model is CPFS-CE (section 6.1) — at the `cpu` preset: 600 steps of 16 `shapes`
+#   frames at 128 px, σ learned from $\sigma^2 = 0.04$; trained into `_runs/cpfs_ce`, or reused from there;
 # - **random**: the same architecture at its seeded initialisation;
 # - **supervised**: torchvision's ImageNet AlexNet (`motion_nbs.models.load_pretrained("alexnet")`,
 #   ImageNet normalisation) when its weights are in the local torch hub cache — this machine never
@@ -628,12 +628,12 @@ test_eq(_n["r"]["relu3"].iou, network_dissection(_random_net(0), "relu3", _cds, 
 #| slow
 from motion_nbs.cpfs import train as train_cpfs
 
-cpfs = train_cpfs(loss="kta", out_dir="../_runs/cpfs", progress=False)["model"].backbone.eval()
+cpfs = train_cpfs(loss="ce", out_dir="../_runs/cpfs_ce", progress=False)["model"].backbone.eval()
 torch.manual_seed(0)
 random_net = alexnet_cpfs_small().eval()
 sup_name, supervised, sup_norm = supervised_network(out_dir="../_runs/dissect_supervised")
-nets = {"CPFS (KTA, shapes motion)": cpfs, "random init": random_net, sup_name: supervised}
-norms = {"CPFS (KTA, shapes motion)": NO_NORMALISATION, "random init": NO_NORMALISATION, sup_name: sup_norm}
+nets = {"CPFS (CE, shapes motion)": cpfs, "random init": random_net, sup_name: supervised}
+norms = {"CPFS (CE, shapes motion)": NO_NORMALISATION, "random init": NO_NORMALISATION, sup_name: sup_norm}
 print("supervised network:", sup_name)
 
 # %%
@@ -654,7 +654,8 @@ for n, per in results.items():
     print(f"{n}: " + (", ".join(f"unit {k} {c} ({v:.2f})" for k, c, v, _ in top) or "none"))
 
 # %% [markdown]
-# **Measured** (the last full run, 27 Nov 2026, with both networks trained afresh into `_runs/cpfs` and
+# **Measured** (the last full run, 27 Nov 2026, with the network of `make demo` — KTA, not the thesis' CE now used above — and
+# the supervised one trained afresh into `_runs/cpfs` and
 # `_runs/dissect_supervised`; the supervised network was the small shapes-trained one, as torchvision's
 # weights are not on this machine), interpretable units / units per layer:
 #

@@ -18,8 +18,9 @@ def test_s3_training_notebook_smoke(tmp_path):
                         parameters=dict(loss="rigid", data="multi_cube", num_segments=3, num_iters=2, batch_size=2,
                                         image_size=32, out_dir=str(run)))
     res = json.loads((run / "results.json").read_text())
-    assert res["steps"] == 2 and res["config"]["loss"] == "rigid" and res["num_frames"] > 0
-    assert 0.0 <= res["miou"] <= 1.0 and 0.0 <= res["miou_grid"] <= 1.0
+    assert res["steps"] == 2 and res["config"]["loss"] == "rigid" and res["valid_num_frames"] == res["test_num_frames"] == 32
+    assert all(0.0 <= res[f"{s}_{k}"] <= 1.0 for s in ("valid", "test") for k in ("miou", "miou_grid"))
+    assert res["valid_miou_grid"] != res["test_miou_grid"]   # different frames
     ckpt = torch.load(run / "model.pt", weights_only=True)
     assert ckpt["meta"]["num_segments"] == 3
     model = load_s3(run)
@@ -32,3 +33,23 @@ def test_s3_training_notebook_smoke(tmp_path):
 def test_s3_training_notebook_rejects_bad_parameters(tmp_path, params, message):
     with pytest.raises(pm.PapermillExecutionError, match=message):
         pm.execute_notebook(NBS / "04_s3_train.ipynb", tmp_path / "bad.ipynb", parameters=params, cwd=NBS, progress_bar=False)
+
+
+def test_s3_seeds_experiment_tiny_and_resumed(tmp_path):
+    "The seeds experiment: one record per setting and seed with validation and test mIoU; a rerun keeps the finished records."
+    runs = tmp_path / "runs"
+    kw = dict(cwd=NBS, progress_bar=False, parameters=dict(preset="tiny", runs_dir=str(runs), configs="single_cube+affine,multi_cube+rigid"))
+    pm.execute_notebook(NBS / "04_s3_seeds.ipynb", tmp_path / "a.ipynb", **kw)
+    res = json.loads((runs / "results.json").read_text())
+    assert [(r["setting"], r["seed"]) for r in res["runs"]] == [("single_cube+affine", 0), ("multi_cube+rigid", 0)]
+    r0 = res["runs"][0]
+    assert r0["steps"] == 2 and r0["test_num_frames"] == 32 and 0 <= r0["test_miou"] <= 1 and r0["valid_miou"] != r0["test_miou"]
+    assert res["summary"]["single_cube+affine"]["target"] == 0.7 and (runs / "results.png").exists()
+    pm.execute_notebook(NBS / "04_s3_seeds.ipynb", tmp_path / "b.ipynb", **kw)
+    assert json.loads((runs / "results.json").read_text())["runs"] == res["runs"]   # nothing retrained or lost
+
+
+def test_s3_seeds_experiment_rejects_bad_settings(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match="expected 'data\\+loss'"):
+        pm.execute_notebook(NBS / "04_s3_seeds.ipynb", tmp_path / "bad.ipynb", parameters=dict(configs="cube+affine"), cwd=NBS,
+                            progress_bar=False)

@@ -161,5 +161,5 @@ def test_torchrun_two_processes_s3_end_to_end(tmp_path):
     r = _torchrun("motion_nbs.s3:train", out, "--loss", "affine", "--data", "single_cube", "--num_segments", 3, "--num_iters", 2,
                   "--batch_size", 4, "--image_size", 32, "--pool_size", 8, "--num_valid", 4, "--valid_every", 2)
     summary, res = _check_two_process_run(r, out)
-    assert summary["steps"] == 2 and 0 <= summary["miou"] <= 1 and res["num_frames"] == 32
+    assert summary["steps"] == 2 and 0 <= summary["test_miou"] <= 1 and res["valid_num_frames"] == 32
     assert load_s3(out)(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
