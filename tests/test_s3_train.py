@@ -39,17 +39,17 @@ def test_s3_seeds_experiment_tiny_and_resumed(tmp_path):
     "The seeds experiment: one record per setting and seed with validation and test mIoU; a rerun keeps the finished records."
     runs = tmp_path / "runs"
     kw = dict(cwd=NBS, progress_bar=False, parameters=dict(preset="tiny", runs_dir=str(runs), configs="single_cube+affine,multi_cube+rigid"))
-    pm.execute_notebook(NBS / "04_s3_seeds.ipynb", tmp_path / "a.ipynb", **kw)
+    pm.execute_notebook(NBS / "04_s3_train_seeds.ipynb", tmp_path / "a.ipynb", **kw)
     res = json.loads((runs / "results.json").read_text())
     assert [(r["setting"], r["seed"]) for r in res["runs"]] == [("single_cube+affine", 0), ("multi_cube+rigid", 0)]
     r0 = res["runs"][0]
     assert r0["steps"] == 2 and r0["test_num_frames"] == 32 and 0 <= r0["test_miou"] <= 1 and r0["valid_miou"] != r0["test_miou"]
     assert res["summary"]["single_cube+affine"]["target"] == 0.7 and (runs / "results.png").exists()
-    pm.execute_notebook(NBS / "04_s3_seeds.ipynb", tmp_path / "b.ipynb", **kw)
+    pm.execute_notebook(NBS / "04_s3_train_seeds.ipynb", tmp_path / "b.ipynb", **kw)
     assert json.loads((runs / "results.json").read_text())["runs"] == res["runs"]   # nothing retrained or lost
 
 
 def test_s3_seeds_experiment_rejects_bad_settings(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="expected 'data\\+loss'"):
-        pm.execute_notebook(NBS / "04_s3_seeds.ipynb", tmp_path / "bad.ipynb", parameters=dict(configs="cube+affine"), cwd=NBS,
+        pm.execute_notebook(NBS / "04_s3_train_seeds.ipynb", tmp_path / "bad.ipynb", parameters=dict(configs="cube+affine"), cwd=NBS,
                             progress_bar=False)

@@ -19,8 +19,8 @@
 # to the results file as soon as it finishes.
 #
 # ```bash
-# papermill nbs/04_s3_seeds.ipynb _runs/04_s3_seeds.ipynb -p preset full   # the real run (hours on 2 cores)
-# papermill nbs/04_s3_seeds.ipynb _runs/tiny.ipynb -p preset tiny          # a smoke run
+# papermill nbs/04_s3_train_seeds.ipynb _runs/04_s3_train_seeds.ipynb -p preset full   # the real run (hours on 2 cores)
+# papermill nbs/04_s3_train_seeds.ipynb _runs/tiny.ipynb -p preset tiny          # a smoke run
 # ```
 #
 # The default, `preset="saved"`, shows the saved results (`nbs/04_s3_train_results.json`) and runs the tiny
