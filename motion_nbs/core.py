@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['SAMPLE_IMAGES', 'SAMPLE_VIDEOS', 'data_dir', 'seed_everything', 'default_device', 'available_devices',
-           'resolve_device', 'full_precision', 'check_choice', 'check_int', 'check_number', 'image_from_array',
-           'image_to_array', 'load_image', 'sample_image', 'sample_video', 'video_info', 'read_video_frames',
-           'atomic_write', 'atomic_save', 'load_model_file', 'show_images']
+           'resolve_device', 'full_precision', 'check_choice', 'check_int', 'check_number', 'check_values',
+           'image_from_array', 'image_to_array', 'load_image', 'sample_image', 'sample_video', 'video_info',
+           'read_video_frames', 'atomic_write', 'atomic_save', 'load_model_file', 'show_images']
 
 # %% ../nbs/00_core.ipynb #fa5f66ed
 import contextlib
@@ -104,6 +104,23 @@ def check_number(name: str, value, minimum: float = 0.0,  # the bound
     if not ok or value < minimum or (value == minimum and not inclusive):
         raise ValueError(f"{name}={value!r}; expected a finite number {'>=' if inclusive else '>'} {minimum}")
     return float(value)
+
+# %% ../nbs/00_core.ipynb #1baa1375
+def check_values(name: str,  # the argument's name, for the message
+                 x: torch.Tensor,
+                 finite: bool = True,  # no NaN or infinity
+                 nonnegative: bool = False,  # no negative value
+                 nonzero_per_item: bool = False  # no item (first dimension) all zeros
+                ) -> torch.Tensor:
+    "`x` if its values are valid, else a `ValueError` naming `name` and what is wrong (CPU tensors only; see above)."
+    if not torch.is_tensor(x) or x.device.type != "cpu": return x
+    if finite and not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN or infinite value(s); expected finite values")
+    if nonnegative and (x < 0).any(): raise ValueError(f"{name} has negative values (min {float(x.min()):.4g}); expected values >= 0")
+    if nonzero_per_item and x.ndim and (x.reshape(len(x), -1) == 0).all(1).any():
+        bad = torch.nonzero((x.reshape(len(x), -1) == 0).all(1)).flatten().tolist()
+        raise ValueError(f"{name} is all zeros for item(s) {bad[:10]} of the batch")
+    return x
 
 # %% ../nbs/00_core.ipynb #de4d4643
 def image_from_array(array: np.ndarray  # (H,W), (H,W,1), (H,W,3) or (H,W,4); uint8, uint16, bool or float in [0,1]

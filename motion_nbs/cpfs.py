@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check_int, check_number, full_precision,
+from .core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check_int, check_number, check_values, full_precision,
                              load_model_file, seed_everything)
 from .data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, split_heldout,
                              video_flow_pairs)
@@ -80,7 +80,7 @@ def _check_pair(emb, flow):
     if flow.ndim != 3 or flow.shape[-1] != 2: raise ValueError(f"flow must have shape (B,N,2), got {tuple(flow.shape)}")
     if emb.shape[:2] != flow.shape[:2]:
         raise ValueError(f"emb {tuple(emb.shape)} and flow {tuple(flow.shape)} differ in batch size or number of pixels")
-    if not torch.isfinite(flow).all(): raise ValueError("flow contains NaN or infinite values")
+    check_values("flow", flow)
 
 @full_precision
 def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
@@ -95,6 +95,8 @@ def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
     Shape: `(B,N,D)`, `(B,N,2)` → `()`."""
     if kind not in CPFS_LOSSES: raise ValueError(f"unknown CPFS loss {kind!r}; valid: {', '.join(CPFS_LOSSES)}")
     _check_pair(emb, flow)
+    if not torch.is_tensor(sigma): check_number("sigma", sigma)
+    elif sigma.device.type == "cpu" and not (sigma > 0).all(): raise ValueError(f"sigma={sigma}; expected σ > 0")
     if normalize: flow = normalize_flow_log(flow.transpose(-1, -2)[..., None], max_flow)[..., 0].transpose(-1, -2)
     K_phi, K_f = cosine_kernel(emb), rbf_kernel(flow.to(emb.dtype), sigma)
     if kind == "kta": return -kernel_alignment(K_f, K_phi).mean()
@@ -258,7 +260,7 @@ def flow_classification_loss(logits: torch.Tensor,  # `(B,N,2,num_bins)` from `F
     "Mean softmax cross-entropy of the x and y flow classes. Shape: → `()`."
     num_bins = logits.shape[-1]
     if logits.shape[:-1] != flow.shape: raise ValueError(f"logits {tuple(logits.shape)} do not match flow {tuple(flow.shape)}")
-    if not torch.isfinite(flow).all(): raise ValueError("flow contains NaN or infinite values")
+    check_values("flow", flow)
     target = flow_to_classes(flow.transpose(-1, -2)[..., None], num_bins, max_flow)[..., 0].transpose(-1, -2)
     return F.cross_entropy(logits.reshape(-1, num_bins), target.reshape(-1))
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .core import check_values
+
 # %% ../nbs/05a_features.ipynb #e65baaea
 def _check_image(image, name: str, channels: int | None = None) -> None:
     if not torch.is_tensor(image): raise ValueError(f"{name} expects a torch.Tensor image, got {type(image).__name__}")
@@ -25,6 +27,7 @@ def _check_image(image, name: str, channels: int | None = None) -> None:
         raise ValueError(f"{name} expects a floating-point image (float32/float64 in [0,1]), got dtype {image.dtype}")
     if channels is not None and image.shape[1] != channels:
         raise ValueError(f"{name} expects {channels} channel(s) (B,{channels},H,W), got {image.shape[1]} channels: shape {tuple(image.shape)}")
+    check_values(f"the image given to {name}", image.detach())
 
 # %% ../nbs/05a_features.ipynb #8bb2e3c9
 def derivative_filters(dtype=torch.float64) -> torch.Tensor:

@@ -173,7 +173,11 @@ def normalized_error(phi_x: torch.Tensor,  # (B,...) codes Φ(x)
     Shape: `(B,...)` → `(B,)`."""
     d, t = phi_x - phi0, phi0.expand_as(phi_x)
     if mask is not None: d, t = d * mask, t * mask
-    return d.square().flatten(1).sum(1) / t.square().flatten(1).sum(1)
+    norm0 = t.square().flatten(1).sum(1)
+    if norm0.device.type == "cpu" and (norm0 == 0).any():   # a zero target has no relative error (0/0 or x/0)
+        raise ValueError(f"the target code Φ0 is all zeros (within the mask) for image(s) {torch.nonzero(norm0 == 0).flatten().tolist()[:10]}; "
+                         "the normalised error is undefined")
+    return d.square().flatten(1).sum(1) / norm0
 
 def inner_product_loss(phi_x: torch.Tensor,  # (B,...) codes Φ(x)
                        phi0: torch.Tensor,  # (B,...) weights Φ_0 >= 0 (one-hot, or max(0, Φ(x0)))
@@ -437,6 +441,10 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
                 loss = data_loss(view)
                 extra = sum((r(view) for r in regularizers), no_extra)
                 if weights is None: weights = (torch.full_like(loss, p.C * area / p.scale), torch.full_like(extra, area / p.scale))
+                if not loss.requires_grad and p.C > 0 and not hist["loss"]:
+                    raise ValueError("phi's output does not depend differentiably on the image (no gradient flows back: "
+                                     "a .detach(), torch.no_grad() or numpy inside phi?); the pre-image would be shaped by the "
+                                     "regularisers alone")
                 used = [(o, w) for o, w in zip((loss, extra), weights) if o.requires_grad]
                 if used:
                     outputs, grad_outputs = zip(*used)

@@ -203,6 +203,37 @@ def check_number(name: str, value, minimum: float = 0.0,  # the bound
     return float(value)
 
 
+# %% [markdown]
+# Values are checked too where a bad one would otherwise travel unseen into a result (a NaN pixel into
+# HOG, an all-zero mask into a loss that then reports a perfect 0). Reading a tensor's values makes the
+# CPU wait for the device, so `check_values` checks tensors on the CPU and lets others pass: on a GPU the
+# training loop's own check (a non-finite loss at its next log line, chapter 02c) is the safety net.
+
+# %%
+#| export
+def check_values(name: str,  # the argument's name, for the message
+                 x: torch.Tensor,
+                 finite: bool = True,  # no NaN or infinity
+                 nonnegative: bool = False,  # no negative value
+                 nonzero_per_item: bool = False  # no item (first dimension) all zeros
+                ) -> torch.Tensor:
+    "`x` if its values are valid, else a `ValueError` naming `name` and what is wrong (CPU tensors only; see above)."
+    if not torch.is_tensor(x) or x.device.type != "cpu": return x
+    if finite and not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN or infinite value(s); expected finite values")
+    if nonnegative and (x < 0).any(): raise ValueError(f"{name} has negative values (min {float(x.min()):.4g}); expected values >= 0")
+    if nonzero_per_item and x.ndim and (x.reshape(len(x), -1) == 0).all(1).any():
+        bad = torch.nonzero((x.reshape(len(x), -1) == 0).all(1)).flatten().tolist()
+        raise ValueError(f"{name} is all zeros for item(s) {bad[:10]} of the batch")
+    return x
+
+
+# %%
+test_eq(check_values("flow", torch.ones(2, 2)), torch.ones(2, 2))
+test_fail(lambda: check_values("flow", torch.tensor([1.0, float("nan")])), contains="flow contains 1 NaN or infinite value(s)")
+test_fail(lambda: check_values("masks", torch.tensor([[0.5, -0.1]]), nonnegative=True), contains="masks has negative values (min -0.1)")
+test_fail(lambda: check_values("masks", torch.tensor([[1.0, 0.0], [0.0, 0.0]]), nonzero_per_item=True), contains="all zeros for item(s) [1]")
+
 # %%
 test_eq(check_choice("loss", "ce", ("ce", "kta")), "ce")
 test_fail(lambda: check_choice("loss", "l2", ("ce", "kta")), contains="loss='l2'; valid: ce, kta")

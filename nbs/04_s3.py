@@ -36,7 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from motion_nbs.core import atomic_save, atomic_write, check_choice, check_int, check_number, full_precision, load_model_file, seed_everything
+from motion_nbs.core import (atomic_save, atomic_write, check_choice, check_int, check_number, check_values, full_precision,
+                             load_model_file, seed_everything)
 from motion_nbs.data import ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, video_flow_pairs
 from motion_nbs.flow import log_flow_magnitude
 from motion_nbs.learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
@@ -91,7 +92,9 @@ def _check(masks, flow):
     if flow.ndim != 4 or flow.shape[1] != 2: raise ValueError(f"flow must have shape (B,2,H,W), got {tuple(flow.shape)}")
     if masks.shape[0] != flow.shape[0] or masks.shape[-2:] != flow.shape[-2:]:
         raise ValueError(f"masks {tuple(masks.shape)} and flow {tuple(flow.shape)} differ in batch or spatial size")
-    if not torch.isfinite(flow).all(): raise ValueError("flow contains NaN or infinite values")
+    check_values("flow", flow)
+    # soft segments are non-negative, and an image with no mask mass has no segments (every loss would be 0: "perfect")
+    check_values("masks", masks.detach(), nonnegative=True, nonzero_per_item=True)
 
 def _grid(h, w, dtype, device):
     "Normalised pixel coordinates (x, y) in [-1, 1] and the scale from pixels to those units."

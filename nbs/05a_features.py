@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from motion_nbs.core import check_values
+
 # %%
 #| hide
 from fastcore.test import test_close, test_eq, test_fail
@@ -57,12 +59,14 @@ def _check_image(image, name: str, channels: int | None = None) -> None:
         raise ValueError(f"{name} expects a floating-point image (float32/float64 in [0,1]), got dtype {image.dtype}")
     if channels is not None and image.shape[1] != channels:
         raise ValueError(f"{name} expects {channels} channel(s) (B,{channels},H,W), got {image.shape[1]} channels: shape {tuple(image.shape)}")
+    check_values(f"the image given to {name}", image.detach())
 
 
 # %%
 test_fail(lambda: _check_image(torch.zeros(3, 8, 8), "HOG"), contains="(B,C,H,W), got shape (3, 8, 8)")
 test_fail(lambda: _check_image(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "HOG"), contains="got dtype torch.uint8")
 test_fail(lambda: _check_image(torch.zeros(1, 3, 8, 8), "DenseSIFT", 1), contains="got 3 channels")
+test_fail(lambda: _check_image(torch.full((1, 1, 8, 8), float("nan")), "HOG"), contains="the image given to HOG contains 64 NaN")
 _check_image(torch.zeros(1, 3, 8, 8, dtype=torch.float64), "HOG")
 
 

@@ -236,6 +236,16 @@ def test_finetuning_starts_without_momentum(monkeypatch):
     assert seen[7][1] > 0                                                        # the accumulated G is not reset
 
 
+def test_non_differentiable_phi_and_bad_images_are_refused():
+    x0 = _rand(1, 3, 32, 32, seed=2, dtype=torch.float32)
+    with pytest.raises(ValueError, match="phi's output does not depend differentiably on the image"):
+        invert(lambda im: im.detach().mean((2, 3)), x0, num_iters=2)
+    with pytest.raises(ValueError, match="phi's output does not depend differentiably"):
+        maximize(lambda im: torch.from_numpy(im.detach().numpy()).mean((2, 3)), 0, (3, 32, 32), M=1.0, scaling="unit", num_iters=2)
+    with pytest.raises(ValueError, match="the image given to HOG contains"):
+        invert(HOG(8), x0.mean(1, keepdim=True) * float("nan"), num_iters=2)
+
+
 def test_clear_errors():
     x0 = _rand(1, 1, 32, 32, seed=7, dtype=torch.float32)
     with pytest.raises(ValueError, match="NaN"):

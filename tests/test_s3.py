@@ -148,6 +148,10 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"flow must have shape \(B,2,H,W\)"): rigid_loss(torch.rand(1, 2, 4, 4), torch.rand(1, 3, 4, 4))
     with pytest.raises(ValueError, match="NaN"): entropy_loss(torch.rand(1, 2, 4, 4), torch.full((1, 2, 4, 4), float("nan")))
     with pytest.raises(ValueError, match="differ in shape"): matched_miou(torch.zeros(3, 3, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long))
+    for loss in LOSSES.values():   # no segments at all would score a "perfect" 0; negative masks a negative or NaN loss
+        with pytest.raises(ValueError, match=r"masks is all zeros for item\(s\) \[1\]"):
+            loss(torch.cat([torch.ones(1, 2, 4, 4) / 2, torch.zeros(1, 2, 4, 4)]), torch.rand(2, 2, 4, 4))
+        with pytest.raises(ValueError, match="masks has negative values"): loss(torch.rand(1, 2, 4, 4) - 0.5, torch.rand(1, 2, 4, 4))
 
 
 @settings(max_examples=30, deadline=None)
