@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['SAMPLE_IMAGES', 'SAMPLE_VIDEOS', 'data_dir', 'seed_everything', 'default_device', 'available_devices',
            'resolve_device', 'full_precision', 'check_choice', 'check_int', 'check_number', 'check_values',
-           'image_from_array', 'image_to_array', 'load_image', 'sample_image', 'sample_video', 'video_info',
-           'read_video_frames', 'atomic_write', 'atomic_save', 'load_model_file', 'show_images']
+           'reject_unknown_parameters', 'image_from_array', 'image_to_array', 'load_image', 'sample_image',
+           'sample_video', 'video_info', 'read_video_frames', 'atomic_write', 'atomic_save', 'load_model_file',
+           'show_images']
 
 # %% ../nbs/00_core.ipynb #fa5f66ed
 import contextlib
@@ -121,6 +122,33 @@ def check_values(name: str,  # the argument's name, for the message
         bad = torch.nonzero((x.reshape(len(x), -1) == 0).all(1)).flatten().tolist()
         raise ValueError(f"{name} is all zeros for item(s) {bad[:10]} of the batch")
     return x
+
+# %% ../nbs/00_core.ipynb #5c712781
+def _assigned_names(source: str) -> set:
+    "Names assigned at the top level of a cell's source."
+    import ast
+    try: tree = ast.parse(source)
+    except SyntaxError: return set()
+    names = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for t in targets: names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+def reject_unknown_parameters(inputs=None  # the kernel's executed cell sources (IPython's `In`); None: read them from IPython
+                             ):
+    "Under papermill, a `ValueError` if an injected parameter is not one the notebook's parameters cell defines."
+    if inputs is None:
+        try: from IPython import get_ipython
+        except ImportError: return
+        ip = get_ipython()
+        inputs = ip.user_ns.get("In", []) if ip is not None else []
+    injected = [i for i, src in enumerate(inputs) if i > 0 and src.lstrip().startswith("# Parameters")]
+    if not injected: return
+    i = injected[-1]
+    allowed, given = _assigned_names(inputs[i - 1]), _assigned_names(inputs[i])
+    unknown = sorted(given - allowed)
+    if unknown: raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for this notebook; valid: {', '.join(sorted(allowed))}")
 
 # %% ../nbs/00_core.ipynb #de4d4643
 def image_from_array(array: np.ndarray  # (H,W), (H,W,1), (H,W,3) or (H,W,4); uint8, uint16, bool or float in [0,1]
@@ -268,7 +296,9 @@ def load_model_file(path,  # a `model.pt`, or the run folder holding it
     path = Path(path)
     if path.is_dir(): path = path / "model.pt"
     if not path.exists(): raise FileNotFoundError(f"{path}: no such checkpoint; train a model first ({writer} writes out_dir/model.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try: ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # torch's UnpicklingError, "PytorchStreamReader failed ...", EOFError, ...
+        raise ValueError(f"{path}: not a readable {kind} file (corrupt or truncated?): {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
         raise ValueError(f"{path}: not a {kind} file (expected keys {', '.join(keys)} as written by {writer})")
     return ckpt

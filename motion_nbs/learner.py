@@ -233,6 +233,8 @@ class TrainConfig:
         for k in ("restore_best", "sync_batchnorm", "find_unused_parameters", "progress"):
             if not isinstance(getattr(self, k), bool): raise ValueError(f"{k}={getattr(self, k)!r}; expected True or False")
         resolve_device(self.device)  # a device this machine does not have fails now, not at the first step
+        if self.out_dir is not None and Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
+            raise ValueError(f"out_dir={str(self.out_dir)!r} is an existing file; expected a folder (new or existing) for the run's files")
 
     def to_dict(self) -> dict:
         "The fields as plain JSON values (tuples become lists, paths strings), as stored in checkpoints and results."

@@ -234,6 +234,50 @@ test_fail(lambda: check_values("flow", torch.tensor([1.0, float("nan")])), conta
 test_fail(lambda: check_values("masks", torch.tensor([[0.5, -0.1]]), nonnegative=True), contains="masks has negative values (min -0.1)")
 test_fail(lambda: check_values("masks", torch.tensor([[1.0, 0.0], [0.0, 0.0]]), nonzero_per_item=True), contains="all zeros for item(s) [1]")
 
+
+# %% [markdown]
+# **Notebook parameters.** papermill puts the values given with `-p name value` into a cell of its own
+# (it begins `# Parameters`) right after the notebook's cell tagged `parameters`. A name the notebook
+# does not define only earns a warning, and the run goes ahead with the defaults — `-p lr 0.1` on a
+# notebook without `lr` trains for minutes with the wrong settings. Every experiment notebook calls
+# `reject_unknown_parameters()` right after its parameters: it compares the names papermill injected
+# with the names the parameters cell assigns and raises a `ValueError` listing the valid ones.
+
+# %%
+#| export
+def _assigned_names(source: str) -> set:
+    "Names assigned at the top level of a cell's source."
+    import ast
+    try: tree = ast.parse(source)
+    except SyntaxError: return set()
+    names = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for t in targets: names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+def reject_unknown_parameters(inputs=None  # the kernel's executed cell sources (IPython's `In`); None: read them from IPython
+                             ):
+    "Under papermill, a `ValueError` if an injected parameter is not one the notebook's parameters cell defines."
+    if inputs is None:
+        try: from IPython import get_ipython
+        except ImportError: return
+        ip = get_ipython()
+        inputs = ip.user_ns.get("In", []) if ip is not None else []
+    injected = [i for i, src in enumerate(inputs) if i > 0 and src.lstrip().startswith("# Parameters")]
+    if not injected: return
+    i = injected[-1]
+    allowed, given = _assigned_names(inputs[i - 1]), _assigned_names(inputs[i])
+    unknown = sorted(given - allowed)
+    if unknown: raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for this notebook; valid: {', '.join(sorted(allowed))}")
+
+
+# %%
+_cells = ["", "loss = 'ce'  # the loss\nnum_iters = None\n", "# Parameters\nloss = \"kta\"\nlr = 0.1\n"]
+test_fail(lambda: reject_unknown_parameters(_cells), contains="unknown parameter(s) lr for this notebook; valid: loss, num_iters")
+reject_unknown_parameters(_cells[:2] + ["# Parameters\nloss = \"kta\"\n"])   # known names pass
+reject_unknown_parameters(["", "x = 1"])                                        # no injected cell: nothing to check
+
 # %%
 test_eq(check_choice("loss", "ce", ("ce", "kta")), "ce")
 test_fail(lambda: check_choice("loss", "l2", ("ce", "kta")), contains="loss='l2'; valid: ce, kta")
@@ -475,7 +519,9 @@ def load_model_file(path,  # a `model.pt`, or the run folder holding it
     path = Path(path)
     if path.is_dir(): path = path / "model.pt"
     if not path.exists(): raise FileNotFoundError(f"{path}: no such checkpoint; train a model first ({writer} writes out_dir/model.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try: ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # torch's UnpicklingError, "PytorchStreamReader failed ...", EOFError, ...
+        raise ValueError(f"{path}: not a readable {kind} file (corrupt or truncated?): {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
         raise ValueError(f"{path}: not a {kind} file (expected keys {', '.join(keys)} as written by {writer})")
     return ckpt
@@ -487,6 +533,9 @@ with tempfile.TemporaryDirectory() as tmp:
     test_eq(load_model_file(tmp, ("model", "meta"), "test model", "a test")["meta"], {"a": 1})
     test_fail(lambda: load_model_file(Path(tmp) / "nope.pt", ("model",), "test model", "a test"), contains="no such checkpoint")
     test_fail(lambda: load_model_file(tmp, ("backbone",), "CPFS model", "03_cpfs_train"), contains="not a CPFS model file")
+    _data = (Path(tmp) / "model.pt").read_bytes()
+    (Path(tmp) / "model.pt").write_bytes(_data[: len(_data) // 2])   # a copy cut short
+    test_fail(lambda: load_model_file(tmp, ("model", "meta"), "S3 model", "04_s3_train"), contains="model.pt: not a readable S3 model file")
 
 
 # %% [markdown]

@@ -48,6 +48,11 @@ gap = 5              # the pair is (t, t + gap), as in the thesis
 method = "dis"       # flow estimator: "dis" or "farneback"
 
 # %%
+from motion_nbs.core import reject_unknown_parameters
+
+reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
+
+# %%
 #| hide
 from motion_nbs.core import SAMPLE_VIDEOS, video_info
 

@@ -374,6 +374,8 @@ class TrainConfig:
         for k in ("restore_best", "sync_batchnorm", "find_unused_parameters", "progress"):
             if not isinstance(getattr(self, k), bool): raise ValueError(f"{k}={getattr(self, k)!r}; expected True or False")
         resolve_device(self.device)  # a device this machine does not have fails now, not at the first step
+        if self.out_dir is not None and Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
+            raise ValueError(f"out_dir={str(self.out_dir)!r} is an existing file; expected a folder (new or existing) for the run's files")
 
     def to_dict(self) -> dict:
         "The fields as plain JSON values (tuples become lists, paths strings), as stored in checkpoints and results."
@@ -409,6 +411,9 @@ test_fail(lambda: TrainConfig(num_iters=0), contains="num_iters=0; expected an i
 test_fail(lambda: TrainConfig(lr_schedule="step"), contains="valid: constant, cosine")
 test_fail(lambda: TrainConfig(amp="fp8"), contains="amp='fp8'; valid: auto, off, bf16, fp16")
 test_fail(lambda: TrainConfig(progress="yes"), contains="progress='yes'; expected True or False")
+test_fail(lambda: TrainConfig(num_iters=-5), contains="num_iters=-5; expected an int >= 1")
+with tempfile.NamedTemporaryFile() as _f:
+    test_fail(lambda: TrainConfig(out_dir=_f.name), contains="is an existing file; expected a folder")
 if not torch.cuda.is_available():
     test_fail(lambda: TrainConfig(device="cuda"), contains="device='cuda' is not available on this machine; devices here: cpu")
 test_eq(resolve_amp("auto", torch.device("cpu")), "off")

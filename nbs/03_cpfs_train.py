@@ -37,6 +37,11 @@ num_workers = 0        # data-loading processes (they also render the scene pool
 out_dir = "_runs/cpfs" # checkpoints, metrics and results go here
 
 # %%
+from motion_nbs.core import reject_unknown_parameters
+
+reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
+
+# %%
 from motion_nbs.cpfs import CPFSConfig
 
 config = CPFSConfig.from_preset(preset, loss=loss, data=data, num_iters=num_iters, batch_size=batch_size, num_pixels=num_pixels,

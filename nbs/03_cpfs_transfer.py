@@ -49,6 +49,11 @@ runs_dir = "_runs/cpfs_transfer"  # pre-training runs go to {runs_dir}/{loss}_se
 results_path = None   # results JSON (+ .png figure); None: nbs/03_cpfs_transfer_results.json for "full", {runs_dir}/results.json otherwise
 
 # %%
+from motion_nbs.core import reject_unknown_parameters
+
+reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
+
+# %%
 from motion_nbs.core import resolve_device
 from motion_nbs.transfer import TRANSFER_ARMS
 

@@ -37,6 +37,11 @@ num_workers = 0         # data-loading processes (they also render the scene poo
 out_dir = "_runs/s3"    # checkpoints, metrics and results go here
 
 # %%
+from motion_nbs.core import reject_unknown_parameters
+
+reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
+
+# %%
 from motion_nbs.s3 import S3Config
 
 config = S3Config.from_preset(preset, loss=loss, data=data, num_segments=num_segments, temperature=temperature,

@@ -36,6 +36,11 @@ runs_dir = "_runs/s3_seeds"  # one run per setting and seed: {runs_dir}/{data}_{
 results_path = None   # None: nbs/04_s3_train_results.json for "full", {runs_dir}/results.json otherwise
 
 # %%
+from motion_nbs.core import reject_unknown_parameters
+
+reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
+
+# %%
 from motion_nbs.core import resolve_device
 from motion_nbs.s3 import S3_DATA, S3_LOSSES
 

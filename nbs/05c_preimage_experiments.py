@@ -47,6 +47,11 @@ device = None            # "cpu", "cuda", "cuda:1", "mps"; None: CUDA if present
 out_dir = "../_runs/preimage"  # results.json and figures go here
 
 # %%
+from motion_nbs.core import reject_unknown_parameters
+
+reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
+
+# %%
 from pathlib import Path
 
 PRESETS = {"fast": dict(num_images=8, image_size=128, cnn_images=2, cnn_size=64, cnn_iters=40, num_inits=2, std_images=2,

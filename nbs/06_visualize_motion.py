@@ -72,6 +72,11 @@ from fastcore.test import test_close, test_eq, test_fail
 preset = "cpu"  # "cpu": 64-px pre-images, 80 iterations, cached; "paper": the thesis' 224 px and 300 iterations, recomputed
 
 # %%
+from motion_nbs.core import reject_unknown_parameters
+
+reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
+
+# %%
 #| export
 PREIMAGE_PRESETS = {
     "cpu": dict(size=64, units=25, fc_units=3, inits=4, max_iters=80, inv_iters=80, finetune_iters=10, car_iters=80, car_C=20.0,

@@ -45,3 +45,15 @@ def test_cpfs_training_notebook_rejects_bad_parameters(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="preset='gpu'"):
         pm.execute_notebook(NBS / "03_cpfs_train.ipynb", tmp_path / "bad.ipynb", parameters=dict(preset="gpu"),
                             cwd=NBS, progress_bar=False)
+
+
+@pytest.mark.parametrize("notebook", ["01_flow", "03_cpfs_train", "03_cpfs_transfer", "04_s3_train", "04_s3_train_seeds",
+                                      "05c_preimage_experiments", "06_visualize_motion"])
+def test_experiment_notebooks_reject_parameters_they_do_not_define(tmp_path, notebook):
+    "`-p lr 0.1` on a notebook without `lr` stops in the cell after the parameters, naming the valid ones, before any work."
+    with pytest.raises(pm.PapermillExecutionError, match=r"unknown parameter\(s\) lr for this notebook; valid: "):
+        pm.execute_notebook(NBS / f"{notebook}.ipynb", tmp_path / "bad.ipynb", parameters=dict(lr=0.1), cwd=NBS, progress_bar=False)
+    import json
+    cells = json.loads((tmp_path / "bad.ipynb").read_text())["cells"]
+    ran = [c for c in cells if c["cell_type"] == "code" and c.get("execution_count")]
+    assert "reject_unknown_parameters" in "".join(ran[-1]["source"]), "the run went past the check"
