@@ -11,6 +11,8 @@ content of every shard is fixed by the arguments alone:
 - resumable: a shard is written to a temporary name and renamed only when complete; complete shards
   are skipped when the command is run again, so a killed build resumes where it stopped and ends
   with the same bytes as an uninterrupted one;
+- honest about failures: a shard holding a video that could not be read is not written, the run
+  names the video and exits with status 1, and the next run retries it (fix or remove the video);
 - splittable: `--shard-index i --num-shards n` builds only shards s with s % n == i, so a cluster job
   array of n tasks builds the data set together.
 
@@ -113,34 +115,41 @@ def main(argv=None) -> dict:
     settings = dict(gap=a.gap, pairs_per_video=a.pairs_per_video, method=a.method, preset=a.preset, seed=a.seed)
     jobs = [(v, str(videos[v]), settings) for s in todo
             for v in range(s * a.videos_per_shard, min((s + 1) * a.videos_per_shard, len(videos)))]
-    t0, pairs, nbytes, failed = time.perf_counter(), 0, 0, []
+    t0, pairs, nbytes, failed, per_video, held_back = time.perf_counter(), 0, 0, [], {}, []
     ctx = mp.get_context("spawn")  # no fork of a process that has torch threads
     pool = ctx.Pool(a.workers) if a.workers > 1 and len(jobs) > 1 else None
     try:
         results = pool.imap(process_video, jobs) if pool else map(process_video, jobs)
         bar = tqdm(total=len(jobs), unit="video", desc="videos")
         for s in todo:
-            samples = []
+            samples, shard_failed = [], False
             for _ in range(min((s + 1) * a.videos_per_shard, len(videos)) - s * a.videos_per_shard):
                 path, items, err = next(results)
                 bar.update(1)
-                if err: failed.append((path, err)); bar.write(f"skipped {path}: {err}")
+                if err: failed.append((path, err)); shard_failed = True; bar.write(f"failed {path}: {err}")
+                per_video[Path(path).name] = len(items)
                 samples += items
+            if shard_failed:   # complete shards only: the next run retries this one
+                held_back.append(shard_name(s)); continue
             nbytes += write_shard(out / shard_name(s), samples)
             pairs += len(samples)
         bar.close()
     finally:
         if pool: pool.terminate()
     dt = time.perf_counter() - t0
-    summary = dict(pairs=pairs, shards_written=len(todo), shards_skipped=len(mine) - len(todo), shards_total=num_total,
-                   videos=len(jobs), videos_failed=len(failed), seconds=round(dt, 3),
-                   pairs_per_s=round(pairs / dt, 3) if dt > 0 else None, bytes=nbytes, out=str(out))
-    print(f"{pairs} pairs in {len(todo)} new shards ({len(mine) - len(todo)} already complete), "
+    written = len(todo) - len(held_back)
+    summary = dict(pairs=pairs, shards_written=written, shards_skipped=len(mine) - len(todo), shards_failed=held_back,
+                   shards_total=num_total, videos=len(jobs), videos_failed=[str(p) for p, _ in failed], pairs_per_video=per_video,
+                   seconds=round(dt, 3), pairs_per_s=round(pairs / dt, 3) if dt > 0 else None, bytes=nbytes, out=str(out))
+    print(f"{pairs} pairs in {written} new shards ({len(mine) - len(todo)} already complete), "
           f"{summary['pairs_per_s']} pairs/s, {nbytes / 1e6:.1f} MB -> {out}")
     for path, err in failed: print(f"failed: {path}: {err}", file=sys.stderr)
+    if held_back:
+        print(f"not written, because a video in them failed: {', '.join(held_back)}; fix or remove those videos and run again "
+              "(complete shards are kept)", file=sys.stderr)
     print(json.dumps(summary))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["shards_failed"] else 0)

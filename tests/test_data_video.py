@@ -1,5 +1,7 @@
 """Real-video pairs, the shard builder (kill and resume, job arrays), FlowPairDataset, paired augmentation."""
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +98,27 @@ def test_killed_build_resumes_to_identical_shards(reference_build, tmp_path):
     assert '"shards_skipped": ' in done.stdout and '"shards_skipped": 0' not in done.stdout
     assert shard_bytes(out) == shard_bytes(reference_build)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary left behind
+
+
+def test_a_failed_video_leaves_its_shard_unwritten_and_is_retried(tmp_path):
+    "An unreadable video: exit status 1, its shard not written (not marked complete), the others kept; fixed, the rerun builds it."
+    videos = tmp_path / "videos"; videos.mkdir()
+    shutil.copy(sample_video("carphone"), videos / "a.mp4")
+    (videos / "b.mp4").write_bytes(b"not a video" * 50)
+    out = tmp_path / "out"
+    args = [sys.executable, str(SCRIPT), str(videos), "--out", str(out), "--videos-per-shard", "1", "--pairs-per-video", "2",
+            "--preset", "ultrafast", "--workers", "1"]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 1 and "b.mp4" in r.stderr and "pairs-000001.tar" in r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["shards_failed"] == ["pairs-000001.tar"] and summary["pairs_per_video"] == {"a.mp4": 2, "b.mp4": 0}
+    assert sorted(p.name for p in out.glob("*.tar")) == ["pairs-000000.tar"]
+    shutil.copy(sample_video("carphone"), videos / "b.mp4")           # fixed
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["shards_written"] == 1 and summary["shards_skipped"] == 1 and summary["pairs_per_video"] == {"b.mp4": 2}
+    assert len(FlowPairDataset(out)) == 4
 
 
 def test_job_array_split_covers_the_same_shards(reference_build, tmp_path):
