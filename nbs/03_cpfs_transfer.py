@@ -93,6 +93,8 @@ from pathlib import Path
 import torch
 from IPython.display import Image, Markdown, display
 
+from motion_nbs.core import atomic_write
+
 ROOT = Path.cwd().parent if Path.cwd().name == "nbs" else Path.cwd()
 SAVED = ROOT / "nbs" / "03_cpfs_transfer_results.json"
 run = preset != "saved" or not SAVED.exists()
@@ -210,7 +212,7 @@ if run:
             rec = dict(arm=arm, seed=seed, note=note, **evaluate(backbone, seed), seconds=round(time.time() - t, 1))
             records.append(rec)
             rec_path.parent.mkdir(parents=True, exist_ok=True)
-            rec_path.write_text(json.dumps(records, indent=1))
+            with atomic_write(rec_path) as tmp: tmp.write_text(json.dumps(records, indent=1))   # complete or the previous file
             print(f"seed {seed} {arm:8s} ({note}): probe conv1..5 "
                   + " ".join(f"{100 * rec['probe'][l]['accuracy']:.1f}" for l in rec["probe"])
                   + f" | seg mIoU {100 * rec['segmentation']['miou']:.1f} | {rec['seconds']} s", flush=True)
@@ -235,7 +237,7 @@ if run:
                    pretrain_settings={k: v for k, v in CPFSConfig.from_preset("cpu", **{k: cfg[k] for k in ("num_iters", "batch_size",
                                       "num_pixels", "image_size")}).to_dict().items() if k not in ("loss", "seed", *CPFSConfig.RUNTIME)})
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(results, indent=1))
+    with atomic_write(out_json) as tmp: tmp.write_text(json.dumps(results, indent=1))
     fig = plot_transfer(results["summary"], chance=100 * results["majority_class"])
     fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches="tight")
 else:

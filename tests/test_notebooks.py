@@ -57,3 +57,32 @@ def test_experiment_notebooks_reject_parameters_they_do_not_define(tmp_path, not
     cells = json.loads((tmp_path / "bad.ipynb").read_text())["cells"]
     ran = [c for c in cells if c["cell_type"] == "code" and c.get("execution_count")]
     assert "reject_unknown_parameters" in "".join(ran[-1]["source"]), "the run went past the check"
+
+
+def test_transfer_experiment_killed_resumes_to_the_same_records(tmp_path):
+    "03_cpfs_transfer killed (SIGKILL, kernel included) after two arms: the rerun keeps them, redoes the rest, equals a clean run."
+    import json, os, signal, subprocess, sys, time
+
+    def command(runs, out):
+        return [sys.executable, "-m", "papermill", str(NBS / "03_cpfs_transfer.ipynb"), str(out), "--cwd", str(NBS), "-p", "preset", "tiny",
+                "-p", "arms", "random,flow_cls,kta", "-p", "runs_dir", str(runs), "-p", "num_threads", "1"]
+    def records(runs):
+        files = list(runs.glob("records_*.json"))
+        return json.loads(files[0].read_text()) if files else []
+    def metrics(recs):
+        return [(r["arm"], r["seed"], r["probe"], r["segmentation"]) for r in recs]
+
+    clean = tmp_path / "clean"
+    subprocess.run(command(clean, tmp_path / "clean.ipynb"), check=True, capture_output=True, timeout=900)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed, tmp_path / "killed.ipynb"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while len(records(killed)) < 2 and proc.poll() is None and time.time() < deadline: time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+    before = records(killed)
+    assert 2 <= len(before) < 3, "the run was not killed between arms"
+    subprocess.run(command(killed, tmp_path / "resumed.ipynb"), check=True, capture_output=True, timeout=900)
+    after = records(killed)
+    assert after[:len(before)] == before                       # finished arms kept as they were
+    assert metrics(after) == metrics(records(clean))           # and the result equals the uninterrupted run's

@@ -163,3 +163,10 @@ def test_torchrun_two_processes_s3_end_to_end(tmp_path):
     summary, res = _check_two_process_run(r, out)
     assert summary["steps"] == 2 and 0 <= summary["test_miou"] <= 1 and res["valid_num_frames"] == 32
     assert load_s3(out)(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("loader, name", [(load_cpfs, "CPFS model"), (load_s3, "S3 model")])
+def test_corrupt_model_files_name_the_file(tmp_path, loader, name):
+    (tmp_path / "model.pt").write_bytes(b"PK\x03\x04 half a zip")
+    with pytest.raises(ValueError, match=rf"model.pt: not a readable {name} file \(corrupt or truncated\?\)"):
+        loader(tmp_path)
