@@ -45,6 +45,10 @@ def test_cpfs_training_notebook_rejects_bad_parameters(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="preset='gpu'"):
         pm.execute_notebook(NBS / "03_cpfs_train.ipynb", tmp_path / "bad.ipynb", parameters=dict(preset="gpu"),
                             cwd=NBS, progress_bar=False)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(pm.PapermillExecutionError, match="is an existing file; expected a folder"):
+        pm.execute_notebook(NBS / "03_cpfs_train.ipynb", tmp_path / "bad.ipynb", parameters=dict(out_dir=str(tmp_path / "a_file")),
+                            cwd=NBS, progress_bar=False)
 
 
 @pytest.mark.parametrize("notebook", ["01_flow", "03_cpfs_train", "03_cpfs_transfer", "04_s3_train", "04_s3_train_seeds",
