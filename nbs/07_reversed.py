@@ -35,7 +35,10 @@
 # %%
 #| export
 import copy
+import inspect
+import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -90,36 +93,71 @@ torch.set_num_threads(1)  # on a shared 2-core machine, OpenMP threads spin-wait
 # DeConvNet). Everything else is BP-reversed.
 #
 # Each non-BP reverse is a small autograd function: its forward is the layer's (recomputed from the
-# layer's input), its backward is the reverse of the table. `reverse` puts them in place with forward
-# hooks on the `nn.ReLU` / `nn.ReLU6` / `nn.MaxPool2d` / `nn.LocalResponseNorm` modules. ReLU6
-# ($\min\{\max\{x,0\},6\}$, EfficientNet's activation) is treated as a ReLU whose mask is $[0 < x < 6]$.
+# layer's input), its backward is the reverse of the table.
+#
+# **Beyond ReLU.** Modern classifiers rectify with smooth or leaky relatives of ReLU — ReLU6
+# (MobileNet-v2), SiLU (EfficientNet), GELU (ConvNeXt, ViT, Swin), Hardswish (MobileNet-v3), ELU,
+# LeakyReLU, Mish, Softplus — and normalise with LayerNorm or GroupNorm. The thesis' construction
+# (section 7.3) decides only the non-linear layers and back-propagates the affine ones; we extend its
+# ReLU rules to any elementwise rectifier $f$ by keeping their two ingredients, the backward ReLU and
+# the local derivative, which for ReLU is the mask $[x > 0]$:
+#
+# | `relu=` | reverse of a rectifier $f$ | for ReLU |
+# |---|---|---|
+# | `"guided"` | $\max\{\hat{\mathbf y}, 0\} \odot f'(\mathbf x)$ | eq 7.11, Guided Backprop |
+# | `"deconvnet"` | $\max\{\hat{\mathbf y}, 0\}$ | eq 7.11, DeConvNet |
+# | `"saliency"` | $\hat{\mathbf y} \odot f'(\mathbf x)$, BP | eq 7.7 |
+# | `"identity"` | $\hat{\mathbf y}$ | — |
+#
+# For ReLU6 $f'$ is the mask $[0 < x < 6]$; for SiLU, GELU and the others it is the smooth derivative, so
+# "guided" passes a positive signal in proportion to how much the unit responds at $x$ (Springenberg et
+# al. define guided backpropagation for ReLU networks only; this is the natural extension, not a result
+# of the thesis). Saturating *gates* — sigmoid, hard sigmoid, tanh in squeeze-and-excitation blocks,
+# softmax in attention — are not rectifiers: they are back-propagated under every rule, as are the
+# products they feed. LayerNorm and GroupNorm divide by a statistic of their input; `norm="frozen"`
+# reverses them with the statistics held fixed — an affine map, $\hat{\mathbf x} = \hat{\mathbf y}\,\gamma/\sigma$,
+# the analogue of LRN's identity reverse, used by DeConvNet and Guided Backprop — and `norm="bp"` is
+# BP (saliency). Batch norm in eval mode is affine, hence BP.
+#
+# `reverse` substitutes these reverses at the level of *function calls*: a `TorchFunctionMode` sees every
+# `F.relu`, `torch.relu`, `x.relu()`, `F.max_pool2d`, `F.gelu`, `F.layer_norm`, ... the forward pass makes,
+# whether from a module (`nn.ReLU.forward` calls `F.relu`) or written directly in a model's `forward`, as
+# torchvision's DenseNet, GoogLeNet and Inception-v3 do. So each *use* of an activation gets its own
+# reverse and bottleneck (ResNet applies one `nn.ReLU` module three times per block), and an in-place
+# activation is computed out of place for its reverse, then written back into its input as the model
+# expects; the caller's model is not changed.
 
 # %%
 #| export
 RELU_RULES = ("guided", "deconvnet", "saliency", "identity")  # RU∘RU^BP, RU, RU^BP, 1: the columns of fig 7.4
 POOL_RULES = ("switches", "center")  # MP^BP (the pooling switches), unpool to the window's centre: the rows
 LRN_RULES = ("identity", "bp")
-ARCHITECTURES = {  # the three named architectures; LRN as in section 7.3.2
-    "saliency": dict(relu="saliency", pool="switches", lrn="bp"),
-    "deconvnet": dict(relu="deconvnet", pool="switches", lrn="identity"),
-    "guided": dict(relu="guided", pool="switches", lrn="identity"),
+NORM_RULES = ("frozen", "bp")  # layer / group norm: statistics held fixed (an affine reverse, like LRN's identity) or BP
+ARCHITECTURES = {  # the three named architectures; LRN as in section 7.3.2, layer/group norm by the same reasoning
+    "saliency": dict(relu="saliency", pool="switches", lrn="bp", norm="bp"),
+    "deconvnet": dict(relu="deconvnet", pool="switches", lrn="identity", norm="frozen"),
+    "guided": dict(relu="guided", pool="switches", lrn="identity", norm="frozen"),
 }
 
 
 # %%
 #| exporti
-class _ReversedReLU(torch.autograd.Function):
-    "ReLU (or ReLU6 when `upper` is 6) forward, with the backward of `rule`."
+class _ReversedActivation(torch.autograd.Function):
+    "An elementwise activation's forward; its backward by `rule` from the local derivative f'(x) (the table above)."
     @staticmethod
-    def forward(ctx, x, rule, upper):
+    def forward(ctx, x, fn, rule):
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(True)
+            yd = fn(xd)
+            d = torch.autograd.grad(yd, xd, torch.ones_like(yd))[0] if rule in ("saliency", "guided") else None
         ctx.rule = rule
-        if rule in ("saliency", "guided"): ctx.save_for_backward((x > 0) & (x < upper) if upper is not None else x > 0)
-        return x.clamp(0, upper) if upper is not None else x.clamp(min=0)
+        if d is not None: ctx.save_for_backward(d)
+        return yd.detach()
 
     @staticmethod
     def backward(ctx, g):
-        if ctx.rule in ("guided", "deconvnet"): g = g.clamp(min=0)      # polarity: a ReLU in the backward direction
-        if ctx.rule in ("guided", "saliency"): g = g * ctx.saved_tensors[0]  # the rectification mask
+        if ctx.rule in ("guided", "deconvnet"): g = g.clamp(min=0)     # a ReLU in the backward direction
+        if ctx.rule in ("guided", "saliency"): g = g * ctx.saved_tensors[0]  # the local derivative (a mask for ReLU)
         return g, None, None
 
 def _pair(v): return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
@@ -166,10 +204,11 @@ class _IdentityBackward(torch.autograd.Function):
 # %%
 x, g = torch.tensor([-1.0, 2.0, 3.0], requires_grad=True), torch.tensor([5.0, -7.0, 11.0])
 for rule, want in [("saliency", [0, -7, 11]), ("deconvnet", [5, 0, 11]), ("guided", [0, 0, 11]), ("identity", [5, -7, 11])]:
-    test_eq(torch.autograd.grad(_ReversedReLU.apply(x, rule, None), x, g)[0].tolist(), want)
+    test_eq(torch.autograd.grad(_ReversedActivation.apply(x, F.relu, rule), x, g)[0].tolist(), want)
 x6 = torch.tensor([-1.0, 2.0, 7.0], requires_grad=True)  # ReLU6: 7 is clipped, so its mask is 0
-test_eq(torch.autograd.grad(_ReversedReLU.apply(x6, "saliency", 6.0), x6, g)[0].tolist(), [0, -7, 0])
-test_eq(torch.autograd.grad(_ReversedReLU.apply(x6, "guided", 6.0), x6, g)[0].tolist(), [0, 0, 0])
+relu6 = lambda t: F.hardtanh(t, 0.0, 6.0)
+test_eq(torch.autograd.grad(_ReversedActivation.apply(x6, relu6, "saliency"), x6, g)[0].tolist(), [0, -7, 0])
+test_eq(torch.autograd.grad(_ReversedActivation.apply(x6, relu6, "guided"), x6, g)[0].tolist(), [0, 0, 0])
 x = torch.tensor([[5.0, 1, 2, 0], [1, 0, 0, 3], [0, 0, 0, 0], [4, 0, 0, 9]]).view(1, 1, 4, 4).requires_grad_()
 pool = nn.MaxPool2d(3, 1)
 gy = torch.tensor([[1.0, 2], [3, 4]]).view(1, 1, 2, 2)
@@ -197,17 +236,10 @@ test_eq(torch.autograd.grad(_CentreUnpool.apply(x2, nn.MaxPool2d(2)), x2, gy)[0]
 # - a float tensor of the layer's output shape (or broadcastable to it): $\mathbf{p}$ itself, e.g. a
 #   random non-negative mixture of units (fig 7.6).
 #
-# The model runs in eval mode (dropout off, batch norm affine) and is put back as it was; the forward
-# pass stops at `layer`. Hooks and the guard below are removed in a `finally`, also when an error is
-# raised.
 #
-# **Refusals.** The reverses are attached to *modules*, so a ReLU or max-pooling computed by a functional
-# call (`F.relu`, `torch.relu`, `x.relu()`, `F.max_pool2d`, ...) in a model's `forward` would silently
-# stay BP. A `TorchFunctionMode` watches the forward pass and refuses such calls outside the supported
-# modules. An in-place ReLU (`nn.ReLU(inplace=True)`, as in torchvision's models) overwrites the
-# input that a reverse needs, so it is refused too; `without_inplace(model)` returns a copy that
-# `reverse` accepts. Leaf modules must be of a type `reverse` knows (below); anything else is refused
-# rather than guessed.
+# The model runs in eval mode (dropout off, batch norm affine) and is put back as it was; the forward
+# pass stops at `layer`. The capture hook and the mode are removed in a `finally`, also when an error
+# is raised.
 
 # %%
 #| export
@@ -216,15 +248,16 @@ class Channel:
     "Selector of a whole channel of a layer's output: an index, or \"max\" for the channel of the most active unit."
     index: int | str
 
-_NONLINEAR = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.LocalResponseNorm)
-_AFFINE = (nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout, nn.Identity,
-           nn.ZeroPad2d, nn.ConstantPad2d, nn.BatchNorm1d, nn.BatchNorm2d)
-_FUNCTIONAL = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu6, F.hardtanh,
-               F.hardtanh_, F.threshold, F.threshold_, F.max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d,
-               F.local_response_norm}
+_INPLACE = {F.relu_: F.relu, torch.relu_: torch.relu, torch.Tensor.relu_: torch.Tensor.relu, F.hardtanh_: F.hardtanh,
+            F.elu_: F.elu, F.leaky_relu_: F.leaky_relu, F.threshold_: F.threshold}
+# rectifiers: ReLU and its smooth or leaky relatives, reversed by the `relu` rule (see the table above)
+_RECTIFIERS = {F.relu, torch.relu, torch.Tensor.relu, F.relu6, F.hardtanh, F.threshold, F.silu, F.gelu, F.hardswish, F.elu,
+               F.leaky_relu, F.mish, F.softplus, F.selu, F.celu, F.prelu, *_INPLACE}
+_POOLS = {F.max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d}
+_NORMS = {F.layer_norm, F.group_norm}
 
 def without_inplace(model: nn.Module) -> nn.Module:
-    "A copy of `model` whose in-place ReLU / ReLU6 modules compute out of place (so that `reverse` accepts it)."
+    "A copy of `model` whose in-place ReLU / ReLU6 modules compute out of place (`reverse` no longer needs it; kept for old code)."
     model = copy.deepcopy(model)
     for m in model.modules():
         if isinstance(m, (nn.ReLU, nn.ReLU6)): m.inplace = False
@@ -236,43 +269,73 @@ def without_inplace(model: nn.Module) -> nn.Module:
 class _Done(Exception):
     "Raised once the selected layer has run: the rest of the forward pass is not needed."
 
-class _Guard(TorchFunctionMode):
-    "Refuses functional ReLU / max pooling / LRN outside the modules whose reverse `reverse` controls."
-    def __init__(self):
+class _FrozenNorm(torch.autograd.Function):
+    "LayerNorm / GroupNorm forward; backward with the statistics held fixed: an affine map, g·γ/σ (`norm='frozen'`)."
+    @staticmethod
+    def forward(ctx, x, func, args, kwargs):
+        ctx.save_for_backward(_norm_scale(func, x, args, kwargs))
+        return func(x, *args, **kwargs)
+
+    @staticmethod
+    def backward(ctx, g): return g * ctx.saved_tensors[0], None, None, None
+
+def _bound(func, *args, **kwargs) -> dict:
+    "A call's arguments by name, defaults included."
+    b = inspect.signature(func).bind(*args, **kwargs)
+    b.apply_defaults()
+    return b.arguments
+
+def _norm_scale(func, x, args, kwargs) -> torch.Tensor:
+    "∂y/∂x of a layer or group norm with its mean and variance taken as constants, broadcast to x's shape."
+    if func is F.layer_norm:
+        p = _bound(F.layer_norm, x, *args, **kwargs)
+        dims = tuple(range(x.ndim - len(p["normalized_shape"]), x.ndim))
+        scale = torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + p["eps"]).expand_as(x)
+        return scale * p["weight"] if p["weight"] is not None else scale
+    p = _bound(F.group_norm, x, *args, **kwargs)
+    g = p["num_groups"]
+    grouped = x.reshape(x.shape[0], g, -1)
+    scale = torch.rsqrt(grouped.var(-1, unbiased=False, keepdim=True) + p["eps"]).expand_as(grouped).reshape(x.shape)
+    w = p["weight"]
+    return scale * w.view(1, -1, *([1] * (x.ndim - 2))) if w is not None else scale
+
+def _centre_pool(func, args, kwargs):
+    "Max pooling whose backward unpools to each window's centre, from a functional max-pooling call's arguments."
+    p = _bound(F._max_pool2d, *args, **{k: v for k, v in kwargs.items() if k != "return_indices"})
+    if func is F.max_pool2d_with_indices or kwargs.get("return_indices") or (len(args) > 6 and args[6]):
+        raise ValueError("reverse: pool='center' cannot reverse a max pooling that returns its indices")
+    geometry = SimpleNamespace(kernel_size=p["kernel_size"], stride=p["stride"] or p["kernel_size"], padding=p["padding"],
+                               dilation=p["dilation"], ceil_mode=p["ceil_mode"])
+    return _CentreUnpool.apply(p["input"], geometry)
+
+class _Reverser(TorchFunctionMode):
+    "Substitutes the chosen reverses for every rectifier, max pooling, LRN and layer/group norm the forward pass computes."
+    def __init__(self, relu, pool, lrn, norm):
         super().__init__()
-        self.inside = 0
+        self.relu, self.pool, self.lrn, self.norm = relu, pool, lrn, norm
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self.inside == 0 and func in _FUNCTIONAL:
-            raise ValueError(f"reverse: the model calls {getattr(func, '__name__', func)} functionally; its reverse cannot be "
-                             "chosen. Use nn.ReLU / nn.ReLU6 / nn.MaxPool2d / nn.LocalResponseNorm modules instead")
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if func in _RECTIFIERS and self.relu != "saliency": return self._rectifier(func, args, kwargs)
+        if func in _POOLS and self.pool == "center": return _centre_pool(func, args, kwargs)
+        if func is F.local_response_norm and self.lrn == "identity":
+            return _IdentityBackward.apply(args[0], SimpleNamespace(**_bound(F.local_response_norm, *args, **kwargs)))
+        if func in _NORMS and self.norm == "frozen": return _FrozenNorm.apply(args[0], func, args[1:], kwargs)
+        return func(*args, **kwargs)
 
-def _check_rules(relu, pool, lrn):
-    for name, v, valid in (("relu", relu, RELU_RULES), ("pool", pool, POOL_RULES), ("lrn", lrn, LRN_RULES)):
+    def _rectifier(self, func, args, kwargs):
+        "Out of place (the input is kept for its reverse); an in-place call writes the result back into its input."
+        x, rest = args[0], args[1:]
+        base = _INPLACE.get(func, func)
+        inplace = func in _INPLACE or kwargs.get("inplace", False)
+        kw = {k: v for k, v in kwargs.items() if k != "inplace"}
+        y = _ReversedActivation.apply(x, lambda t: base(t, *rest, **kw), self.relu)
+        if not inplace or (x.is_leaf and x.requires_grad): return y
+        return x.copy_(y)
+
+def _check_rules(relu, pool, lrn, norm):
+    for name, v, valid in (("relu", relu, RELU_RULES), ("pool", pool, POOL_RULES), ("lrn", lrn, LRN_RULES), ("norm", norm, NORM_RULES)):
         if v not in valid: raise ValueError(f"{name}={v!r}; valid: {', '.join(map(repr, valid))}")
-
-def _check_model(model):
-    for name, m in model.named_modules():
-        if m._modules: continue  # containers: their own computations are watched by the guard
-        if not isinstance(m, _NONLINEAR + _AFFINE):
-            raise ValueError(f"reverse: no reverse for the layer type {type(m).__name__} ({name!r}); supported: "
-                             f"{', '.join(t.__name__ for t in _NONLINEAR + _AFFINE)}")
-        if isinstance(m, (nn.ReLU, nn.ReLU6)) and m.inplace:
-            raise ValueError(f"reverse: {name!r} is an in-place {type(m).__name__}, which overwrites the input its reverse "
-                             "needs; pass without_inplace(model)")
-
-def _reverse_hook(m, relu, pool, lrn):
-    "The forward hook that substitutes module `m`'s reverse, or None where BP is the chosen reverse."
-    if isinstance(m, (nn.ReLU, nn.ReLU6)) and relu != "saliency":
-        upper = 6.0 if isinstance(m, nn.ReLU6) else None
-        return lambda mod, args, out: _ReversedReLU.apply(args[0], relu, upper)
-    if isinstance(m, nn.MaxPool2d) and pool == "center":
-        if m.return_indices: raise ValueError("reverse: MaxPool2d(return_indices=True) is not supported")
-        return lambda mod, args, out: _CentreUnpool.apply(args[0], mod)
-    if isinstance(m, nn.LocalResponseNorm) and lrn == "identity":
-        return lambda mod, args, out: _IdentityBackward.apply(args[0], mod)
-    return None
 
 def _selector_tensor(selector, y: torch.Tensor) -> torch.Tensor:
     "The projection p, of y's shape, that `selector` describes."
@@ -306,45 +369,37 @@ def _selector_tensor(selector, y: torch.Tensor) -> torch.Tensor:
 
 # %%
 #| export
-def reverse(model: nn.Module,  # the forward network φ (layers as modules, see above)
+def reverse(model: nn.Module,  # the forward network φ: any module (torchvision's classifiers included)
             x: torch.Tensor,  # `(B,C,H,W)` input x0
             selector,  # p: an int unit, an integer tensor (B,), "max", `Channel(c)`, or a float tensor of the layer's shape
             layer: str | None = None,  # `named_modules()` name of the layer p sits at; None: the model's output
-            relu: str = "guided",  # one of `RELU_RULES`
+            relu: str = "guided",  # one of `RELU_RULES`: the reverse of every rectifier
             pool: str = "switches",  # one of `POOL_RULES`
-            lrn: str = "identity"  # one of `LRN_RULES`
+            lrn: str = "identity",  # one of `LRN_RULES`
+            norm: str = "frozen"  # one of `NORM_RULES`: layer and group norm, statistics held fixed or BP
            ) -> torch.Tensor:
     """The reversed network φ†(p, r) of section 7.3 with the bottleneck r of x0's forward pass.
 
     Shape: x `(B,C,H,W)` → `(B,C,H,W)`."""
-    _check_rules(relu, pool, lrn)
+    _check_rules(relu, pool, lrn, norm)
     if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"reverse expects a float input batch (B,C,H,W), got {tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
     modules = dict(model.named_modules())
     if layer is not None and (not layer or layer not in modules):
         raise ValueError(f"unknown layer {layer!r} for {type(model).__name__}; valid names: {', '.join(layer_names(model))}")
-    _check_model(model)
-    guard, handles, out, was_training = _Guard(), [], {}, model.training
+    out, was_training, handle = {}, model.training, None
 
-    def enter(mod, args): guard.inside += 1
-    def leave(mod, args, output): guard.inside -= 1
     def capture(mod, args, output):
         out["y"] = output
         raise _Done
 
     try:
         model.eval()
-        for m in modules.values():
-            if not isinstance(m, _NONLINEAR): continue  # affine layers: BP, nothing to substitute
-            handles.append(m.register_forward_pre_hook(enter))
-            hook = _reverse_hook(m, relu, pool, lrn)
-            if hook is not None: handles.append(m.register_forward_hook(hook))
-            handles.append(m.register_forward_hook(leave))
-        if layer is not None: handles.append(modules[layer].register_forward_hook(capture))
+        if layer is not None: handle = modules[layer].register_forward_hook(capture)
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             try:
-                with guard: out["y"] = model(x)
+                with _Reverser(relu, pool, lrn, norm): out["y"] = model(x)
             except _Done: pass
             y = out["y"]
             if not torch.is_tensor(y) or not y.requires_grad:
@@ -352,7 +407,7 @@ def reverse(model: nn.Module,  # the forward network φ (layers as modules, see 
             p = _selector_tensor(selector, y)
             return torch.autograd.grad(y, x, grad_outputs=p)[0]
     finally:
-        for h in handles: h.remove()
+        if handle is not None: handle.remove()
         model.train(was_training)
 
 
@@ -403,8 +458,8 @@ test_eq(saliency(tiny, x_tiny, 0), torch.autograd.grad(tiny(xr).sum(), xr)[0])  
 
 # %% [markdown]
 # Selectors, layers, and what is refused: a selector at an intermediate layer, a channel, `"max"`, a
-# tensor $\mathbf{p}$; an unknown rule, layer or unit; an in-place or functional ReLU; and hooks are gone
-# after an error.
+# tensor $\mathbf{p}$; an unknown rule, layer or unit. In-place and functional ReLUs are reversed like the
+# module's, and the caller's model is left as it was.
 
 # %%
 test_eq(reverse(tiny, x_tiny, 3, layer="1", relu="identity")[0, 0, 0].tolist(), [0, 0, 0, -1])  # unit 3 of the ReLU output
@@ -414,15 +469,40 @@ test_eq(reverse(tiny, x_tiny, torch.tensor([[[[2.0, 3.0]]]]), layer="2", relu="s
 test_fail(lambda: reverse(tiny, x_tiny, 0, relu="relu"), contains="valid: 'guided', 'deconvnet', 'saliency', 'identity'")
 test_fail(lambda: reverse(tiny, x_tiny, 0, layer="fc8"), contains="unknown layer 'fc8'")
 test_fail(lambda: reverse(tiny, x_tiny, 5, layer="2"), contains="outside the layer's 2 units")
-test_fail(lambda: reverse(nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU(inplace=True)), x_tiny, 0), contains="without_inplace")
-test_eq(reverse(without_inplace(nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU(inplace=True))), x_tiny, 0).shape, x_tiny.shape)
+_inplace = copy.deepcopy(tiny); _inplace[1].inplace = True
+for relu in RELU_RULES:   # an in-place ReLU module, a functional one: the same reverse as the module's
+    test_eq(reverse(_inplace, x_tiny, 0, relu=relu), reverse(tiny, x_tiny, 0, relu=relu))
+test_eq(_inplace[1].inplace, True)
 
 class FunctionalReLU(nn.Module):
-    def __init__(self): super().__init__(); self.conv = nn.Conv2d(1, 1, 1)
-    def forward(self, x): return F.relu(self.conv(x))
-test_fail(lambda: reverse(FunctionalReLU(), x_tiny, 0), contains="calls relu functionally")
-test_fail(lambda: reverse(nn.Sequential(nn.Conv2d(1, 1, 1), nn.Sigmoid()), x_tiny, 0), contains="no reverse for the layer type Sigmoid ('1')")
+    def __init__(self, net): super().__init__(); self.net = net
+    def forward(self, x): return self.net[4](self.net[3](F.max_pool2d(F.relu(self.net[0](x)), (1, 2))))
+for (relu, pool), want in EXPECTED.items():
+    test_eq(reverse(FunctionalReLU(tiny), x_tiny, 0, relu=relu, pool=pool)[0, 0, 0].tolist(), want)
 test_eq(sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in tiny.modules()), 0)
+
+# %% [markdown]
+# The extended rules by hand. SiLU, $f(x) = x\,\sigma(x)$, has $f'(x) = \sigma(x)\,(1 + x(1 - \sigma(x)))$: 0.0723 at
+# $x = -1$, 0.5 at 0 and 1.0908 at 2. LeakyReLU with slope 0.1 has $f' = 0.1$ for $x < 0$. A layer norm over
+# $(1, 2, 3, 6)$ has mean 3 and variance 3.5; with its statistics frozen its reverse is $\hat y\,\gamma/\sqrt{3.5}$,
+# while BP also carries the statistics' dependence on $x$ (its reverse of $(1, 0, 0, 0)$ sums to zero).
+
+# %%
+_x, _g = torch.tensor([-1.0, 0.0, 2.0]).view(1, 1, 1, 3), torch.tensor([5.0, -7.0, 11.0]).view(1, 1, 1, 3)
+_d = torch.tensor([0.072329, 0.5, 1.090784])
+for rule, want in [("guided", _g.clamp(min=0).flatten() * _d), ("deconvnet", [5.0, 0.0, 11.0]), ("saliency", _g.flatten() * _d),
+                   ("identity", [5.0, -7.0, 11.0])]:
+    test_close(reverse(nn.SiLU(), _x, _g, relu=rule).flatten(), torch.as_tensor(want), eps=1e-5)
+test_eq(reverse(nn.LeakyReLU(0.1), _x, _g, relu="guided").flatten().tolist(), [0.5, 0.0, 11.0])
+test_close(reverse(nn.LeakyReLU(0.1), _x, _g, relu="saliency").flatten(), torch.tensor([0.5, -0.7, 11.0]))   # f'(0) = 0.1 in torch
+test_eq(reverse(nn.Sigmoid(), _x, _g, relu="guided"), reverse(nn.Sigmoid(), _x, _g, relu="saliency"))   # a gate: BP always
+_ln, _xl = nn.LayerNorm(4, elementwise_affine=False), torch.tensor([1.0, 2.0, 3.0, 6.0]).view(1, 1, 1, 4)
+_e0 = torch.tensor([1.0, 0.0, 0.0, 0.0]).view(1, 1, 1, 4)
+test_close(reverse(_ln, _xl, _e0, norm="frozen").flatten(), torch.tensor([1 / math.sqrt(3.5 + 1e-5), 0.0, 0.0, 0.0]), eps=1e-6)
+test_close(reverse(_ln, _xl, _e0, norm="bp").sum(), torch.tensor(0.0), eps=1e-6)
+_gn = nn.GroupNorm(1, 1, affine=False)                                            # one group: the layer norm of the whole map
+test_close(reverse(_gn, _xl, _e0, norm="frozen"), reverse(_ln, _xl, _e0, norm="frozen"), eps=1e-6)
+test_fail(lambda: reverse(_ln, _xl, _e0, norm="none"), contains="valid: 'frozen', 'bp'")
 test_eq(tiny.training, True)  # eval only while reversing
 
 
@@ -658,7 +738,7 @@ test_eq(images.shape, (4, 3, 160, 160))
 
 # %%
 #| slow
-eff = without_inplace(efficientnet_lite0())
+eff = efficientnet_lite0()   # in-place ReLU6 and all: `reverse` takes it as it is
 vgg, vgg_weights = pretrained_or_random("vgg16", VGG16)
 alex, alex_weights = pretrained_or_random("alexnet", AlexNet)
 print(f"VGG-16: {vgg_weights}; AlexNet: {alex_weights}; EfficientNet-Lite0: ImageNet weights")
@@ -677,6 +757,41 @@ named = {m: reverse(eff, x_eff, top, **ARCHITECTURES[m]) for m in ("deconvnet", 
 fig = show_images([*images, *to_display(named["deconvnet"]), *to_display(named["saliency"]), *to_display(named["guided"])],
                   ncols=4, size=2.4)
 for ax, t in zip(fig.axes[::4], ["image", "DeConvNet", "Network Saliency", "Guided Backprop"]): ax.set_title(t, loc="left")
+
+# %% [markdown]
+# ### Fig 7.2 for modern classifiers
+#
+# `reverse` takes any torchvision classifier as it is — in-place and functional ReLUs, ReLU6, SiLU,
+# Hardswish, GELU, layer norms (see "Beyond ReLU" above; `tests/test_reversed_torchvision.py` runs all 80
+# of torchvision's classification models and compares them with Captum). The same display for five of
+# them, on the chelsea image at 224 px. Their ImageNet weights cannot be downloaded here, so the weights
+# are random; section 7.4.5 shows that the extent and texture of a reversed response are largely the
+# architecture's (fig 7.7), which is what this figure shows.
+
+# %%
+#| slow
+import torchvision
+
+MODERN = ("resnet50", "densenet121", "mobilenet_v3_large", "convnext_tiny", "vit_b_16")
+x224 = (F.interpolate(images[:1], size=(224, 224), mode="bilinear", align_corners=False) - MEAN) / STD
+modern = {}
+for name in MODERN:
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(name, weights=None).eval()
+    for m in net.modules():   # ViT's head starts at zero, which would make every reversal 0
+        if isinstance(m, nn.Linear) and not m.weight.any(): nn.init.normal_(m.weight, std=0.02)
+    with torch.no_grad(): t = net(x224).argmax(1)
+    modern[name] = [to_display(reverse(net, x224, t, **ARCHITECTURES[m]))[0] for m in ("deconvnet", "saliency", "guided")]
+fig = show_images([im for ims in modern.values() for im in ims], ncols=3, size=2.2,
+                  titles=[f"{n}\n{m}" for n in MODERN for m in ("DeConvNet", "saliency", "guided")])
+
+# %% [markdown]
+# With random weights, as the thesis found for AlexNet and VGG-16 (fig 7.7), Guided Backprop draws the cat —
+# its eyes, nose and fur — through ResNet-50, DenseNet-121 and MobileNet-v3 (Hardswish rectifiers), and a
+# faint, blurred cat through ViT-B/16 (GELU and layer norms), while saliency is noise-like and DeConvNet
+# shows edges (ResNet, DenseNet) or a flat texture (MobileNet-v3, ViT). ConvNeXt-T gives noise under all
+# three: its residual blocks start with a layer scale of $10^{-6}$, so at initialisation the network is
+# almost the stem and the head, and the reversed signal is the stem's 4×4 patchify pattern.
 
 # %% [markdown]
 # ### Eight architectures (figs 7.4, 7.5)
@@ -1109,12 +1224,15 @@ show_images([to_display(a[0]), to_display(b[0]), test_images[0]], titles=["LRN i
 # %% [markdown]
 # ## Summary
 #
-# - `reverse(model, x, selector, layer, relu, pool, lrn)` is the family of reversed networks of section 7.3:
+# - `reverse(model, x, selector, layer, relu, pool, lrn, norm)` is the family of reversed networks of section 7.3:
 #   BP gives Network Saliency (eq 7.3–7.9); swapping the reverse of ReLU (`guided`, `deconvnet`,
 #   `saliency`, `identity`) and of max pooling (`switches`, `center`) gives the eight architectures of
-#   figs 7.4/7.5, and `lrn` chooses the reverse of LRN. It equals Captum's `Saliency`, `GuidedBackprop`
-#   and `Deconvolution` on AlexNet and VGG-16 (`tests/test_reversed.py`), refuses what it cannot reverse
-#   (functional or in-place ReLU, unknown layers) and always removes its hooks.
+#   figs 7.4/7.5, and `lrn` chooses the reverse of LRN. The rules extend to every rectifier (ReLU6, SiLU,
+#   GELU, Hardswish, ...) through its local derivative, and `norm` reverses layer and group norms with
+#   their statistics frozen or by BP. It works on every torchvision classifier as it is (functional,
+#   in-place and reused activations included); it equals Captum's `Saliency` everywhere and its
+#   `GuidedBackprop` and `Deconvolution` wherever Captum sees every ReLU (`tests/test_reversed.py`,
+#   `tests/test_reversed_torchvision.py`), and always removes its hook and mode.
 # - `to_display`, `power_renormalize`, `saliency_map` show the outputs; `edge_correlation` and
 #   `correlation` turn the chapter's qualitative claims into numbers; `random_amplitude` is fig 7.9's
 #   phase-only image; `grabcut_from_saliency`, `gaussian_saliency` and `segmentation_scores` are the

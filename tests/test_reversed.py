@@ -175,13 +175,14 @@ class _Boom(nn.Module):
 
 
 class _LateFunctional(nn.Module):
-    "A ReLU module (hooked), then a functional ReLU that the guard refuses in the middle of the forward pass."
+    "A ReLU module, then a functional ReLU in the middle of the forward pass, then an error."
     def __init__(self):
         super().__init__()
         self.conv, self.relu = nn.Conv2d(3, 2, 3), nn.ReLU()
 
     def forward(self, x):
-        return torch.relu(self.relu(self.conv(x)) - 1)
+        torch.relu(self.relu(self.conv(x)) - 1)
+        raise RuntimeError("late")
 
 
 def test_hooks_removed_and_mode_restored_on_error():
@@ -192,38 +193,22 @@ def test_hooks_removed_and_mode_restored_on_error():
             reverse(model, torch.rand(1, 3, 8, 8), 0, **rules)
         assert _hook_count(model) == before
         assert model.training
-    # also after a refusal in the middle of the forward pass, and after a bad selector
+    # also after an error in the middle of the forward pass (the mode active), and after a bad selector
     net = _LateFunctional()
-    with pytest.raises(ValueError, match="functionally"):
+    with pytest.raises(RuntimeError, match="late"):
         reverse(net, torch.rand(1, 3, 8, 8), 0)
     assert _hook_count(net) == 0
     net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
     with pytest.raises(ValueError, match="outside"):
-        reverse(net, torch.rand(1, 3, 8, 8), 10**6)
+        reverse(net, torch.rand(1, 3, 8, 8), 10**6, layer="1")
     assert _hook_count(net) == 0
-    # and the guard is gone: functional ReLU works again outside reverse
-    torch.nn.functional.relu(torch.randn(3))
+    # and the mode is gone: a functional ReLU is the plain one again outside reverse
+    x = torch.tensor([-1.0, 2.0], requires_grad=True)
+    assert torch.autograd.grad(torch.nn.functional.relu(x), x, torch.tensor([-3.0, -3.0]))[0].tolist() == [0.0, -3.0]
 
 
-def test_refusals():
+def test_refusals_and_what_is_no_longer_refused():
     x = torch.rand(1, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"no reverse for the layer type Tanh \('2'\)"):
-        reverse(nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Tanh()), x, 0)
-    with pytest.raises(ValueError, match="in-place ReLU"):
-        reverse(_tv("alexnet"), torch.rand(1, 3, 64, 64), 0)
-
-    class Functional(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 2, 3)
-
-        def forward(self, x):
-            return torch.nn.functional.max_pool2d(self.conv(x), 2)
-
-    with pytest.raises(ValueError, match="functionally"):
-        reverse(Functional(), x, 0)
-    with pytest.raises(ValueError, match="functionally"):
-        reverse(_TensorRelu(), x, 0)
     with pytest.raises(ValueError, match="valid: 'switches', 'center'"):
         reverse(nn.Conv2d(3, 2, 3), x, 0, pool="avg")
     with pytest.raises(ValueError, match=r"\(B,C,H,W\)"):
@@ -232,6 +217,18 @@ def test_refusals():
         reverse(nn.Conv2d(3, 2, 3), x, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="does not fit"):
         reverse(nn.Conv2d(3, 2, 3), x, torch.rand(5, 5))
+
+    class IndexedPool(nn.Module):
+        def forward(self, x): return nn.functional.max_pool2d(x, 2, return_indices=True)[0]
+    with pytest.raises(ValueError, match="pool='center' cannot reverse a max pooling that returns its indices"):
+        reverse(IndexedPool(), x, 0, pool="center")
+    # once refused: a gate (Tanh), torchvision's in-place ReLUs (the model is left as it was), functional calls
+    assert reverse(nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Tanh()), x, 0).shape == x.shape
+    alex = _tv("alexnet")
+    assert reverse(alex, torch.rand(1, 3, 64, 64), 0).shape == (1, 3, 64, 64) and alex.features[1].inplace
+    plain, functional = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU()), _TensorRelu()
+    functional.conv = plain[0]
+    for rule in RELU_RULES: assert torch.equal(reverse(functional, x, 0, relu=rule), reverse(plain, x, 0, relu=rule))
 
 
 class _TensorRelu(nn.Module):  # a Tensor.relu() call in a container's forward

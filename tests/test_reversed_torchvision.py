@@ -1,0 +1,107 @@
+"""`reverse` on every torchvision classification model (random weights, small inputs), against Captum.
+
+For each model, saliency, DeConvNet and Guided Backprop give an output of the input's shape, finite, and:
+- saliency equals Captum's Saliency (the plain gradient) on every model;
+- Guided Backprop and DeConvNet equal Captum's on every model whose non-linearities are all `nn.ReLU`
+  modules (Captum overrides the gradient of those modules only);
+- where a model also calls ReLU functionally (DenseNet, GoogLeNet, Inception-v3), Captum silently leaves
+  those ReLUs BP: our result differs from Captum's on the model as it is, and equals Captum's on the same
+  model with every ReLU call routed through an `nn.ReLU` module that Captum can see.
+Other rectifiers (ReLU6, SiLU, GELU, Hardswish) and layer norms have no Captum counterpart: shape and
+finiteness only (their rules are tested by hand in chapter 07).
+"""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from conftest import require_reference
+
+from motion_nbs.reversed import ARCHITECTURES, reverse
+
+torchvision = pytest.importorskip("torchvision")
+MODELS = torchvision.models.list_models(module=torchvision.models)
+SIZE = {"alexnet": 64, "inception_v3": 80, "maxvit_t": 224}   # the smallest inputs the architectures take; 32 otherwise
+KWARGS = {name: dict(image_size=28 if "_14" in name else 32) for name in MODELS if name.startswith("vit_")}
+RTOL = 1e-6
+_RELUS = {F.relu, torch.relu, torch.Tensor.relu, F.relu_, torch.relu_, torch.Tensor.relu_}
+_OTHER = {F.relu6, F.hardtanh, F.silu, F.gelu, F.hardswish, F.elu, F.leaky_relu, F.mish, F.softplus, F.selu, F.layer_norm,
+          F.group_norm, F.local_response_norm}
+
+
+@pytest.fixture(scope="module")
+def captum():
+    captum = require_reference("captum")
+    import captum.attr  # noqa: F401
+    return captum
+
+
+class _Record(TorchFunctionMode):
+    "Counts the ReLU calls and notes the other non-linearities a forward pass makes."
+    def __init__(self):
+        super().__init__()
+        self.relus, self.other = 0, set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _RELUS: self.relus += 1
+        elif func in _OTHER: self.other.add(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+class _ReluThroughModule(TorchFunctionMode):
+    "Routes every ReLU call through one nn.ReLU module, so that Captum's module hooks see it."
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return self.module(args[0]) if func in _RELUS else func(*args, **(kwargs or {}))
+
+
+class _Visible(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.relu = net, nn.ReLU()
+
+    def forward(self, x):
+        with _ReluThroughModule(self.relu): return self.net(x)
+
+
+def _kinds(model, x):
+    "('relu_modules' | 'functional_relu' | 'other', ...): which Captum comparison applies."
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad(), _Record() as rec: model(x)
+    finally:
+        for h in hooks: h.remove()
+    if rec.other: return "other"
+    return "relu_modules" if rec.relus == len(calls) else "functional_relu"
+
+
+def _rel(a, b):
+    assert a.shape == b.shape and b.abs().max() > 0
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_reverse_every_torchvision_classifier(captum, name):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, **KWARGS.get(name, {})).eval().requires_grad_(False)
+    for m in model.modules():   # ViT's head starts at zero: every output, and so every reversal, would be 0
+        if isinstance(m, nn.Linear) and not m.weight.any(): nn.init.normal_(m.weight, std=0.02)
+    size = SIZE.get(name, 32)
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(): target = int(model(x).argmax())
+    ours = {m: reverse(model, x, target, **ARCHITECTURES[m]) for m in ("saliency", "deconvnet", "guided")}
+    for m, r in ours.items(): assert r.shape == x.shape and torch.isfinite(r).all() and r.abs().max() > 0, m
+    assert _rel(ours["saliency"], captum.attr.Saliency(model).attribute(x, target=target, abs=False)) <= RTOL
+    kind = _kinds(model, x)
+    captums = {"guided": captum.attr.GuidedBackprop, "deconvnet": captum.attr.Deconvolution}
+    for m, method in captums.items():
+        if kind == "relu_modules":
+            assert _rel(ours[m], method(model).attribute(x, target=target)) <= RTOL, m
+        elif kind == "functional_relu":
+            assert _rel(ours[m], method(model).attribute(x, target=target)) > 1e-3, f"{m}: Captum should miss the functional ReLUs"
+            assert _rel(ours[m], method(_Visible(model)).attribute(x, target=target)) <= RTOL, m
