@@ -476,7 +476,10 @@ if "explorer" in chosen:
 # points). What remains different: our probes (92 of them frames of three clips, far from independent, so
 # the intervals understate the uncertainty) against the first 100 ILSVRC validation images; their size
 # (224 against the author's 160 px); and the author's HOG network, which we match to VLFeat within
-# $10^{-4}$ but which may differ in a detail we cannot check without it. Fig 5.4 at this scale
+# $10^{-4}$ but which may differ in a detail we cannot check without it. Three candidates measured on the 8
+# photos (`table52_hog_diagnostics`): 160 instead of 128 px lowers HOG's error by 0.5 points (39.0 %), the
+# author's learning rate ($0.05B^2/\alpha$, five times ours) changes it by less than 1 point, and 1,000
+# instead of 300 iterations lowers it by 1.5 points (37.4 % at 160 px) — none is the 5-point gap. Fig 5.4 at this scale
 # (`05c_preimage_fig5_4_100_probes_224px.jpg`) looks like the thesis': HOG pre-images show the edges with
 # grid-aligned streaks and lose the shading, HOGb is smoother and closer, DSIFT is the most detailed.
 #
