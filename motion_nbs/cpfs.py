@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from .core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check_int, check_number, check_values, full_precision,
                              load_model_file, seed_everything)
-from .data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, split_heldout,
-                             video_flow_pairs)
+from .data import PRESETS as RENDER_PRESETS
+from .data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, rendered_pool,
+                             split_heldout, video_flow_pairs)
 from .flow import flow_to_classes, normalize_flow_log
 from .learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
 from .models import create_model, fold_batchnorm, layer_outputs, receptive_fields
@@ -329,7 +330,8 @@ CPFS_PRESETS = {
 class CPFSConfig(ExperimentConfig):
     "One CPFS training run (chapter 3): the learner's settings, the objective, pixels, σ, data and network."
     loss: str = "ce"  # "kta", "ce", "ce_rev" (eq 3.3–3.7) or "flow_cls" (direct flow classification, section 3.3.5)
-    data: str = "synthetic"  # "synthetic" (rendered `shapes` scenes), "videos" (the sample videos) or a folder of flow-pair shards
+    data: str = "synthetic"  # "synthetic" (rendered scenes of `world`), "videos" (the sample videos) or a folder of flow-pair shards
+    world: str = "shapes"  # the renderer's preset for data="synthetic" (chapter 02a): "shapes", "objects", ...
     model: str = "alexnet_cpfs_small"  # "alexnet_cpfs" (appendix A) or "alexnet_cpfs_small" (¼ of the channels)
     num_pixels: int = 256  # N: pixels sampled per image for the loss (512 in the thesis)
     sigma: float | str = "learned"  # RBF bandwidth: "learned" (CE, CE-rev) or a fixed σ² (KTA: the thesis' 0.0036)
@@ -343,6 +345,7 @@ class CPFSConfig(ExperimentConfig):
     def validate(self):
         super().validate()
         check_choice("loss", self.loss, CPFS_TRAIN_LOSSES); check_choice("model", self.model, CPFS_MODELS)
+        check_choice("world", self.world, RENDER_PRESETS)
         if self.data not in ("synthetic", "videos") and not Path(str(self.data)).expanduser().exists():
             raise ValueError(f"data={self.data!r}; valid: 'synthetic', 'videos', or an existing folder of flow-pair shards")
         if self.image_size < 64: raise ValueError(f"image_size={self.image_size}; the network needs crops of at least 64 pixels")
@@ -398,11 +401,10 @@ def train_data(cfg: CPFSConfig):
     "(training set, validation set) of a `CPFSConfig`."
     aug, r, show = PairedAugment(crop_size=cfg.image_size, colour=True), cfg.render_size, cfg.progress and is_main_process()
     if cfg.data == "synthetic":
-        n = cfg.pool_size or cfg.num_iters * cfg.batch_size
-        train = ImageFlowSamples(SceneDataset("shapes", length=n, seed=cfg.seed, size=(r, r)), aug, cache=cfg.pool_size is not None)
-        if cfg.pool_size is not None: train.fill(cfg.num_workers, show, "render pool")
-        valid = SceneDataset("shapes", length=cfg.num_valid, seed=cfg.seed + 1_000_003, size=(cfg.image_size,) * 2)
-        return train, _heldout_pairs(valid, cfg, show, crop=False)
+        if cfg.pool_size is not None: pool = rendered_pool(cfg.world, cfg.pool_size, cfg.seed, (r, r), cfg.num_workers, show)
+        else: pool = SceneDataset(cfg.world, length=cfg.num_iters * cfg.batch_size, seed=cfg.seed, size=(r, r))   # fresh scenes
+        valid = SceneDataset(cfg.world, length=cfg.num_valid, seed=cfg.seed + 1_000_003, size=(cfg.image_size,) * 2)
+        return ImageFlowSamples(pool, aug), _heldout_pairs(valid, cfg, show, crop=False)
     if cfg.data == "videos":
         pairs = video_flow_pairs(SAMPLE_VIDEOS, r, cfg.seed)
         if len(pairs) <= cfg.num_valid: raise ValueError(f"num_valid={cfg.num_valid}; the sample videos give only {len(pairs)} pairs")
@@ -417,8 +419,8 @@ def build_cpfs_model(cfg: CPFSConfig) -> CPFSTrainer:
     return CPFSTrainer(objective.head(create_model(cfg.model, batchnorm=True)), objective.criterion(cfg), cfg.num_pixels, cfg.sigma_lr)
 
 def heldout_scenes(cfg: CPFSConfig, num: int = 16) -> dict:
-    "Held-out `shapes` frames for evaluation and figures: a batch dict of image, flow, instances, categories (on the CPU)."
-    ds = SceneDataset("shapes", length=num, seed=cfg.seed + 2_000_003, size=(cfg.image_size,) * 2)
+    "Held-out rendered frames of the run's world for evaluation and figures: image, flow, instances, categories (on the CPU)."
+    ds = SceneDataset(cfg.world, length=num, seed=cfg.seed + 2_000_003, size=(cfg.image_size,) * 2)
     items = [ds[i] for i in range(num)]
     return {k: torch.stack([it[k] for it in items]) for k in ("image", "flow", "instances", "categories")}
 

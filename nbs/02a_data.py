@@ -67,7 +67,7 @@ from motion_nbs.flow import flow_to_rgb
 
 # %%
 #| export
-PRESETS = ("single_cube", "multi_cube", "shapes")
+PRESETS = ("single_cube", "multi_cube", "shapes", "objects")
 CATEGORIES = ("background", "cube", "sphere", "cylinder")
 NUM_FACES = {1: 6, 2: 1, 3: 3}  # faces (parts) per category
 TEXTURES = ("checker", "stripes", "noise", "brick", "grass", "gravel", "coffee", "astronaut", "chelsea", "rocket")
@@ -458,7 +458,7 @@ def _visible_next(scene: Scene, X1, depth1, rel_tol: float = 0.01):
 
 
 # %% [markdown]
-# ## Random scenes: the three presets
+# ## Random scenes: the presets
 #
 # `sample_scene` draws a scene from a preset with NumPy's `default_rng(seed)` (never global state), so a
 # seed gives the same scene on every machine:
@@ -474,6 +474,10 @@ def _visible_next(scene: Scene, X1, depth1, rel_tol: float = 0.01):
 #   each moving independently (1–10 px, 1–4°, a little in depth), with a small camera motion (≤ 0.15 units,
 #   ≤ 0.8°) over a fronto-parallel textured plane at depth 12; cubes occlude each other.
 # - `"shapes"`: as `multi_cube`, with each object a cube, sphere or cylinder (equally likely).
+# - `"objects"`: one object per scene, a cube, sphere or cylinder (equally likely), at depth 5–7 and
+#   nearer the centre of the view, moving exactly like the objects of `shapes` (the motion does not depend
+#   on the category). It is the labelled world of chapter 3's transfer experiment: a frame's category is
+#   the category of its one object, and every pixel's category is known.
 #
 # Objects are placed so their bounding spheres do not overlap (rejection sampling with a bounded number
 # of tries). Initial orientations are uniform on SO(3).
@@ -537,18 +541,19 @@ def sample_scene(preset: str,  # one of `PRESETS`
     focal = w / 4.0 if ortho else (w / 2) / _TAN
     px = 4.0 / 128 if ortho else _TAN / 64  # world units per pixel of motion (at depth 1 if perspective) at 128 px width
     half_w, half_h = (2.0, 2.0 * h / w) if ortho else (_TAN, _TAN * h / w)  # view half extent (per unit depth)
-    k = 1 if ortho else int(rng.integers(2, 5))
+    single = ortho or preset == "objects"
+    k = 1 if single else int(rng.integers(2, 5))
     kinds, dims, R0, T0, R1, T1 = [0], [], [], [], [], []
     bg_depth = 10.0 if ortho else 12.0
     for i in range(k):
-        kind = 1 if preset != "shapes" else int(rng.integers(1, 4))
+        kind = int(rng.integers(1, 4)) if preset in ("shapes", "objects") else 1
         if kind == 1: dim = np.full(3, rng.uniform(0.55, 0.8) if ortho else rng.uniform(0.45, 0.8))
         elif kind == 2: dim = np.full(3, rng.uniform(0.5, 0.85))
         else: dim = np.array([*[rng.uniform(0.35, 0.6)] * 2, rng.uniform(0.5, 0.9)])
         radius = float(np.linalg.norm(dim))
         for _ in range(20):  # place without overlapping the objects so far (bounded tries: deterministic)
-            z = 5.0 if ortho else rng.uniform(5.0, 8.5)
-            scale = 0.35 if ortho else 0.7 * z
+            z = 5.0 if ortho else rng.uniform(5.0, 7.0) if preset == "objects" else rng.uniform(5.0, 8.5)
+            scale = 0.35 if ortho else (0.45 if preset == "objects" else 0.7) * z
             T = np.array([rng.uniform(-1, 1) * half_w * scale, rng.uniform(-1, 1) * half_h * scale, z])
             if all(np.linalg.norm(T - t) > radius + r for t, r in T0): break
         R = _random_rotation(rng)
@@ -586,7 +591,11 @@ test_eq(len(sample_scene("single_cube", 5).kinds), 2)
 assert not torch.equal(sample_scene("shapes", 1).translations, sample_scene("shapes", 2).translations)
 R = sample_scene("shapes", 7).rotations
 test_close(R @ R.transpose(-1, -2), torch.eye(3).expand_as(R), eps=1e-5)   # rotations are orthonormal
-test_fail(lambda: sample_scene("cubes"), contains="valid presets: single_cube, multi_cube, shapes")
+test_fail(lambda: sample_scene("cubes"), contains="valid presets: single_cube, multi_cube, shapes, objects")
+_objs = [sample_scene("objects", i) for i in range(300)]
+assert all(len(o.kinds) == 2 for o in _objs)                                   # one object per scene
+test_eq(sorted(set(int(o.kinds[1]) for o in _objs)), [1, 2, 3])
+assert max(torch.bincount(torch.tensor([int(o.kinds[1]) for o in _objs]))) / 300 < 0.4   # balanced categories
 test_fail(lambda: sample_scene("shapes", size=(8, 128)), contains="size must be (H, W)")
 test_fail(lambda: sample_scene("shapes", size=128), contains="size must be (H, W)")
 test_fail(lambda: sample_scene("shapes", seed=-1), contains="non-negative int")
@@ -1259,6 +1268,59 @@ test_eq(_pool.cache[2]["flow"], SceneDataset("shapes", 3, seed=1, size=(24, 24))
 test_eq(sorted(ImageFlowSamples(SceneDataset("shapes", 3, seed=1, size=(24, 24)), cache=True).fill(indices=range(1, 3, 2)).cache), [1])
 
 # %% [markdown]
+# **Pools on disk.** A training run reuses a pool of rendered scenes with augmentation, and runs with the
+# same settings (the arms of an experiment, a rerun) use the same pool. `rendered_pool` renders it once —
+# in `num_workers` processes — and keeps it under the data directory, keyed by everything that decides
+# its content (preset, size, seed, length, and `RENDER_VERSION`, raised whenever the renderer's output
+# changes); a later call loads it. Frames are stored as 8-bit images and flows as float16 (a fifth of the
+# float32 size; at most 1/510 in intensity and about 0.01 px at 20 px of flow) and come back as float32 —
+# the same values whether the pool was just rendered or loaded. The file is written atomically: a killed
+# run leaves no pool behind, only a missing one.
+
+# %%
+#| export
+RENDER_VERSION = 1  # raise when the renderer's output changes: cached pools are keyed by it
+
+def _quantized(items: list) -> dict:
+    return {"image": torch.stack([(it["image"] * 255).round().to(torch.uint8) for it in items]),
+            "flow": torch.stack([it["flow"].to(torch.float16) for it in items])}
+
+def rendered_pool(preset: str,  # one of `PRESETS`
+                  length: int,  # scenes in the pool
+                  seed: int = 0,  # the pool's seed (`SceneDataset`'s)
+                  size=(128, 128),  # (H, W)
+                  num_workers: int = 0,  # processes that render (0: this one)
+                  progress: bool = False,
+                  cache_dir=None  # None: `data_dir()/pools`; False: no disk cache
+                 ) -> list:
+    "`{image, flow}` of `SceneDataset(preset, length, seed, size)`, rendered once and cached on disk (see above)."
+    from motion_nbs.core import atomic_save, data_dir
+    h, w = _check_size(size)
+    path = None if cache_dir is False else Path(cache_dir or data_dir() / "pools") / f"{preset}_{h}x{w}_seed{seed}_n{length}_v{RENDER_VERSION}.pt"
+    if path is not None and path.exists():
+        try: stored = torch.load(path, weights_only=True)
+        except Exception as e: raise ValueError(f"{path}: not a readable pool file (delete it to render again): {type(e).__name__}: {e}") from None
+    else:
+        view = ImageFlowSamples(SceneDataset(preset, length, seed, (h, w)), cache=True).fill(num_workers, progress, f"render {preset} pool")
+        stored = _quantized([view.cache[i] for i in range(length)])
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save(stored, path)
+    if stored["image"].shape != (length, 3, h, w): raise ValueError(f"{path}: holds {tuple(stored['image'].shape)} images, expected ({length}, 3, {h}, {w})")
+    return [{"image": im.float() / 255, "flow": fl.float()} for im, fl in zip(stored["image"], stored["flow"])]
+
+
+# %%
+with tempfile.TemporaryDirectory() as _d:
+    _p1 = rendered_pool("objects", 3, seed=2, size=(24, 32), cache_dir=_d)                # rendered, then stored
+    test_eq(len(list(Path(_d).glob("objects_24x32_seed2_n3_v*.pt"))), 1)
+    _p2 = rendered_pool("objects", 3, seed=2, size=(24, 32), cache_dir=_d)                # loaded: the same values
+    test_eq(_p1[2]["flow"], _p2[2]["flow"]); test_eq(_p1[0]["image"], _p2[0]["image"])
+    _exact = SceneDataset("objects", 3, seed=2, size=(24, 32))[2]
+    test_close(_p1[2]["flow"], _exact["flow"], eps=0.02); test_close(_p1[2]["image"], _exact["image"], eps=1 / 500)
+    test_eq(rendered_pool("objects", 3, seed=2, size=(24, 32), cache_dir=False)[1]["flow"], _p1[1]["flow"])   # no cache: same
+
+# %% [markdown]
 # ## Summary
 #
 # - `render_scene(preset, seed, size)` ray-casts boxes, spheres and cylinders in front of a textured
@@ -1274,7 +1336,7 @@ test_eq(sorted(ImageFlowSamples(SceneDataset("shapes", 3, seed=1, size=(24, 24))
 # - `PairedAugment` crops, rescales, flips and colour-jitters an image and its flow consistently;
 #   `paired_centre_crop` takes validation crops, `split_heldout` holds out shards for validation.
 # - `ImageFlowSamples` reduces items to `{image, flow}`, caches them (`fill` renders a pool up front, in
-#   worker processes) and augments each read.
+#   worker processes) and augments each read; `rendered_pool` keeps rendered pools on disk for later runs.
 
 # %%
 #| hide

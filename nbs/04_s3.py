@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from motion_nbs.core import (atomic_save, atomic_write, check_choice, check_int, check_number, check_values, full_precision,
                              load_model_file, seed_everything)
-from motion_nbs.data import ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, video_flow_pairs
+from motion_nbs.data import ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, rendered_pool, video_flow_pairs
 from motion_nbs.flow import log_flow_magnitude
 from motion_nbs.learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
 from motion_nbs.models import create_model
@@ -633,10 +633,9 @@ def train_data(cfg: S3Config):
         return ImageFlowSamples(frames[:-cfg.num_valid], aug), valid
     valid = ImageFlowSamples(SceneDataset(cfg.data, length=cfg.num_valid, seed=cfg.seed + 1_000_003, size=(size, size)), cache=True)
     valid.fill(cfg.num_workers, show, "validation scenes", process_share(cfg.num_valid))  # this process's share
-    n = cfg.pool_size or cfg.num_iters * cfg.batch_size
-    train = ImageFlowSamples(SceneDataset(cfg.data, length=n, seed=cfg.seed, size=(size, size)), aug, cache=cfg.pool_size is not None)
-    if cfg.pool_size is not None: train.fill(cfg.num_workers, show, "render pool")
-    return train, valid
+    if cfg.pool_size is not None: pool = rendered_pool(cfg.data, cfg.pool_size, cfg.seed, (size, size), cfg.num_workers, show)
+    else: pool = SceneDataset(cfg.data, length=cfg.num_iters * cfg.batch_size, seed=cfg.seed, size=(size, size))   # fresh scenes
+    return ImageFlowSamples(pool, aug), valid
 
 HELDOUT_SEEDS = {"valid": 2_000_003, "test": 3_000_003}  # offsets from the run's seed; the validation loss uses 1_000_003
 
