@@ -8,7 +8,8 @@ __all__ = ['PROBE_LAYERS', 'PROBE_FEATURES', 'PROBE_WEIGHT_DECAYS', 'SEGMENTATIO
            'extract_features', 'fit_linear_probe', 'linear_probes', 'linear_probe', 'confusion_matrix',
            'iou_from_confusion', 'segmentation_probe', 'calibrate_batchnorm', 'average_precision',
            'mean_average_precision', 'VOCClassification', 'VOCSegmentationData', 'voc07_classification',
-           'voc12_segmentation', 'summarize_transfer', 'transfer_table', 'plot_transfer']
+           'voc12_segmentation', 'fine_tune_classifier', 'fine_tune_segmenter', 'paired_comparison',
+           'summarize_transfer', 'transfer_table', 'plot_transfer']
 
 # %% ../nbs/03b_transfer.ipynb #ae27f979
 import copy
@@ -535,6 +536,102 @@ def voc12_segmentation(backbone: nn.Module,  # the pre-trained network (copied, 
                 cm += confusion_matrix(pred, labels, len(VOC_CLASSES) + 1)
     iou, miou = iou_from_confusion(cm)
     return dict(miou=miou, iou=dict(zip(("background",) + VOC_CLASSES, [None if math.isnan(v) else v for v in iou])))
+
+# %% ../nbs/03b_transfer.ipynb #618326a6
+def fine_tune_classifier(backbone: nn.Module,  # the pre-trained network (copied, not changed)
+                         train,  # `(images (N,3,H,W), labels (N,))` or a data set of such pairs
+                         test,  # the frames to score, same form
+                         num_classes: int = None,  # None: 1 + the largest training label
+                         num_iters: int = 300,  # Adam steps
+                         batch_size: int = 16,  # images per step
+                         lr: float = 1e-3,  # Adam's learning rate
+                         seed: int = 0,  # initialisation of the classifier, batches, flips
+                         progress: bool = False) -> dict:
+    "Fine-tune the whole network with a linear classifier on its pooled features; top-1 and balanced accuracy on `test`."
+    xt, yt = labelled_tensors(train, "train"); xv, yv = labelled_tensors(test, "test")
+    k = _check_classes(yt, yv, num_classes)
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = _classifier(backbone, k, xt.shape[-1])
+        dev = next(model.parameters()).device
+        def loss_fn(step):
+            idx = torch.randint(0, len(xt), (min(batch_size, len(xt)),), generator=g)
+            x = torch.where(torch.rand(len(idx), 1, 1, 1, generator=g) < 0.5, xt[idx].flip(-1), xt[idx])
+            return F.cross_entropy(model(x.to(dev)), yt[idx].to(dev))
+        with _FineTuneMode(model): _fit_pixels(loss_fn, model.parameters(), num_iters, lr, progress, "fine-tune classifier")
+        with _Mode(model), torch.no_grad():
+            pred = torch.cat([model(xv[s:s + 64].to(dev)).argmax(1).cpu() for s in range(0, len(xv), 64)])
+    top1, balanced = _accuracies(pred, yv, k)
+    return dict(accuracy=top1, balanced_accuracy=balanced)
+
+def fine_tune_segmenter(backbone: nn.Module,  # the pre-trained network (copied, not changed)
+                        train,  # `(images (N,3,H,W), labels (N,H,W))` or a data set of such pairs
+                        test,  # the frames to score, same form
+                        num_classes: int = None,  # None: 1 + the largest training label (255 excluded)
+                        layers=SEGMENTATION_LAYERS,  # hypercolumn layers
+                        hidden: int = 256,  # hidden units of the per-pixel MLP
+                        num_iters: int = 300,  # Adam steps
+                        batch_size: int = 8,  # images per step
+                        num_pixels: int = 256,  # pixels sampled per image and step
+                        lr: float = 1e-3,  # Adam's learning rate
+                        eval_stride: int = 1,  # score every so many pixels in both directions
+                        seed: int = 0, progress: bool = False) -> dict:
+    "Fine-tune a sparse hypercolumn segmenter end to end; mIoU, per-class IoU and pixel accuracy on `test`."
+    xt, yt = labelled_tensors(train, "train"); xv, yv = labelled_tensors(test, "test")
+    lab = yt[yt != IGNORE_INDEX]
+    k = int(lab.max()) + 1 if num_classes is None else num_classes
+    net = copy.deepcopy(backbone)
+    _check_layers(net, list(layers))
+    h, w = xt.shape[-2:]
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = SparseHypercolumn(net, layers, out_dim=k, hidden=hidden, normalize=False, probe_size=max(h, w))
+        dev = next(model.parameters()).device
+        with _Mode(net):   # inputs standardised with the pre-trained features' statistics (a fixed affine map, as in the probe)
+            feats = _feature_maps(net, xt[:64], list(layers), batch_size=64)
+        stats = [(f.transpose(0, 1).flatten(1).mean(1), f.transpose(0, 1).flatten(1).std(1)) for f in feats.values()]
+        mean, std = torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])
+        model.mlp = nn.Sequential(_Standardize(mean, torch.where(std > 1e-6, std, torch.ones_like(std))), *model.mlp).to(dev)
+        def loss_fn(step):
+            idx = torch.randint(0, len(xt), (min(batch_size, len(xt)),), generator=g)
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            x = torch.where(flip[:, None, None, None], xt[idx].flip(-1), xt[idx])
+            y = torch.where(flip[:, None, None], yt[idx].flip(-1), yt[idx])
+            xy = sample_pixels(len(idx), min(num_pixels, h * w), h, w, g)
+            target = y.flatten(1).gather(1, xy[..., 1] * w + xy[..., 0])
+            return F.cross_entropy(model(x.to(dev), xy.to(dev)).flatten(0, 1), target.flatten().to(dev), ignore_index=IGNORE_INDEX)
+        with _FineTuneMode(model): _fit_pixels(loss_fn, model.parameters(), num_iters, lr, progress, "fine-tune segmenter")
+        return segmentation_scores(model, xv, yv, k, stride=eval_stride)
+
+# %% ../nbs/03b_transfer.ipynb #bc8bf79c
+class _FineTuneMode:
+    "Training mode for fine-tuning, with batch norm kept in eval mode (the pre-trained statistics, as after folding)."
+    def __init__(self, model): self.model = model
+    def __enter__(self):
+        self.was = self.model.training
+        self.model.train()
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
+        return self.model
+    def __exit__(self, *exc): self.model.train(self.was)
+
+# %% ../nbs/03b_transfer.ipynb #40f94b06
+def paired_comparison(a, b  # the metric of two arms, one value per seed, in the same seed order
+                     ) -> dict:
+    "The paired difference a − b: mean, 95% CI, paired t-test p-value, verdict ('holds', 'not resolved', 'reversed')."
+    import numpy as np
+    from scipy import stats
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"paired_comparison needs two equally long lists of at least 2 values, got {a.shape} and {b.shape}")
+    d = a - b
+    mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    half = float(stats.t.ppf(0.975, len(d) - 1) * se)
+    p = float(stats.ttest_rel(a, b).pvalue) if se > 0 else (0.0 if mean != 0 else 1.0)
+    verdict = "not resolved" if not p < 0.05 else "holds" if mean > 0 else "reversed"
+    return dict(mean_difference=mean, ci95=[mean - half, mean + half], p=p, n=len(d), verdict=verdict)
 
 # %% ../nbs/03b_transfer.ipynb #434f1f03
 TRANSFER_ARMS = ("random", "flow_cls", "ce_rev", "kta", "ce")  # from no training to the thesis' headline loss
