@@ -540,16 +540,19 @@ def voc12_segmentation(backbone: nn.Module,  # the pre-trained network (copied, 
 # %% ../nbs/03b_transfer.ipynb #618326a6
 def fine_tune_classifier(backbone: nn.Module,  # the pre-trained network (copied, not changed)
                          train,  # `(images (N,3,H,W), labels (N,))` or a data set of such pairs
-                         test,  # the frames to score, same form
+                         test,  # the frames to score, same form; or a dict of such sets, e.g. {"valid": ..., "test": ...}
                          num_classes: int = None,  # None: 1 + the largest training label
                          num_iters: int = 300,  # Adam steps
                          batch_size: int = 16,  # images per step
                          lr: float = 1e-3,  # Adam's learning rate
+                         train_batchnorm: bool = False,  # batch norm from batch statistics (training from scratch); else frozen
                          seed: int = 0,  # initialisation of the classifier, batches, flips
+                         return_model: bool = False,  # also return the fine-tuned network (`"model"`)
                          progress: bool = False) -> dict:
     "Fine-tune the whole network with a linear classifier on its pooled features; top-1 and balanced accuracy on `test`."
-    xt, yt = labelled_tensors(train, "train"); xv, yv = labelled_tensors(test, "test")
-    k = _check_classes(yt, yv, num_classes)
+    xt, yt = labelled_tensors(train, "train")
+    sets = {k: labelled_tensors(v, k) for k, v in (test.items() if isinstance(test, dict) else [("test", test)])}
+    k = max(_check_classes(yt, y, num_classes) for _, y in sets.values())
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -559,11 +562,15 @@ def fine_tune_classifier(backbone: nn.Module,  # the pre-trained network (copied
             idx = torch.randint(0, len(xt), (min(batch_size, len(xt)),), generator=g)
             x = torch.where(torch.rand(len(idx), 1, 1, 1, generator=g) < 0.5, xt[idx].flip(-1), xt[idx])
             return F.cross_entropy(model(x.to(dev)), yt[idx].to(dev))
-        with _FineTuneMode(model): _fit_pixels(loss_fn, model.parameters(), num_iters, lr, progress, "fine-tune classifier")
+        with _FineTuneMode(model, train_batchnorm): _fit_pixels(loss_fn, model.parameters(), num_iters, lr, progress, "fine-tune classifier")
+        out = {}
         with _Mode(model), torch.no_grad():
-            pred = torch.cat([model(xv[s:s + 64].to(dev)).argmax(1).cpu() for s in range(0, len(xv), 64)])
-    top1, balanced = _accuracies(pred, yv, k)
-    return dict(accuracy=top1, balanced_accuracy=balanced)
+            for name, (xv, yv) in sets.items():
+                pred = torch.cat([model(xv[s:s + 64].to(dev)).argmax(1).cpu() for s in range(0, len(xv), 64)])
+                top1, balanced = _accuracies(pred, yv, k)
+                out[name] = dict(accuracy=top1, balanced_accuracy=balanced)
+    res = out if isinstance(test, dict) else out["test"]
+    return {**res, "model": model.eval()} if return_model else res
 
 def fine_tune_segmenter(backbone: nn.Module,  # the pre-trained network (copied, not changed)
                         train,  # `(images (N,3,H,W), labels (N,H,W))` or a data set of such pairs
@@ -576,9 +583,11 @@ def fine_tune_segmenter(backbone: nn.Module,  # the pre-trained network (copied,
                         num_pixels: int = 256,  # pixels sampled per image and step
                         lr: float = 1e-3,  # Adam's learning rate
                         eval_stride: int = 1,  # score every so many pixels in both directions
+                        train_batchnorm: bool = False,  # batch norm from batch statistics (training from scratch); else frozen
                         seed: int = 0, progress: bool = False) -> dict:
-    "Fine-tune a sparse hypercolumn segmenter end to end; mIoU, per-class IoU and pixel accuracy on `test`."
-    xt, yt = labelled_tensors(train, "train"); xv, yv = labelled_tensors(test, "test")
+    "Fine-tune a sparse hypercolumn segmenter end to end; mIoU, per-class IoU and pixel accuracy on `test` (or each set of a dict)."
+    xt, yt = labelled_tensors(train, "train")
+    sets = {k: labelled_tensors(v, k) for k, v in (test.items() if isinstance(test, dict) else [("test", test)])}
     lab = yt[yt != IGNORE_INDEX]
     k = int(lab.max()) + 1 if num_classes is None else num_classes
     net = copy.deepcopy(backbone)
@@ -602,18 +611,19 @@ def fine_tune_segmenter(backbone: nn.Module,  # the pre-trained network (copied,
             xy = sample_pixels(len(idx), min(num_pixels, h * w), h, w, g)
             target = y.flatten(1).gather(1, xy[..., 1] * w + xy[..., 0])
             return F.cross_entropy(model(x.to(dev), xy.to(dev)).flatten(0, 1), target.flatten().to(dev), ignore_index=IGNORE_INDEX)
-        with _FineTuneMode(model): _fit_pixels(loss_fn, model.parameters(), num_iters, lr, progress, "fine-tune segmenter")
-        return segmentation_scores(model, xv, yv, k, stride=eval_stride)
+        with _FineTuneMode(model, train_batchnorm): _fit_pixels(loss_fn, model.parameters(), num_iters, lr, progress, "fine-tune segmenter")
+        out = {name: segmentation_scores(model, xv, yv, k, stride=eval_stride) for name, (xv, yv) in sets.items()}
+    return out if isinstance(test, dict) else out["test"]
 
 # %% ../nbs/03b_transfer.ipynb #bc8bf79c
 class _FineTuneMode:
-    "Training mode for fine-tuning, with batch norm kept in eval mode (the pre-trained statistics, as after folding)."
-    def __init__(self, model): self.model = model
+    "Training mode for fine-tuning; batch norm in eval mode (the pre-trained statistics, as after folding) unless `train_batchnorm`."
+    def __init__(self, model, train_batchnorm: bool = False): self.model, self.train_bn = model, train_batchnorm
     def __enter__(self):
         self.was = self.model.training
         self.model.train()
         for m in self.model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not self.train_bn: m.eval()
         return self.model
     def __exit__(self, *exc): self.model.train(self.was)
 

@@ -74,7 +74,7 @@ def test_transfer_experiment_killed_resumes_to_the_same_records(tmp_path):
         files = list(runs.glob("records_*.json"))
         return json.loads(files[0].read_text()) if files else []
     def metrics(recs):
-        return [(r["arm"], r["seed"], r["probe"], r["segmentation"]) for r in recs]
+        return [(r["arm"], r["seed"], r["probe"], r["fine_tune"]) for r in recs]
 
     clean = tmp_path / "clean"
     subprocess.run(command(clean, tmp_path / "clean.ipynb"), check=True, capture_output=True, timeout=900)
