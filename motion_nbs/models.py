@@ -374,7 +374,9 @@ class _RFMode(TorchFunctionMode):
             elif y.ndim == 4 and tuple(y.shape[-2:]) != tuple(hw):
                 if y.ndim == 4 and all(hw[a] % y.shape[-2 + a] == 0 for a in (0, 1)) and name.startswith("adaptive"):
                     k = tuple(hw[a] // y.shape[-2 + a] for a in (0, 1))
-                    rec = _window(rec, k, k, (0, 0))
+                    pooled = _window(rec, k, k, (0, 0))
+                    # a global pool (1×1 output) has no next unit: it keeps the last map's stride, as table 5.1's fc layers do
+                    rec = tuple((r, j0 if y.shape[-2 + a] == 1 else j, c) for a, ((r, j, c), (_, j0, _)) in enumerate(zip(pooled, rec)))
                 elif name == "interpolate":
                     f = tuple(hw[a] / y.shape[-2 + a] for a in (0, 1))
                     rec = tuple((r + j, j * f[a], c + (f[a] - 1) / 2 * j) for a, (r, j, c) in enumerate(rec))

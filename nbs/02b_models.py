@@ -689,7 +689,9 @@ class _RFMode(TorchFunctionMode):
             elif y.ndim == 4 and tuple(y.shape[-2:]) != tuple(hw):
                 if y.ndim == 4 and all(hw[a] % y.shape[-2 + a] == 0 for a in (0, 1)) and name.startswith("adaptive"):
                     k = tuple(hw[a] // y.shape[-2 + a] for a in (0, 1))
-                    rec = _window(rec, k, k, (0, 0))
+                    pooled = _window(rec, k, k, (0, 0))
+                    # a global pool (1×1 output) has no next unit: it keeps the last map's stride, as table 5.1's fc layers do
+                    rec = tuple((r, j0 if y.shape[-2 + a] == 1 else j, c) for a, ((r, j, c), (_, j0, _)) in enumerate(zip(pooled, rec)))
                 elif name == "interpolate":
                     f = tuple(hw[a] / y.shape[-2 + a] for a in (0, 1))
                     rec = tuple((r + j, j * f[a], c + (f[a] - 1) / 2 * j) for a, (r, j, c) in enumerate(rec))
@@ -759,6 +761,8 @@ test_eq({n: (_vgg_rf[n].size[1], _vgg_rf[n].stride[1]) for n in ("conv1_1", "con
          "conv3_3": (40, 4), "pool3": (44, 8), "conv4_1": (60, 8), "conv4_3": (92, 8), "pool4": (100, 16), "conv5_1": (132, 16),
          "conv5_2": (164, 16), "conv5_3": (196, 16), "pool5": (212, 32), "fc6": (404, 32)})
 test_eq(_vgg_rf["conv1_1"].center, (0.0, 0.0))
+_grf = receptive_fields(nn.Sequential(nn.Conv2d(3, 2, 3, stride=2), nn.AdaptiveAvgPool2d(1)), 16)   # a global pool: 7×7 → 1×1
+test_eq((_grf["1"].size, _grf["1"].stride), ((15, 15), (2, 2)))   # the whole map's field, the last map's stride (not 14)
 _frf = receptive_fields(fcn8s_small(), 64)
 test_eq((_frf["fc6"].size, _frf["score_pool3"].stride, _frf["upscore8"].stride), ((404, 404), (8, 8), (1, 1)))
 

@@ -228,14 +228,12 @@ if "cnn" in chosen:
     from motion_nbs.models import receptive_fields
     rf = receptive_fields(cnn, cfg["cnn_size"])
     cprobes = natural_images(cfg["cnn_images"], cfg["cnn_size"], folder=probe_dir).to(device)
-    # After global pooling the "stride" is the whole image (64 px at 64, 224 at 224): like table 5.1 (fc6–fc8
-    # keep pool5's 32), layers without a spatial map take the stride of the deepest spatial one.
-    with torch.no_grad(): spatial = {l: cnn_phi(l)(cprobes[:1]).ndim == 4 for l in layers}
-    map_stride = max([v.stride[0] for v in rf.values() if v.stride[0] < cfg["cnn_size"]] or [cfg["cnn_size"]])
+    # a layer after global pooling keeps the last map's stride (table 5.1: fc6–fc8 keep pool5's 32); a layer
+    # receptive_fields has no record for (AlexNet's fc6–fc8 below 224 px, behind a pool that upsamples) takes the deepest one
+    deepest = max(v.stride[0] for v in rf.values())
     sweep = {}
     for layer in layers:
-        if not spatial[layer]: stride = map_stride   # fully connected (below 224 px receptive_fields may not reach AlexNet's fc6-fc8)
-        else: stride = rf[layer].stride[0] if layer in rf else 1
+        stride = rf[layer].stride[0] if layer in rf else deepest
         T = max(1, round(stride / 4))
         for C in C_values:
             def run(probes, init):
