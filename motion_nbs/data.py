@@ -286,6 +286,7 @@ def _visible_next(scene: Scene, X1, depth1, rel_tol: float = 0.01):
 
 # %% ../nbs/02a_data.ipynb #e30123f9
 _FOV = math.radians(50)
+_OBJECTS_DEPTH = (3.2, 4.5)  # the `objects` preset's one object is near: a third to a half of the view across
 _TAN = math.tan(_FOV / 2)
 
 def _rotation(axis_angle) -> np.ndarray:
@@ -351,8 +352,8 @@ def sample_scene(preset: str,  # one of `PRESETS`
         else: dim = np.array([*[rng.uniform(0.35, 0.6)] * 2, rng.uniform(0.5, 0.9)])
         radius = float(np.linalg.norm(dim))
         for _ in range(20):  # place without overlapping the objects so far (bounded tries: deterministic)
-            z = 5.0 if ortho else rng.uniform(5.0, 7.0) if preset == "objects" else rng.uniform(5.0, 8.5)
-            scale = 0.35 if ortho else (0.45 if preset == "objects" else 0.7) * z
+            z = 5.0 if ortho else rng.uniform(*_OBJECTS_DEPTH) if preset == "objects" else rng.uniform(5.0, 8.5)
+            scale = 0.35 if ortho else (0.3 if preset == "objects" else 0.7) * z
             T = np.array([rng.uniform(-1, 1) * half_w * scale, rng.uniform(-1, 1) * half_h * scale, z])
             if all(np.linalg.norm(T - t) > radius + r for t, r in T0): break
         R = _random_rotation(rng)

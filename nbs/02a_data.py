@@ -474,8 +474,8 @@ def _visible_next(scene: Scene, X1, depth1, rel_tol: float = 0.01):
 #   each moving independently (1–10 px, 1–4°, a little in depth), with a small camera motion (≤ 0.15 units,
 #   ≤ 0.8°) over a fronto-parallel textured plane at depth 12; cubes occlude each other.
 # - `"shapes"`: as `multi_cube`, with each object a cube, sphere or cylinder (equally likely).
-# - `"objects"`: one object per scene, a cube, sphere or cylinder (equally likely), at depth 5–7 and
-#   nearer the centre of the view, moving exactly like the objects of `shapes` (the motion does not depend
+# - `"objects"`: one object per scene, a cube, sphere or cylinder (equally likely), at depth 3.2–4.5 (a
+#   third to a half of the view across) and near the centre of the view, moving exactly like the objects of `shapes` (the motion does not depend
 #   on the category). It is the labelled world of chapter 3's transfer experiment: a frame's category is
 #   the category of its one object, and every pixel's category is known.
 #
@@ -485,6 +485,7 @@ def _visible_next(scene: Scene, X1, depth1, rel_tol: float = 0.01):
 # %%
 #| exporti
 _FOV = math.radians(50)
+_OBJECTS_DEPTH = (3.2, 4.5)  # the `objects` preset's one object is near: a third to a half of the view across
 _TAN = math.tan(_FOV / 2)
 
 def _rotation(axis_angle) -> np.ndarray:
@@ -552,8 +553,8 @@ def sample_scene(preset: str,  # one of `PRESETS`
         else: dim = np.array([*[rng.uniform(0.35, 0.6)] * 2, rng.uniform(0.5, 0.9)])
         radius = float(np.linalg.norm(dim))
         for _ in range(20):  # place without overlapping the objects so far (bounded tries: deterministic)
-            z = 5.0 if ortho else rng.uniform(5.0, 7.0) if preset == "objects" else rng.uniform(5.0, 8.5)
-            scale = 0.35 if ortho else (0.45 if preset == "objects" else 0.7) * z
+            z = 5.0 if ortho else rng.uniform(*_OBJECTS_DEPTH) if preset == "objects" else rng.uniform(5.0, 8.5)
+            scale = 0.35 if ortho else (0.3 if preset == "objects" else 0.7) * z
             T = np.array([rng.uniform(-1, 1) * half_w * scale, rng.uniform(-1, 1) * half_h * scale, z])
             if all(np.linalg.norm(T - t) > radius + r for t, r in T0): break
         R = _random_rotation(rng)
