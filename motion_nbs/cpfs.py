@@ -14,7 +14,7 @@ __all__ = ['THESIS_SIGMA2', 'NEUTRAL_SIGMA2', 'CPFS_LOSSES', 'ALEXNET_HYPERCOLUM
 import copy
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check_int, check_number, check_values, full_precision,
-                             load_model_file, seed_everything)
+                             load_model_file, runs_dir, seed_everything)
 from .data import PRESETS as RENDER_PRESETS
 from .data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, rendered_pool,
                              split_heldout, video_flow_pairs)
@@ -338,7 +338,7 @@ class CPFSConfig(ExperimentConfig):
     sigma_init: float = NEUTRAL_SIGMA2  # where a learned σ² starts
     sigma_lr: float = 1e-2  # Adam's learning rate for log σ (the network's is `lr`)
     render_size: int = 160  # side of rendered scenes, before the augmentation rescales and crops them
-    out_dir: str | None = "_runs/cpfs"  # checkpoints, metrics, model.pt and results.json (None: no files)
+    out_dir: str | None = field(default_factory=lambda: str(runs_dir("cpfs", create=False)))  # checkpoints, metrics, model.pt, results.json (None: no files); default `core.runs_dir("cpfs")`
 
     PRESETS: ClassVar[dict] = CPFS_PRESETS
 

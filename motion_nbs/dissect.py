@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .core import runs_dir
 from .learner import TrainConfig
 
 # %% ../nbs/06_visualize_motion.ipynb #ece80b58
@@ -283,7 +284,8 @@ class SupervisedConfig(TrainConfig):
     task: str = "majority_category"  # the label of a `shapes` scene
     image_size: int = 128  # side of the rendered scenes
 
-def train_supervised(num_iters: int = 600, batch_size: int = 16, size: int = 128, seed: int = 0, out_dir="_runs/dissect_supervised",
+def train_supervised(num_iters: int = 600, batch_size: int = 16, size: int = 128, seed: int = 0,
+                     out_dir=None,  # checkpoints; None: `core.runs_dir("dissect_supervised")`; False: no files
                      progress: bool = True,
                      device=None  # training device (None: `core.default_device()`); the network is returned on the CPU
                     ) -> nn.Module:
@@ -304,13 +306,14 @@ def train_supervised(num_iters: int = 600, batch_size: int = 16, size: int = 128
                 sc = self.ds[i]; self.cache[i] = {"image": sc["image"], "label": majority_category(sc)}
             return self.cache[i]
     cfg = SupervisedConfig(num_iters=num_iters, batch_size=batch_size, lr=1e-3, valid_every=100, checkpoint_every=100, seed=seed,
-                           progress=progress, out_dir=None if out_dir is None else str(out_dir), device=device, image_size=size)
+                           progress=progress, out_dir=None if out_dir is False else str(out_dir or runs_dir("dissect_supervised")),
+                           device=device, image_size=size)
     fit(model, _Labelled(1024, seed + 5), lambda m, b: F.cross_entropy(m(b["image"]), b["label"]), _Labelled(64, seed + 7), cfg)
     return fold_batchnorm(model[0]).cpu().eval()
 
 NO_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # the book's networks see images in [0,1] as they are
 
-def supervised_network(out_dir="_runs/dissect_supervised",  # checkpoints of `train_supervised`
+def supervised_network(out_dir=None,  # checkpoints of `train_supervised` (None: its default folder)
                        weights=None,  # torchvision AlexNet weights file; None: torchvision's name in the torch hub cache
                        progress: bool = False) -> tuple:
     """`(name, model, (mean, std))` of the supervised network: torchvision's ImageNet AlexNet when its weights are
@@ -417,7 +420,7 @@ def network_fingerprint(model: nn.Module) -> str:
 PREIMAGE_SOLVER_VERSION = 2  # part of the cache key: 2 = the author's Z = Mρ²/1e4 and the momentum reset (Dec 2026)
 
 def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
-                     cache_dir="../_runs/06_visualize_motion",  # where the cache files go
+                     cache_dir=None,  # where the cache files go (None: `core.runs_dir("06_visualize_motion")`)
                      normalisation=NO_NORMALISATION, use_cache: bool | None = None,  # None: the settings' `use_cache`
                      **kwargs) -> dict:
     "`network_preimages`, read from `cache_dir` when an entry with the same settings, frames and weights exists; otherwise computed and saved."
@@ -427,7 +430,7 @@ def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
                           solver=PREIMAGE_SOLVER_VERSION,
                           frames=hashlib.sha1(frames.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest(),
                           normalisation=[list(map(float, v)) for v in normalisation]), sort_keys=True)
-    path = Path(cache_dir) / f"preimages-{settings.get('preset', 'custom')}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+    path = Path(cache_dir or runs_dir("06_visualize_motion", create=False)) / f"preimages-{settings.get('preset', 'custom')}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
     if (settings.get("use_cache", True) if use_cache is None else use_cache) and path.exists():
         return torch.load(path, weights_only=True)
     out = network_preimages(model, frames, settings, normalisation=normalisation, **kwargs)

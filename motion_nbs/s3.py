@@ -12,7 +12,7 @@ __all__ = ['SEGMENT_COLOURS', 'S3_LOSSES', 'S3_DATA', 'RIGID_RESIDUAL_SCALE', 'A
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (atomic_save, atomic_write, check_choice, check_int, check_number, check_values, full_precision,
-                             load_model_file, seed_everything)
+                             load_model_file, runs_dir, seed_everything)
 from .data import ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, rendered_pool, video_flow_pairs
 from .flow import log_flow_magnitude
 from .learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
@@ -292,7 +292,7 @@ class S3Config(ExperimentConfig):
     temperature: float = 30.0  # β of the soft-mask head (30 or 10 in the thesis)
     output_stride: int = 2  # 8: FCN-8s; 4 or 2: its skips continued to pool2/pool1
     dropout: float = 0.0  # dropout after fc6 and fc7 (0.5 in the thesis)
-    out_dir: str | None = "_runs/s3"  # checkpoints, metrics, model.pt and results.json (None: no files)
+    out_dir: str | None = field(default_factory=lambda: str(runs_dir("s3", create=False)))  # checkpoints, metrics, model.pt, results.json (None: no files); default `core.runs_dir("s3")`
 
     PRESETS: ClassVar[dict] = S3_PRESETS
 

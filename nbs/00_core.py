@@ -59,6 +59,63 @@ with tempfile.TemporaryDirectory() as tmp:
 
 
 # %% [markdown]
+# Runs — checkpoints, metrics, results and figures that an experiment writes — go to one folder too,
+# wherever a notebook or command was started from: `$MOTION_NBS_RUNS` if set, else `_runs/` at the
+# root of the checkout when the working directory is inside one (so `nbs/` in JupyterLab and the
+# repository root under `make demo` share it), else `runs/` under the data directory. A chapter that
+# reads another chapter's run (06 reads 03's CPFS network) finds it there.
+
+# %%
+#| export
+def repo_root(start=None  # where to look from (default: the working directory)
+             ) -> Path | None:
+    "The checkout holding `start`: the nearest folder upwards with this book's `settings.ini`; None outside one."
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        ini = folder / "settings.ini"
+        if ini.is_file() and "lib_name = motion_nbs" in ini.read_text(errors="replace"): return folder
+    return None
+
+def runs_dir(*parts: str,  # sub-folders, e.g. `runs_dir("cpfs")`
+             create: bool = True  # make the folder if it does not exist
+            ) -> Path:
+    "The book's runs folder (`$MOTION_NBS_RUNS`, else `<checkout>/_runs`, else `data_dir()/runs`), joined with `parts`."
+    env = os.environ.get("MOTION_NBS_RUNS")
+    root = repo_root()
+    base = Path(env).expanduser() if env else root / "_runs" if root else data_dir(create) / "runs"
+    path = base.joinpath(*parts)
+    if create: path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# %%
+with tempfile.TemporaryDirectory() as tmp:
+    old_env, old_cwd = os.environ.pop("MOTION_NBS_RUNS", None), os.getcwd()
+    try:
+        (Path(tmp) / "book" / "nbs").mkdir(parents=True)
+        (Path(tmp) / "book" / "settings.ini").write_text("[DEFAULT]\nlib_name = motion_nbs\n")
+        os.chdir(Path(tmp) / "book" / "nbs")                                 # a notebook inside the checkout
+        test_eq(runs_dir("cpfs"), (Path(tmp) / "book" / "_runs" / "cpfs").resolve())
+        os.chdir(Path(tmp) / "book")                                         # the same folder from the root
+        test_eq(runs_dir("cpfs"), (Path(tmp) / "book" / "_runs" / "cpfs").resolve())
+        os.environ["MOTION_NBS_RUNS"] = str(Path(tmp) / "elsewhere")
+        test_eq(runs_dir("s3", create=False), Path(tmp) / "elsewhere" / "s3")
+        assert not (Path(tmp) / "elsewhere").exists()
+        del os.environ["MOTION_NBS_RUNS"]
+        os.chdir(tmp)                                                        # outside any checkout: the data dir
+        old_data = os.environ.get("MOTION_NBS_DATA")
+        os.environ["MOTION_NBS_DATA"] = str(Path(tmp) / "data")
+        try: test_eq(runs_dir(), Path(tmp) / "data" / "runs")
+        finally:
+            if old_data is None: del os.environ["MOTION_NBS_DATA"]
+            else: os.environ["MOTION_NBS_DATA"] = old_data
+    finally:
+        os.chdir(old_cwd)
+        os.environ.pop("MOTION_NBS_RUNS", None)
+        if old_env is not None: os.environ["MOTION_NBS_RUNS"] = old_env
+
+
+# %% [markdown]
 # ## Seeds and devices
 #
 # `seed_everything` seeds Python, NumPy and torch, and returns a `torch.Generator` for code that

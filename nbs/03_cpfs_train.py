@@ -34,7 +34,7 @@ seed = 0               # seeds initialisation, data and pixel sampling
 device = None          # "cpu", "cuda", "cuda:1", "mps"; None: CUDA if present, else MPS, else the CPU
 amp = "auto"           # mixed precision: "bf16", "fp16" or "off"; "auto": bf16 on CUDA, off on the CPU
 num_workers = 0        # data-loading processes (they also render the scene pool)
-out_dir = "_runs/cpfs" # checkpoints, metrics and results go here
+out_dir = None         # checkpoints, metrics and results; None: _runs/cpfs_{loss} (or cpfs_{data}_{loss}) at the checkout's root (`core.runs_dir`)
 
 # %%
 from motion_nbs.core import reject_unknown_parameters
@@ -42,8 +42,13 @@ from motion_nbs.core import reject_unknown_parameters
 reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
 
 # %%
+from pathlib import Path
+
+from motion_nbs.core import runs_dir
 from motion_nbs.cpfs import CPFSConfig
 
+tag = loss if data == "synthetic" else f"{Path(str(data)).name}_{loss}"
+out_dir = out_dir or str(runs_dir(f"cpfs_{tag}"))   # one folder per data and loss, wherever the notebook was started from
 config = CPFSConfig.from_preset(preset, loss=loss, data=data, num_iters=num_iters, batch_size=batch_size, num_pixels=num_pixels,
                                 image_size=image_size, sigma=sigma, seed=seed, device=device, amp=amp,
                                 num_workers=num_workers, out_dir=out_dir)

@@ -51,7 +51,7 @@ world = "objects"     # the rendered preset the frames come from (chapter 02a)
 train_missing = True  # train arms whose pre-training run is missing from runs_dir (False: skip them)
 num_threads = None    # torch CPU threads (None: torch's default)
 device = None         # "cpu", "cuda", ...; None: CUDA if present, else MPS, else the CPU
-runs_dir = "_runs/cpfs_transfer"  # pre-training runs: {runs_dir}/{world}_{arm}_seed{seed} (relative to the repository root)
+runs_dir = None  # pre-training runs {runs_dir}/{world}_{arm}_seed{seed}; None: _runs/cpfs_transfer at the checkout's root (`core.runs_dir`)
 results_path = None   # results JSON (+ .png); None: nbs/03_cpfs_transfer_results.json for "full", {runs_dir}/results.json otherwise
 
 # %%
@@ -104,9 +104,10 @@ from pathlib import Path
 import torch
 from IPython.display import Image, Markdown, display
 
+from motion_nbs import core
 from motion_nbs.core import atomic_save, atomic_write
 
-ROOT = Path.cwd().parent if Path.cwd().name == "nbs" else Path.cwd()
+ROOT = core.repo_root() or Path.cwd()   # the checkout (the saved results live in its nbs/)
 SAVED = ROOT / "nbs" / "03_cpfs_transfer_results.json"
 run = preset != "saved" or not SAVED.exists()
 mode = ("tiny" if preset == "saved" else preset) if run else "saved"
@@ -114,7 +115,7 @@ if run:
     cfg = dict(PRESETS[mode], arms=list(arms), world=world)
     if seeds is not None: cfg["seeds"] = list(seeds)
     if num_iters is not None: cfg["num_iters"] = num_iters
-    runs = Path(runs_dir) if Path(runs_dir).is_absolute() else ROOT / runs_dir
+    runs = Path(runs_dir) if runs_dir else core.runs_dir("cpfs_transfer")
     out_json = Path(results_path) if results_path else (SAVED if mode == "full" else runs / "results.json")
     if num_threads: torch.set_num_threads(num_threads)
     print(mode, cfg, "->", out_json)

@@ -28,7 +28,7 @@
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from motion_nbs.core import (atomic_save, atomic_write, check_choice, check_int, check_number, check_values, full_precision,
-                             load_model_file, seed_everything)
+                             load_model_file, runs_dir, seed_everything)
 from motion_nbs.data import ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, rendered_pool, video_flow_pairs
 from motion_nbs.flow import log_flow_magnitude
 from motion_nbs.learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
@@ -594,7 +594,7 @@ class S3Config(ExperimentConfig):
     temperature: float = 30.0  # β of the soft-mask head (30 or 10 in the thesis)
     output_stride: int = 2  # 8: FCN-8s; 4 or 2: its skips continued to pool2/pool1
     dropout: float = 0.0  # dropout after fc6 and fc7 (0.5 in the thesis)
-    out_dir: str | None = "_runs/s3"  # checkpoints, metrics, model.pt and results.json (None: no files)
+    out_dir: str | None = field(default_factory=lambda: str(runs_dir("s3", create=False)))  # checkpoints, metrics, model.pt, results.json (None: no files); default `core.runs_dir("s3")`
 
     PRESETS: ClassVar[dict] = S3_PRESETS
 

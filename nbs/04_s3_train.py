@@ -34,7 +34,7 @@ seed = 0                # seeds initialisation, data and augmentation
 device = None           # "cpu", "cuda", "cuda:1", "mps"; None: CUDA if present, else MPS, else the CPU
 amp = "auto"            # mixed precision: "bf16", "fp16" or "off"; "auto": bf16 on CUDA, off on the CPU
 num_workers = 0         # data-loading processes (they also render the scene pool)
-out_dir = "_runs/s3"    # checkpoints, metrics and results go here
+out_dir = None          # checkpoints, metrics and results; None: _runs/s3_{data}_{loss} at the checkout's root (`core.runs_dir`)
 
 # %%
 from motion_nbs.core import reject_unknown_parameters
@@ -42,8 +42,12 @@ from motion_nbs.core import reject_unknown_parameters
 reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
 
 # %%
+from pathlib import Path
+
+from motion_nbs.core import runs_dir
 from motion_nbs.s3 import S3Config
 
+out_dir = out_dir or str(runs_dir(f"s3_{Path(str(data)).name}_{loss}"))   # one folder per data and loss, wherever the notebook was started from
 config = S3Config.from_preset(preset, loss=loss, data=data, num_segments=num_segments, temperature=temperature,
                               num_iters=num_iters, batch_size=batch_size, image_size=image_size, seed=seed, device=device,
                               amp=amp, num_workers=num_workers, out_dir=out_dir)

@@ -32,7 +32,7 @@ seeds = None          # training seeds (None: the preset's; full: [0, 1, 2])
 configs = None        # comma-separated "data+loss" settings (None: single_cube+affine, multi_cube+rigid, multi_cube+entropy)
 device = None         # "cpu", "cuda", ...; None: CUDA if present, else MPS, else the CPU
 num_threads = None    # torch CPU threads (None: torch's default)
-runs_dir = "_runs/s3_seeds"  # one run per setting and seed: {runs_dir}/{data}_{loss}_seed{seed} (relative to the repository root)
+runs_dir = None  # one run per setting and seed; None: _runs/s3_seeds at the checkout's root (`core.runs_dir`)
 results_path = None   # None: nbs/04_s3_train_results.json for "full", {runs_dir}/results.json otherwise
 
 # %%
@@ -68,15 +68,16 @@ from pathlib import Path
 import torch
 from IPython.display import Image, Markdown, display
 
+from motion_nbs import core
 from motion_nbs.core import atomic_write
 
-ROOT = Path.cwd().parent if Path.cwd().name == "nbs" else Path.cwd()
+ROOT = core.repo_root() or Path.cwd()   # the checkout (the saved results live in its nbs/)
 SAVED = ROOT / "nbs" / "04_s3_train_results.json"
 run = preset != "saved" or not SAVED.exists()
 mode = ("tiny" if preset == "saved" else preset) if run else "saved"
 if run:
     use_seeds = list(seeds or PRESETS[mode]["seeds"])
-    runs = Path(runs_dir) if Path(runs_dir).is_absolute() else ROOT / runs_dir
+    runs = Path(runs_dir) if runs_dir else core.runs_dir("s3_seeds")
     out_json = Path(results_path) if results_path else (SAVED if mode == "full" else runs / "results.json")
     if num_threads: torch.set_num_threads(num_threads)
     print(mode, chosen, use_seeds, "->", out_json)

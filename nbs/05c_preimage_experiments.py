@@ -44,10 +44,10 @@ cnn_layers = None        # comma-separated layers to study (None: the network's 
 seed = 0                 # seeds every initialisation
 num_threads = 1          # torch CPU threads (None: torch's default); on a shared, loaded CPU more threads can be ~60x slower
 device = None            # "cpu", "cuda", "cuda:1", "mps"; None: CUDA if present, else MPS, else the CPU
-out_dir = "../_runs/preimage"  # results.json and figures go here
+out_dir = None           # results.json and figures; None: _runs/preimage at the checkout's root (`core.runs_dir`)
 
 # %%
-from motion_nbs.core import reject_unknown_parameters
+from motion_nbs.core import reject_unknown_parameters, runs_dir
 
 reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
 
@@ -113,7 +113,7 @@ from motion_nbs.preimage import (LayerPhi, caricature, classification_consistenc
                                  invert, maximize, natural_images, normalized_error, unit_maximum)
 
 if num_threads: torch.set_num_threads(num_threads)
-out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+out = Path(out_dir) if out_dir else runs_dir("preimage"); out.mkdir(parents=True, exist_ok=True)
 results = {"preset": preset, "config": cfg, "num_iters": num_iters, "network": network}
 def save(): (out / "results.json").write_text(json.dumps(results, indent=1))
 

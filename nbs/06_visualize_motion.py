@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from motion_nbs.core import runs_dir
 from motion_nbs.learner import TrainConfig
 
 # %%
@@ -55,7 +56,7 @@ from fastcore.test import test_close, test_eq, test_fail
 #
 # - `"cpu"` (default): 64-px pre-images, 80 iterations of Algorithm 1 (inversion: 80 + 10 without
 #   jitter), 25 units per conv layer and 3 per fc layer, 4 initialisations per inversion. The results
-#   are cached under `../_runs/06_visualize_motion/`, keyed by these settings and the networks'
+#   are cached under `_runs/06_visualize_motion/` (`core.runs_dir`), keyed by these settings and the networks'
 #   weights, so a second run only draws them.
 # - `"paper"`: the thesis' settings — 224-px pre-images, 300 iterations (inversion: 300 + 50), the
 #   same units and initialisations — recomputed even when a cache file exists (and then cached).
@@ -490,7 +491,9 @@ with tempfile.TemporaryDirectory() as _root:
 # - **CPFS**: the quarter-width `alexnet_cpfs_small` (units per layer: conv1 24, conv2 64, conv3 96,
 #   conv4 96, conv5 64, fc6 64, fc7 64) trained by `motion_nbs.cpfs.train` with the CE loss (eq 3.4) —
 #   the thesis' chapter-6 model is CPFS-CE (section 6.1) — at the `cpu` preset: 600 steps of 16 `shapes`
-#   frames at 128 px, σ learned from $\sigma^2 = 0.04$; trained into `_runs/cpfs_ce`, or reused from there;
+#   frames at 128 px, σ learned from $\sigma^2 = 0.04$; reused from `_runs/cpfs_ce` at the checkout's root
+#   (`core.runs_dir`), which `papermill nbs/03_cpfs_train.ipynb _runs/03_ce.ipynb -p loss ce`
+#   makes; when that run is missing the cell below trains it (about 4 minutes on 2 cores, with a progress bar);
 # - **random**: the same architecture at its seeded initialisation;
 # - **supervised**: torchvision's ImageNet AlexNet (`motion_nbs.models.load_pretrained("alexnet")`,
 #   ImageNet normalisation) when its weights are in the local torch hub cache — this machine never
@@ -514,7 +517,8 @@ class SupervisedConfig(TrainConfig):
     task: str = "majority_category"  # the label of a `shapes` scene
     image_size: int = 128  # side of the rendered scenes
 
-def train_supervised(num_iters: int = 600, batch_size: int = 16, size: int = 128, seed: int = 0, out_dir="_runs/dissect_supervised",
+def train_supervised(num_iters: int = 600, batch_size: int = 16, size: int = 128, seed: int = 0,
+                     out_dir=None,  # checkpoints; None: `core.runs_dir("dissect_supervised")`; False: no files
                      progress: bool = True,
                      device=None  # training device (None: `core.default_device()`); the network is returned on the CPU
                     ) -> nn.Module:
@@ -535,13 +539,14 @@ def train_supervised(num_iters: int = 600, batch_size: int = 16, size: int = 128
                 sc = self.ds[i]; self.cache[i] = {"image": sc["image"], "label": majority_category(sc)}
             return self.cache[i]
     cfg = SupervisedConfig(num_iters=num_iters, batch_size=batch_size, lr=1e-3, valid_every=100, checkpoint_every=100, seed=seed,
-                           progress=progress, out_dir=None if out_dir is None else str(out_dir), device=device, image_size=size)
+                           progress=progress, out_dir=None if out_dir is False else str(out_dir or runs_dir("dissect_supervised")),
+                           device=device, image_size=size)
     fit(model, _Labelled(1024, seed + 5), lambda m, b: F.cross_entropy(m(b["image"]), b["label"]), _Labelled(64, seed + 7), cfg)
     return fold_batchnorm(model[0]).cpu().eval()
 
 NO_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # the book's networks see images in [0,1] as they are
 
-def supervised_network(out_dir="_runs/dissect_supervised",  # checkpoints of `train_supervised`
+def supervised_network(out_dir=None,  # checkpoints of `train_supervised` (None: its default folder)
                        weights=None,  # torchvision AlexNet weights file; None: torchvision's name in the torch hub cache
                        progress: bool = False) -> tuple:
     """`(name, model, (mean, std))` of the supervised network: torchvision's ImageNet AlexNet when its weights are
@@ -633,10 +638,10 @@ test_eq(_n["r"]["relu3"].iou, network_dissection(_random_net(0), "relu3", _cds, 
 #| slow
 from motion_nbs.cpfs import train as train_cpfs
 
-cpfs = train_cpfs(loss="ce", out_dir="../_runs/cpfs_ce", progress=False)["model"].backbone.eval()
+cpfs = train_cpfs(loss="ce", out_dir=str(runs_dir("cpfs_ce")))["model"].backbone.eval()   # trains (with progress) unless the run is there
 torch.manual_seed(0)
 random_net = alexnet_cpfs_small().eval()
-sup_name, supervised, sup_norm = supervised_network(out_dir="../_runs/dissect_supervised")
+sup_name, supervised, sup_norm = supervised_network(progress=True)
 nets = {"CPFS (CE, shapes motion)": cpfs, "random init": random_net, sup_name: supervised}
 norms = {"CPFS (CE, shapes motion)": NO_NORMALISATION, "random init": NO_NORMALISATION, sup_name: sup_norm}
 print("supervised network:", sup_name)
@@ -723,7 +728,7 @@ for n, per in results.items():
 # included; the pre-images took 26 s.
 #
 # `network_preimages` computes all of a network's pre-images; `cached_preimages` stores them under
-# `../_runs/06_visualize_motion/` with `atomic_save`, in a file named after a hash of the settings and
+# `_runs/06_visualize_motion/` at the checkout's root (`core.runs_dir`) with `atomic_save`, in a file named after a hash of the settings and
 # of the network's weights (`network_fingerprint`), and reads them back with
 # `torch.load(weights_only=True)`.
 
@@ -791,7 +796,7 @@ def network_fingerprint(model: nn.Module) -> str:
 PREIMAGE_SOLVER_VERSION = 2  # part of the cache key: 2 = the author's Z = Mρ²/1e4 and the momentum reset (Dec 2026)
 
 def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
-                     cache_dir="../_runs/06_visualize_motion",  # where the cache files go
+                     cache_dir=None,  # where the cache files go (None: `core.runs_dir("06_visualize_motion")`)
                      normalisation=NO_NORMALISATION, use_cache: bool | None = None,  # None: the settings' `use_cache`
                      **kwargs) -> dict:
     "`network_preimages`, read from `cache_dir` when an entry with the same settings, frames and weights exists; otherwise computed and saved."
@@ -801,7 +806,7 @@ def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
                           solver=PREIMAGE_SOLVER_VERSION,
                           frames=hashlib.sha1(frames.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest(),
                           normalisation=[list(map(float, v)) for v in normalisation]), sort_keys=True)
-    path = Path(cache_dir) / f"preimages-{settings.get('preset', 'custom')}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+    path = Path(cache_dir or runs_dir("06_visualize_motion", create=False)) / f"preimages-{settings.get('preset', 'custom')}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
     if (settings.get("use_cache", True) if use_cache is None else use_cache) and path.exists():
         return torch.load(path, weights_only=True)
     out = network_preimages(model, frames, settings, normalisation=normalisation, **kwargs)

@@ -1038,14 +1038,14 @@ for k, v in phase.items():
 from collections import OrderedDict
 from pathlib import Path
 
-from motion_nbs.core import atomic_save
+from motion_nbs.core import atomic_save, runs_dir
 from motion_nbs.data import render_scene
 from motion_nbs.dissect import majority_category
 from motion_nbs.learner import fit, supervised
 from motion_nbs.models import ALEXNET_CPFS_SMALL_WIDTHS, vgg16_small
 from motion_nbs.transfer import calibrate_batchnorm
 
-RUN = Path("../_runs/07_reversed") if Path("../settings.ini").exists() else Path("_runs/07_reversed")
+RUN = runs_dir("07_reversed")   # _runs/07_reversed at the checkout's root
 SIZE, N_SCENES, N_HELD, N_TEST = 80, 2000, 300, 60
 
 def render_set(seeds):
