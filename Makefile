@@ -5,9 +5,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 DEMO_NB ?= nbs/03_cpfs_train.ipynb
 DEMO_ARGS ?= -p loss kta
-export MPLBACKEND ?= Agg
 
-.PHONY: demo test lab bench install references check export clean-nbs sync docs
+.PHONY: demo test lab bench install references browser sync docs
 
 # The venv is rebuilt when the package definition changes.
 $(VENV)/.installed: settings.ini setup.py pyproject.toml
@@ -30,19 +29,36 @@ references: $(VENV)/.installed
 		echo "references: installed VLFeat and cyvlfeat"; \
 	else echo "references: not root, VLFeat reference tests will skip"; fi
 
+# Debian's chromium and chromium-driver: tests/test_docs.py opens the built pages in them. Same rules as
+# the references: without them those tests skip, or fail when MOTION_NBS_REQUIRE_REFERENCES=1.
+browser:
+	@if dpkg -s chromium chromium-driver >/dev/null 2>&1; then echo "browser: chromium present"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null && \
+		echo "browser: installed chromium and chromium-driver"; \
+	else echo "browser: not root (or no apt-get), the headless-browser docs tests will skip"; fi
+
 demo: $(VENV)/.installed
 	mkdir -p _runs
 	$(BIN)/papermill $(DEMO_NB) _runs/$(notdir $(DEMO_NB)) $(DEMO_ARGS)
 
 # Repository checks first (package == export of the notebooks, notebooks clean, jupytext pairs, site
-# config), then the notebooks' own tests, then pytest.
-test: $(VENV)/.installed references
+# config), then the notebooks' own tests, then pytest. Headless: nbdev_test draws with the inline
+# backend of its own shell, and tests/conftest.py sets MPLBACKEND=Agg for pytest and the kernels it starts.
+test: $(VENV)/.installed references browser
 	$(BIN)/pytest -q tests/test_repo.py
 	$(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/pytest -q --ignore=tests/test_repo.py tests
 
 lab: $(VENV)/.installed
 	$(BIN)/jupyter lab $$( [ "$$(id -u)" = "0" ] && echo --allow-root )
+
+# The website in _docs/: with Quarto, nbdev_docs (what the deploy workflow runs); without it, a preview
+# of the same pages and sidebar made with nbconvert (tools/build_preview.py). README.md is never rewritten.
+docs: $(VENV)/.installed
+	@if command -v quarto >/dev/null; then $(BIN)/nbdev_docs; \
+	else echo "docs: Quarto is not on the PATH; building a preview with nbconvert instead (tools/build_preview.py)"; \
+		$(PY) tools/build_preview.py; fi
 
 bench: $(VENV)/.installed
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

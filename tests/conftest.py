@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,3 +19,16 @@ def require_reference(module: str):
         if os.environ.get("MOTION_NBS_REQUIRE_REFERENCES") == "1":
             pytest.fail(f"reference {module} is required (MOTION_NBS_REQUIRE_REFERENCES=1) but not installed")
         raise
+
+
+def require_browser():
+    """The headless Chromium that the docs tests drive (Debian's `chromium` and `chromium-driver`, through
+    selenium) or skip; with ``MOTION_NBS_REQUIRE_REFERENCES=1`` (as in CI) a missing browser fails instead."""
+    missing = [name for name in ("chromium", "chromedriver") if not shutil.which(name)]
+    try: import selenium  # noqa: F401
+    except ImportError: missing.append("selenium (pip)")
+    if not missing: return
+    msg = f"headless browser missing: {', '.join(missing)} (run `make test` as root: it installs chromium and chromium-driver)"
+    if os.environ.get("MOTION_NBS_REQUIRE_REFERENCES") == "1":
+        pytest.fail(f"{msg}; required because MOTION_NBS_REQUIRE_REFERENCES=1")
+    pytest.skip(msg)

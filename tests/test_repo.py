@@ -1,8 +1,10 @@
 """The repository's own invariants: the package is what nbdev exports from the notebooks, notebooks are
-clean, each notebook and its py:percent script agree, and the site configuration lists every chapter."""
+clean, each notebook and its py:percent script agree, the site configuration lists every chapter, the
+Makefile's targets exist, and the CI and publishing workflows run what the README says."""
 import configparser
 import filecmp
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -108,3 +110,71 @@ def test_saved_results_hold_no_machine_paths():
     for path in sorted((ROOT / "nbs").glob("*.json")):
         bad = [s for s in strings(json.loads(path.read_text())) if absolute.search(s)]
         assert not bad, f"{path.name}: absolute paths in saved results: {bad[:3]}"
+
+
+def test_docs_build_never_overwrites_readme(tmp_path):
+    "nbdev_docs re-renders README.md from `readme_nb` when that notebook is newer; settings.ini names none."
+    shutil.copy(ROOT / "settings.ini", tmp_path / "settings.ini")
+    (tmp_path / "README.md").write_text("written by hand\n")
+    (tmp_path / "nbs").mkdir()
+    shutil.copy(NBS / "index.ipynb", tmp_path / "nbs" / "index.ipynb")  # copied after README.md: newer
+    run = subprocess.run([BIN / "nbdev_readme", "--chk_time"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0 and "Could not find" in run.stdout, f"nbdev_readme did not skip the README: {run.stdout}{run.stderr}"
+    assert not (tmp_path / "_proc").exists(), "nbdev_readme processed the notebooks to render README.md; settings.ini's readme_nb must name no notebook"
+    assert (tmp_path / "README.md").read_text() == "written by hand\n"
+
+
+def _make_targets() -> tuple[list[str], set[str]]:
+    "The Makefile's .PHONY names and the targets it has rules for."
+    text = (ROOT / "Makefile").read_text()
+    phony = re.search(r"^\.PHONY:(.*)$", text, re.M)[1].split()
+    rules = {t for m in re.finditer(r"^([\w$(). /-]+?)\s*:(?!=)", text, re.M) for t in m[1].split()}
+    return phony, rules
+
+
+def test_makefile_phony_targets_have_rules():
+    phony, rules = _make_targets()
+    assert not set(phony) - rules, f"Makefile .PHONY names targets without a rule: {sorted(set(phony) - rules)}"
+    for target in ("demo", "test", "lab", "bench", "install", "references", "browser", "docs", "sync"):
+        assert target in phony, f"`make {target}` is missing from .PHONY {phony}"
+
+
+def test_make_demo_and_lab_leave_the_backend_to_the_kernel():
+    "Kernels started by `make demo` and `make lab` draw inline: make must not hand them MPLBACKEND=Agg."
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    show = 'showenv: ; +@echo "MPLBACKEND=[$$MPLBACKEND]"'  # `+` runs under -n; prerequisites see their target's exports
+    out = subprocess.run(["make", "-n", "-s", "--eval", show, "--eval", "demo lab: showenv", "demo", "lab"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    assert re.findall(r"^MPLBACKEND=\[.*\]$", out, re.M) == ["MPLBACKEND=[]"], f"make sets MPLBACKEND for demo/lab: {out}"
+
+
+def _workflow(name: str) -> dict:
+    path = ROOT / ".github" / "workflows" / name
+    assert path.exists(), f"{path.relative_to(ROOT)} is missing"
+    wf = yaml.safe_load(path.read_text())
+    assert isinstance(wf, dict) and wf.get("jobs"), f"{name}: expected a workflow with jobs, got {wf!r}"
+    return wf
+
+
+def _steps(wf: dict) -> list[dict]: return [s for job in wf["jobs"].values() for s in job.get("steps", [])]
+
+
+def _run_lines(wf: dict) -> list[str]: return [l.strip() for s in _steps(wf) for l in s.get("run", "").splitlines()]
+
+
+def test_test_workflow_runs_the_readme_test_command():
+    commands = [l.split("#")[0].strip() for l in (ROOT / "README.md").read_text().splitlines() if l.startswith("make test")]
+    assert commands, "README.md shows no `make test` command"
+    wf = _workflow("test.yaml")
+    triggers = wf.get("on", wf.get(True))  # YAML 1.1 reads the key `on` as True
+    assert {"push", "pull_request"} <= set(triggers), f"test.yaml runs on {triggers}; expected push and pull_request"
+    assert commands[0] in _run_lines(wf), f"test.yaml runs {_run_lines(wf)}; expected the README's test command {commands[0]!r}"
+
+
+def test_deploy_workflow_publishes_the_nbdev_docs_site():
+    wf = _workflow("deploy.yaml")
+    steps = _steps(wf)
+    assert any("quarto" in s.get("uses", "") for s in steps), "deploy.yaml does not install Quarto"
+    assert {"make docs", "nbdev_docs"} & set(_run_lines(wf)), f"deploy.yaml runs {_run_lines(wf)}; expected `make docs` or nbdev_docs"
+    published = [s.get("with", {}).get("path") or s.get("with", {}).get("publish_dir") for s in steps]
+    assert {"_docs", "./_docs"} & set(published), f"deploy.yaml publishes {published}; expected _docs"
