@@ -23,6 +23,9 @@
 # Vocabulary: `emb` is a batch of embeddings `(B,N,D)` at $N$ sampled pixels, `flow` the flow at the
 # same pixels `(B,N,2)`; `K_phi`, `K_f` are `(B,N,N)` kernel matrices.
 
+# %% [markdown]
+# ![Fig 3.1 (redrawn): the CPFS framework. A CNN φ sees one frame and gives every pixel a D-dimensional embedding; the loss (KTA, CE or CE-rev) asks the cosine kernel of the embeddings, K_φ, to match the RBF kernel of the optical flow, K_f (eq 3.1). Only the loss sees the flow.](figures/fig3_1_cpfs.svg)
+
 # %%
 #| export
 import copy

@@ -23,6 +23,9 @@
 # Vocabulary: `masks` `(B,L,H,W)` soft segments, `flow` `(B,2,H,W)` in pixels. Numerical notes:
 # `shared/reference/fitting-numerics.md`.
 
+# %% [markdown]
+# ![Fig 4.1 (redrawn): the S3-CNN framework. A fully convolutional network Φ splits one frame into L soft segments; the loss fits a motion model (affine, rigid or low-entropy) to the optical flow inside each segment and scores the fit. The flow reaches the loss, never the network.](figures/fig4_1_s3.svg)
+
 # %%
 #| export
 import json
@@ -126,6 +129,9 @@ def _grid(h, w, dtype, device):
 # empty segment fits $\Theta_l = 0$, which costs nothing since its mask is 0. $R$ is smooth-$L_1$ with
 # threshold `beta` (1 pixel by default; training uses a smaller one, see below), averaged over pixels,
 # flow components and images. Flow stays in pixels in the residual (only the regressors are normalised).
+
+# %% [markdown]
+# ![Fig 4.2 (redrawn): the affine loss. The flow inside each segment is fitted by an affine map A_l (least squares weighted by the mask); the fits, blended by the masks, give a reconstructed flow, and the loss is the smooth-L1 of its difference from the flow (eq 4.4).](figures/fig4_2_affine.svg)
 
 # %%
 #| export

