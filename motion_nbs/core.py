@@ -5,11 +5,12 @@
 # %% auto #0
 __all__ = ['SAMPLE_IMAGES', 'SAMPLE_VIDEOS', 'data_dir', 'repo_root', 'runs_dir', 'seed_everything', 'default_device',
            'available_devices', 'resolve_device', 'full_precision', 'check_choice', 'check_int', 'check_number',
-           'check_values', 'reject_unknown_parameters', 'image_from_array', 'image_to_array', 'load_image',
-           'sample_image', 'sample_video', 'video_info', 'read_video_frames', 'atomic_write', 'atomic_save',
-           'load_model_file', 'show_images']
+           'check_values', 'check_image', 'reject_unknown_parameters', 'image_from_array', 'image_to_array',
+           'load_image', 'sample_image', 'sample_video', 'video_info', 'read_video_frames', 'atomic_write',
+           'atomic_save', 'load_model_file', 'show_images']
 
 # %% ../nbs/00_core.ipynb #fa5f66ed
+import ast
 import contextlib
 import functools
 import importlib.util
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+# cv2, skimage, matplotlib and IPython are imported where they are used: they are slow to import (or absent
+# outside Jupyter), and only the image/video readers, the sample images and the plots need them.
 
 # %% ../nbs/00_core.ipynb #b3b0684a
 def data_dir(create: bool = True  # make the directory if it does not exist
@@ -144,10 +148,27 @@ def check_values(name: str,  # the argument's name, for the message
         raise ValueError(f"{name} is all zeros for item(s) {bad[:10]} of the batch")
     return x
 
+# %% ../nbs/00_core.ipynb #88666954
+def check_image(name: str,  # the function (or argument) the image went to, for the message
+                x,  # the image batch
+                channels: int | None = None,  # the channels it must have (None: any)
+                min_size: tuple | None = None,  # (h, w): the smallest valid size (None: any)
+                values: bool = False  # also check the values are finite (`check_values`: CPU tensors only)
+               ) -> torch.Tensor:
+    "`x` if it is a floating-point image batch `(B,C,H,W)` (with `channels`, at least `min_size`), else a `ValueError`."
+    want = f"(B,{'C' if channels is None else channels},H,W)"
+    if not torch.is_tensor(x): raise ValueError(f"{name} expects images of shape {want} as a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        raise ValueError(f"{name} expects images of shape {want}, got {tuple(x.shape)}")
+    if not x.is_floating_point(): raise ValueError(f"{name} expects floating-point images (values in [0,1]), got dtype {x.dtype}")
+    if min_size is not None and (x.shape[-2] < min_size[0] or x.shape[-1] < min_size[1]):
+        raise ValueError(f"{name} needs inputs of at least {min_size[0]}x{min_size[1]} pixels, got {x.shape[-2]}x{x.shape[-1]}")
+    if values: check_values(f"the image given to {name}", x.detach())
+    return x
+
 # %% ../nbs/00_core.ipynb #5c712781
 def _assigned_names(source: str) -> set:
     "Names assigned at the top level of a cell's source."
-    import ast
     try: tree = ast.parse(source)
     except SyntaxError: return set()
     names = set()

@@ -12,16 +12,26 @@ __all__ = ['PREIMAGE_PRESETS', 'COLOUR_NAMES', 'PART_NAMES', 'BRODEN_PIXEL_KINDS
 
 # %% ../nbs/06_visualize_motion.ipynb #b8b5211a
 import csv
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from .core import runs_dir
-from .learner import TrainConfig
+from .core import atomic_save, load_image, runs_dir, seed_everything
+from .data import CATEGORIES, NUM_FACES, SceneDataset, TEXTURES
+from .learner import TrainConfig, fit
+from .models import alexnet_cpfs_small, fold_batchnorm, layer_outputs, load_pretrained, receptive_fields
+from .preimage import (IMAGENET_MEAN, IMAGENET_STD, LayerPhi, caricature, invert, maximize, natural_images,
+                                 unit_maximum)
+
+# matplotlib and scikit-image are imported where they are used (the figures, the colour names): both are slow to import.
 
 # %% ../nbs/06_visualize_motion.ipynb #ece80b58
 PREIMAGE_PRESETS = {
@@ -65,7 +75,6 @@ PART_NAMES = ("cube front", "cube side", "cylinder side", "cylinder cap")
 def scene_concepts(scene: dict  # a `render_scene` result
                   ) -> dict:
     "The synthetic concept masks of a rendered scene: `{'kind:name': (H,W) bool}` for every concept."
-    from motion_nbs.data import CATEGORIES, NUM_FACES, TEXTURES
     cats, parts, inst = scene["categories"], scene["parts"], scene["instances"]
     masks = {f"category:{name}": cats == i for i, name in enumerate(CATEGORIES)}
     masks.update({f"texture:{name}": scene["textures"] == i for i, name in enumerate(TEXTURES)})
@@ -94,7 +103,6 @@ def scene_concepts(scene: dict  # a `render_scene` result
 class SceneConcepts(torch.utils.data.Dataset):
     "Rendered scenes as a concept data set (see `scene_concepts`)."
     def __init__(self, preset: str = "shapes", length: int = 64, seed: int = 0, size=(128, 128)):
-        from motion_nbs.data import SceneDataset
         self.scenes = SceneDataset(preset, length=length, seed=seed, size=size)
     def __len__(self): return len(self.scenes)
     def __getitem__(self, i):
@@ -130,14 +138,12 @@ class BrodenConcepts(torch.utils.data.Dataset):
         return {int(n) for f in row[kind].split(";") for n in np.unique(self._codes(f)) if n > 0}
 
     def _codes(self, name):
-        from PIL import Image
         a = np.asarray(Image.open(self.root / "images" / name).convert("RGB")).astype(np.int64)
         return a[..., 0] + 256 * a[..., 1]
 
     def __len__(self): return len(self.rows)
 
     def __getitem__(self, i):
-        from motion_nbs.core import load_image
         row = self.rows[i]
         image = load_image(self.root / "images" / row["image"])
         if self.size is not None: image = F.interpolate(image[None], size=tuple(self.size), mode="bilinear", align_corners=False, antialias=True)[0]
@@ -206,8 +212,6 @@ def network_dissection(model: nn.Module,  # the network; `layer` is one of its `
                        progress: bool = False  # tqdm bars
                       ) -> Dissection:
     "Network dissection (Bau et al. 2017, thesis section 6.3) of one layer over a concept data set."
-    from tqdm.auto import tqdm
-    from motion_nbs.models import layer_outputs
     names = dict(model.named_modules())
     if layer not in names:
         raise ValueError(f"layer {layer!r} is not in the model; valid: {', '.join(n for n in names if n)}")
@@ -250,7 +254,6 @@ def network_dissection(model: nn.Module,  # the network; `layer` is one of its `
 def write_tiny_broden(root  # folder to create
                      ) -> Path:
     "A two-image Broden-format folder (index.csv, label.csv, images/) for tests and examples."
-    from PIL import Image
     root = Path(root); (root / "images").mkdir(parents=True, exist_ok=True)
     labels = [(1, "red-c", "color"), (2, "car", "object"), (300, "wheel", "part"), (4, "street", "scene")]
     with open(root / "label.csv", "w", newline="") as f:
@@ -290,10 +293,6 @@ def train_supervised(num_iters: int = 600, batch_size: int = 16, size: int = 128
                      device=None  # training device (None: `core.default_device()`); the network is returned on the CPU
                     ) -> nn.Module:
     "`alexnet_cpfs_small` (with parameter-free BN, folded after training) trained to classify `majority_category` of `shapes` scenes."
-    from motion_nbs.core import seed_everything
-    from motion_nbs.data import SceneDataset
-    from motion_nbs.learner import fit
-    from motion_nbs.models import alexnet_cpfs_small, fold_batchnorm
     seed_everything(seed)
     backbone = alexnet_cpfs_small(batchnorm=True)
     width = backbone.fc7.out_channels
@@ -318,8 +317,6 @@ def supervised_network(out_dir=None,  # checkpoints of `train_supervised` (None:
                        progress: bool = False) -> tuple:
     """`(name, model, (mean, std))` of the supervised network: torchvision's ImageNet AlexNet when its weights are
     on this machine, otherwise `train_supervised` (trained, or loaded from `out_dir`)."""
-    from motion_nbs.models import load_pretrained
-    from motion_nbs.preimage import IMAGENET_MEAN, IMAGENET_STD
     try: return "supervised (ImageNet AlexNet, torchvision)", load_pretrained("alexnet", weights), (IMAGENET_MEAN, IMAGENET_STD)
     except FileNotFoundError:
         return "supervised (shapes categories)", train_supervised(out_dir=out_dir, progress=progress), NO_NORMALISATION
@@ -367,7 +364,6 @@ def thesis_jitter(model: nn.Module, layer: str, size: int,
                   rf: dict | None = None  # `receptive_fields(model, size)`, if already computed
                  ) -> int:
     "The thesis' jitter T for a layer: the integer closest to a quarter of its stride (at least 1)."
-    from motion_nbs.models import receptive_fields
     rf = receptive_fields(model, size) if rf is None else rf
     if layer not in rf: raise ValueError(f"no receptive field for layer {layer!r} of {type(model).__name__}")
     return max(1, round(max(rf[layer].stride) / 4))
@@ -380,14 +376,12 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
                       progress: bool = False) -> dict:
     """All the chapter's pre-images of one network: `{"maxima": {layer: (U,3,S,S)}, "inversions": {layer: (inits,3,S,S)},
     "inversion_error": {layer: (inits,)}, "caricatures": {layer: (N,3,S,S)}}`, images clipped to [0,1]."""
-    from motion_nbs.preimage import LayerPhi, caricature, invert, maximize, natural_images, unit_maximum
     S = settings["size"]
     if frames.ndim != 4 or tuple(frames.shape[1:]) != (3, S, S):
         raise ValueError(f"frames must be (N,3,{S},{S}) for size={S}, got {tuple(frames.shape)}")
     natural = natural_images(8, S) if natural is None else natural
     mean, std = normalisation
     phi = lambda layer: LayerPhi(model, layer, mean=mean, std=std)
-    from motion_nbs.models import receptive_fields
     rf = receptive_fields(model, S)
     T = {l: thesis_jitter(model, l, S, rf) for l in MAXIMIZE_LAYERS + INVERT_LAYERS + CARICATURE_LAYERS}
     out = {"maxima": {}, "inversions": {}, "inversion_error": {}, "caricatures": {}}
@@ -411,7 +405,6 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
 
 def network_fingerprint(model: nn.Module) -> str:
     "A short hash of a model's state dict (names and values): changes whenever the weights do."
-    import hashlib
     h = hashlib.sha1()
     for k, v in model.state_dict().items():
         h.update(k.encode()); h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -424,8 +417,6 @@ def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
                      normalisation=NO_NORMALISATION, use_cache: bool | None = None,  # None: the settings' `use_cache`
                      **kwargs) -> dict:
     "`network_preimages`, read from `cache_dir` when an entry with the same settings, frames and weights exists; otherwise computed and saved."
-    import hashlib, json
-    from motion_nbs.core import atomic_save
     key = json.dumps(dict(settings={k: v for k, v in settings.items() if k not in ("use_cache", "preset")}, net=network_fingerprint(model),
                           solver=PREIMAGE_SOLVER_VERSION,
                           frames=hashlib.sha1(frames.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest(),

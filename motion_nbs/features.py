@@ -17,17 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .core import check_values
+from .core import check_choice, check_image
 
-# %% ../nbs/05a_features.ipynb #e65baaea
-def _check_image(image, name: str, channels: int | None = None) -> None:
-    if not torch.is_tensor(image): raise ValueError(f"{name} expects a torch.Tensor image, got {type(image).__name__}")
-    if image.ndim != 4: raise ValueError(f"{name} expects an image batch of shape (B,C,H,W), got shape {tuple(image.shape)}")
-    if not image.is_floating_point():
-        raise ValueError(f"{name} expects a floating-point image (float32/float64 in [0,1]), got dtype {image.dtype}")
-    if channels is not None and image.shape[1] != channels:
-        raise ValueError(f"{name} expects {channels} channel(s) (B,{channels},H,W), got {image.shape[1]} channels: shape {tuple(image.shape)}")
-    check_values(f"the image given to {name}", image.detach())
+# matplotlib is imported where it is used (the glyph and filter plots): it is slow to import.
 
 # %% ../nbs/05a_features.ipynb #8bb2e3c9
 def derivative_filters(dtype=torch.float64) -> torch.Tensor:
@@ -96,7 +88,7 @@ def orientation_activation(g: torch.Tensor,  # (...,2) gradients (g_x, g_y)
         - g: `(..., 2)`
         - output: `(..., K)`
     """
-    if kind not in ("hard", "bilinear", "relu"): raise ValueError(f"kind={kind!r}; valid: 'hard', 'bilinear', 'relu'")
+    check_choice("kind", kind, ("hard", "bilinear", "relu"))
     k = torch.arange(num_bins, dtype=g.dtype, device=g.device)
     u = torch.stack([torch.cos(2 * math.pi * k / num_bins), torch.sin(2 * math.pi * k / num_bins)], -1)
     proj = g @ u.T                          # the directional filter bank <g, u_k>
@@ -412,7 +404,7 @@ class HOG(nn.Module):
     def dimension(self) -> int: return 3 * self.num_orientations + 4
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        _check_image(image, "HOG")
+        check_image("HOG", image, values=True)
         H, W = image.shape[-2:]
         cells = hog_cell_counts(H, W, self.cell_size)
         if min(cells) < 2:
@@ -604,7 +596,7 @@ class DenseSIFT(nn.Module):
         return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        _check_image(image, "DenseSIFT", channels=1)
+        check_image("DenseSIFT", image, channels=1, values=True)
         B, _, H, W = image.shape
         ny, nx = dsift_frame_counts(H, W, self.bin_size, self.step, self.num_bins)
         if ny < 1 or nx < 1 or min(H, W) < 2:

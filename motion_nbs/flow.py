@@ -15,7 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import atomic_write
+from .core import atomic_write, check_choice
+
+# cv2 and torchvision are imported where they are used (DIS flow, the colour wheel): both are slow to import.
 
 # %% ../nbs/01_flow.ipynb #c3e372b9
 def _as_flow(flow, name="flow") -> torch.Tensor:
@@ -201,9 +203,8 @@ def estimate_flow(frame0,  # `(3,H,W)` / `(B,3,H,W)` (or 1-channel) float in [0,
         raise ValueError(f"frames differ in shape: {tuple(frame0.shape)} vs {tuple(frame1.shape)}; expected equal shapes")
     if frame0.ndim not in (3, 4) or frame0.shape[-3] not in (1, 3):
         raise ValueError(f"frames must have shape (3,H,W) or (B,3,H,W), got {tuple(frame0.shape)}")
-    if method not in ("dis", "farneback"): raise ValueError(f"unknown method {method!r}; valid: 'dis', 'farneback'")
-    if method == "dis" and preset not in DIS_PRESETS:
-        raise ValueError(f"unknown DIS preset {preset!r}; valid: {', '.join(DIS_PRESETS)}")
+    check_choice("method", method, ("dis", "farneback"))
+    if method == "dis": check_choice("preset", preset, DIS_PRESETS)
     batched = frame0.ndim == 4
     f0, f1 = (frame0, frame1) if batched else (frame0[None], frame1[None])
     dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset]) if method == "dis" else None
@@ -248,7 +249,7 @@ def photometric_error(image0,  # `(C,H,W)` / `(B,C,H,W)` frame at t
     Shape: "mean" → `(B,)` (or a scalar when unbatched); "none" → `(error (…,H,W), inside (…,H,W) bool)`."""
     image0, image1, flow = torch.as_tensor(image0), torch.as_tensor(image1), _as_flow(flow)
     if image0.shape != image1.shape: raise ValueError(f"images differ in shape: {tuple(image0.shape)} vs {tuple(image1.shape)}")
-    if reduction not in ("mean", "none"): raise ValueError(f"unknown reduction {reduction!r}; valid: 'mean', 'none'")
+    check_choice("reduction", reduction, ("mean", "none"))
     err = (image0 - warp(image1, flow)).abs().mean(dim=-3)
     h, w = flow.shape[-2:]
     xs = torch.arange(w, device=flow.device, dtype=flow.dtype) + flow[..., 0, :, :]

@@ -37,6 +37,8 @@ from tqdm.auto import tqdm
 from .core import (atomic_save, atomic_write, check_choice, check_int, check_number, resolve_device,
                              seed_everything)
 
+# matplotlib is imported where it is used (`plot_metrics`): it is slow to import.
+
 # %% ../nbs/02c_learner.ipynb #554f8ed2
 def _rng_state() -> dict:
     np_state = np.random.get_state()
@@ -283,11 +285,11 @@ class ExperimentConfig(TrainConfig):
 
     @classmethod
     def from_preset(cls, preset: str = "cpu",  # a key of `PRESETS`
-                    **overrides  # fields to set; None keeps the preset's value
+                    **overrides  # fields to set; None keeps the preset's value (but `out_dir=None`: no files, as in the config)
                    ):
         "The preset's settings with `overrides`, validated."
         check_choice("preset", preset, cls.PRESETS)
-        given = {k: v for k, v in overrides.items() if v is not None}
+        given = {k: v for k, v in overrides.items() if v is not None or k == "out_dir"}
         _check_names(cls, given)
         values = {**cls.PRESETS[preset], **given}
         loss = values.get("loss", cls.loss)
@@ -298,6 +300,14 @@ class ExperimentConfig(TrainConfig):
     def _derived(cls, values: dict, given: dict) -> dict:
         "Values that follow from others unless given (a family may override this)."
         return values
+
+    @classmethod
+    def resolve(cls, config=None,  # a config of this family to start from (None: the `cpu` preset)
+                **overrides  # fields to set; None keeps the value
+               ):
+        "What a family's `train(config, **overrides)` runs: `config` with the overrides, or the `cpu` preset with them."
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return configure(config, **given) if config is not None else cls.from_preset(**given)
 
 # %% ../nbs/02c_learner.ipynb #ff69e542
 def _check_config(path, saved: dict, current: dict, runtime):

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from .core import check_choice, check_image, check_int, load_image, read_video_frames, sample_image, sample_video
 from .models import layer_outputs, receptive_fields
 
 try:
@@ -64,10 +66,7 @@ def preimage_params(base: PreimageParams | None = None,  # parameters to start f
     if bad: raise ValueError(f"pre-image parameters must be finite and > 0, got {bad}")
     if not (math.isfinite(p.C) and p.C >= 0): raise ValueError(f"C must be finite and >= 0, got {p.C!r}")
     if not 0 <= p.momentum < 1: raise ValueError(f"momentum must be in [0, 1), got {p.momentum!r}")
-    for name in ("jitter", "num_iters", "finetune_iters"):
-        v = getattr(p, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "jitter" else 0):
-            raise ValueError(f"{name} must be an int >= {1 if name == 'jitter' else 0}, got {v!r}")
+    for name in ("jitter", "num_iters", "finetune_iters"): check_int(name, getattr(p, name), 1 if name == "jitter" else 0)
     return p
 
 # %% ../nbs/05b_preimage.ipynb #32f6246d
@@ -430,7 +429,6 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
     stages = [(p.num_iters, T > 1, p.lr0)]
     if finetune and T > 1: stages.append((p.finetune_iters, False, p.lr0 / 10))
     hist = {k: [] for k in ("loss", "terms", "extra")}
-    from tqdm.auto import tqdm
     bar = tqdm(total=sum(s[0] for s in stages), disable=not progress, desc="pre-image", leave=False)
     try:
         for stage, (iters, jittered, lr) in enumerate(stages):
@@ -471,11 +469,6 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
     return x, out
 
 # %% ../nbs/05b_preimage.ipynb #cd94cd64
-def _check_images(x, name):
-    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
-        what = f"shape {tuple(x.shape)}, dtype {x.dtype}" if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f"{name} must be a float tensor of images (B,C,H,W), got {what}")
-
 def _codes(phi, image, name="phi"):
     out = phi(image)
     if not torch.is_tensor(out): raise ValueError(f"{name} must return a tensor, got {type(out).__name__}")
@@ -512,7 +505,7 @@ def invert(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...
 
     Shape: x0 `(B,C,H,W)` or target `(B,...)` with shape `(C,H,W)` → images `(B,C,H,W)`, error `(B,)`."""
     if x0 is not None:
-        _check_images(x0, "x0")
+        check_image("x0", x0)
         with torch.no_grad(): computed = _codes(phi, x0).detach()
         if target is not None and target.shape != computed.shape:
             raise ValueError(f"target has shape {tuple(target.shape)} but phi(x0) has shape {tuple(computed.shape)}")
@@ -569,7 +562,6 @@ def natural_images(n: int = 8,  # number of images (photos first, then video fra
     validation images).
 
     Centre square crops resized to `size`. Shape: `(n,channels,size,size)` in [0,1]."""
-    from motion_nbs.core import load_image, read_video_frames, sample_image, sample_video
     if channels not in (1, 3): raise ValueError(f"channels must be 1 or 3, got {channels}")
     if folder is not None:
         folder = Path(folder)
@@ -616,7 +608,7 @@ AM_SCALINGS = {"author": 1e-4, "thesis": 1.0, "unit": None}  # Z = M ρ² × fac
 
 def _am_normaliser(phi, M, scaling: str, rho, shape) -> float:
     "Z of eq 5.4 for activation maximisation under `scaling` (see `AM_SCALINGS`)."
-    if scaling not in AM_SCALINGS: raise ValueError(f"scaling={scaling!r}; valid: {', '.join(AM_SCALINGS)}")
+    check_choice("scaling", scaling, AM_SCALINGS)
     if AM_SCALINGS[scaling] is None: return M
     if rho is None:
         if not hasattr(phi, "field_size"):   # a `LayerPhi` measures its layer's field
@@ -667,7 +659,7 @@ def caricature(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B
     """Caricatures (eq 5.4 with $\\Phi_0 = \\max\\{0, \\Phi(x_0)\\}$, $Z = \\|\\Phi_0\\|^2$, eq 5.10), started from x0.
 
     Shape: `(B,C,H,W)` → images `(B,C,H,W)`."""
-    _check_images(x0, "x0")
+    check_image("x0", x0)
     with torch.no_grad(): phi0 = F.relu(_codes(phi, x0)).detach()
     Z = phi0.square().flatten(1).sum(1)
     if (Z == 0).any(): raise ValueError(f"phi(x0) has no positive component for image(s) {(Z == 0).nonzero().flatten().tolist()}: nothing to caricature")

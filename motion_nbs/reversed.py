@@ -21,7 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .core import check_image
 from .models import layer_names
+
+# cv2 is imported where it is used (GrabCut): it is slow to import.
 
 # %% ../nbs/07_reversed.ipynb #f37bf488
 RELU_RULES = ("guided", "deconvnet", "saliency", "identity")  # RU∘RU^BP, RU, RU^BP, 1: the columns of fig 7.4
@@ -223,8 +226,7 @@ def reverse(model: nn.Module,  # the forward network φ: any module (torchvision
 
     Shape: x `(B,C,H,W)` → `(B,C,H,W)`."""
     _check_rules(relu, pool, lrn, norm)
-    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"reverse expects a float input batch (B,C,H,W), got {tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+    check_image("reverse", x)
     modules = dict(model.named_modules())
     if layer is not None and (not layer or layer not in modules):
         raise ValueError(f"unknown layer {layer!r} for {type(model).__name__}; valid names: {', '.join(layer_names(model))}")

@@ -20,12 +20,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (atomic_save, atomic_write, check_choice, check_int, check_number, check_values, full_precision,
-                             load_model_file, runs_dir, seed_everything)
-from .data import ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, rendered_pool, video_flow_pairs
-from .flow import log_flow_magnitude
-from .learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
+from .core import (atomic_save, atomic_write, check_choice, check_image, check_int, check_number,
+                             check_values, full_precision, load_model_file, runs_dir, seed_everything)
+from .data import (ImageFlowSamples, PairedAugment, SceneDataset, label_to_rgb, paired_centre_crop,
+                             rendered_pool, video_flow_pairs)
+from .flow import flow_to_rgb, log_flow_magnitude
+from .learner import ExperimentConfig, fit, init_distributed, is_main_process, process_share
 from .models import create_model
+
+# matplotlib and scipy are imported where they are used (the figures, the Hungarian matching): both are slow to import.
 
 # %% ../nbs/04_s3.ipynb #a67e5cf8
 def soft_masks(scores: torch.Tensor,  # `(B,L,H,W)` segmentation scores
@@ -207,7 +210,7 @@ class S3Model(nn.Module):
 
     def forward(self, image):
         "Shape: `(B,3,H,W)` → `(B,L,H,W)` soft masks summing to 1 over L."
-        if image.ndim != 4 or image.shape[1] != 3: raise ValueError(f"image must have shape (B,3,H,W), got {tuple(image.shape)}")
+        check_image("S3Model", image, channels=3)
         return soft_masks(self.backbone(image), self.temperature)
 
     @torch.no_grad()
@@ -225,9 +228,7 @@ def s3_model(model: str = "fcn8s_small",  # "fcn8s" (thesis) or "fcn8s_small" (C
              output_stride: int = 8  # 8: FCN-8s (thesis); 4 or 2: finer skips (`FCN8s`' extension)
             ) -> S3Model:
     "A freshly initialised `S3Model` on an FCN-8s with `num_segments` output channels."
-    if model not in ("fcn8s", "fcn8s_small"): raise ValueError(f"model={model!r}; valid: 'fcn8s', 'fcn8s_small'")
-    if not isinstance(num_segments, int) or isinstance(num_segments, bool) or num_segments < 1:
-        raise ValueError(f"num_segments={num_segments!r}; expected a positive int")
+    check_choice("model", model, ("fcn8s", "fcn8s_small")); check_int("num_segments", num_segments, 1)
     return S3Model(create_model(model, num_classes=num_segments, batchnorm=batchnorm, dropout=dropout,
                                 output_stride=output_stride), temperature)
 
@@ -370,8 +371,7 @@ def train(config: S3Config = None,  # the run's settings (default: the `cpu` pre
           **overrides  # `S3Config` fields to set (None keeps the value), e.g. loss="rigid", data="multi_cube", device="cuda"
          ) -> dict:
     "Train an S3-CNN; returns the results, the model and the held-out frames."
-    given = {k: v for k, v in overrides.items() if v is not None}
-    cfg = configure(config, **given) if config is not None else S3Config.from_preset(**given)
+    cfg = S3Config.resolve(config, **overrides)
     init_distributed()
     t0 = time.time()
     seed_everything(cfg.seed)
@@ -401,8 +401,6 @@ def load_s3(path  # a `model.pt` written by `train`, or the run folder holding i
 def show_segments(model: S3Model, frames: dict, num_images: int = 4):
     "Fig 4.3/4.4: frames, predicted soft segments over them, and the ground-truth regions. Returns the figure."
     import matplotlib.pyplot as plt
-    from motion_nbs.data import label_to_rgb
-    from motion_nbs.flow import flow_to_rgb
     n = min(num_images, len(frames["image"]))
     im = frames["image"][:n]
     with torch.no_grad(): masks = model.eval()(im)

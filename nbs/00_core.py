@@ -13,6 +13,7 @@
 
 # %%
 #| export
+import ast
 import contextlib
 import functools
 import importlib.util
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+# cv2, skimage, matplotlib and IPython are imported where they are used: they are slow to import (or absent
+# outside Jupyter), and only the image/video readers, the sample images and the plots need them.
 
 # %%
 #| hide
@@ -293,6 +297,40 @@ test_fail(lambda: check_values("masks", torch.tensor([[1.0, 0.0], [0.0, 0.0]]), 
 
 
 # %% [markdown]
+# Image batches are checked the same way everywhere (features, networks, pre-images, reversed networks):
+# `check_image` names the function that was called, what it expects and what it got.
+
+# %%
+#| export
+def check_image(name: str,  # the function (or argument) the image went to, for the message
+                x,  # the image batch
+                channels: int | None = None,  # the channels it must have (None: any)
+                min_size: tuple | None = None,  # (h, w): the smallest valid size (None: any)
+                values: bool = False  # also check the values are finite (`check_values`: CPU tensors only)
+               ) -> torch.Tensor:
+    "`x` if it is a floating-point image batch `(B,C,H,W)` (with `channels`, at least `min_size`), else a `ValueError`."
+    want = f"(B,{'C' if channels is None else channels},H,W)"
+    if not torch.is_tensor(x): raise ValueError(f"{name} expects images of shape {want} as a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        raise ValueError(f"{name} expects images of shape {want}, got {tuple(x.shape)}")
+    if not x.is_floating_point(): raise ValueError(f"{name} expects floating-point images (values in [0,1]), got dtype {x.dtype}")
+    if min_size is not None and (x.shape[-2] < min_size[0] or x.shape[-1] < min_size[1]):
+        raise ValueError(f"{name} needs inputs of at least {min_size[0]}x{min_size[1]} pixels, got {x.shape[-2]}x{x.shape[-1]}")
+    if values: check_values(f"the image given to {name}", x.detach())
+    return x
+
+
+# %%
+test_eq(check_image("HOG", torch.zeros(2, 1, 8, 8), channels=1).shape, (2, 1, 8, 8))
+test_fail(lambda: check_image("HOG", [0.0]), contains="HOG expects images of shape (B,C,H,W) as a torch.Tensor, got list")
+test_fail(lambda: check_image("AlexNet", torch.zeros(3, 64, 64), channels=3), contains="expects images of shape (B,3,H,W), got (3, 64, 64)")
+test_fail(lambda: check_image("DSIFT", torch.zeros(1, 3, 8, 8), channels=1), contains="(B,1,H,W), got (1, 3, 8, 8)")
+test_fail(lambda: check_image("HOG", torch.zeros(1, 1, 8, 8, dtype=torch.uint8)), contains="floating-point images (values in [0,1]), got dtype torch.uint8")
+test_fail(lambda: check_image("VGG16", torch.zeros(1, 3, 16, 40), min_size=(32, 32)), contains="VGG16 needs inputs of at least 32x32 pixels, got 16x40")
+test_fail(lambda: check_image("HOG", torch.full((1, 1, 4, 4), float("nan")), values=True), contains="the image given to HOG contains 16 NaN")
+
+
+# %% [markdown]
 # **Notebook parameters.** papermill puts the values given with `-p name value` into a cell of its own
 # (it begins `# Parameters`) right after the notebook's cell tagged `parameters`. A name the notebook
 # does not define only earns a warning, and the run goes ahead with the defaults — `-p lr 0.1` on a
@@ -304,7 +342,6 @@ test_fail(lambda: check_values("masks", torch.tensor([[1.0, 0.0], [0.0, 0.0]]), 
 #| export
 def _assigned_names(source: str) -> set:
     "Names assigned at the top level of a cell's source."
-    import ast
     try: tree = ast.parse(source)
     except SyntaxError: return set()
     names = set()

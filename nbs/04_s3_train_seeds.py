@@ -38,39 +38,39 @@ results_path = None   # None: nbs/04_s3_train_results.json for "full", {runs_dir
 # %%
 from motion_nbs.core import reject_unknown_parameters
 
+# %%
 reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
 
 # %%
-from motion_nbs.core import resolve_device
+from motion_nbs.core import check_choice, check_int, resolve_device
 from motion_nbs.s3 import S3_DATA, S3_LOSSES
 
+# %%
 PRESETS = {"tiny": dict(seeds=[0], overrides=dict(num_iters=2, batch_size=2, image_size=32, pool_size=4, num_valid=2)),
            "full": dict(seeds=[0, 1, 2], overrides={})}
 CONFIGS = ("single_cube+affine", "multi_cube+rigid", "multi_cube+entropy")
 TARGETS = {"single_cube+affine": 0.7, "multi_cube+rigid": 0.5}   # matched mIoU on test frames, mean over seeds
 
-if preset not in ("saved", *PRESETS): raise ValueError(f"preset={preset!r}; valid: 'saved', 'tiny', 'full'")
+check_choice("preset", preset, ("saved", *PRESETS))
 chosen = list(CONFIGS) if configs is None else [c.strip() for c in str(configs).split(",") if c.strip()]
 bad = [c for c in chosen if c.count("+") != 1 or c.split("+")[0] not in S3_DATA or c.split("+")[1] not in S3_LOSSES]
 if bad or not chosen:
     raise ValueError(f"configs={configs!r}: bad {bad}; expected 'data+loss' with data in {', '.join(S3_DATA)} and loss in {', '.join(S3_LOSSES)}")
 if seeds is not None and (not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds)):
     raise ValueError(f"seeds={seeds!r}; expected a non-empty list of non-negative ints or None (the preset's)")
-if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
-    raise ValueError(f"num_threads={num_threads!r}; expected None or an int >= 1")
+if num_threads is not None: check_int("num_threads", num_threads, 1)
 dev = resolve_device(device)
 
 # %%
 import json
 import time
 from pathlib import Path
-
 import torch
 from IPython.display import Image, Markdown, display
-
 from motion_nbs import core
 from motion_nbs.core import atomic_write
 
+# %%
 ROOT = core.repo_root() or Path.cwd()   # the checkout (the saved results live in its nbs/)
 SAVED = ROOT / "nbs" / "04_s3_train_results.json"
 run = preset != "saved" or not SAVED.exists()
@@ -83,7 +83,6 @@ if run:
     print(mode, chosen, use_seeds, "->", out_json)
 else: print(f"showing the saved results: {SAVED}")
 
-
 # %% [markdown]
 # ## Runs
 #
@@ -94,9 +93,12 @@ else: print(f"showing the saved results: {SAVED}")
 # trained, or resumed from its checkpoints.
 
 # %%
+from motion_nbs.s3 import S3Config, train
+
+
+# %%
 def s3_record(setting: str, seed: int, overrides: dict) -> dict:
     "Train (or resume) one setting and seed and return its record."
-    from motion_nbs.s3 import S3Config, train
     data, loss = setting.split("+")
     config = S3Config.from_preset("cpu", data=data, loss=loss, seed=seed, out_dir=str(runs / f"{data}_{loss}_seed{seed}"),
                                   progress=False, device=str(dev), **overrides)
@@ -118,12 +120,15 @@ if run:
             print(f"{setting} seed {seed}: test mIoU {rec['test_miou']:.3f} (grid {rec['test_miou_grid']:.3f}), "
                   f"validation {rec['valid_miou']:.3f}; {rec['steps']} steps, {rec['seconds'] / 60:.1f} min", flush=True)
 
-
 # %% [markdown]
 # ## Results
 #
 # Matched mIoU (mean ± standard deviation over seeds) on the test and the validation frames, the fixed-grid
 # baseline on the test frames, and whether the mean on the test frames meets chapter 4's target.
+
+# %%
+import matplotlib.pyplot as plt
+
 
 # %%
 def summarize(records: list) -> dict:
@@ -148,7 +153,6 @@ def summary_table(summary: dict) -> str:
 
 def plot_seeds(records: list):
     "Test mIoU of every run (dots) and its grid baseline (crosses), one column per setting."
-    import matplotlib.pyplot as plt
     settings = list(dict.fromkeys(r["setting"] for r in records))
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(settings), 3))
     for i, s in enumerate(settings):

@@ -34,7 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from motion_nbs.core import check_values
+from motion_nbs.core import check_choice, check_image
+
+# matplotlib is imported where it is used (the glyph and filter plots): it is slow to import.
 
 # %%
 #| hide
@@ -48,27 +50,7 @@ from motion_nbs.core import sample_image
 #
 # Both modules take a batch of float images. A wrong layout, an integer image (VLFeat and these
 # networks expect intensities, not bytes) or an image too small for one block gets a `ValueError` that
-# says what was expected and what came.
-
-# %%
-#| exporti
-def _check_image(image, name: str, channels: int | None = None) -> None:
-    if not torch.is_tensor(image): raise ValueError(f"{name} expects a torch.Tensor image, got {type(image).__name__}")
-    if image.ndim != 4: raise ValueError(f"{name} expects an image batch of shape (B,C,H,W), got shape {tuple(image.shape)}")
-    if not image.is_floating_point():
-        raise ValueError(f"{name} expects a floating-point image (float32/float64 in [0,1]), got dtype {image.dtype}")
-    if channels is not None and image.shape[1] != channels:
-        raise ValueError(f"{name} expects {channels} channel(s) (B,{channels},H,W), got {image.shape[1]} channels: shape {tuple(image.shape)}")
-    check_values(f"the image given to {name}", image.detach())
-
-
-# %%
-test_fail(lambda: _check_image(torch.zeros(3, 8, 8), "HOG"), contains="(B,C,H,W), got shape (3, 8, 8)")
-test_fail(lambda: _check_image(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "HOG"), contains="got dtype torch.uint8")
-test_fail(lambda: _check_image(torch.zeros(1, 3, 8, 8), "DenseSIFT", 1), contains="got 3 channels")
-test_fail(lambda: _check_image(torch.full((1, 1, 8, 8), float("nan")), "HOG"), contains="the image given to HOG contains 64 NaN")
-_check_image(torch.zeros(1, 3, 8, 8, dtype=torch.float64), "HOG")
-
+# says what was expected and what came (`core.check_image`, shared by every chapter that takes images).
 
 # %% [markdown]
 # ## Gradients: a derivative filter bank
@@ -211,7 +193,7 @@ def orientation_activation(g: torch.Tensor,  # (...,2) gradients (g_x, g_y)
         - g: `(..., 2)`
         - output: `(..., K)`
     """
-    if kind not in ("hard", "bilinear", "relu"): raise ValueError(f"kind={kind!r}; valid: 'hard', 'bilinear', 'relu'")
+    check_choice("kind", kind, ("hard", "bilinear", "relu"))
     k = torch.arange(num_bins, dtype=g.dtype, device=g.device)
     u = torch.stack([torch.cos(2 * math.pi * k / num_bins), torch.sin(2 * math.pi * k / num_bins)], -1)
     proj = g @ u.T                          # the directional filter bank <g, u_k>
@@ -234,7 +216,7 @@ r = orientation_activation(g, 8, "relu")
 c = orientation_activation(torch.tensor([[2.0, 0.0]], dtype=torch.float64), 8, "relu")
 test_close(c, orientation_activation(torch.tensor([[2.0, 0.0]], dtype=torch.float64), 8, "bilinear"), eps=1e-12)  # equal at a bin centre
 assert (r - orientation_activation(g, 8, "bilinear")).abs().max() < 0.25 * 2.0  # within a quarter of |g| elsewhere
-test_fail(lambda: orientation_activation(g, 8, "soft"), contains="valid: 'hard'")
+test_fail(lambda: orientation_activation(g, 8, "soft"), contains="kind='soft'; valid: hard, bilinear, relu")
 
 
 # %%
@@ -707,7 +689,7 @@ class HOG(nn.Module):
     def dimension(self) -> int: return 3 * self.num_orientations + 4
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        _check_image(image, "HOG")
+        check_image("HOG", image, values=True)
         H, W = image.shape[-2:]
         cells = hog_cell_counts(H, W, self.cell_size)
         if min(cells) < 2:
@@ -1031,7 +1013,7 @@ class DenseSIFT(nn.Module):
         return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        _check_image(image, "DenseSIFT", channels=1)
+        check_image("DenseSIFT", image, channels=1, values=True)
         B, _, H, W = image.shape
         ny, nx = dsift_frame_counts(H, W, self.bin_size, self.step, self.num_bins)
         if ny < 1 or nx < 1 or min(H, W) < 2:
@@ -1067,7 +1049,10 @@ edge = torch.zeros(1, 1, 20, 20); edge[..., 10:] = 1.0
 de = DenseSIFT(bin_size=4, step=20)(edge).reshape(16, 8)
 test_eq(de.sum(0).argmax().item(), 0)
 assert de[:, 1:].abs().max() < 1e-5  # (not 0: the fast atan2 of (0, 1) is 1.6e-6, not 0)
-test_fail(lambda: sift(torch.rand(1, 3, 40, 50)), contains="expects 1 channel(s)")
+test_fail(lambda: sift(torch.rand(1, 3, 40, 50)), contains="DenseSIFT expects images of shape (B,1,H,W), got (1, 3, 40, 50)")
+test_fail(lambda: HOG(8)(torch.zeros(3, 8, 8)), contains="HOG expects images of shape (B,C,H,W), got (3, 8, 8)")
+test_fail(lambda: HOG(8)(torch.zeros(1, 1, 8, 8, dtype=torch.uint8)), contains="got dtype torch.uint8")
+test_fail(lambda: HOG(8)(torch.full((1, 1, 8, 8), float("nan"))), contains="the image given to HOG contains 64 NaN")
 print(sift)
 
 

@@ -38,7 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from motion_nbs.core import check_choice, check_image, check_int, load_image, read_video_frames, sample_image, sample_video
 from motion_nbs.models import layer_outputs, receptive_fields
 
 try:
@@ -103,10 +105,7 @@ def preimage_params(base: PreimageParams | None = None,  # parameters to start f
     if bad: raise ValueError(f"pre-image parameters must be finite and > 0, got {bad}")
     if not (math.isfinite(p.C) and p.C >= 0): raise ValueError(f"C must be finite and >= 0, got {p.C!r}")
     if not 0 <= p.momentum < 1: raise ValueError(f"momentum must be in [0, 1), got {p.momentum!r}")
-    for name in ("jitter", "num_iters", "finetune_iters"):
-        v = getattr(p, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "jitter" else 0):
-            raise ValueError(f"{name} must be an int >= {1 if name == 'jitter' else 0}, got {v!r}")
+    for name in ("jitter", "num_iters", "finetune_iters"): check_int(name, getattr(p, name), 1 if name == "jitter" else 0)
     return p
 
 
@@ -117,7 +116,7 @@ test_close(p.tv_scale, 80 / 6.5); test_close(p.lr0, 0.01 * 6400 / 6)
 test_eq(preimage_params(C=100, jitter=4).C, 100)
 test_fail(lambda: preimage_params(lamda=1), contains="valid: C, alpha")
 test_fail(lambda: preimage_params(beta=0), contains="> 0")
-test_fail(lambda: preimage_params(jitter=0), contains="jitter must be an int >= 1")
+test_fail(lambda: preimage_params(jitter=0), contains="jitter=0; expected an int >= 1")
 
 
 # %% [markdown]
@@ -768,7 +767,6 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
     stages = [(p.num_iters, T > 1, p.lr0)]
     if finetune and T > 1: stages.append((p.finetune_iters, False, p.lr0 / 10))
     hist = {k: [] for k in ("loss", "terms", "extra")}
-    from tqdm.auto import tqdm
     bar = tqdm(total=sum(s[0] for s in stages), disable=not progress, desc="pre-image", leave=False)
     try:
         for stage, (iters, jittered, lr) in enumerate(stages):
@@ -857,11 +855,6 @@ test_eq(runs[1][1]["energy"].shape, (30, 1))
 
 # %%
 #| exporti
-def _check_images(x, name):
-    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
-        what = f"shape {tuple(x.shape)}, dtype {x.dtype}" if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f"{name} must be a float tensor of images (B,C,H,W), got {what}")
-
 def _codes(phi, image, name="phi"):
     out = phi(image)
     if not torch.is_tensor(out): raise ValueError(f"{name} must return a tensor, got {type(out).__name__}")
@@ -900,7 +893,7 @@ def invert(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...
 
     Shape: x0 `(B,C,H,W)` or target `(B,...)` with shape `(C,H,W)` → images `(B,C,H,W)`, error `(B,)`."""
     if x0 is not None:
-        _check_images(x0, "x0")
+        check_image("x0", x0)
         with torch.no_grad(): computed = _codes(phi, x0).detach()
         if target is not None and target.shape != computed.shape:
             raise ValueError(f"target has shape {tuple(target.shape)} but phi(x0) has shape {tuple(computed.shape)}")
@@ -1011,7 +1004,6 @@ def natural_images(n: int = 8,  # number of images (photos first, then video fra
     validation images).
 
     Centre square crops resized to `size`. Shape: `(n,channels,size,size)` in [0,1]."""
-    from motion_nbs.core import load_image, read_video_frames, sample_image, sample_video
     if channels not in (1, 3): raise ValueError(f"channels must be 1 or 3, got {channels}")
     if folder is not None:
         folder = Path(folder)
@@ -1056,6 +1048,8 @@ test_eq(natural_images(2, 32, channels=1).shape, (2, 1, 32, 32))
 # %%
 import tempfile, cv2
 from motion_nbs.core import image_to_array
+
+# %%
 with tempfile.TemporaryDirectory() as d:
     d = Path(d)
     for i, name in enumerate(["b.png", "a.JPEG", "c.png"]):   # name order: a.JPEG, b.png, c.png
@@ -1088,7 +1082,7 @@ AM_SCALINGS = {"author": 1e-4, "thesis": 1.0, "unit": None}  # Z = M ρ² × fac
 
 def _am_normaliser(phi, M, scaling: str, rho, shape) -> float:
     "Z of eq 5.4 for activation maximisation under `scaling` (see `AM_SCALINGS`)."
-    if scaling not in AM_SCALINGS: raise ValueError(f"scaling={scaling!r}; valid: {', '.join(AM_SCALINGS)}")
+    check_choice("scaling", scaling, AM_SCALINGS)
     if AM_SCALINGS[scaling] is None: return M
     if rho is None:
         if not hasattr(phi, "field_size"):   # a `LayerPhi` measures its layer's field
@@ -1164,7 +1158,7 @@ def caricature(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B
     """Caricatures (eq 5.4 with $\\Phi_0 = \\max\\{0, \\Phi(x_0)\\}$, $Z = \\|\\Phi_0\\|^2$, eq 5.10), started from x0.
 
     Shape: `(B,C,H,W)` → images `(B,C,H,W)`."""
-    _check_images(x0, "x0")
+    check_image("x0", x0)
     with torch.no_grad(): phi0 = F.relu(_codes(phi, x0)).detach()
     Z = phi0.square().flatten(1).sum(1)
     if (Z == 0).any(): raise ValueError(f"phi(x0) has no positive component for image(s) {(Z == 0).nonzero().flatten().tolist()}: nothing to caricature")

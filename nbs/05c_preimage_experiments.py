@@ -47,26 +47,26 @@ device = None            # "cpu", "cuda", "cuda:1", "mps"; None: CUDA if present
 out_dir = None           # results.json and figures; None: _runs/preimage at the checkout's root (`core.runs_dir`)
 
 # %%
-from motion_nbs.core import reject_unknown_parameters, runs_dir
+from pathlib import Path
 
+from motion_nbs.core import check_choice, check_int, reject_unknown_parameters, resolve_device, runs_dir
+
+# %%
 reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
 
 # %%
-from pathlib import Path
-
 PRESETS = {"fast": dict(num_images=8, image_size=128, cnn_images=2, cnn_size=64, cnn_iters=40, num_inits=2, std_images=2,
                         template_scenes=12),
            "paper": dict(num_images=100, image_size=224, cnn_images=100, cnn_size=224, cnn_iters=300, num_inits=24, std_images=24,
                          template_scenes=200)}
 EXPERIMENTS = ("table52", "fig52", "cnn", "window", "maximize", "template", "caricature", "explorer")
-if preset not in PRESETS: raise ValueError(f"preset={preset!r}; valid: {', '.join(PRESETS)}")
+check_choice("preset", preset, PRESETS)
 cfg = dict(PRESETS[preset])
 for k, v in dict(num_images=num_images, image_size=image_size, cnn_images=cnn_images, cnn_size=cnn_size,
                  cnn_iters=cnn_iters, num_inits=num_inits, std_images=std_images, template_scenes=template_scenes).items():
     if v is not None: cfg[k] = v
 if std_images is None: cfg["std_images"] = min(cfg["std_images"], cfg["cnn_images"])
-for k, v in dict(num_iters=num_iters, **cfg).items():
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k} must be an int >= 1, got {v!r}")
+for k, v in dict(num_iters=num_iters, **cfg).items(): check_int(k, v, 1)
 if cfg["image_size"] < 32 or cfg["cnn_size"] < 32: raise ValueError(f"image sizes must be >= 32 (HOG/DSIFT blocks, CNN), got {cfg}")
 if cfg["std_images"] > cfg["cnn_images"]:
     raise ValueError(f"std_images={cfg['std_images']} must be <= cnn_images={cfg['cnn_images']} (the spread uses the first CNN probes)")
@@ -84,7 +84,7 @@ NETWORKS = {"efficientnet_lite0": dict(layers="blocks.0,blocks.2,blocks.4,conv_h
                             mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
             "vgg16": dict(layers="relu1_2,relu2_2,relu3_3,relu4_3,relu5_3,relu6,relu7,fc8", scores="fc8",
                           mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))}
-if network not in NETWORKS: raise ValueError(f"network={network!r}; valid: {', '.join(NETWORKS)}")
+check_choice("network", network, NETWORKS)
 if weights_path is not None and network == "efficientnet_lite0":
     raise ValueError("weights_path is for network='alexnet' or 'vgg16' (efficientnet_lite0's weights come with its package)")
 if probe_dir is not None and not Path(probe_dir).is_dir():
@@ -92,10 +92,7 @@ if probe_dir is not None and not Path(probe_dir).is_dir():
 net_cfg = NETWORKS[network]
 layers = [l.strip() for l in str(cnn_layers or net_cfg["layers"]).split(",") if l.strip()]
 if not isinstance(seed, int): raise ValueError(f"seed must be an int, got {seed!r}")
-if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
-    raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
-from motion_nbs.core import resolve_device
-
+if num_threads is not None: check_int("num_threads", num_threads, 1)
 device = resolve_device(device)  # a device this machine does not have fails here, naming those it has
 print(preset, cfg, chosen, device)
 
@@ -103,15 +100,14 @@ print(preset, cfg, chosen, device)
 import json
 import math
 from pathlib import Path
-
 import matplotlib.pyplot as plt
 import torch
-
 from motion_nbs.core import show_images
 from motion_nbs.features import HOG, DenseSIFT, hog_glyphs
 from motion_nbs.preimage import (LayerPhi, caricature, classification_consistency, gradient_histogram_intersection,
                                  invert, maximize, natural_images, normalized_error, unit_maximum)
 
+# %%
 if num_threads: torch.set_num_threads(num_threads)
 out = Path(out_dir) if out_dir else runs_dir("preimage"); out.mkdir(parents=True, exist_ok=True)
 results = {"preset": preset, "config": cfg, "num_iters": num_iters, "network": network}
@@ -126,9 +122,11 @@ def error_stats(e2: torch.Tensor) -> dict:
 
 
 # %%
+from motion_nbs.models import layer_names, load_pretrained
+
+# %%
 cnn_needed = any(e in chosen for e in ("cnn", "window", "maximize", "caricature", "explorer"))
 if cnn_needed:
-    from motion_nbs.models import layer_names, load_pretrained
     cnn = load_pretrained(network, weights_path).to(device)   # FileNotFoundError names the weights file to provide
     unknown = [l for l in layers if l not in layer_names(cnn) and l not in dict(cnn.named_modules())]
     if unknown: raise ValueError(f"cnn_layers: unknown layer(s) {unknown} of {network}; names of its modules, e.g. {net_cfg['layers']}")
@@ -224,8 +222,11 @@ if "fig52" in chosen:
 
 # %%
 #| slow
+from motion_nbs.models import receptive_fields
+
+# %%
+#| slow
 if "cnn" in chosen:
-    from motion_nbs.models import receptive_fields
     rf = receptive_fields(cnn, cfg["cnn_size"])
     cprobes = natural_images(cfg["cnn_images"], cfg["cnn_size"], folder=probe_dir).to(device)
     # a layer after global pooling keeps the last map's stride (table 5.1: fc6–fc8 keep pool5's 32); a layer
@@ -359,9 +360,12 @@ if "maximize" in chosen:
 
 # %%
 #| slow
+import torch.nn.functional as F
+from motion_nbs.data import render_scene
+
+# %%
+#| slow
 if "template" in chosen:
-    import torch.nn.functional as F
-    from motion_nbs.data import render_scene
     hog8, side = HOG(8), 48
     crops, labels = [], []
     for s in range(cfg["template_scenes"]):
@@ -419,8 +423,10 @@ if "caricature" in chosen:
 # *Run Interact* to compute its pre-image.
 
 # %%
+import ipywidgets as widgets
+
+# %%
 if "explorer" in chosen:
-    import ipywidgets as widgets
     names = ["astronaut", "chelsea", "coffee", "rocket"]
     def explore(image="chelsea", representation="HOG", layer=layers[0], C=100.0, beta=2.0, iters=100):
         x0 = natural_images(names.index(image) + 1, 96)[-1:]
@@ -520,6 +526,7 @@ if "explorer" in chosen:
 # %%
 from IPython.display import Image, Markdown, display
 
+# %%
 SAVED = (Path.cwd().parent if Path.cwd().name == "nbs" else Path.cwd()) / "nbs" / "05c_preimage_results.json"
 def _pm(v, key):
     ci = v.get(key.replace("error", "ci95"), math.nan)

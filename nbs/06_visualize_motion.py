@@ -31,16 +31,26 @@
 # %%
 #| export
 import csv
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from motion_nbs.core import runs_dir
-from motion_nbs.learner import TrainConfig
+from motion_nbs.core import atomic_save, load_image, runs_dir, seed_everything
+from motion_nbs.data import CATEGORIES, NUM_FACES, SceneDataset, TEXTURES
+from motion_nbs.learner import TrainConfig, fit
+from motion_nbs.models import alexnet_cpfs_small, fold_batchnorm, layer_outputs, load_pretrained, receptive_fields
+from motion_nbs.preimage import (IMAGENET_MEAN, IMAGENET_STD, LayerPhi, caricature, invert, maximize, natural_images,
+                                 unit_maximum)
+
+# matplotlib and scikit-image are imported where they are used (the figures, the colour names): both are slow to import.
 
 # %%
 #| hide
@@ -75,6 +85,7 @@ preset = "cpu"  # "cpu": 64-px pre-images, 80 iterations, cached; "paper": the t
 # %%
 from motion_nbs.core import reject_unknown_parameters
 
+# %%
 reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
 
 # %%
@@ -154,7 +165,6 @@ PART_NAMES = ("cube front", "cube side", "cylinder side", "cylinder cap")
 def scene_concepts(scene: dict  # a `render_scene` result
                   ) -> dict:
     "The synthetic concept masks of a rendered scene: `{'kind:name': (H,W) bool}` for every concept."
-    from motion_nbs.data import CATEGORIES, NUM_FACES, TEXTURES
     cats, parts, inst = scene["categories"], scene["parts"], scene["instances"]
     masks = {f"category:{name}": cats == i for i, name in enumerate(CATEGORIES)}
     masks.update({f"texture:{name}": scene["textures"] == i for i, name in enumerate(TEXTURES)})
@@ -183,7 +193,6 @@ def scene_concepts(scene: dict  # a `render_scene` result
 class SceneConcepts(torch.utils.data.Dataset):
     "Rendered scenes as a concept data set (see `scene_concepts`)."
     def __init__(self, preset: str = "shapes", length: int = 64, seed: int = 0, size=(128, 128)):
-        from motion_nbs.data import SceneDataset
         self.scenes = SceneDataset(preset, length=length, seed=seed, size=size)
     def __len__(self): return len(self.scenes)
     def __getitem__(self, i):
@@ -208,6 +217,7 @@ test_eq(_m["part:cube front"] | _m["part:cube side"], _m["category:cube"])
 # %%
 from motion_nbs.core import show_images
 
+# %%
 _show = ["category:cube", "category:sphere", "category:cylinder", "part:cube front", "part:cylinder cap", "colour:blue"]
 fig = show_images([_sc["image"]] + [_m[k].float()[None].expand(3, -1, -1) for k in _show], ["image"] + _show, ncols=7, size=1.8)
 
@@ -250,14 +260,12 @@ class BrodenConcepts(torch.utils.data.Dataset):
         return {int(n) for f in row[kind].split(";") for n in np.unique(self._codes(f)) if n > 0}
 
     def _codes(self, name):
-        from PIL import Image
         a = np.asarray(Image.open(self.root / "images" / name).convert("RGB")).astype(np.int64)
         return a[..., 0] + 256 * a[..., 1]
 
     def __len__(self): return len(self.rows)
 
     def __getitem__(self, i):
-        from motion_nbs.core import load_image
         row = self.rows[i]
         image = load_image(self.root / "images" / row["image"])
         if self.size is not None: image = F.interpolate(image[None], size=tuple(self.size), mode="bilinear", align_corners=False, antialias=True)[0]
@@ -336,8 +344,6 @@ def network_dissection(model: nn.Module,  # the network; `layer` is one of its `
                        progress: bool = False  # tqdm bars
                       ) -> Dissection:
     "Network dissection (Bau et al. 2017, thesis section 6.3) of one layer over a concept data set."
-    from tqdm.auto import tqdm
-    from motion_nbs.models import layer_outputs
     names = dict(model.named_modules())
     if layer not in names:
         raise ValueError(f"layer {layer!r} is not in the model; valid: {', '.join(n for n in names if n)}")
@@ -443,7 +449,6 @@ test_eq(_d.counts(), dict(units=1, interpretable=1, unique_concepts=1, k=1))
 def write_tiny_broden(root  # folder to create
                      ) -> Path:
     "A two-image Broden-format folder (index.csv, label.csv, images/) for tests and examples."
-    from PIL import Image
     root = Path(root); (root / "images").mkdir(parents=True, exist_ok=True)
     labels = [(1, "red-c", "color"), (2, "car", "object"), (300, "wheel", "part"), (4, "street", "scene")]
     with open(root / "label.csv", "w", newline="") as f:
@@ -523,10 +528,6 @@ def train_supervised(num_iters: int = 600, batch_size: int = 16, size: int = 128
                      device=None  # training device (None: `core.default_device()`); the network is returned on the CPU
                     ) -> nn.Module:
     "`alexnet_cpfs_small` (with parameter-free BN, folded after training) trained to classify `majority_category` of `shapes` scenes."
-    from motion_nbs.core import seed_everything
-    from motion_nbs.data import SceneDataset
-    from motion_nbs.learner import fit
-    from motion_nbs.models import alexnet_cpfs_small, fold_batchnorm
     seed_everything(seed)
     backbone = alexnet_cpfs_small(batchnorm=True)
     width = backbone.fc7.out_channels
@@ -551,8 +552,6 @@ def supervised_network(out_dir=None,  # checkpoints of `train_supervised` (None:
                        progress: bool = False) -> tuple:
     """`(name, model, (mean, std))` of the supervised network: torchvision's ImageNet AlexNet when its weights are
     on this machine, otherwise `train_supervised` (trained, or loaded from `out_dir`)."""
-    from motion_nbs.models import load_pretrained
-    from motion_nbs.preimage import IMAGENET_MEAN, IMAGENET_STD
     try: return "supervised (ImageNet AlexNet, torchvision)", load_pretrained("alexnet", weights), (IMAGENET_MEAN, IMAGENET_STD)
     except FileNotFoundError:
         return "supervised (shapes categories)", train_supervised(out_dir=out_dir, progress=progress), NO_NORMALISATION
@@ -570,6 +569,7 @@ test_eq(majority_category({"categories": torch.zeros(2, 2, dtype=torch.long)}), 
 # %%
 from motion_nbs.models import AlexNet
 
+# %%
 with tempfile.TemporaryDirectory() as _root:
     torch.save(AlexNet().state_dict(), Path(_root) / "alexnet.pth")
     _name, _sup, (_mean, _std) = supervised_network(weights=Path(_root) / "alexnet.pth")
@@ -616,6 +616,8 @@ def plot_dissection(results: dict,  # output of `dissect_networks`
 # %%
 from motion_nbs.models import alexnet_cpfs_small
 
+
+# %%
 def _random_net(seed):
     torch.manual_seed(seed); return alexnet_cpfs_small().eval()
 
@@ -638,6 +640,8 @@ test_eq(_n["r"]["relu3"].iou, network_dissection(_random_net(0), "relu3", _cds, 
 #| slow
 from motion_nbs.cpfs import train as train_cpfs
 
+# %%
+#| slow
 cpfs = train_cpfs(loss="ce", out_dir=str(runs_dir("cpfs_ce")))["model"].backbone.eval()   # trains (with progress) unless the run is there
 torch.manual_seed(0)
 random_net = alexnet_cpfs_small().eval()
@@ -743,7 +747,6 @@ def thesis_jitter(model: nn.Module, layer: str, size: int,
                   rf: dict | None = None  # `receptive_fields(model, size)`, if already computed
                  ) -> int:
     "The thesis' jitter T for a layer: the integer closest to a quarter of its stride (at least 1)."
-    from motion_nbs.models import receptive_fields
     rf = receptive_fields(model, size) if rf is None else rf
     if layer not in rf: raise ValueError(f"no receptive field for layer {layer!r} of {type(model).__name__}")
     return max(1, round(max(rf[layer].stride) / 4))
@@ -756,14 +759,12 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
                       progress: bool = False) -> dict:
     """All the chapter's pre-images of one network: `{"maxima": {layer: (U,3,S,S)}, "inversions": {layer: (inits,3,S,S)},
     "inversion_error": {layer: (inits,)}, "caricatures": {layer: (N,3,S,S)}}`, images clipped to [0,1]."""
-    from motion_nbs.preimage import LayerPhi, caricature, invert, maximize, natural_images, unit_maximum
     S = settings["size"]
     if frames.ndim != 4 or tuple(frames.shape[1:]) != (3, S, S):
         raise ValueError(f"frames must be (N,3,{S},{S}) for size={S}, got {tuple(frames.shape)}")
     natural = natural_images(8, S) if natural is None else natural
     mean, std = normalisation
     phi = lambda layer: LayerPhi(model, layer, mean=mean, std=std)
-    from motion_nbs.models import receptive_fields
     rf = receptive_fields(model, S)
     T = {l: thesis_jitter(model, l, S, rf) for l in MAXIMIZE_LAYERS + INVERT_LAYERS + CARICATURE_LAYERS}
     out = {"maxima": {}, "inversions": {}, "inversion_error": {}, "caricatures": {}}
@@ -787,7 +788,6 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
 
 def network_fingerprint(model: nn.Module) -> str:
     "A short hash of a model's state dict (names and values): changes whenever the weights do."
-    import hashlib
     h = hashlib.sha1()
     for k, v in model.state_dict().items():
         h.update(k.encode()); h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -800,8 +800,6 @@ def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
                      normalisation=NO_NORMALISATION, use_cache: bool | None = None,  # None: the settings' `use_cache`
                      **kwargs) -> dict:
     "`network_preimages`, read from `cache_dir` when an entry with the same settings, frames and weights exists; otherwise computed and saved."
-    import hashlib, json
-    from motion_nbs.core import atomic_save
     key = json.dumps(dict(settings={k: v for k, v in settings.items() if k not in ("use_cache", "preset")}, net=network_fingerprint(model),
                           solver=PREIMAGE_SOLVER_VERSION,
                           frames=hashlib.sha1(frames.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest(),
@@ -823,6 +821,7 @@ def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
 # %%
 from motion_nbs.data import SceneDataset
 
+# %%
 _tiny = dict(preimage_settings("cpu"), units=2, fc_units=1, inits=2, max_iters=2, inv_iters=2, finetune_iters=1, car_iters=2)
 _frames = torch.stack([SceneDataset("shapes", length=2, seed=5, size=(64, 64))[i]["image"] for i in range(2)])
 test_eq([thesis_jitter(_random_net(0), l, 64) for l in ("conv1", "conv2", "conv5", "fc6")], [1, 2, 4, 8])
@@ -838,11 +837,13 @@ with tempfile.TemporaryDirectory() as _dir:
     test_eq(len(list(Path(_dir).glob("*.pt"))), 2)
 test_fail(lambda: network_preimages(_random_net(0), _frames[:, :, :32], _tiny), contains="frames must be (N,3,64,64)")
 
+# %%
+from torchvision.utils import make_grid
+
 
 # %%
 def tile(images, nrow):
     "A grid image of `images` (B,3,h,w), `nrow` per row, separated by white lines."
-    from torchvision.utils import make_grid
     return make_grid(images, nrow=nrow, padding=max(1, images.shape[-1] // 32), pad_value=1.0)
 
 def short(name): return name.split(" (")[0] + (" (ImageNet)" if "ImageNet" in name else "")
@@ -855,6 +856,8 @@ def short(name): return name.split(" (")[0] + (" (ImageNet)" if "ImageNet" in na
 #| slow
 import time
 
+# %%
+#| slow
 S = settings["size"]
 frames = torch.stack([SceneDataset("shapes", length=2, seed=123_457, size=(S, S))[i]["image"] for i in range(2)])
 _t = time.time()

@@ -49,18 +49,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from motion_nbs.core import check_image
 from motion_nbs.models import layer_names
+
+# cv2 is imported where it is used (GrabCut): it is slow to import.
 
 # %%
 #| hide
 import time
-
 import matplotlib.pyplot as plt
 from fastcore.test import test_close, test_eq, test_fail
-
 from motion_nbs.core import sample_image, show_images
 from motion_nbs.models import AlexNet, AlexNetCPFS, VGG16, alexnet_cpfs_small, efficientnet_lite0, load_pretrained
 
+# %%
+#| hide
 torch.set_num_threads(1)  # on a shared 2-core machine, OpenMP threads spin-waiting on each other cost up to 10x
 
 # %% [markdown]
@@ -388,8 +391,7 @@ def reverse(model: nn.Module,  # the forward network φ: any module (torchvision
 
     Shape: x `(B,C,H,W)` → `(B,C,H,W)`."""
     _check_rules(relu, pool, lrn, norm)
-    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"reverse expects a float input batch (B,C,H,W), got {tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+    check_image("reverse", x)
     modules = dict(model.named_modules())
     if layer is not None and (not layer or layer not in modules):
         raise ValueError(f"unknown layer {layer!r} for {type(model).__name__}; valid names: {', '.join(layer_names(model))}")
@@ -778,6 +780,8 @@ for ax, t in zip(fig.axes[::4], ["image", "DeConvNet", "Network Saliency", "Guid
 #| slow
 import torchvision
 
+# %%
+#| slow
 MODERN = ("resnet50", "densenet121", "mobilenet_v3_large", "convnext_tiny", "vit_b_16")
 x224 = (F.interpolate(images[:1], size=(224, 224), mode="bilinear", align_corners=False) - MEAN) / STD
 modern = {}
@@ -859,6 +863,9 @@ print(f"{'EfficientNet output':22s}" + "".join(f"{edges_eff[r]:10.3f}" for r in 
 #| slow
 from motion_nbs.models import layer_outputs
 
+
+# %%
+#| slow
 def _other_unit(values: torch.Tensor, best: int, gen, active_only: bool) -> int:
     "A random index of `values` other than `best`, among the positive ones when `active_only` and there are any."
     ok = torch.ones_like(values, dtype=torch.bool) if not active_only or not (values > 0).any() else values > 0
@@ -965,6 +972,9 @@ fig.suptitle(f"AlexNet ({alex_weights}), {IMAGES[0]}: rows e*, e', random mixtur
 # %%
 #| slow
 import copy as _copy
+
+# %%
+#| slow
 vgg_rand = _copy.deepcopy(vgg)
 torch.manual_seed(1)
 for m in vgg_rand.modules():
@@ -1043,7 +1053,6 @@ for k, v in phase.items():
 #| slow
 from collections import OrderedDict
 from pathlib import Path
-
 from motion_nbs.core import atomic_save, runs_dir
 from motion_nbs.data import render_scene
 from motion_nbs.dissect import majority_category
@@ -1051,6 +1060,8 @@ from motion_nbs.learner import fit, supervised
 from motion_nbs.models import ALEXNET_CPFS_SMALL_WIDTHS, vgg16_small
 from motion_nbs.transfer import calibrate_batchnorm
 
+# %%
+#| slow
 RUN = runs_dir("07_reversed")   # _runs/07_reversed at the checkout's root
 SIZE, N_SCENES, N_HELD, N_TEST = 80, 2000, 300, 60
 
@@ -1076,6 +1087,8 @@ print(f"foreground: {test_fg.float().mean():.1%} of the test pixels; majority ca
 #| slow
 import time
 
+# %%
+#| slow
 SHAPES_MEAN = 0.45
 STEPS = {"AlexNet": 1200, "VGG-16": 500}
 

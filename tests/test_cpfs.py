@@ -113,7 +113,7 @@ def test_shape_errors(emb_shape, flow_shape, msg):
 def test_nan_flow_and_unknown_loss():
     flow = torch.zeros(1, 4, 2); flow[0, 2, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN"): cpfs_loss(torch.randn(1, 4, 16), flow)
-    with pytest.raises(ValueError, match="unknown CPFS loss 'l2'; valid: kta, ce, ce_rev"): cpfs_loss(torch.randn(1, 4, 16), torch.zeros(1, 4, 2), "l2")
+    with pytest.raises(ValueError, match="kind='l2'; valid: kta, ce, ce_rev"): cpfs_loss(torch.randn(1, 4, 16), torch.zeros(1, 4, 2), "l2")
     with pytest.raises(ValueError, match="valid: kta, ce, ce_rev"): CPFSLoss("l2")
 
 
@@ -122,6 +122,7 @@ def test_learned_sigma_has_its_own_learning_rate():
     from motion_nbs.cpfs import NEUTRAL_SIGMA2, CPFSConfig, build_cpfs_model
     from motion_nbs.learner import fit
     cfg = CPFSConfig.from_preset(loss="ce", num_pixels=16, image_size=64, batch_size=2, num_iters=1, out_dir=None, progress=False, device="cpu")
+    assert cfg.out_dir is None and CPFSConfig.from_preset().out_dir.endswith("cpfs")   # out_dir=None: no files; omitted: the runs folder
     trainer = build_cpfs_model(cfg)
     assert abs(trainer.crit.sigma2 - NEUTRAL_SIGMA2) < 1e-9
     groups = trainer.optimizer_groups()

@@ -175,7 +175,7 @@ def test_bad_seed(seed):
 
 
 def test_bad_dataset_arguments():
-    with pytest.raises(ValueError, match="length must be a positive int"): SceneDataset("shapes", 0)
+    with pytest.raises(ValueError, match="length=0; expected an int >= 1"): SceneDataset("shapes", 0)
     with pytest.raises(ValueError, match="valid presets"): SceneDataset("cube", 3)
     with pytest.raises(IndexError, match="out of range"): SceneDataset("shapes", 3)[3]
     with pytest.raises(ValueError, match="camera_motion must be"): render_scene("shapes", 0, camera_motion=1.0)

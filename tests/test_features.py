@@ -211,7 +211,7 @@ def test_hog_rejects_image_smaller_than_four_cells():
 
 
 def test_dsift_rejects_wrong_channel_count():
-    with pytest.raises(ValueError, match=r"expects 1 channel\(s\).*got 3 channels"):
+    with pytest.raises(ValueError, match=r"DenseSIFT expects images of shape \(B,1,H,W\), got \(1, 3,"):
         DenseSIFT()(torch.rand(1, 3, 64, 64))
 
 
@@ -222,7 +222,7 @@ def test_rejects_non_float_image(net):
 
 
 def test_rejects_unbatched_and_too_small():
-    with pytest.raises(ValueError, match=r"\(B,C,H,W\), got shape \(3, 64, 64\)"):
+    with pytest.raises(ValueError, match=r"HOG expects images of shape \(B,C,H,W\), got \(3, 64, 64\)"):
         HOG()(torch.rand(3, 64, 64))
     with pytest.raises(ValueError, match=r"at least 25x25 pixels.*got 24x64"):
         DenseSIFT(8, 8)(torch.rand(1, 1, 24, 64))

@@ -15,7 +15,7 @@ def test_flow_chapter_runs_with_parameters(tmp_path):
 
 
 def test_flow_chapter_rejects_bad_parameters(tmp_path):
-    with pytest.raises(pm.PapermillExecutionError, match="valid: 'dis', 'farneback'"):
+    with pytest.raises(pm.PapermillExecutionError, match="method='lucas'; valid: dis, farneback"):
         pm.execute_notebook(NBS / "01_flow.ipynb", tmp_path / "bad.ipynb", parameters=dict(method="lucas"),
                             cwd=NBS, progress_bar=False)
 

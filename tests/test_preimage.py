@@ -359,7 +359,7 @@ def test_experiments_notebook_runs_torchvisions_alexnet_from_a_weights_file(tmp_
 
 @pytest.mark.parametrize("params, message", [(dict(preset="gpu"), "valid: fast, paper"),
                                              (dict(experiments="table52,fig99"), "unknown \\['fig99'\\]"),
-                                             (dict(num_iters=0), "num_iters must be an int >= 1"),
+                                             (dict(num_iters=0), "num_iters=0; expected an int >= 1"),
                                              (dict(Cs="1,a"), "comma-separated numbers"),
                                              (dict(network="resnet18"), "valid: efficientnet_lite0, alexnet, vgg16"),
                                              (dict(weights_path="w.pth"), "weights_path is for network='alexnet' or 'vgg16'"),

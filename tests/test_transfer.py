@@ -134,23 +134,24 @@ def test_probe_bad_input(backbone):
 
 
 def test_transfer_experiment_smoke(tmp_path):
-    "The experiment notebook end to end with tiny settings: two arms, one seed, results JSON and figure."
+    "The experiment notebook end to end with tiny settings: two arms, two seeds, results JSON (records, comparisons) and figure."
     out = tmp_path / "r.json"
     pm.execute_notebook(NBS / "03_cpfs_transfer.ipynb", tmp_path / "run.ipynb", cwd=NBS, progress_bar=False,
                         parameters=dict(preset="tiny", arms=["random", "kta"], runs_dir=str(tmp_path / "runs"),
                                         results_path=str(out), num_threads=1))
     res = json.loads(out.read_text())
-    assert {(r["arm"], r["seed"]) for r in res["records"]} == {("random", 0), ("kta", 0)}
+    assert {(r["arm"], r["seed"]) for r in res["records"]} == {(a, s) for a in ("random", "kta") for s in (0, 1)}
     for arm in ("random", "kta"):
         s = res["summary"][arm]
-        assert 0 <= s["relu3_accuracy"][0] <= 100 and 0 <= s["seg_miou"][0] <= 100
-    assert out.with_suffix(".png").exists() and (tmp_path / "runs" / "kta_seed0" / "model.pt").exists()
+        assert 0 <= s["probe_relu3"][0] <= 100 and 0 <= s["seg_24"][0] <= 100 and s["cls_8"][2] == 2   # (mean, std, seeds)
+    assert {(c["better"], c["worse"]) for c in res["comparisons"]} == {("kta", "random")}
+    assert out.with_suffix(".png").exists() and (tmp_path / "runs" / "objects_kta_seed0" / "model.pt").exists()
 
 
 def test_transfer_experiment_rejects_bad_parameters(tmp_path):
-    with pytest.raises(pm.PapermillExecutionError, match="valid: 'saved', 'tiny', 'full'"):
+    with pytest.raises(pm.PapermillExecutionError, match="preset='paper'; valid: saved, tiny, full"):
         pm.execute_notebook(NBS / "03_cpfs_transfer.ipynb", tmp_path / "bad.ipynb", parameters=dict(preset="paper"),
                             cwd=NBS, progress_bar=False)
-    with pytest.raises(pm.PapermillExecutionError, match="expected distinct names from: random, flow_cls"):
+    with pytest.raises(pm.PapermillExecutionError, match="expected distinct names from: random, kta, ce, ce_rev, flow_cls, supervised"):
         pm.execute_notebook(NBS / "03_cpfs_transfer.ipynb", tmp_path / "bad.ipynb", parameters=dict(arms=["random", "sgd"]),
                             cwd=NBS, progress_bar=False)
