@@ -668,29 +668,28 @@ for n, per in results.items():
     print(f"{n}: " + (", ".join(f"unit {k} {c} ({v:.2f})" for k, c, v, _ in top) or "none"))
 
 # %% [markdown]
-# **Measured** (the last full run, 27 Nov 2026, with the network of `make demo` — KTA, not the thesis' CE now used above — and
-# the supervised one trained afresh into `_runs/cpfs` and
-# `_runs/dissect_supervised`; the supervised network was the small shapes-trained one, as torchvision's
-# weights are not on this machine), interpretable units / units per layer:
+# **Measured** (the last full run, 4 Dec 2026, `cpu` preset: the CPFS-CE network and the supervised one both
+# trained afresh by this notebook, 600 steps each; the supervised network was the small shapes-trained one, as
+# torchvision's weights are not on this machine), interpretable units / units per layer:
 #
 # | network | relu1 | relu2 | relu3 | relu4 | relu5 |
 # |---|---|---|---|---|---|
-# | CPFS (KTA, shapes motion) | 3/24 | 6/64 | 8/96 | 0/96 | 1/64 |
+# | CPFS (CE, shapes motion) | 3/24 | 7/64 | 4/96 | 2/96 | 3/64 |
 # | random init | 0/24 | 5/64 | 6/96 | 2/96 | 0/64 |
-# | supervised (shapes categories) | 2/24 | 18/64 | 31/96 | 35/96 | 17/64 |
+# | supervised (shapes categories) | 4/24 | 10/64 | 36/96 | 33/96 | 19/64 |
 #
-# The supervised network has by far the most detectors from relu2 on (18 of 64, 31 and 35 of 96, 17 of
-# 64), while CPFS has about as many as the random network at relu2–relu5 and slightly more at relu1
-# (3 against 0); its one relu5 detector is a `colour:orange` unit at the 0.04 IoU threshold. The
-# supervised network's relu5 detectors are mostly `texture:checker`, with a few cube parts (`part:cube
-# side`, `part:cube front`) and `colour:pink`. (An earlier run, with networks trained on an older
-# version of the renderer code, gave CPFS 4 / 6 / 7 / 2 / 2 and supervised 2 / 9 / 27 / 32 / 11, the
-# same picture.) This agrees in
+# The supervised network has by far the most detectors from relu3 on (36 and 33 of 96, 19 of 64), while CPFS
+# has about as many as the random network at relu2–relu4 and a few more at relu1 and relu5 (3 against 0); its
+# three relu5 detectors are `colour:orange` units at the 0.04 IoU threshold. The supervised network's relu5
+# detectors are mostly `texture:checker` (IoU 0.07–0.08). The run before, with the KTA network of `make demo`
+# instead of the thesis' CE, gave CPFS 3 / 6 / 8 / 0 / 1 and supervised 2 / 18 / 31 / 35 / 17: the same
+# picture, and a measure of how much the counts move between runs of one setting.
+# This agrees in
 # direction with the thesis (section 6.4): following Bau et al., who found fewer interpretable units in
 # self-supervised models, it reports a conv5 whose interpretable units are mostly low-level textures and
 # reads the contrast with the ImageNet AlexNet as a *semantic gap*. The comparison here is much weaker
-# evidence. The supervised network barely learned its task — its best validation cross-entropy in 600
-# steps is 0.995, against ln 3 ≈ 1.099 for guessing uniformly among the three categories — so it is
+# evidence. The supervised network barely learns its task — its best validation cross-entropy in 600
+# steps was 0.995 in the 27 Nov run, against ln 3 ≈ 1.099 for guessing uniformly among the three categories — so it is
 # not the strong supervised reference the thesis uses; the concepts are the renderer's (categories,
 # parts, textures, colours), not Broden's; the networks are quarter-width and trained for minutes; and
 # the counts come from one seed and 64 probe scenes, so differences of one or two units are noise.
@@ -931,13 +930,13 @@ for n in nets:
 fig = show_images(ims, titles, ncols=1 + len(INVERT_LAYERS), size=2.0)
 
 # %% [markdown]
-# Measured mean errors, relu1 → relu5: CPFS 0.09, 0.07, 0.05, 0.04, 0.03; random 0.004, 0.006, 0.002,
-# 0.001, 0.002; supervised 0.004, 0.007, 0.010, 0.004, 0.005. In every network deeper layers keep less
+# Measured mean errors (4 Dec run, to two decimals as the figure prints them), relu1 → relu5: CPFS 0.10, 0.06,
+# 0.04, 0.03, 0.02; random 0.00, 0.01, 0.00, 0.00, 0.00; supervised 0.00, 0.01, 0.01, 0.02, 0.03. In every network deeper layers keep less
 # detail, as in the thesis. The four initialisations give nearly the same pre-image (errors within
-# ±0.01). The random network's relu5 pre-images are uniform grey at an error of 0.002: its relu5 code
+# ±0.01). The random network's relu5 pre-images are uniform grey at an error of 0.00: its relu5 code
 # hardly depends on the image. The striped cube is still visible at relu2 in all three. CPFS's
 # pre-images of relu2–relu4 keep high-frequency noise from the initialisation and have the largest
-# errors at every layer: after 80 + 10 iterations the optimisation is furthest from converged for this
+# errors at relu1–relu4: after 80 + 10 iterations the optimisation is furthest from converged for this
 # network.
 
 # %% [markdown]
@@ -977,7 +976,7 @@ fig = show_images(ims, titles, ncols=1 + len(CARICATURE_LAYERS), size=1.8)
 #   `shapes` categories), and show activation maxima of the first 25 units of conv1..conv5 and 3 of
 #   fc6/fc7, inversions from 4 initialisations and caricatures with chapter 05b's solver
 #   (`network_preimages`, cached by `cached_preimages`).
-# - Measured: CPFS has about as many interpretable units as a random network (2 against 0 of 64 at
+# - Measured: CPFS-CE has about as many interpretable units as a random network (3 against 0 of 64 at
 #   relu5) and far fewer than the label-supervised one from relu3 on — the thesis' "semantic gap", but
 #   against a supervised network that barely beat the label prior.
 # - Deviations: Broden is replaced by rendered concepts; quarter-width networks trained for minutes;
