@@ -8,7 +8,7 @@ __all__ = ['PROBE_LAYERS', 'PROBE_FEATURES', 'PROBE_WEIGHT_DECAYS', 'SEGMENTATIO
            'extract_features', 'fit_linear_probe', 'linear_probes', 'linear_probe', 'confusion_matrix',
            'iou_from_confusion', 'segmentation_probe', 'calibrate_batchnorm', 'average_precision',
            'mean_average_precision', 'VOCClassification', 'VOCSegmentationData', 'voc07_classification',
-           'voc12_segmentation', 'fine_tune_classifier', 'fine_tune_segmenter', 'paired_comparison',
+           'voc12_segmentation', 'labelled_frames', 'fine_tune_classifier', 'fine_tune_segmenter', 'paired_comparison',
            'summarize_transfer', 'transfer_table', 'plot_transfer']
 
 # %% ../nbs/03b_transfer.ipynb #ae27f979
@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .cpfs import SparseHypercolumn, dense_embedding, gather_pixels, sample_features, sample_pixels
+from .core import atomic_save, check_int, runs_dir
+from .data import SceneDataset
 from .models import layer_names, layer_outputs
 
 # torchvision (data sets, transforms), scipy (statistics) and matplotlib are imported where they are used:
@@ -550,6 +552,29 @@ def voc12_segmentation(backbone: nn.Module,  # the pre-trained network (copied, 
                 cm += confusion_matrix(pred, labels, len(VOC_CLASSES) + 1)
     iou, miou = iou_from_confusion(cm)
     return dict(miou=miou, iou=dict(zip(("background",) + VOC_CLASSES, [None if math.isnan(v) else v for v in iou])))
+
+# %% ../nbs/03b_transfer.ipynb #122ce970
+def labelled_frames(world: str,  # a renderer preset with exactly one object per frame, e.g. "objects"
+                    num: int,  # frames
+                    seed: int,  # the `SceneDataset` seed
+                    size: int = 128,  # frame side in pixels
+                    cache_dir=None,  # folder of the cache file; None: `core.runs_dir("labelled_frames")`; False: no file
+                    progress: bool = True) -> dict:
+    "`{image (N,3,H,W), categories (N,H,W) 0..3, label (N,) 0..2}` of `num` rendered frames; cached."
+    check_int("num", num, 1); check_int("size", size, 8)
+    path = None if cache_dir is False else Path(cache_dir or runs_dir("labelled_frames")) / f"frames_{world}_{size}px_{num}_{seed}.pt"
+    if path is not None and path.exists():
+        try: return torch.load(path, weights_only=True)
+        except Exception as e: raise ValueError(f"{path}: not a readable frames file (delete it to render again): {type(e).__name__}: {e}") from None
+    ds = SceneDataset(world, length=num, seed=seed, size=(size, size))
+    items = [ds[i] for i in tqdm(range(num), desc=f"render {num} {world} frames", leave=False, disable=not progress)]
+    cats = torch.stack([it["categories"] for it in items])
+    if (cats.flatten(1).max(1).values == 0).any(): raise ValueError(f"a {world} frame without an object: its category is undefined")
+    out = {"image": torch.stack([it["image"] for it in items]), "categories": cats, "label": cats.flatten(1).max(1).values - 1}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(out, path)
+    return out
 
 # %% ../nbs/03b_transfer.ipynb #618326a6
 def fine_tune_classifier(backbone: nn.Module,  # the pre-trained network (copied, not changed)

@@ -104,7 +104,7 @@ from pathlib import Path
 import torch
 from IPython.display import Image, Markdown, display
 from motion_nbs import core
-from motion_nbs.core import atomic_save, atomic_write
+from motion_nbs.core import atomic_write
 
 # %%
 ROOT = core.repo_root() or Path.cwd()   # the checkout (the saved results live in its nbs/)
@@ -122,28 +122,13 @@ if run:
 else: print(f"showing the saved results of the full run: {SAVED}")
 
 # %%
-from tqdm.auto import tqdm
-from motion_nbs.data import SceneDataset
 from motion_nbs.cpfs import CPFSConfig
-
+from motion_nbs.transfer import labelled_frames
 
 # %%
-def labelled_frames(num: int, seed: int, size: int) -> dict:
-    "Rendered `world` frames with labels: image (N,3,H,W), pixel categories (N,H,W) 0..3, frame label (N,) 0..2; cached."
-    path = runs / f"frames_{world}_{size}px_{num}_{seed}.pt"
-    if path.exists(): return torch.load(path, weights_only=True)
-    ds = SceneDataset(world, length=num, seed=seed, size=(size, size))
-    items = [ds[i] for i in tqdm(range(num), desc=f"render {num} frames", leave=False)]
-    cats = torch.stack([it["categories"] for it in items])
-    if (cats.flatten(1).max(1).values == 0).any(): raise ValueError(f"a {world} frame without an object: its category is undefined")
-    out = {"image": torch.stack([it["image"] for it in items]), "categories": cats, "label": cats.flatten(1).max(1).values - 1}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(out, path)
-    return out
-
 if run:
     size = CPFSConfig.from_preset("cpu", image_size=cfg["image_size"]).image_size
-    frames = {name: labelled_frames(cfg[f"num_{name}"], s, size)
+    frames = {name: labelled_frames(world, cfg[f"num_{name}"], s, size, cache_dir=runs)
               for name, s in (("train", 7_000_001), ("valid", 7_000_003), ("test", 7_000_002))}
     for name, fr in frames.items():
         print(name, len(fr["label"]), "frames; category counts (cube, sphere, cylinder):", torch.bincount(fr["label"], minlength=3).tolist())

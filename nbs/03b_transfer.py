@@ -42,6 +42,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from motion_nbs.cpfs import SparseHypercolumn, dense_embedding, gather_pixels, sample_features, sample_pixels
+from motion_nbs.core import atomic_save, check_int, runs_dir
+from motion_nbs.data import SceneDataset
 from motion_nbs.models import layer_names, layer_outputs
 
 # torchvision (data sets, transforms), scipy (statistics) and matplotlib are imported where they are used:
@@ -794,6 +796,49 @@ def voc12_segmentation(backbone: nn.Module,  # the pre-trained network (copied, 
 # objects, palette label PNGs with boundary pixels), runs both protocols for a few steps, compares the
 # mAP with scikit-learn and the mIoU with scikit-learn's confusion matrix, and checks that a missing split
 # file is reported by name.
+
+# %% [markdown]
+# ## Labelled frames of a synthetic world
+#
+# Chapters 3, 6 and 7 score networks on the same labelled frames of a renderer world (chapter 02a): the
+# image, every pixel's category (0 background, 1 cube, 2 sphere, 3 cylinder) and the frame's category (0..2,
+# the one object's). `labelled_frames` renders them once and caches them in one file per world, count, seed
+# and size, so the chapters share them.
+
+# %%
+#| export
+def labelled_frames(world: str,  # a renderer preset with exactly one object per frame, e.g. "objects"
+                    num: int,  # frames
+                    seed: int,  # the `SceneDataset` seed
+                    size: int = 128,  # frame side in pixels
+                    cache_dir=None,  # folder of the cache file; None: `core.runs_dir("labelled_frames")`; False: no file
+                    progress: bool = True) -> dict:
+    "`{image (N,3,H,W), categories (N,H,W) 0..3, label (N,) 0..2}` of `num` rendered frames; cached."
+    check_int("num", num, 1); check_int("size", size, 8)
+    path = None if cache_dir is False else Path(cache_dir or runs_dir("labelled_frames")) / f"frames_{world}_{size}px_{num}_{seed}.pt"
+    if path is not None and path.exists():
+        try: return torch.load(path, weights_only=True)
+        except Exception as e: raise ValueError(f"{path}: not a readable frames file (delete it to render again): {type(e).__name__}: {e}") from None
+    ds = SceneDataset(world, length=num, seed=seed, size=(size, size))
+    items = [ds[i] for i in tqdm(range(num), desc=f"render {num} {world} frames", leave=False, disable=not progress)]
+    cats = torch.stack([it["categories"] for it in items])
+    if (cats.flatten(1).max(1).values == 0).any(): raise ValueError(f"a {world} frame without an object: its category is undefined")
+    out = {"image": torch.stack([it["image"] for it in items]), "categories": cats, "label": cats.flatten(1).max(1).values - 1}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(out, path)
+    return out
+
+
+# %%
+with tempfile.TemporaryDirectory() as _d:
+    _f = labelled_frames("objects", 3, seed=5, size=32, cache_dir=_d, progress=False)
+    test_eq(_f["image"].shape, (3, 3, 32, 32)); test_eq(_f["label"], _f["categories"].flatten(1).max(1).values - 1)
+    test_eq(len(list(Path(_d).glob("frames_objects_32px_3_5.pt"))), 1)
+    test_eq(labelled_frames("objects", 3, seed=5, size=32, cache_dir=_d)["image"], _f["image"])   # read back from the file
+    Path(_d, "frames_objects_32px_3_5.pt").write_bytes(b"broken")
+    test_fail(lambda: labelled_frames("objects", 3, seed=5, size=32, cache_dir=_d), contains="not a readable frames file")
+
 
 # %% [markdown]
 # ## Fine-tuning on few labels (table 3.1's protocol, offline)
