@@ -40,7 +40,7 @@ browser:
 
 demo: $(VENV)/.installed
 	mkdir -p _runs
-	$(BIN)/papermill $(DEMO_NB) _runs/$(notdir $(DEMO_NB)) $(DEMO_ARGS)
+	MOTION_NBS_PROGRESS=text $(BIN)/papermill --log-output $(DEMO_NB) _runs/$(notdir $(DEMO_NB)) $(DEMO_ARGS)
 
 # Repository checks first (package == export of the notebooks, notebooks clean, jupytext pairs, site
 # config), then the notebooks' own tests, then pytest. Headless: nbdev_test draws with the inline

@@ -7,7 +7,7 @@ __all__ = ['SAMPLE_IMAGES', 'SAMPLE_VIDEOS', 'data_dir', 'repo_root', 'runs_dir'
            'available_devices', 'resolve_device', 'full_precision', 'check_choice', 'check_int', 'check_number',
            'check_values', 'check_image', 'reject_unknown_parameters', 'image_from_array', 'image_to_array',
            'load_image', 'sample_image', 'sample_video', 'video_info', 'read_video_frames', 'atomic_write',
-           'atomic_save', 'load_model_file', 'show_images']
+           'atomic_save', 'load_model_file', 'tqdm', 'show_images']
 
 # %% ../nbs/00_core.ipynb #fa5f66ed
 import ast
@@ -16,11 +16,14 @@ import functools
 import importlib.util
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm as _tqdm_text
+from tqdm.auto import tqdm as _tqdm_auto
 
 # cv2, skimage, matplotlib and IPython are imported where they are used: they are slow to import (or absent
 # outside Jupyter), and only the image/video readers, the sample images and the plots need them.
@@ -344,6 +347,14 @@ def load_model_file(path,  # a `model.pt`, or the run folder holding it
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
         raise ValueError(f"{path}: not a {kind} file (expected keys {', '.join(keys)} as written by {writer})")
     return ckpt
+
+# %% ../nbs/00_core.ipynb #54596365
+def tqdm(*args, **kwargs):
+    "A tqdm progress bar: `tqdm.auto`'s, or plain text on stdout at most every 20 s when `$MOTION_NBS_PROGRESS` is `text`."
+    if os.environ.get("MOTION_NBS_PROGRESS") == "text":
+        for k, v in dict(file=sys.stdout, mininterval=20.0, ascii=True, ncols=100, dynamic_ncols=False).items(): kwargs.setdefault(k, v)
+        return _tqdm_text(*args, **kwargs)
+    return _tqdm_auto(*args, **kwargs)
 
 # %% ../nbs/00_core.ipynb #e41789b1
 def show_images(images,  # a (B,C,H,W) tensor or a list of (C,H,W) / (H,W) tensors or arrays

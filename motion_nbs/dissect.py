@@ -24,9 +24,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from .core import atomic_save, check_choice, load_image, runs_dir
+from .core import atomic_save, check_choice, load_image, runs_dir, tqdm
 from .cpfs import CPFSConfig, load_cpfs, train as train_cpfs
 from .data import CATEGORIES, NUM_FACES, SceneDataset, TEXTURES
 from .models import alexnet_cpfs_small, fold_batchnorm, layer_outputs, load_pretrained, receptive_fields

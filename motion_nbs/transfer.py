@@ -21,10 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .cpfs import SparseHypercolumn, dense_embedding, gather_pixels, sample_features, sample_pixels
-from .core import atomic_save, check_int, runs_dir
+from .core import atomic_save, check_int, runs_dir, tqdm
 from .data import SceneDataset
 from .models import layer_names, layer_outputs
 

@@ -19,11 +19,14 @@ import functools
 import importlib.util
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm as _tqdm_text
+from tqdm.auto import tqdm as _tqdm_auto
 
 # cv2, skimage, matplotlib and IPython are imported where they are used: they are slow to import (or absent
 # outside Jupyter), and only the image/video readers, the sample images and the plots need them.
@@ -630,6 +633,40 @@ with tempfile.TemporaryDirectory() as tmp:
     _data = (Path(tmp) / "model.pt").read_bytes()
     (Path(tmp) / "model.pt").write_bytes(_data[: len(_data) // 2])   # a copy cut short
     test_fail(lambda: load_model_file(tmp, ("model", "meta"), "S3 model", "04_s3_train"), contains="model.pt: not a readable S3 model file")
+
+
+# %% [markdown]
+# ## Progress you can watch
+#
+# Long work shows a tqdm bar. In JupyterLab that is a widget; but a notebook run by papermill has no front
+# end to draw it, so the terminal sees nothing for minutes and the saved notebook keeps the widget's first
+# state (`0%`). `core.tqdm` is the book's progress bar: `tqdm.auto` by default, and with
+# `MOTION_NBS_PROGRESS=text` (which `make demo` sets, with papermill's `--log-output`) a plain-text bar on
+# stdout refreshed at most every 20 seconds — each refresh a line in the terminal, and the final state in the
+# saved notebook.
+
+# %%
+#| export
+def tqdm(*args, **kwargs):
+    "A tqdm progress bar: `tqdm.auto`'s, or plain text on stdout at most every 20 s when `$MOTION_NBS_PROGRESS` is `text`."
+    if os.environ.get("MOTION_NBS_PROGRESS") == "text":
+        for k, v in dict(file=sys.stdout, mininterval=20.0, ascii=True, ncols=100, dynamic_ncols=False).items(): kwargs.setdefault(k, v)
+        return _tqdm_text(*args, **kwargs)
+    return _tqdm_auto(*args, **kwargs)
+
+
+# %%
+import io
+from unittest import mock
+
+# %%
+with mock.patch.dict(os.environ, {"MOTION_NBS_PROGRESS": "text"}):
+    _buf = io.StringIO()
+    test_eq(sum(tqdm(range(5), desc="steps", file=_buf)), 10)
+    assert "steps: 100%|" in _buf.getvalue() and "5/5" in _buf.getvalue(), _buf.getvalue()
+    test_eq(type(tqdm(range(1), disable=True)).__module__, "tqdm.std")
+with mock.patch.dict(os.environ, {"MOTION_NBS_PROGRESS": ""}):
+    test_eq(type(tqdm(range(1), disable=True)), _tqdm_auto)
 
 
 # %% [markdown]

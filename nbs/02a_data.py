@@ -34,10 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from motion_nbs.core import (SAMPLE_VIDEOS, atomic_save, check_int, data_dir, image_from_array, image_to_array,
-                             read_video_frames, sample_image, sample_video, video_info)
+                             read_video_frames, sample_image, sample_video, tqdm, video_info)
 from motion_nbs.flow import decode_kitti_flow, encode_kitti_flow, estimate_flow, photometric_error, warp
 
 # cv2, torchvision and webdataset are imported where they are used (video decoding, colour jitter, shards):

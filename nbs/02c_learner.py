@@ -43,10 +43,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from tqdm.auto import tqdm
 
 from motion_nbs.core import (atomic_save, atomic_write, check_choice, check_int, check_number, resolve_device,
-                             seed_everything)
+                             seed_everything, tqdm)
 
 # matplotlib is imported where it is used (`plot_metrics`): it is slow to import.
 

@@ -39,10 +39,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from motion_nbs.cpfs import SparseHypercolumn, dense_embedding, gather_pixels, sample_features, sample_pixels
-from motion_nbs.core import atomic_save, check_int, runs_dir
+from motion_nbs.core import atomic_save, check_int, runs_dir, tqdm
 from motion_nbs.data import SceneDataset
 from motion_nbs.models import layer_names, layer_outputs
 

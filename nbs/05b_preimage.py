@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from motion_nbs.core import check_choice, check_image, check_int, load_image, read_video_frames, sample_image, sample_video
+from motion_nbs.core import (check_choice, check_image, check_int, load_image, read_video_frames, sample_image, sample_video,
+                             tqdm)
 from motion_nbs.models import layer_outputs, receptive_fields
 
 try:

@@ -41,9 +41,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from motion_nbs.core import atomic_save, check_choice, load_image, runs_dir
+from motion_nbs.core import atomic_save, check_choice, load_image, runs_dir, tqdm
 from motion_nbs.cpfs import CPFSConfig, load_cpfs, train as train_cpfs
 from motion_nbs.data import CATEGORIES, NUM_FACES, SceneDataset, TEXTURES
 from motion_nbs.models import alexnet_cpfs_small, fold_batchnorm, layer_outputs, load_pretrained, receptive_fields
