@@ -4,18 +4,19 @@
 
 # %% auto #0
 __all__ = ['PREIMAGE_PRESETS', 'COLOUR_NAMES', 'PART_NAMES', 'BRODEN_PIXEL_KINDS', 'BRODEN_IMAGE_KINDS', 'OBJECTS_SPLITS',
-           'NO_NORMALISATION', 'DISSECT_LAYERS', 'EFFICIENTNET_LAYERS', 'MAXIMIZE_LAYERS', 'INVERT_LAYERS',
-           'CARICATURE_LAYERS', 'INVERSION_C', 'PREIMAGE_SOLVER_VERSION', 'preimage_settings', 'colour_names',
-           'scene_concepts', 'SceneConcepts', 'BrodenConcepts', 'Dissection', 'network_dissection', 'write_tiny_broden',
-           'majority_category', 'objects_frames', 'objects_classifier', 'objects_cpfs', 'random_backbones',
-           'imagenet_networks', 'dissect_networks', 'plot_dissection', 'count_detectors', 'calibrated_thresholds',
-           'null_interval', 'dissection_counts', 'thesis_jitter', 'network_preimages', 'network_fingerprint',
-           'cached_preimages']
+           'OBJECTS_BACKBONES', 'NO_NORMALISATION', 'DISSECT_LAYERS', 'EFFICIENTNET_LAYERS', 'MAXIMIZE_LAYERS',
+           'INVERT_LAYERS', 'CARICATURE_LAYERS', 'INVERSION_C', 'PREIMAGE_SOLVER_VERSION', 'preimage_settings',
+           'colour_names', 'scene_concepts', 'SceneConcepts', 'BrodenConcepts', 'Dissection', 'network_dissection',
+           'write_tiny_broden', 'majority_category', 'objects_frames', 'vgg16_trunk', 'objects_network',
+           'objects_classifier', 'objects_cpfs', 'random_backbones', 'imagenet_networks', 'dissect_networks',
+           'plot_dissection', 'count_detectors', 'calibrated_thresholds', 'null_interval', 'dissection_counts',
+           'thesis_jitter', 'network_preimages', 'network_fingerprint', 'cached_preimages']
 
 # %% ../nbs/06_visualize_motion.ipynb #b8b5211a
 import csv
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from .core import atomic_save, check_choice, load_image, runs_dir, tqdm
 from .cpfs import CPFSConfig, load_cpfs, train as train_cpfs
 from .data import CATEGORIES, NUM_FACES, SceneDataset, TEXTURES
-from .models import alexnet_cpfs_small, fold_batchnorm, layer_outputs, load_pretrained, receptive_fields
+from .models import alexnet_cpfs_small, fold_batchnorm, layer_outputs, load_pretrained, receptive_fields, vgg16_small
 from .transfer import calibrate_batchnorm, fine_tune_classifier, labelled_frames
 from .preimage import (IMAGENET_MEAN, IMAGENET_STD, LayerPhi, caricature, invert, maximize, natural_images,
                                  unit_maximum)
@@ -294,15 +295,32 @@ def objects_frames(split: str,  # "train", "valid" or "test" (`OBJECTS_SPLITS`)
     num, seed = OBJECTS_SPLITS[split]
     return labelled_frames("objects", num, seed, 128, cache_dir=cache_dir or runs_dir("cpfs_transfer"))
 
+def vgg16_trunk() -> nn.Sequential:
+    "`vgg16_small` (an eighth of the channels, batch norm) up to pool5, with its layer names."
+    m = vgg16_small(3, batchnorm=True, dropout=0.0)
+    names = list(m._modules)
+    return nn.Sequential(OrderedDict((n, m._modules[n]) for n in names[:names.index("pool5") + 1]))
+
+OBJECTS_BACKBONES = {"alexnet": lambda: alexnet_cpfs_small(batchnorm=True),   # appendix A, a quarter of the channels, LRN
+                     "vgg16": vgg16_trunk}
+
+def objects_network(arch: str = "alexnet") -> nn.Module:
+    "`Sequential(backbone, global average pool, flatten, Linear(·, 3))` of `OBJECTS_BACKBONES[arch]`, batch norm not folded."
+    check_choice("arch", arch, tuple(OBJECTS_BACKBONES))
+    backbone = OBJECTS_BACKBONES[arch]()
+    with torch.no_grad(): width = backbone.eval()(torch.zeros(1, 3, 128, 128)).shape[1]
+    return nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 3))
+
 def objects_classifier(seed: int = 10_000,  # 03_cpfs_transfer's ceiling seed for its first pre-training seed
                        num_iters: int = 3000, lr: float = 2e-3,  # 03_cpfs_transfer's `ceiling_iters`, `ceiling_lr`
+                       arch: str = "alexnet",  # a key of `OBJECTS_BACKBONES`
                        cache_dir=None,  # None: `core.runs_dir("dissect_supervised")`; False: no file
                        progress: bool = True) -> tuple:
-    """`(backbone, scores)`: `alexnet_cpfs_small` trained end to end on the frame labels of the `objects` training
-    frames (`transfer.fine_tune_classifier`, batch norm from batch statistics, then folded), with its top-1
-    accuracy on the validation and test frames and the test frames' majority-class rate; cached."""
-    path = None if cache_dir is False else Path(cache_dir or runs_dir("dissect_supervised")) / f"objects_seed{seed}_{num_iters}it_lr{lr:g}.pt"
-    net = fold_batchnorm(alexnet_cpfs_small(batchnorm=True))
+    """`(classifier, scores)`: `objects_network(arch)` trained end to end on the frame labels of the `objects` training
+    frames (`transfer.fine_tune_classifier`, batch norm from batch statistics, then folded; `classifier[0]` is the
+    backbone), with its top-1 accuracy on the validation and test frames and the test frames' majority-class rate; cached."""
+    path = None if cache_dir is False else Path(cache_dir or runs_dir("dissect_supervised")) / f"objects_{arch}_seed{seed}_{num_iters}it_lr{lr:g}.pt"
+    net = fold_batchnorm(objects_network(arch))
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
         net.load_state_dict(saved["state_dict"])
@@ -310,12 +328,12 @@ def objects_classifier(seed: int = 10_000,  # 03_cpfs_transfer's ceiling seed fo
     fr = {s: objects_frames(s) for s in OBJECTS_SPLITS}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        r = fine_tune_classifier(alexnet_cpfs_small(batchnorm=True), (fr["train"]["image"], fr["train"]["label"]),
+        r = fine_tune_classifier(objects_network(arch)[0], (fr["train"]["image"], fr["train"]["label"]),
                                  {s: (fr[s]["image"], fr[s]["label"]) for s in ("valid", "test")}, num_classes=3,
                                  num_iters=num_iters, lr=lr, train_batchnorm=True, seed=seed, return_model=True, progress=progress)
-    net = fold_batchnorm(r["model"][0]).cpu().eval()
+    net = fold_batchnorm(r["model"]).cpu().eval()
     test_labels = fr["test"]["label"]
-    scores = dict(valid_accuracy=r["valid"]["accuracy"], test_accuracy=r["test"]["accuracy"],
+    scores = dict(valid_accuracy=r["valid"]["accuracy"], test_accuracy=r["test"]["accuracy"], arch=arch,
                   prior=float(torch.bincount(test_labels, minlength=3).max() / len(test_labels)), seed=seed, num_iters=num_iters, lr=lr)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

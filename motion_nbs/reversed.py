@@ -353,7 +353,8 @@ def grabcut_from_saliency(image: torch.Tensor,  # `(3,H,W)` float image in [0,1]
     return torch.from_numpy((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD))
 
 def segmentation_scores(pred: torch.Tensor,  # `(H,W)` or `(B,H,W)` bool predicted foreground
-                        gt: torch.Tensor  # same shape: ground-truth foreground
+                        gt: torch.Tensor,  # same shape: ground-truth foreground
+                        per_image: bool = False  # return `(B,)` tensors, one value per image, instead of their means
                        ) -> dict:
     "Per-pixel accuracy and foreground IoU, each the mean over images (an image with no foreground anywhere has IoU 1)."
     if pred.shape != gt.shape: raise ValueError(f"pred {tuple(pred.shape)} and gt {tuple(gt.shape)} differ in shape")
@@ -361,7 +362,8 @@ def segmentation_scores(pred: torch.Tensor,  # `(H,W)` or `(B,H,W)` bool predict
     pred, gt = pred.bool().flatten(1), gt.bool().flatten(1)
     inter, union = (pred & gt).sum(1).double(), (pred | gt).sum(1).double()
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-    return {"pp": (pred == gt).double().mean(1).mean().item(), "iou": iou.mean().item()}
+    pp = (pred == gt).double().mean(1)
+    return {"pp": pp, "iou": iou} if per_image else {"pp": pp.mean().item(), "iou": iou.mean().item()}
 
 # %% ../nbs/07_reversed.ipynb #14ead76a
 def random_amplitude(image: torch.Tensor,  # `(B,C,H,W)` image

@@ -33,6 +33,7 @@
 import csv
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from motion_nbs.core import atomic_save, check_choice, load_image, runs_dir, tqdm
 from motion_nbs.cpfs import CPFSConfig, load_cpfs, train as train_cpfs
 from motion_nbs.data import CATEGORIES, NUM_FACES, SceneDataset, TEXTURES
-from motion_nbs.models import alexnet_cpfs_small, fold_batchnorm, layer_outputs, load_pretrained, receptive_fields
+from motion_nbs.models import alexnet_cpfs_small, fold_batchnorm, layer_outputs, load_pretrained, receptive_fields, vgg16_small
 from motion_nbs.transfer import calibrate_batchnorm, fine_tune_classifier, labelled_frames
 from motion_nbs.preimage import (IMAGENET_MEAN, IMAGENET_STD, LayerPhi, caricature, invert, maximize, natural_images,
                                  unit_maximum)
@@ -529,15 +530,32 @@ def objects_frames(split: str,  # "train", "valid" or "test" (`OBJECTS_SPLITS`)
     num, seed = OBJECTS_SPLITS[split]
     return labelled_frames("objects", num, seed, 128, cache_dir=cache_dir or runs_dir("cpfs_transfer"))
 
+def vgg16_trunk() -> nn.Sequential:
+    "`vgg16_small` (an eighth of the channels, batch norm) up to pool5, with its layer names."
+    m = vgg16_small(3, batchnorm=True, dropout=0.0)
+    names = list(m._modules)
+    return nn.Sequential(OrderedDict((n, m._modules[n]) for n in names[:names.index("pool5") + 1]))
+
+OBJECTS_BACKBONES = {"alexnet": lambda: alexnet_cpfs_small(batchnorm=True),   # appendix A, a quarter of the channels, LRN
+                     "vgg16": vgg16_trunk}
+
+def objects_network(arch: str = "alexnet") -> nn.Module:
+    "`Sequential(backbone, global average pool, flatten, Linear(·, 3))` of `OBJECTS_BACKBONES[arch]`, batch norm not folded."
+    check_choice("arch", arch, tuple(OBJECTS_BACKBONES))
+    backbone = OBJECTS_BACKBONES[arch]()
+    with torch.no_grad(): width = backbone.eval()(torch.zeros(1, 3, 128, 128)).shape[1]
+    return nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 3))
+
 def objects_classifier(seed: int = 10_000,  # 03_cpfs_transfer's ceiling seed for its first pre-training seed
                        num_iters: int = 3000, lr: float = 2e-3,  # 03_cpfs_transfer's `ceiling_iters`, `ceiling_lr`
+                       arch: str = "alexnet",  # a key of `OBJECTS_BACKBONES`
                        cache_dir=None,  # None: `core.runs_dir("dissect_supervised")`; False: no file
                        progress: bool = True) -> tuple:
-    """`(backbone, scores)`: `alexnet_cpfs_small` trained end to end on the frame labels of the `objects` training
-    frames (`transfer.fine_tune_classifier`, batch norm from batch statistics, then folded), with its top-1
-    accuracy on the validation and test frames and the test frames' majority-class rate; cached."""
-    path = None if cache_dir is False else Path(cache_dir or runs_dir("dissect_supervised")) / f"objects_seed{seed}_{num_iters}it_lr{lr:g}.pt"
-    net = fold_batchnorm(alexnet_cpfs_small(batchnorm=True))
+    """`(classifier, scores)`: `objects_network(arch)` trained end to end on the frame labels of the `objects` training
+    frames (`transfer.fine_tune_classifier`, batch norm from batch statistics, then folded; `classifier[0]` is the
+    backbone), with its top-1 accuracy on the validation and test frames and the test frames' majority-class rate; cached."""
+    path = None if cache_dir is False else Path(cache_dir or runs_dir("dissect_supervised")) / f"objects_{arch}_seed{seed}_{num_iters}it_lr{lr:g}.pt"
+    net = fold_batchnorm(objects_network(arch))
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
         net.load_state_dict(saved["state_dict"])
@@ -545,12 +563,12 @@ def objects_classifier(seed: int = 10_000,  # 03_cpfs_transfer's ceiling seed fo
     fr = {s: objects_frames(s) for s in OBJECTS_SPLITS}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        r = fine_tune_classifier(alexnet_cpfs_small(batchnorm=True), (fr["train"]["image"], fr["train"]["label"]),
+        r = fine_tune_classifier(objects_network(arch)[0], (fr["train"]["image"], fr["train"]["label"]),
                                  {s: (fr[s]["image"], fr[s]["label"]) for s in ("valid", "test")}, num_classes=3,
                                  num_iters=num_iters, lr=lr, train_batchnorm=True, seed=seed, return_model=True, progress=progress)
-    net = fold_batchnorm(r["model"][0]).cpu().eval()
+    net = fold_batchnorm(r["model"]).cpu().eval()
     test_labels = fr["test"]["label"]
-    scores = dict(valid_accuracy=r["valid"]["accuracy"], test_accuracy=r["test"]["accuracy"],
+    scores = dict(valid_accuracy=r["valid"]["accuracy"], test_accuracy=r["test"]["accuracy"], arch=arch,
                   prior=float(torch.bincount(test_labels, minlength=3).max() / len(test_labels)), seed=seed, num_iters=num_iters, lr=lr)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -606,6 +624,9 @@ test_eq(torch.equal(_nulls[0].conv1.weight, _nulls[1].conv1.weight), False)
 with torch.no_grad(): _a1 = layer_outputs(_nulls[0], _imgs, "conv1")["conv1"]   # calibrated: conv1's outputs are standardised over the frames
 test_close(_a1.mean((0, 2, 3)), torch.zeros(24), eps=1e-4); test_close(_a1.var((0, 2, 3), unbiased=False), torch.ones(24), eps=1e-2)
 test_eq(list(imagenet_networks())[0], "EfficientNet-Lite0 (ImageNet)")
+for _arch in OBJECTS_BACKBONES:
+    with torch.no_grad(): test_eq(objects_network(_arch).eval()(_imgs).shape, (6, 3))
+test_fail(lambda: objects_network("resnet"), contains="arch='resnet'")
 
 # %% [markdown]
 # With a weights file, `imagenet_networks` adds torchvision's AlexNet (checked here with a randomly
@@ -751,7 +772,8 @@ from motion_nbs.core import atomic_write
 t0 = time.time()
 cpfs = objects_cpfs("ce")   # 03_cpfs_transfer's objects_ce_seed0, or trained here (with progress) and shared with it
 print(f"CPFS-CE network: {time.time() - t0:.0f} s"); t0 = time.time()
-supervised, sup_scores = objects_classifier()
+sup_classifier, sup_scores = objects_classifier()
+supervised = sup_classifier[0]   # the backbone: conv1..fc7 as in the CPFS network
 print(f"supervised network: {time.time() - t0:.0f} s; test accuracy {100 * sup_scores['test_accuracy']:.1f}% "
       f"(validation {100 * sup_scores['valid_accuracy']:.1f}%, majority class {100 * sup_scores['prior']:.1f}%)")
 NULL_SEEDS = (0, 1, 2, 3, 4)
