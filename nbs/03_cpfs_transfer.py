@@ -51,7 +51,7 @@ world = "objects"     # the rendered preset the frames come from (chapter 02a)
 train_missing = True  # train arms whose pre-training run is missing from runs_dir (False: skip them)
 num_threads = None    # torch CPU threads (None: torch's default)
 device = None         # "cpu", "cuda", ...; None: CUDA if present, else MPS, else the CPU
-runs_dir = None  # pre-training runs {runs_dir}/{world}_{arm}_seed{seed}; None: _runs/cpfs_transfer at the checkout's root (`core.runs_dir`)
+runs_dir = None  # pre-training runs {runs_dir}/{world}_{arm}_seed{seed}; None: _runs/cpfs_transfer (full) or _runs/cpfs_transfer_tiny (`core.runs_dir`)
 results_path = None   # results JSON (+ .png); None: nbs/03_cpfs_transfer_results.json for "full", {runs_dir}/results.json otherwise
 
 # %%
@@ -115,7 +115,7 @@ if run:
     cfg = dict(PRESETS[mode], arms=list(arms), world=world)
     if seeds is not None: cfg["seeds"] = list(seeds)
     if num_iters is not None: cfg["num_iters"] = num_iters
-    runs = Path(runs_dir) if runs_dir else core.runs_dir("cpfs_transfer")
+    runs = Path(runs_dir) if runs_dir else core.runs_dir("cpfs_transfer" if mode == "full" else f"cpfs_transfer_{mode}")   # presets never share runs
     out_json = Path(results_path) if results_path else (SAVED if mode == "full" else runs / "results.json")
     if num_threads: torch.set_num_threads(num_threads)
     print(mode, cfg, "->", out_json)

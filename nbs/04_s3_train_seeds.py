@@ -32,7 +32,7 @@ seeds = None          # training seeds (None: the preset's; full: [0, 1, 2])
 configs = None        # comma-separated "data+loss" settings (None: single_cube+affine, multi_cube+rigid, multi_cube+entropy)
 device = None         # "cpu", "cuda", ...; None: CUDA if present, else MPS, else the CPU
 num_threads = None    # torch CPU threads (None: torch's default)
-runs_dir = None  # one run per setting and seed; None: _runs/s3_seeds at the checkout's root (`core.runs_dir`)
+runs_dir = None  # one run per setting and seed; None: _runs/s3_seeds (full) or _runs/s3_seeds_tiny (`core.runs_dir`)
 results_path = None   # None: nbs/04_s3_train_results.json for "full", {runs_dir}/results.json otherwise
 
 # %%
@@ -77,7 +77,7 @@ run = preset != "saved" or not SAVED.exists()
 mode = ("tiny" if preset == "saved" else preset) if run else "saved"
 if run:
     use_seeds = list(seeds or PRESETS[mode]["seeds"])
-    runs = Path(runs_dir) if runs_dir else core.runs_dir("s3_seeds")
+    runs = Path(runs_dir) if runs_dir else core.runs_dir("s3_seeds" if mode == "full" else f"s3_seeds_{mode}")   # presets never share runs
     out_json = Path(results_path) if results_path else (SAVED if mode == "full" else runs / "results.json")
     if num_threads: torch.set_num_threads(num_threads)
     print(mode, chosen, use_seeds, "->", out_json)
