@@ -58,7 +58,7 @@
 # | [04_s3_train](04_s3_train.ipynb) | `cpu` (`fcn8s_small`, 96-px crops, 12,000 steps; 24,000 for `rigid`); `paper` (the thesis' FCN-8s on VGG-16 and optimiser, for a GPU) | 17 min on two cores for the default (`single_cube` + affine, the whole notebook); `multi_cube` + rigid: 62 min on one thread |
 # | [04_s3_train_seeds](04_s3_train_seeds.ipynb) | `saved` (shows `nbs/04_s3_train_results.json`; runs `tiny` while that file is missing, as it is now); `tiny`; `full` (3 seeds of the `cpu` preset for each of three settings) | not yet measured; the notebook expects the `full` run to take hours |
 # | [05c_preimage_experiments](05c_preimage_experiments.ipynb) | `fast` (small images, 2 CNN probes, 2 initialisations); `paper` (100 probes, 24 initialisations, 224 px, for a GPU) | 1 min 24 s (4 Dec 2026, one torch thread; its introduction says 1 min 15–23 s); table 5.2 at the thesis' scale took 42 min on shared cores, and the `paper` sweep would take about 40 hours on two cores |
-# | [06_visualize_motion](06_visualize_motion.ipynb) | `cpu` (64-px pre-images, 80 iterations, cached); `paper` (224 px, 300 iterations, recomputed) | 1 min 8 s on two idle cores with the two networks' checkpoints present (12 min 17 s on cores shared with other jobs); 3 min 25 s when it also trained both networks |
+# | [06_visualize_motion](06_visualize_motion.ipynb) | `cpu` (64-px pre-images, 80 iterations, cached); `paper` (224 px, 300 iterations, recomputed) | 20 min 28 s cold on two cores shared with other jobs (training CPFS-CE 391 s and the supervised network 489 s, dissecting eight networks 233 s, pre-images 57 s); about 5 min there with both networks cached |
 #
 # The chapter notebooks (00–07 without a suffix) have no parameters; their heavy cells carry nbdev's
 # `slow` flag and show saved results.
@@ -109,7 +109,7 @@
 # | 6.5 | activation maxima of RotNet | none: RotNet's weights cannot be had offline and the book trains no RotNet |
 # | 6.6 | inversions of conv layers from four initialisations, four models | [06](06_visualize_motion.ipynb) "Inversion from four initialisations (fig 6.6)"; three models (no RotNet) |
 # | 6.7 | caricatures by three networks | [06](06_visualize_motion.ipynb) "Caricatures (fig 6.7)" |
-# | 6.8 | network dissection of the CPFS-CE model's conv5 | [06](06_visualize_motion.ipynb) "Dissecting CPFS, random and supervised networks"; substitute: the renderer's concepts, since Broden cannot be downloaded here |
+# | 6.8 | network dissection of the CPFS-CE model's conv5 | [06](06_visualize_motion.ipynb) "Dissecting CPFS, supervised, random and ImageNet networks", with five random networks as a null; substitute: the renderer's concepts on the `objects` world, since Broden cannot be downloaded here |
 # | 7.1 | DeConvNet, Network Saliency and Guided Backprop as forward and reversed networks | redrawn: [07_reversed](07_reversed.ipynb), right after the introduction |
 # | 7.2 | the three methods from the fc8 layer of AlexNet | [07_reversed](07_reversed.ipynb) "DeConvNet, Network Saliency and Guided Backprop (fig 7.2)" and "Fig 7.2 for modern classifiers"; substitute: the ImageNet EfficientNet-Lite0, and torchvision's classifiers with random weights |
 # | 7.3 | the generic reversed architecture and its choices of input, RU† and MP† | redrawn: [07_reversed](07_reversed.ipynb) "Reversing one layer (section 7.3.1)" |
