@@ -10,7 +10,7 @@ __all__ = ['PREIMAGE_PRESETS', 'COLOUR_NAMES', 'PART_NAMES', 'BRODEN_PIXEL_KINDS
            'write_tiny_broden', 'majority_category', 'objects_frames', 'vgg16_trunk', 'objects_network',
            'objects_classifier', 'objects_cpfs', 'random_backbones', 'imagenet_networks', 'dissect_networks',
            'plot_dissection', 'count_detectors', 'calibrated_thresholds', 'null_interval', 'dissection_counts',
-           'thesis_jitter', 'network_preimages', 'network_fingerprint', 'cached_preimages']
+           'thesis_jitter', 'network_preimages', 'network_fingerprint', 'relative_fall', 'cached_preimages']
 
 # %% ../nbs/06_visualize_motion.ipynb #b8b5211a
 import csv
@@ -456,7 +456,9 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
                       natural: torch.Tensor | None = None,  # (8,3,S,S) images for the units' typical maxima M
                       progress: bool = False) -> dict:
     """All the chapter's pre-images of one network: `{"maxima": {layer: (U,3,S,S)}, "inversions": {layer: (inits,3,S,S)},
-    "inversion_error": {layer: (inits,)}, "caricatures": {layer: (N,3,S,S)}}`, images clipped to [0,1]."""
+    "inversion_error": {layer: (inits,)}, "caricatures": {layer: (N,3,S,S)}, "curves": {"maxima" | "inversion": {layer: (T,)}}}`,
+    images clipped to [0,1]; the curves are the data term per iteration, averaged over units or initialisations (for
+    inversion its square root: the unsquared normalised error)."""
     S = settings["size"]
     if frames.ndim != 4 or tuple(frames.shape[1:]) != (3, S, S):
         raise ValueError(f"frames must be (N,3,{S},{S}) for size={S}, got {tuple(frames.shape)}")
@@ -465,7 +467,7 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
     phi = lambda layer: LayerPhi(model, layer, mean=mean, std=std)
     rf = receptive_fields(model, S)
     T = {l: thesis_jitter(model, l, S, rf) for l in MAXIMIZE_LAYERS + INVERT_LAYERS + CARICATURE_LAYERS}
-    out = {"maxima": {}, "inversions": {}, "inversion_error": {}, "caricatures": {}}
+    out = {"maxima": {}, "inversions": {}, "inversion_error": {}, "caricatures": {}, "curves": {"maxima": {}, "inversion": {}}}
     for layer in MAXIMIZE_LAYERS:
         p = phi(layer)
         with torch.no_grad(): width = p(natural[:1]).shape[1]
@@ -473,11 +475,13 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
         r = maximize(p, units, shape=(3, S, S), M=unit_maximum(p, units, natural), jitter=T[layer],
                      num_iters=settings["max_iters"], seed=0, progress=progress)
         out["maxima"][layer] = r.images.detach().clamp(0, 1)
+        out["curves"]["maxima"][layer] = r.history["loss"].detach().mean(1)
     x0 = frames[:1].expand(settings["inits"], -1, -1, -1).contiguous()  # one frame, `inits` noise initialisations
     for layer in INVERT_LAYERS:
         r = invert(phi(layer), x0=x0, C=INVERSION_C.get(layer, 1.0), jitter=T[layer], num_iters=settings["inv_iters"],
                    finetune_iters=settings["finetune_iters"], seed=0, progress=progress)
         out["inversions"][layer], out["inversion_error"][layer] = r.images.detach().clamp(0, 1), r.error.detach()
+        out["curves"]["inversion"][layer] = r.history["loss"].detach().clamp_min(0).sqrt().mean(1)
     for layer in CARICATURE_LAYERS:
         r = caricature(phi(layer), frames, C=settings["car_C"], jitter=T[layer], num_iters=settings["car_iters"], seed=0,
                        progress=progress)
@@ -491,7 +495,14 @@ def network_fingerprint(model: nn.Module) -> str:
         h.update(k.encode()); h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
-PREIMAGE_SOLVER_VERSION = 2  # part of the cache key: 2 = the author's Z = Mρ²/1e4 and the momentum reset (Dec 2026)
+PREIMAGE_SOLVER_VERSION = 3  # part of the cache key: 2 = the author's Z = Mρ²/1e4 and the momentum reset; 3 = with curves
+
+def relative_fall(curve: torch.Tensor,  # `(T,)` a loss per iteration
+                  window: int = 50) -> float:
+    "How much a loss fell over its last `window` iterations, relative to its value then: `(c[-w-1] - c[-1]) / |c[-w-1]|`."
+    c = torch.as_tensor(curve, dtype=torch.float64).flatten()
+    if len(c) <= window: raise ValueError(f"relative_fall needs more than window={window} iterations, got {len(c)}")
+    return float((c[-window - 1] - c[-1]) / c[-window - 1].abs().clamp_min(1e-12))
 
 def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
                      cache_dir=None,  # where the cache files go (None: `core.runs_dir("06_visualize_motion")`)
