@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 import numpy as np
+from scipy import stats
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,8 +35,7 @@ from .transfer import calibrate_batchnorm, fine_tune_classifier, labelled_frames
 from .preimage import (IMAGENET_MEAN, IMAGENET_STD, LayerPhi, caricature, invert, maximize, natural_images,
                                  unit_maximum)
 
-# matplotlib, scikit-image and scipy are imported where they are used (the figures, the colour names, `null_interval`):
-# each is slow to import.
+# matplotlib and scikit-image are imported where they are used (the figures, the colour names): both are slow to import.
 
 # %% ../nbs/06_visualize_motion.ipynb #ece80b58
 PREIMAGE_PRESETS = {
@@ -421,7 +421,6 @@ def calibrated_thresholds(null: dict,  # `{seed: {layer: Dissection}}` of random
 def null_interval(counts,  # one count per null network
                   level: float = 0.95) -> tuple:
     "`(low, high)`: prediction interval for one more null network's count, mean ± t·s·√(1 + 1/n), clipped at 0."
-    from scipy import stats
     c = np.asarray(counts, dtype=float)
     if c.ndim != 1 or len(c) < 2: raise ValueError(f"null_interval needs at least 2 counts, got {len(c.reshape(-1))}")
     half = stats.t.ppf(0.5 + level / 2, len(c) - 1) * c.std(ddof=1) * np.sqrt(1 + 1 / len(c))

@@ -1065,6 +1065,7 @@ from motion_nbs.transfer import calibrate_batchnorm, paired_comparison
 import json
 from pathlib import Path
 
+import timm
 from IPython.display import Markdown, display
 from scipy import stats
 
@@ -1088,7 +1089,6 @@ def eff_input(x):
 
 def random_efficientnet(seed: int = 1):
     "EfficientNet-Lite0 at a seeded random initialisation, batch norm calibrated on `calib`."
-    import timm
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
