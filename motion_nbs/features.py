@@ -281,103 +281,8 @@ def _uoctti_normalize(hist, num_orientations: int):
     return torch.cat([0.5 * directed.sum(1), 0.5 * undirected.sum(1), texture], 1)
 
 # %% ../nbs/05a_features.ipynb #df32536f
-def _cell_taps(n_pixels: int, n_cells: int, kernel, offset: int, cell_size: int):
-    "The two cell slots (0..n_cells+1; the outer two are dropped) and tent weights of interior pixels 1..n_pixels: two `(2,n)`."
-    x = torch.arange(n_pixels, device=kernel.device) + 1 + offset
-    hi = torch.div(x, cell_size, rounding_mode="floor")
-    r = x - hi * cell_size
-    n = len(kernel)
-    w_lo = torch.where(r + cell_size < n, kernel[(r + cell_size).clamp(max=n - 1)], kernel.new_zeros(()))
-    return torch.stack([hi, hi - 1]).clamp(-1, n_cells) + 1, torch.stack([kernel[r], w_lo])
+_FUSED_HOG = None   # the fused cell layer of "Making it fast" (end of the chapter) once it is defined
 
-@functools.lru_cache(maxsize=16)
-def _pooling_taps(size: tuple, cells: tuple, cell_size: int, dtype, device):
-    "For the interior pixels of an image of `size`: the 4 (2 rows x 2 columns) cell slots `(1,4,H-2,W-2)` in a `(h+2)x(w+2)` plane and tent weights."
-    kernel, offset = bilinear_pooling_kernel(cell_size, dtype)
-    kernel = kernel.to(device)
-    (H, W), (h, w) = size, cells
-    ty, wy = _cell_taps(H - 2, h, kernel, offset, cell_size)
-    tx, wx = _cell_taps(W - 2, w, kernel, offset, cell_size)
-    slots = (ty[:, None, :, None] * (w + 2) + tx[None, :, None, :]).reshape(1, 4, H - 2, W - 2)
-    return slots, (wy[:, None, :, None] * wx[None, :, None, :]).reshape(1, 4, H - 2, W - 2)
-
-def _select_gradients(image):
-    "Unhalved central differences `(B,H-2,W-2)` of the channel with the largest gradient norm, and that channel `(B,1,H-2,W-2)` (None for one channel)."
-    gx = image[..., 1:-1, 2:] - image[..., 1:-1, :-2]
-    gy = image[..., 2:, 1:-1] - image[..., :-2, 1:-1]
-    if image.shape[1] == 1: return gx[:, 0], gy[:, 0], None
-    n2 = gx * gx + gy * gy
-    best, sel = n2[:, 0], torch.zeros_like(n2[:, :1], dtype=torch.long)
-    for c in range(1, image.shape[1]):  # VLFeat's strict '>' scan: the first maximum (argmax over a short dim is slow)
-        take = n2[:, c] > best
-        best, sel = torch.where(take, n2[:, c], best), sel.masked_fill_(take[:, None], c)
-    return gx.gather(1, sel)[:, 0], gy.gather(1, sel)[:, 0], sel
-
-class _HOGCells(torch.autograd.Function):
-    "Image `(B,C,H,W)` -> directed cell histograms `(B,2K',h,w)`: `_pool_cells_sparse` of `_hog_orientation_bins`, fused."
-    @staticmethod
-    def forward(ctx, image, directions, cell_size: int, cells, bilinear: bool):
-        B, C, H, W = image.shape
-        h, w = cells
-        no = directions.shape[1]
-        dx, dy = directions[0], directions[1]
-        gx, gy, sel = _select_gradients(image)
-        mag = _sqrt(gx * gx + gy * gy)
-        # VLFeat adds nothing where <g, u_k1> = 0, i.e. (for these orientations) where g = 0: then mag = 0 too
-        k1, k2 = _nearest_orientations(gx, gy, directions)
-        dx1, dy1 = dx.take(k1), dy.take(k1)
-        s1 = gx * dx1 + gy * dy1
-        bins = (k1 + no * (s1 < 0).long())[:, None]
-        ctx.bilinear, ctx.no, ctx.shape = bilinear, no, image.shape
-        if bilinear:
-            bins = torch.stack([bins[:, 0], k2 + no * ((gx * dx.take(k2) + gy * dy.take(k2)) < 0).long()], 1)
-            found = mag > 0
-            a1 = torch.where(found, s1.abs(), 1.0)
-            cr = gx * dy1 - gy * dx1
-            cross = cr.abs()
-            smooth = torch.atan2(cross, a1)
-            cos = (a1.double() / torch.where(found, mag, 1.0).double()).to(a1.dtype).clamp_(max=1)
-            frac = (smooth + (torch.acos(cos) - smooth)) * (no / math.pi)   # the reference's value, bit for bit
-            weights = torch.stack([(1 - frac) * mag, frac * mag], 1)
-            extra = (frac, a1, cross, cr.sign_(), s1.sign(), dx1, dy1)
-        else: weights, extra = mag[:, None], ()
-        slots, taps = _pooling_taps((H, W), (h, w), cell_size, image.dtype, image.device)
-        plane = (h + 2) * (w + 2)
-        first = torch.arange(B, device=image.device).view(B, 1, 1, 1) * (2 * no)
-        idx = ((bins + first) * plane)[:, :, None] + slots[:, None]              # (B,A,4,H-2,W-2)
-        vals = weights[:, :, None] * taps[:, None]
-        out = image.new_zeros(B * 2 * no * plane).scatter_add_(0, idx.view(-1), vals.view(-1))
-        ctx.save_for_backward(gx, gy, mag, idx, taps, *extra, *([] if sel is None else [sel]))
-        return out.view(B, 2 * no, h + 2, w + 2)[..., 1:-1, 1:-1]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        gx, gy, mag, idx, taps, *rest = ctx.saved_tensors
-        B, C, H, W = ctx.shape
-        g = F.pad(grad, (1, 1, 1, 1)).reshape(-1).index_select(0, idx.view(-1)).view(idx.shape)
-        gw = (g * taps[:, None]).sum(2)                     # d/d(pixel weights), (B,A,H-2,W-2)
-        inv = gw[:, 0] / torch.where(mag > 0, mag, math.inf)     # through mag = |g|: g/|g|; 0 where g = 0
-        if ctx.bilinear:
-            frac, a1, cross, sc, ss, dx1, dy1 = rest[:7]
-            rest = rest[7:]
-            g1, g2 = gw[:, 0], gw[:, 1]
-            inv = (g1 + (g2 - g1) * frac) / torch.where(mag > 0, mag, math.inf)
-            # through the angle a = atan2(cross, a1) of the split: da = (a1 dcross - cross da1) / (a1^2 + cross^2)
-            ga = (g2 - g1) * mag * (ctx.no / math.pi) / (a1 * a1 + cross * cross)
-            dc, ds = ga * a1 * sc, -ga * cross * ss
-            ggx, ggy = inv * gx + dc * dy1 + ds * dx1, inv * gy + ds * dy1 - dc * dx1
-        else: ggx, ggy = inv * gx, inv * gy
-        if rest:  # back to the selected channel
-            gxs = ggx.new_zeros(B, C, H - 2, W - 2).scatter_(1, rest[0], ggx[:, None])
-            gys = ggy.new_zeros(B, C, H - 2, W - 2).scatter_(1, rest[0], ggy[:, None])
-        else: gxs, gys = ggx[:, None], ggy[:, None]
-        gi = gxs.new_zeros(B, C, H, W)
-        gi[..., 1:-1, 2:] += gxs; gi[..., 1:-1, :-2] -= gxs   # transposed central differences
-        gi[..., 2:, 1:-1] += gys; gi[..., :-2, 1:-1] -= gys
-        return gi, None, None, None, None
-
-# %% ../nbs/05a_features.ipynb #df73b4ce
 class HOG(nn.Module):
     """UoCTTI HOG (VLFeat 0.9.21 `vl_hog`) as a differentiable network; HOGb with `bilinear_orientations`.
 
@@ -416,8 +321,8 @@ class HOG(nn.Module):
 
     def _forward(self, image, cells):
         directions = self.directions.to(image.dtype)
-        if torch.is_grad_enabled() and image.requires_grad:   # the fused layer: a much cheaper backward pass
-            hist = _HOGCells.apply(image, directions, self.cell_size, cells, self.bilinear_orientations)
+        if _FUSED_HOG is not None and torch.is_grad_enabled() and image.requires_grad:   # a much cheaper backward pass
+            hist = _FUSED_HOG(image, directions, self.cell_size, cells, self.bilinear_orientations)
         else:   # forward only: the reference pipeline is the faster one (no index of 4 cells per pixel to build)
             gx, gy = image_gradients(image, self.derivatives)
             bins = _hog_orientation_bins(gx, gy, _magnitude(gx, gy), directions, self.bilinear_orientations)
@@ -645,3 +550,102 @@ def plot_filter_banks(cell_size: int = 8, bin_size: int = 8, num_orientations: i
     ax.imshow(sift2d, cmap="viridis"); ax.set_title(f"DSIFT's 16 bin filters, b={bin_size}"); ax.axis("off")
     fig.tight_layout()
     return fig
+
+# %% ../nbs/05a_features.ipynb #e3ba25d9
+def _cell_taps(n_pixels: int, n_cells: int, kernel, offset: int, cell_size: int):
+    "The two cell slots (0..n_cells+1; the outer two are dropped) and tent weights of interior pixels 1..n_pixels: two `(2,n)`."
+    x = torch.arange(n_pixels, device=kernel.device) + 1 + offset
+    hi = torch.div(x, cell_size, rounding_mode="floor")
+    r = x - hi * cell_size
+    n = len(kernel)
+    w_lo = torch.where(r + cell_size < n, kernel[(r + cell_size).clamp(max=n - 1)], kernel.new_zeros(()))
+    return torch.stack([hi, hi - 1]).clamp(-1, n_cells) + 1, torch.stack([kernel[r], w_lo])
+
+@functools.lru_cache(maxsize=16)
+def _pooling_taps(size: tuple, cells: tuple, cell_size: int, dtype, device):
+    "For the interior pixels of an image of `size`: the 4 (2 rows x 2 columns) cell slots `(1,4,H-2,W-2)` in a `(h+2)x(w+2)` plane and tent weights."
+    kernel, offset = bilinear_pooling_kernel(cell_size, dtype)
+    kernel = kernel.to(device)
+    (H, W), (h, w) = size, cells
+    ty, wy = _cell_taps(H - 2, h, kernel, offset, cell_size)
+    tx, wx = _cell_taps(W - 2, w, kernel, offset, cell_size)
+    slots = (ty[:, None, :, None] * (w + 2) + tx[None, :, None, :]).reshape(1, 4, H - 2, W - 2)
+    return slots, (wy[:, None, :, None] * wx[None, :, None, :]).reshape(1, 4, H - 2, W - 2)
+
+def _select_gradients(image):
+    "Unhalved central differences `(B,H-2,W-2)` of the channel with the largest gradient norm, and that channel `(B,1,H-2,W-2)` (None for one channel)."
+    gx = image[..., 1:-1, 2:] - image[..., 1:-1, :-2]
+    gy = image[..., 2:, 1:-1] - image[..., :-2, 1:-1]
+    if image.shape[1] == 1: return gx[:, 0], gy[:, 0], None
+    n2 = gx * gx + gy * gy
+    best, sel = n2[:, 0], torch.zeros_like(n2[:, :1], dtype=torch.long)
+    for c in range(1, image.shape[1]):  # VLFeat's strict '>' scan: the first maximum (argmax over a short dim is slow)
+        take = n2[:, c] > best
+        best, sel = torch.where(take, n2[:, c], best), sel.masked_fill_(take[:, None], c)
+    return gx.gather(1, sel)[:, 0], gy.gather(1, sel)[:, 0], sel
+
+class _HOGCells(torch.autograd.Function):
+    "Image `(B,C,H,W)` -> directed cell histograms `(B,2K',h,w)`: `_pool_cells_sparse` of `_hog_orientation_bins`, fused."
+    @staticmethod
+    def forward(ctx, image, directions, cell_size: int, cells, bilinear: bool):
+        B, C, H, W = image.shape
+        h, w = cells
+        no = directions.shape[1]
+        dx, dy = directions[0], directions[1]
+        gx, gy, sel = _select_gradients(image)
+        mag = _sqrt(gx * gx + gy * gy)
+        # VLFeat adds nothing where <g, u_k1> = 0, i.e. (for these orientations) where g = 0: then mag = 0 too
+        k1, k2 = _nearest_orientations(gx, gy, directions)
+        dx1, dy1 = dx.take(k1), dy.take(k1)
+        s1 = gx * dx1 + gy * dy1
+        bins = (k1 + no * (s1 < 0).long())[:, None]
+        ctx.bilinear, ctx.no, ctx.shape = bilinear, no, image.shape
+        if bilinear:
+            bins = torch.stack([bins[:, 0], k2 + no * ((gx * dx.take(k2) + gy * dy.take(k2)) < 0).long()], 1)
+            found = mag > 0
+            a1 = torch.where(found, s1.abs(), 1.0)
+            cr = gx * dy1 - gy * dx1
+            cross = cr.abs()
+            smooth = torch.atan2(cross, a1)
+            cos = (a1.double() / torch.where(found, mag, 1.0).double()).to(a1.dtype).clamp_(max=1)
+            frac = (smooth + (torch.acos(cos) - smooth)) * (no / math.pi)   # the reference's value, bit for bit
+            weights = torch.stack([(1 - frac) * mag, frac * mag], 1)
+            extra = (frac, a1, cross, cr.sign_(), s1.sign(), dx1, dy1)
+        else: weights, extra = mag[:, None], ()
+        slots, taps = _pooling_taps((H, W), (h, w), cell_size, image.dtype, image.device)
+        plane = (h + 2) * (w + 2)
+        first = torch.arange(B, device=image.device).view(B, 1, 1, 1) * (2 * no)
+        idx = ((bins + first) * plane)[:, :, None] + slots[:, None]              # (B,A,4,H-2,W-2)
+        vals = weights[:, :, None] * taps[:, None]
+        out = image.new_zeros(B * 2 * no * plane).scatter_add_(0, idx.view(-1), vals.view(-1))
+        ctx.save_for_backward(gx, gy, mag, idx, taps, *extra, *([] if sel is None else [sel]))
+        return out.view(B, 2 * no, h + 2, w + 2)[..., 1:-1, 1:-1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        gx, gy, mag, idx, taps, *rest = ctx.saved_tensors
+        B, C, H, W = ctx.shape
+        g = F.pad(grad, (1, 1, 1, 1)).reshape(-1).index_select(0, idx.view(-1)).view(idx.shape)
+        gw = (g * taps[:, None]).sum(2)                     # d/d(pixel weights), (B,A,H-2,W-2)
+        inv = gw[:, 0] / torch.where(mag > 0, mag, math.inf)     # through mag = |g|: g/|g|; 0 where g = 0
+        if ctx.bilinear:
+            frac, a1, cross, sc, ss, dx1, dy1 = rest[:7]
+            rest = rest[7:]
+            g1, g2 = gw[:, 0], gw[:, 1]
+            inv = (g1 + (g2 - g1) * frac) / torch.where(mag > 0, mag, math.inf)
+            # through the angle a = atan2(cross, a1) of the split: da = (a1 dcross - cross da1) / (a1^2 + cross^2)
+            ga = (g2 - g1) * mag * (ctx.no / math.pi) / (a1 * a1 + cross * cross)
+            dc, ds = ga * a1 * sc, -ga * cross * ss
+            ggx, ggy = inv * gx + dc * dy1 + ds * dx1, inv * gy + ds * dy1 - dc * dx1
+        else: ggx, ggy = inv * gx, inv * gy
+        if rest:  # back to the selected channel
+            gxs = ggx.new_zeros(B, C, H - 2, W - 2).scatter_(1, rest[0], ggx[:, None])
+            gys = ggy.new_zeros(B, C, H - 2, W - 2).scatter_(1, rest[0], ggy[:, None])
+        else: gxs, gys = ggx[:, None], ggy[:, None]
+        gi = gxs.new_zeros(B, C, H, W)
+        gi[..., 1:-1, 2:] += gxs; gi[..., 1:-1, :-2] -= gxs   # transposed central differences
+        gi[..., 2:, 1:-1] += gys; gi[..., :-2, 1:-1] -= gys
+        return gi, None, None, None, None
+
+_FUSED_HOG = _HOGCells.apply   # from here on `HOG` takes the fused layer when a gradient is needed

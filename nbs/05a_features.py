@@ -509,149 +509,6 @@ def _uoctti_normalize(hist, num_orientations: int):
 
 
 # %% [markdown]
-# ## One fused layer for speed
-#
-# The pieces above are the definition; each is a handful of small tensor operations, and autograd adds
-# as many again for the backward pass (plus `where`s, slice gradients and zero fills). In the pre-image
-# solver HOG is evaluated hundreds of times on one image, and that bookkeeping — not arithmetic — is most
-# of the cost. `_HOGCells` computes the same cell histograms in one `autograd.Function` whose backward
-# pass is written out by hand:
-#
-# - forward: central differences of all channels at once, the channel of largest norm by `argmax`
-#   (first maximum on ties, as VLFeat), the orientation choice of `_nearest_orientations`, and the
-#   pooling as a single scatter: a pixel's weight goes to its $2\times2$ cells with the product of the two
-#   tents (the same cells and weights as `_pool_cells_sparse`);
-# - backward: gather the cell gradients back to the pixels, through the weights $m = \|\mathbf g\|$
-#   ($\partial m/\partial\mathbf g = \mathbf g/\|\mathbf g\|$) and, for HOGb, the angle
-#   $a = \operatorname{atan2}(|\mathbf g\times\mathbf u_{k_1}|, |\langle\mathbf g, \mathbf u_{k_1}\rangle|)$ of
-#   the bilinear split, and the derivative filters' transposes back to the selected channel.
-#
-# The values are those of the reference pipeline up to the order of float additions; the gradients are
-# those autograd computes through it (checked below and by `gradcheck` in the tests). `HOG` uses the fused
-# layer when a gradient is needed; for features alone the reference pipeline is the faster one (building
-# the index of four cells per pixel costs more than it saves without a backward pass). On a $224\times224$
-# colour image one forward+backward pass takes about 5 ms instead of 10–12 ms (2 threads;
-# `bench/bench_preimage.py`).
-
-# %%
-#| exporti
-def _cell_taps(n_pixels: int, n_cells: int, kernel, offset: int, cell_size: int):
-    "The two cell slots (0..n_cells+1; the outer two are dropped) and tent weights of interior pixels 1..n_pixels: two `(2,n)`."
-    x = torch.arange(n_pixels, device=kernel.device) + 1 + offset
-    hi = torch.div(x, cell_size, rounding_mode="floor")
-    r = x - hi * cell_size
-    n = len(kernel)
-    w_lo = torch.where(r + cell_size < n, kernel[(r + cell_size).clamp(max=n - 1)], kernel.new_zeros(()))
-    return torch.stack([hi, hi - 1]).clamp(-1, n_cells) + 1, torch.stack([kernel[r], w_lo])
-
-@functools.lru_cache(maxsize=16)
-def _pooling_taps(size: tuple, cells: tuple, cell_size: int, dtype, device):
-    "For the interior pixels of an image of `size`: the 4 (2 rows x 2 columns) cell slots `(1,4,H-2,W-2)` in a `(h+2)x(w+2)` plane and tent weights."
-    kernel, offset = bilinear_pooling_kernel(cell_size, dtype)
-    kernel = kernel.to(device)
-    (H, W), (h, w) = size, cells
-    ty, wy = _cell_taps(H - 2, h, kernel, offset, cell_size)
-    tx, wx = _cell_taps(W - 2, w, kernel, offset, cell_size)
-    slots = (ty[:, None, :, None] * (w + 2) + tx[None, :, None, :]).reshape(1, 4, H - 2, W - 2)
-    return slots, (wy[:, None, :, None] * wx[None, :, None, :]).reshape(1, 4, H - 2, W - 2)
-
-def _select_gradients(image):
-    "Unhalved central differences `(B,H-2,W-2)` of the channel with the largest gradient norm, and that channel `(B,1,H-2,W-2)` (None for one channel)."
-    gx = image[..., 1:-1, 2:] - image[..., 1:-1, :-2]
-    gy = image[..., 2:, 1:-1] - image[..., :-2, 1:-1]
-    if image.shape[1] == 1: return gx[:, 0], gy[:, 0], None
-    n2 = gx * gx + gy * gy
-    best, sel = n2[:, 0], torch.zeros_like(n2[:, :1], dtype=torch.long)
-    for c in range(1, image.shape[1]):  # VLFeat's strict '>' scan: the first maximum (argmax over a short dim is slow)
-        take = n2[:, c] > best
-        best, sel = torch.where(take, n2[:, c], best), sel.masked_fill_(take[:, None], c)
-    return gx.gather(1, sel)[:, 0], gy.gather(1, sel)[:, 0], sel
-
-class _HOGCells(torch.autograd.Function):
-    "Image `(B,C,H,W)` -> directed cell histograms `(B,2K',h,w)`: `_pool_cells_sparse` of `_hog_orientation_bins`, fused."
-    @staticmethod
-    def forward(ctx, image, directions, cell_size: int, cells, bilinear: bool):
-        B, C, H, W = image.shape
-        h, w = cells
-        no = directions.shape[1]
-        dx, dy = directions[0], directions[1]
-        gx, gy, sel = _select_gradients(image)
-        mag = _sqrt(gx * gx + gy * gy)
-        # VLFeat adds nothing where <g, u_k1> = 0, i.e. (for these orientations) where g = 0: then mag = 0 too
-        k1, k2 = _nearest_orientations(gx, gy, directions)
-        dx1, dy1 = dx.take(k1), dy.take(k1)
-        s1 = gx * dx1 + gy * dy1
-        bins = (k1 + no * (s1 < 0).long())[:, None]
-        ctx.bilinear, ctx.no, ctx.shape = bilinear, no, image.shape
-        if bilinear:
-            bins = torch.stack([bins[:, 0], k2 + no * ((gx * dx.take(k2) + gy * dy.take(k2)) < 0).long()], 1)
-            found = mag > 0
-            a1 = torch.where(found, s1.abs(), 1.0)
-            cr = gx * dy1 - gy * dx1
-            cross = cr.abs()
-            smooth = torch.atan2(cross, a1)
-            cos = (a1.double() / torch.where(found, mag, 1.0).double()).to(a1.dtype).clamp_(max=1)
-            frac = (smooth + (torch.acos(cos) - smooth)) * (no / math.pi)   # the reference's value, bit for bit
-            weights = torch.stack([(1 - frac) * mag, frac * mag], 1)
-            extra = (frac, a1, cross, cr.sign_(), s1.sign(), dx1, dy1)
-        else: weights, extra = mag[:, None], ()
-        slots, taps = _pooling_taps((H, W), (h, w), cell_size, image.dtype, image.device)
-        plane = (h + 2) * (w + 2)
-        first = torch.arange(B, device=image.device).view(B, 1, 1, 1) * (2 * no)
-        idx = ((bins + first) * plane)[:, :, None] + slots[:, None]              # (B,A,4,H-2,W-2)
-        vals = weights[:, :, None] * taps[:, None]
-        out = image.new_zeros(B * 2 * no * plane).scatter_add_(0, idx.view(-1), vals.view(-1))
-        ctx.save_for_backward(gx, gy, mag, idx, taps, *extra, *([] if sel is None else [sel]))
-        return out.view(B, 2 * no, h + 2, w + 2)[..., 1:-1, 1:-1]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        gx, gy, mag, idx, taps, *rest = ctx.saved_tensors
-        B, C, H, W = ctx.shape
-        g = F.pad(grad, (1, 1, 1, 1)).reshape(-1).index_select(0, idx.view(-1)).view(idx.shape)
-        gw = (g * taps[:, None]).sum(2)                     # d/d(pixel weights), (B,A,H-2,W-2)
-        inv = gw[:, 0] / torch.where(mag > 0, mag, math.inf)     # through mag = |g|: g/|g|; 0 where g = 0
-        if ctx.bilinear:
-            frac, a1, cross, sc, ss, dx1, dy1 = rest[:7]
-            rest = rest[7:]
-            g1, g2 = gw[:, 0], gw[:, 1]
-            inv = (g1 + (g2 - g1) * frac) / torch.where(mag > 0, mag, math.inf)
-            # through the angle a = atan2(cross, a1) of the split: da = (a1 dcross - cross da1) / (a1^2 + cross^2)
-            ga = (g2 - g1) * mag * (ctx.no / math.pi) / (a1 * a1 + cross * cross)
-            dc, ds = ga * a1 * sc, -ga * cross * ss
-            ggx, ggy = inv * gx + dc * dy1 + ds * dx1, inv * gy + ds * dy1 - dc * dx1
-        else: ggx, ggy = inv * gx, inv * gy
-        if rest:  # back to the selected channel
-            gxs = ggx.new_zeros(B, C, H - 2, W - 2).scatter_(1, rest[0], ggx[:, None])
-            gys = ggy.new_zeros(B, C, H - 2, W - 2).scatter_(1, rest[0], ggy[:, None])
-        else: gxs, gys = ggx[:, None], ggy[:, None]
-        gi = gxs.new_zeros(B, C, H, W)
-        gi[..., 1:-1, 2:] += gxs; gi[..., 1:-1, :-2] -= gxs   # transposed central differences
-        gi[..., 2:, 1:-1] += gys; gi[..., :-2, 1:-1] -= gys
-        return gi, None, None, None, None
-
-
-# %%
-# the fused layer equals the reference pipeline, in value and in gradient, for HOG and HOGb, 1 and 3 channels
-dirs9 = torch.tensor(np.stack([np.cos(np.arange(9) * np.pi / 9), np.sin(np.arange(9) * np.pi / 9)]))
-for bil in (False, True):
-    for C, cs, (H, W) in ((3, 8, (37, 45)), (1, 5, (29, 31)), (2, 6, (40, 38))):
-        im = torch.rand(2, C, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(C))
-        im[:, :, :6, :6] = 0.5                                 # a flat corner: zero gradients
-        kern, off = bilinear_pooling_kernel(cs)
-        cells = hog_cell_counts(H, W, cs)
-        probe = torch.randn(2, 18, *cells, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        a, b = im.clone().requires_grad_(), im.clone().requires_grad_()
-        gx, gy = image_gradients(a, derivative_filters())
-        ref = _pool_cells_sparse(_hog_orientation_bins(gx, gy, _magnitude(gx, gy), dirs9, bil), 18, kern, off, cs, cells)
-        fused = _HOGCells.apply(b, dirs9, cs, cells, bil)
-        test_close(fused, ref, eps=1e-12)
-        (ref * probe).sum().backward(); (fused * probe).sum().backward()
-        test_close(b.grad, a.grad, eps=1e-10)
-
-
-# %% [markdown]
 # ## The HOG network
 #
 # `HOG` chains the pieces: derivative filter bank, channel selection, orientation activation, tent
@@ -659,10 +516,14 @@ for bil in (False, True):
 # `BilinearOrientations` option), which the thesis found much easier to invert (table 5.2: 11.5% vs 36.6%
 # error). The fixed filters are buffers, so `.to(device)` moves them, and the computation follows the
 # input's dtype and device. A large batch is processed in chunks of about half a megapixel, which keeps
-# the per-pixel maps in cache (on a 2-core CPU this halves the time per image of a batch of 16).
+# the per-pixel maps in cache (on a 2-core CPU this halves the time per image of a batch of 16). When a gradient
+# is needed, `HOG` switches to one fused layer that computes the same histograms with a hand-written backward
+# pass ("Making it fast", at the end of the chapter).
 
 # %%
 #| export
+_FUSED_HOG = None   # the fused cell layer of "Making it fast" (end of the chapter) once it is defined
+
 class HOG(nn.Module):
     """UoCTTI HOG (VLFeat 0.9.21 `vl_hog`) as a differentiable network; HOGb with `bilinear_orientations`.
 
@@ -701,8 +562,8 @@ class HOG(nn.Module):
 
     def _forward(self, image, cells):
         directions = self.directions.to(image.dtype)
-        if torch.is_grad_enabled() and image.requires_grad:   # the fused layer: a much cheaper backward pass
-            hist = _HOGCells.apply(image, directions, self.cell_size, cells, self.bilinear_orientations)
+        if _FUSED_HOG is not None and torch.is_grad_enabled() and image.requires_grad:   # a much cheaper backward pass
+            hist = _FUSED_HOG(image, directions, self.cell_size, cells, self.bilinear_orientations)
         else:   # forward only: the reference pipeline is the faster one (no index of 4 cells per pixel to build)
             gx, gy = image_gradients(image, self.derivatives)
             bins = _hog_orientation_bins(gx, gy, _magnitude(gx, gy), directions, self.bilinear_orientations)
@@ -1114,6 +975,158 @@ for net in (HOG(), HOG(bilinear_orientations=True), DenseSIFT(bin_size=4, step=4
     x = torch.rand(2, 1, 24, 24, requires_grad=True)
     net(x).square().sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+# %% [markdown]
+# ## Making it fast: one fused HOG layer
+#
+# The pieces above are the definition; each is a handful of small tensor operations, and autograd adds
+# as many again for the backward pass (plus `where`s, slice gradients and zero fills). In the pre-image
+# solver HOG is evaluated hundreds of times on one image, and that bookkeeping — not arithmetic — is most
+# of the cost. `_HOGCells` computes the same cell histograms in one `autograd.Function` whose backward
+# pass is written out by hand:
+#
+# - forward: central differences of all channels at once, the channel of largest norm by `argmax`
+#   (first maximum on ties, as VLFeat), the orientation choice of `_nearest_orientations`, and the
+#   pooling as a single scatter: a pixel's weight goes to its $2\times2$ cells with the product of the two
+#   tents (the same cells and weights as `_pool_cells_sparse`);
+# - backward: gather the cell gradients back to the pixels, through the weights $m = \|\mathbf g\|$
+#   ($\partial m/\partial\mathbf g = \mathbf g/\|\mathbf g\|$) and, for HOGb, the angle
+#   $a = \operatorname{atan2}(|\mathbf g\times\mathbf u_{k_1}|, |\langle\mathbf g, \mathbf u_{k_1}\rangle|)$ of
+#   the bilinear split, and the derivative filters' transposes back to the selected channel.
+#
+# The values are those of the reference pipeline up to the order of float additions; the gradients are
+# those autograd computes through it (checked below and by `gradcheck` in the tests). `HOG` uses the fused
+# layer when a gradient is needed; for features alone the reference pipeline is the faster one (building
+# the index of four cells per pixel costs more than it saves without a backward pass). On a $224\times224$
+# colour image one forward+backward pass takes about 5 ms instead of 10–12 ms (2 threads;
+# `bench/bench_preimage.py`). `HOG` above calls it through `_FUSED_HOG`, which this section sets: a reader of the
+# chapter (and every test above) sees the plain pipeline, the package uses the fused one.
+
+# %%
+#| exporti
+def _cell_taps(n_pixels: int, n_cells: int, kernel, offset: int, cell_size: int):
+    "The two cell slots (0..n_cells+1; the outer two are dropped) and tent weights of interior pixels 1..n_pixels: two `(2,n)`."
+    x = torch.arange(n_pixels, device=kernel.device) + 1 + offset
+    hi = torch.div(x, cell_size, rounding_mode="floor")
+    r = x - hi * cell_size
+    n = len(kernel)
+    w_lo = torch.where(r + cell_size < n, kernel[(r + cell_size).clamp(max=n - 1)], kernel.new_zeros(()))
+    return torch.stack([hi, hi - 1]).clamp(-1, n_cells) + 1, torch.stack([kernel[r], w_lo])
+
+@functools.lru_cache(maxsize=16)
+def _pooling_taps(size: tuple, cells: tuple, cell_size: int, dtype, device):
+    "For the interior pixels of an image of `size`: the 4 (2 rows x 2 columns) cell slots `(1,4,H-2,W-2)` in a `(h+2)x(w+2)` plane and tent weights."
+    kernel, offset = bilinear_pooling_kernel(cell_size, dtype)
+    kernel = kernel.to(device)
+    (H, W), (h, w) = size, cells
+    ty, wy = _cell_taps(H - 2, h, kernel, offset, cell_size)
+    tx, wx = _cell_taps(W - 2, w, kernel, offset, cell_size)
+    slots = (ty[:, None, :, None] * (w + 2) + tx[None, :, None, :]).reshape(1, 4, H - 2, W - 2)
+    return slots, (wy[:, None, :, None] * wx[None, :, None, :]).reshape(1, 4, H - 2, W - 2)
+
+def _select_gradients(image):
+    "Unhalved central differences `(B,H-2,W-2)` of the channel with the largest gradient norm, and that channel `(B,1,H-2,W-2)` (None for one channel)."
+    gx = image[..., 1:-1, 2:] - image[..., 1:-1, :-2]
+    gy = image[..., 2:, 1:-1] - image[..., :-2, 1:-1]
+    if image.shape[1] == 1: return gx[:, 0], gy[:, 0], None
+    n2 = gx * gx + gy * gy
+    best, sel = n2[:, 0], torch.zeros_like(n2[:, :1], dtype=torch.long)
+    for c in range(1, image.shape[1]):  # VLFeat's strict '>' scan: the first maximum (argmax over a short dim is slow)
+        take = n2[:, c] > best
+        best, sel = torch.where(take, n2[:, c], best), sel.masked_fill_(take[:, None], c)
+    return gx.gather(1, sel)[:, 0], gy.gather(1, sel)[:, 0], sel
+
+class _HOGCells(torch.autograd.Function):
+    "Image `(B,C,H,W)` -> directed cell histograms `(B,2K',h,w)`: `_pool_cells_sparse` of `_hog_orientation_bins`, fused."
+    @staticmethod
+    def forward(ctx, image, directions, cell_size: int, cells, bilinear: bool):
+        B, C, H, W = image.shape
+        h, w = cells
+        no = directions.shape[1]
+        dx, dy = directions[0], directions[1]
+        gx, gy, sel = _select_gradients(image)
+        mag = _sqrt(gx * gx + gy * gy)
+        # VLFeat adds nothing where <g, u_k1> = 0, i.e. (for these orientations) where g = 0: then mag = 0 too
+        k1, k2 = _nearest_orientations(gx, gy, directions)
+        dx1, dy1 = dx.take(k1), dy.take(k1)
+        s1 = gx * dx1 + gy * dy1
+        bins = (k1 + no * (s1 < 0).long())[:, None]
+        ctx.bilinear, ctx.no, ctx.shape = bilinear, no, image.shape
+        if bilinear:
+            bins = torch.stack([bins[:, 0], k2 + no * ((gx * dx.take(k2) + gy * dy.take(k2)) < 0).long()], 1)
+            found = mag > 0
+            a1 = torch.where(found, s1.abs(), 1.0)
+            cr = gx * dy1 - gy * dx1
+            cross = cr.abs()
+            smooth = torch.atan2(cross, a1)
+            cos = (a1.double() / torch.where(found, mag, 1.0).double()).to(a1.dtype).clamp_(max=1)
+            frac = (smooth + (torch.acos(cos) - smooth)) * (no / math.pi)   # the reference's value, bit for bit
+            weights = torch.stack([(1 - frac) * mag, frac * mag], 1)
+            extra = (frac, a1, cross, cr.sign_(), s1.sign(), dx1, dy1)
+        else: weights, extra = mag[:, None], ()
+        slots, taps = _pooling_taps((H, W), (h, w), cell_size, image.dtype, image.device)
+        plane = (h + 2) * (w + 2)
+        first = torch.arange(B, device=image.device).view(B, 1, 1, 1) * (2 * no)
+        idx = ((bins + first) * plane)[:, :, None] + slots[:, None]              # (B,A,4,H-2,W-2)
+        vals = weights[:, :, None] * taps[:, None]
+        out = image.new_zeros(B * 2 * no * plane).scatter_add_(0, idx.view(-1), vals.view(-1))
+        ctx.save_for_backward(gx, gy, mag, idx, taps, *extra, *([] if sel is None else [sel]))
+        return out.view(B, 2 * no, h + 2, w + 2)[..., 1:-1, 1:-1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        gx, gy, mag, idx, taps, *rest = ctx.saved_tensors
+        B, C, H, W = ctx.shape
+        g = F.pad(grad, (1, 1, 1, 1)).reshape(-1).index_select(0, idx.view(-1)).view(idx.shape)
+        gw = (g * taps[:, None]).sum(2)                     # d/d(pixel weights), (B,A,H-2,W-2)
+        inv = gw[:, 0] / torch.where(mag > 0, mag, math.inf)     # through mag = |g|: g/|g|; 0 where g = 0
+        if ctx.bilinear:
+            frac, a1, cross, sc, ss, dx1, dy1 = rest[:7]
+            rest = rest[7:]
+            g1, g2 = gw[:, 0], gw[:, 1]
+            inv = (g1 + (g2 - g1) * frac) / torch.where(mag > 0, mag, math.inf)
+            # through the angle a = atan2(cross, a1) of the split: da = (a1 dcross - cross da1) / (a1^2 + cross^2)
+            ga = (g2 - g1) * mag * (ctx.no / math.pi) / (a1 * a1 + cross * cross)
+            dc, ds = ga * a1 * sc, -ga * cross * ss
+            ggx, ggy = inv * gx + dc * dy1 + ds * dx1, inv * gy + ds * dy1 - dc * dx1
+        else: ggx, ggy = inv * gx, inv * gy
+        if rest:  # back to the selected channel
+            gxs = ggx.new_zeros(B, C, H - 2, W - 2).scatter_(1, rest[0], ggx[:, None])
+            gys = ggy.new_zeros(B, C, H - 2, W - 2).scatter_(1, rest[0], ggy[:, None])
+        else: gxs, gys = ggx[:, None], ggy[:, None]
+        gi = gxs.new_zeros(B, C, H, W)
+        gi[..., 1:-1, 2:] += gxs; gi[..., 1:-1, :-2] -= gxs   # transposed central differences
+        gi[..., 2:, 1:-1] += gys; gi[..., :-2, 1:-1] -= gys
+        return gi, None, None, None, None
+
+_FUSED_HOG = _HOGCells.apply   # from here on `HOG` takes the fused layer when a gradient is needed
+
+# %%
+# the fused layer equals the reference pipeline, in value and in gradient, for HOG and HOGb, 1 and 3 channels
+dirs9 = torch.tensor(np.stack([np.cos(np.arange(9) * np.pi / 9), np.sin(np.arange(9) * np.pi / 9)]))
+for bil in (False, True):
+    for C, cs, (H, W) in ((3, 8, (37, 45)), (1, 5, (29, 31)), (2, 6, (40, 38))):
+        im = torch.rand(2, C, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(C))
+        im[:, :, :6, :6] = 0.5                                 # a flat corner: zero gradients
+        kern, off = bilinear_pooling_kernel(cs)
+        cells = hog_cell_counts(H, W, cs)
+        probe = torch.randn(2, 18, *cells, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        a, b = im.clone().requires_grad_(), im.clone().requires_grad_()
+        gx, gy = image_gradients(a, derivative_filters())
+        ref = _pool_cells_sparse(_hog_orientation_bins(gx, gy, _magnitude(gx, gy), dirs9, bil), 18, kern, off, cs, cells)
+        fused = _HOGCells.apply(b, dirs9, cs, cells, bil)
+        test_close(fused, ref, eps=1e-12)
+        (ref * probe).sum().backward(); (fused * probe).sum().backward()
+        test_close(b.grad, a.grad, eps=1e-10)
+_xh = torch.rand(1, 3, 40, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+(HOG(bilinear_orientations=True)(_xh) ** 2).sum().backward()   # the network through the fused layer
+_xr = _xh.detach().clone().requires_grad_()
+_h = HOG(bilinear_orientations=True)
+_ref = _uoctti_normalize(_pool_cells_sparse(_hog_orientation_bins(*image_gradients(_xr, _h.derivatives), _magnitude(*image_gradients(_xr, _h.derivatives)), _h.directions.double(), True), 18, _h.pooling.double(), _h.pool_offset, 8, hog_cell_counts(40, 48, 8)), 9)
+(_ref ** 2).sum().backward()
+test_close(_xh.grad, _xr.grad, eps=1e-10)
 
 # %% [markdown]
 # ## Summary
