@@ -497,11 +497,18 @@ def network_fingerprint(model: nn.Module) -> str:
 PREIMAGE_SOLVER_VERSION = 3  # part of the cache key: 2 = the author's Z = Mρ²/1e4 and the momentum reset; 3 = with curves
 
 def relative_fall(curve: torch.Tensor,  # `(T,)` a loss per iteration
-                  window: int = 50) -> float:
-    "How much a loss fell over its last `window` iterations, relative to its value then: `(c[-w-1] - c[-1]) / |c[-w-1]|`."
+                  window: int = 50,  # iterations looked back
+                  smooth: int = 1,  # average this many iterations at each end (jitter makes single values noisy)
+                  relative_to: str = "value"  # "value": to the loss `window` iterations ago; "total": to the whole fall
+                 ) -> float:
+    """How much a loss fell over its last `window` iterations: `(a - b) / |a|` ("value") or `(a - b) / (c[0] - b)` ("total"),
+    with `b` the mean of the last `smooth` values and `a` the mean of the `smooth` values `window` iterations earlier."""
+    check_choice("relative_to", relative_to, ("value", "total"))
     c = torch.as_tensor(curve, dtype=torch.float64).flatten()
-    if len(c) <= window: raise ValueError(f"relative_fall needs more than window={window} iterations, got {len(c)}")
-    return float((c[-window - 1] - c[-1]) / c[-window - 1].abs().clamp_min(1e-12))
+    if len(c) < window + smooth: raise ValueError(f"relative_fall needs at least window + smooth = {window + smooth} iterations, got {len(c)}")
+    b = c[-smooth:].mean()
+    a = c[len(c) - window - smooth:len(c) - window].mean()
+    return float((a - b) / ((a.abs() if relative_to == "value" else (c[0] - b).abs()).clamp_min(1e-12)))
 
 def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
                      cache_dir=None,  # where the cache files go (None: `core.runs_dir("06_visualize_motion")`)

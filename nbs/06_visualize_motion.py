@@ -1027,11 +1027,18 @@ def network_fingerprint(model: nn.Module) -> str:
 PREIMAGE_SOLVER_VERSION = 3  # part of the cache key: 2 = the author's Z = Mρ²/1e4 and the momentum reset; 3 = with curves
 
 def relative_fall(curve: torch.Tensor,  # `(T,)` a loss per iteration
-                  window: int = 50) -> float:
-    "How much a loss fell over its last `window` iterations, relative to its value then: `(c[-w-1] - c[-1]) / |c[-w-1]|`."
+                  window: int = 50,  # iterations looked back
+                  smooth: int = 1,  # average this many iterations at each end (jitter makes single values noisy)
+                  relative_to: str = "value"  # "value": to the loss `window` iterations ago; "total": to the whole fall
+                 ) -> float:
+    """How much a loss fell over its last `window` iterations: `(a - b) / |a|` ("value") or `(a - b) / (c[0] - b)` ("total"),
+    with `b` the mean of the last `smooth` values and `a` the mean of the `smooth` values `window` iterations earlier."""
+    check_choice("relative_to", relative_to, ("value", "total"))
     c = torch.as_tensor(curve, dtype=torch.float64).flatten()
-    if len(c) <= window: raise ValueError(f"relative_fall needs more than window={window} iterations, got {len(c)}")
-    return float((c[-window - 1] - c[-1]) / c[-window - 1].abs().clamp_min(1e-12))
+    if len(c) < window + smooth: raise ValueError(f"relative_fall needs at least window + smooth = {window + smooth} iterations, got {len(c)}")
+    b = c[-smooth:].mean()
+    a = c[len(c) - window - smooth:len(c) - window].mean()
+    return float((a - b) / ((a.abs() if relative_to == "value" else (c[0] - b).abs()).clamp_min(1e-12)))
 
 def cached_preimages(model: nn.Module, frames: torch.Tensor, settings: dict,
                      cache_dir=None,  # where the cache files go (None: `core.runs_dir("06_visualize_motion")`)
@@ -1065,7 +1072,9 @@ _frames = torch.stack([SceneDataset("shapes", length=2, seed=5, size=(64, 64))[i
 test_eq([thesis_jitter(_random_net(0), l, 64) for l in ("conv1", "conv2", "conv5", "fc6")], [1, 2, 4, 8])
 test_close(relative_fall(torch.tensor([4.0, 2.0, 1.0]), window=1), 0.5)
 test_close(relative_fall(torch.tensor([-1.0, -1.5, -2.0]), window=2), 1.0)   # a maximisation's negative loss
-test_fail(lambda: relative_fall(torch.ones(50)), contains="more than window=50")
+test_close(relative_fall(torch.tensor([9.0, 5.0, 3.0, 2.0, 1.0]), window=2, smooth=2), (4.0 - 1.5) / 4.0)   # means of 2 at each end
+test_close(relative_fall(torch.tensor([0.0, -8.0, -9.0, -10.0]), window=2, relative_to="total"), 0.2)       # (-8 + 10) / (0 + 10)
+test_fail(lambda: relative_fall(torch.ones(50)), contains="at least window + smooth = 51")
 with tempfile.TemporaryDirectory() as _dir:
     _p = cached_preimages(_random_net(0), _frames, _tiny, cache_dir=_dir)
     test_eq(_p["maxima"]["conv3"].shape, (2, 3, 64, 64)); test_eq(_p["maxima"]["fc7"].shape, (1, 3, 64, 64))
@@ -1194,7 +1203,9 @@ fig = show_images(ims, titles, ncols=1 + len(INVERT_LAYERS), size=2.0)
 # normalised error (unsquared, averaged over the four initialisations; the last 10 iterations are the
 # fine-tuning stage without jitter), for activation maximisation $-\langle\Phi(x), e\rangle/Z$ averaged over
 # the units. The thesis runs until the error stops falling; the criterion here is a fall of less than 1 %
-# over the last 50 iterations (`relative_fall`). The `cpu` preset stops at 80 iterations whatever the
+# over the last 50 iterations (`relative_fall`, averaging 10 iterations at each end because the jitter makes
+# single values noisy): of the error itself for inversion, and of the whole fall since the start for
+# maximisation (its loss starts near zero and changes sign, so a fall relative to its value means nothing). The `cpu` preset stops at 80 iterations whatever the
 # curves say — its 10-minute budget, not convergence, sets the length — so this cell reports which
 # curves were still falling; `preset = "paper"` (300 + 50 iterations) is the run that can meet the criterion.
 
@@ -1208,11 +1219,22 @@ for j, n in enumerate(nets):
     axes[1, j].set_xlabel("iteration")
 axes[0, -1].legend(fontsize=7); axes[1, -1].legend(fontsize=7, ncol=2); fig.tight_layout()
 for n in nets:
-    falls = {f"inv {l}": relative_fall(c) for l, c in pre[n]["curves"]["inversion"].items()}
-    falls.update({f"max {l}": relative_fall(c) for l, c in pre[n]["curves"]["maxima"].items()})
+    falls = {f"inv {l}": relative_fall(c, smooth=10) for l, c in pre[n]["curves"]["inversion"].items()}
+    falls.update({f"max {l}": relative_fall(c, smooth=10, relative_to="total") for l, c in pre[n]["curves"]["maxima"].items()})
     still = [k for k, v in falls.items() if v > 0.01]
     print(f"{short(n)}: fall over the last 50 iterations " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in falls.items()))
     print(f"   still falling by more than 1 %: {', '.join(still) or 'none'}")
+
+# %% [markdown]
+# Measured (the 4 Dec run, `cpu` preset): **none of the curves has converged at 80 iterations.** Over the last
+# 50 iterations the inversion errors fell by 32–80 % of their value (CPFS 39–53 %, random 32–57 %, supervised
+# 38–80 %; for relu2–relu5 the last 10 of them are the fine-tuning stage without jitter, where the error drops
+# sharply), and the maximisations made 17–95 % of their whole progress (conv1, whose loss flattens after
+# about 40 iterations, 22 % in all three networks; the deeper layers 44–78 %). The pre-images of this chapter
+# at the `cpu` preset are therefore snapshots of unfinished optimisations — the comparisons between networks
+# hold for equal budgets, not for converged solutions. Meeting the 1 % criterion needs the `paper` preset's
+# 300 + 50 iterations or more, which this machine's ten-minute budget does not allow; that run has not been
+# made here.
 
 # %% [markdown]
 # ### Caricatures (fig 6.7)
