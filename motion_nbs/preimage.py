@@ -220,88 +220,12 @@ def algorithm1_step(x: torch.Tensor,  # (B,C,H,W) current image x_t, updated in 
             x.mul_(norm2.sqrt_().clamp_(min=bound).reciprocal_().mul_(bound))   # min(1, B+/|x|) per pixel
     return x
 
-# %% ../nbs/05b_preimage.ipynb #6f53ba95
-if numba is not None:
-    @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
-    def _fused_kernel(im, g, G, mu, mean, rows, edges, nchunks, reg, k):
-        """In place on `im`: x_t = (im - mean)*scale; the regularisers at x_t (their sums per chunk into `rows`); Algorithm 1
-        with g plus their gradient, into G and mu; and im <- mean + x_{t+1}/scale. `nchunks` chunks of rows per image;
-        `edges` receives x_t of the rows just outside each chunk. k = (alpha/2 - 1, c_alpha, c_tv, 1/lr, rho, B+, scale, 1/scale).
-        Without `reg` the regularisers are left out (g already holds their gradient; the caller passes c_tv = 0)."""
-        pa, ca, ct, inv_lr, rho, bound, scale, inv_scale = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-        nb, nc, H, W = im.shape
-        b2 = bound * bound
-        size = (H + nchunks - 1) // nchunks           # rows per chunk
-        for t in numba.prange(nb * nchunks):          # x_t of the rows next to each chunk, before anyone overwrites them
-            b, q = t // nchunks, t % nchunks
-            r0, r1 = q * size, min(H, (q + 1) * size)
-            for c in range(nc):
-                if 0 < r0 < H:
-                    for j in range(W): edges[b, q, 0, c, j] = (im[b, c, r0 - 1, j] - mean[c]) * scale
-                if r1 < H:
-                    for j in range(W): edges[b, q, 1, c, j] = (im[b, c, r1, j] - mean[c]) * scale
-        for t in numba.prange(nb * nchunks):          # one chunk per task, its rows in order
-            b, q = t // nchunks, t % nchunks
-            r0, r1 = q * size, min(H, (q + 1) * size)
-            ra, tv = 0.0, 0.0
-            if r0 < r1:
-                # x_t of the rows above, at and below row i, with one replicated pixel at each end (the TV border)
-                up, cur, dn = np.empty((nc, W + 2), im.dtype), np.empty((nc, W + 2), im.dtype), np.empty((nc, W + 2), im.dtype)
-                out = np.empty((nc, W), im.dtype)
-                s, n2, cp = np.empty(W, im.dtype), np.empty(W, im.dtype), np.zeros(W, im.dtype)
-                for c in range(nc):
-                    for j in range(W): cur[c, j + 1] = (im[b, c, r0, j] - mean[c]) * scale
-                    if r0 > 0:
-                        for j in range(W): up[c, j + 1] = edges[b, q, 0, c, j]
-                for i in range(r0, r1):
-                    if i + 1 < H:
-                        for c in range(nc):
-                            if i + 1 < r1:
-                                for j in range(W): dn[c, j + 1] = (im[b, c, i + 1, j] - mean[c]) * scale
-                            else:
-                                for j in range(W): dn[c, j + 1] = edges[b, q, 1, c, j]
-                    xu_rows = up if i > 0 else cur       # replicated border rows
-                    xd_rows = dn if i + 1 < H else cur
-                    if reg:                               # alpha-norm: value p*s and gradient ca*p*x per pixel (else cp = 0)
-                        for j in range(W): s[j] = 0
-                        for c in range(nc):
-                            for j in range(W): s[j] += cur[c, j + 1] * cur[c, j + 1]
-                        for j in range(W):
-                            if pa == 2.0: p = s[j] * s[j]
-                            elif pa == 0.0: p = s[j] * 0 + 1
-                            elif s[j] > 0: p = s[j] ** pa
-                            else: p = s[j] * 0
-                            ra += p * s[j]
-                            cp[j] = ca * p
-                    for j in range(W): n2[j] = 0
-                    for c in range(nc):
-                        xr, xu, xd = cur[c], xu_rows[c], xd_rows[c]
-                        xr[0], xr[W + 1] = xr[1], xr[W]
-                        gr, Gr, mr, o = g[b, c, i], G[b, c, i], mu[b, c, i], out[c]
-                        for j in range(W):                # TV with beta = 2 (a Laplacian) and Algorithm 1, lines 4-7
-                            x0 = xr[j + 1]
-                            dv, dh = xd[j + 1] - x0, xr[j + 2] - x0
-                            tv += dv * dv + dh * dh
-                            gj = gr[j] + cp[j] * x0 + ct * (4 * x0 - xu[j + 1] - xd[j + 1] - xr[j] - xr[j + 2])
-                            Gv = rho * Gr[j] + gj * gj
-                            Gr[j] = Gv
-                            m = rho * mr[j] - gj / (inv_lr + math.sqrt(Gv))
-                            mr[j] = m
-                            w = x0 + m
-                            o[j] = w
-                            n2[j] += w * w
-                    for j in range(W):                    # line 8: the projection onto |x_pixel| <= B+
-                        n2[j] = bound / math.sqrt(n2[j]) if n2[j] > b2 else n2[j] * 0 + 1
-                    for c in range(nc):
-                        o, ir, mc = out[c], im[b, c, i], mean[c]
-                        for j in range(W): ir[j] = mc + o[j] * n2[j] * inv_scale
-                    up, cur, dn = cur, dn, up             # row i's x_t is the next row's upper neighbour
-            rows[0, t] = ra
-            rows[1, t] = tv
+# %% ../nbs/05b_preimage.ipynb #5952848b
+_FUSED_STEP = None   # the compiled one-pass update of "Making it fast" (end of the chapter) once it is defined
 
 def fused_available(x: torch.Tensor) -> bool:
     "Whether `regularize_and_step` can take the compiled one-pass path for `x` (numba present, CPU, float32/64)."
-    return numba is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    return _FUSED_STEP is not None and numba is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 def prepare_update(image: torch.Tensor,  # (B,C,H,W) an iterate (book units): its shape, dtype and device
                    mean: torch.Tensor,  # (1,C,1,1) image mean
@@ -326,31 +250,7 @@ def prepare_update(image: torch.Tensor,  # (B,C,H,W) an iterate (book units): it
             torch.add(mean, x, alpha=1 / p.scale, out=image)
             return torch.stack((ra, rtv))
         return step
-    Bn, nc, H, W = image.shape
-    in_kernel = p.beta == 2.0        # other β: the TV term through regularizer_terms, the rest in the kernel
-    norm = np.array([[1 / (H * W * p.B ** p.alpha)], [1 / (H * W * p.tv_scale ** 2)]])
-    m = mean.reshape(-1).to(image.dtype).numpy()
-    # constants in the images' precision (float32 loops vectorise); k[3] = 1/lr is set per call
-    # (without in_kernel the regularisers' gradient comes with grad: the kernel's TV coefficient is 0)
-    k = np.array([p.alpha / 2 - 1, grad_scale * p.alpha / (H * W * p.B ** p.alpha),
-                  grad_scale * 2 / (H * W * p.tv_scale ** 2) if in_kernel else 0.0,
-                  1.0, p.momentum, p.bound, p.scale, 1 / p.scale], dtype=m.dtype)
-    buf = {}                         # per-chunk sums and saved edge rows, by number of chunks
-    def step(image, grad, G, mu, lr):
-        if not in_kernel:
-            ra, rtv, reg_grad = regularizer_terms((image - mean) * p.scale, p.alpha, p.B, p.beta, p.tv_scale)
-            grad.add_(reg_grad, alpha=grad_scale)
-        n = torch.get_num_threads()
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-        nch = max(1, min(H, n))      # one chunk of rows per thread
-        if nch not in buf: buf[nch] = (np.zeros((2, Bn * nch)), np.empty((Bn, nch, 2, nc, W), m.dtype))
-        rows, edges = buf[nch]
-        k[3] = 1 / lr
-        _fused_kernel(image.detach().numpy(), grad.detach().numpy(), G.numpy(), mu.numpy(), m, rows, edges, nch, in_kernel, k)
-        if torch.get_num_threads() != n: torch.set_num_threads(n)   # numba's thread setting can leak into torch's
-        if in_kernel: return rows.reshape(2, Bn, nch).sum(2) * norm
-        return torch.stack((ra, rtv)).numpy()
-    return step
+    return _FUSED_STEP(image, mean, p, grad_scale)
 
 def regularize_and_step(image: torch.Tensor,  # (B,C,H,W) mean + x_t/scale (book units); becomes mean + x_{t+1}/scale
                         grad: torch.Tensor,  # the data terms' gradient w.r.t. x_t (on the solver's scale); may be modified
@@ -717,3 +617,112 @@ def gradient_histogram_intersection(x: torch.Tensor,  # (B,C,H,W) pre-images in 
         mag = (dx.square() + dy.square()).sum(1).sqrt().clamp(max=max_value * (1 - 1e-6))
         return torch.stack([torch.histc(m, bins, 0, max_value) / m.numel() for m in mag])
     return torch.minimum(hists(x), hists(x0)).sum(1)
+
+# %% ../nbs/05b_preimage.ipynb #2a53b3df
+if numba is not None:
+    @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+    def _fused_kernel(im, g, G, mu, mean, rows, edges, nchunks, reg, k):
+        """In place on `im`: x_t = (im - mean)*scale; the regularisers at x_t (their sums per chunk into `rows`); Algorithm 1
+        with g plus their gradient, into G and mu; and im <- mean + x_{t+1}/scale. `nchunks` chunks of rows per image;
+        `edges` receives x_t of the rows just outside each chunk. k = (alpha/2 - 1, c_alpha, c_tv, 1/lr, rho, B+, scale, 1/scale).
+        Without `reg` the regularisers are left out (g already holds their gradient; the caller passes c_tv = 0)."""
+        pa, ca, ct, inv_lr, rho, bound, scale, inv_scale = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
+        nb, nc, H, W = im.shape
+        b2 = bound * bound
+        size = (H + nchunks - 1) // nchunks           # rows per chunk
+        for t in numba.prange(nb * nchunks):          # x_t of the rows next to each chunk, before anyone overwrites them
+            b, q = t // nchunks, t % nchunks
+            r0, r1 = q * size, min(H, (q + 1) * size)
+            for c in range(nc):
+                if 0 < r0 < H:
+                    for j in range(W): edges[b, q, 0, c, j] = (im[b, c, r0 - 1, j] - mean[c]) * scale
+                if r1 < H:
+                    for j in range(W): edges[b, q, 1, c, j] = (im[b, c, r1, j] - mean[c]) * scale
+        for t in numba.prange(nb * nchunks):          # one chunk per task, its rows in order
+            b, q = t // nchunks, t % nchunks
+            r0, r1 = q * size, min(H, (q + 1) * size)
+            ra, tv = 0.0, 0.0
+            if r0 < r1:
+                # x_t of the rows above, at and below row i, with one replicated pixel at each end (the TV border)
+                up, cur, dn = np.empty((nc, W + 2), im.dtype), np.empty((nc, W + 2), im.dtype), np.empty((nc, W + 2), im.dtype)
+                out = np.empty((nc, W), im.dtype)
+                s, n2, cp = np.empty(W, im.dtype), np.empty(W, im.dtype), np.zeros(W, im.dtype)
+                for c in range(nc):
+                    for j in range(W): cur[c, j + 1] = (im[b, c, r0, j] - mean[c]) * scale
+                    if r0 > 0:
+                        for j in range(W): up[c, j + 1] = edges[b, q, 0, c, j]
+                for i in range(r0, r1):
+                    if i + 1 < H:
+                        for c in range(nc):
+                            if i + 1 < r1:
+                                for j in range(W): dn[c, j + 1] = (im[b, c, i + 1, j] - mean[c]) * scale
+                            else:
+                                for j in range(W): dn[c, j + 1] = edges[b, q, 1, c, j]
+                    xu_rows = up if i > 0 else cur       # replicated border rows
+                    xd_rows = dn if i + 1 < H else cur
+                    if reg:                               # alpha-norm: value p*s and gradient ca*p*x per pixel (else cp = 0)
+                        for j in range(W): s[j] = 0
+                        for c in range(nc):
+                            for j in range(W): s[j] += cur[c, j + 1] * cur[c, j + 1]
+                        for j in range(W):
+                            if pa == 2.0: p = s[j] * s[j]
+                            elif pa == 0.0: p = s[j] * 0 + 1
+                            elif s[j] > 0: p = s[j] ** pa
+                            else: p = s[j] * 0
+                            ra += p * s[j]
+                            cp[j] = ca * p
+                    for j in range(W): n2[j] = 0
+                    for c in range(nc):
+                        xr, xu, xd = cur[c], xu_rows[c], xd_rows[c]
+                        xr[0], xr[W + 1] = xr[1], xr[W]
+                        gr, Gr, mr, o = g[b, c, i], G[b, c, i], mu[b, c, i], out[c]
+                        for j in range(W):                # TV with beta = 2 (a Laplacian) and Algorithm 1, lines 4-7
+                            x0 = xr[j + 1]
+                            dv, dh = xd[j + 1] - x0, xr[j + 2] - x0
+                            tv += dv * dv + dh * dh
+                            gj = gr[j] + cp[j] * x0 + ct * (4 * x0 - xu[j + 1] - xd[j + 1] - xr[j] - xr[j + 2])
+                            Gv = rho * Gr[j] + gj * gj
+                            Gr[j] = Gv
+                            m = rho * mr[j] - gj / (inv_lr + math.sqrt(Gv))
+                            mr[j] = m
+                            w = x0 + m
+                            o[j] = w
+                            n2[j] += w * w
+                    for j in range(W):                    # line 8: the projection onto |x_pixel| <= B+
+                        n2[j] = bound / math.sqrt(n2[j]) if n2[j] > b2 else n2[j] * 0 + 1
+                    for c in range(nc):
+                        o, ir, mc = out[c], im[b, c, i], mean[c]
+                        for j in range(W): ir[j] = mc + o[j] * n2[j] * inv_scale
+                    up, cur, dn = cur, dn, up             # row i's x_t is the next row's upper neighbour
+            rows[0, t] = ra
+            rows[1, t] = tv
+
+def _fused_step(image, mean, p, grad_scale):
+    "`prepare_update`'s step through `_fused_kernel`: constants and buffers prepared once."
+    Bn, nc, H, W = image.shape
+    in_kernel = p.beta == 2.0        # other β: the TV term through regularizer_terms, the rest in the kernel
+    norm = np.array([[1 / (H * W * p.B ** p.alpha)], [1 / (H * W * p.tv_scale ** 2)]])
+    m = mean.reshape(-1).to(image.dtype).numpy()
+    # constants in the images' precision (float32 loops vectorise); k[3] = 1/lr is set per call
+    # (without in_kernel the regularisers' gradient comes with grad: the kernel's TV coefficient is 0)
+    k = np.array([p.alpha / 2 - 1, grad_scale * p.alpha / (H * W * p.B ** p.alpha),
+                  grad_scale * 2 / (H * W * p.tv_scale ** 2) if in_kernel else 0.0,
+                  1.0, p.momentum, p.bound, p.scale, 1 / p.scale], dtype=m.dtype)
+    buf = {}                         # per-chunk sums and saved edge rows, by number of chunks
+    def step(image, grad, G, mu, lr):
+        if not in_kernel:
+            ra, rtv, reg_grad = regularizer_terms((image - mean) * p.scale, p.alpha, p.B, p.beta, p.tv_scale)
+            grad.add_(reg_grad, alpha=grad_scale)
+        n = torch.get_num_threads()
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        nch = max(1, min(H, n))      # one chunk of rows per thread
+        if nch not in buf: buf[nch] = (np.zeros((2, Bn * nch)), np.empty((Bn, nch, 2, nc, W), m.dtype))
+        rows, edges = buf[nch]
+        k[3] = 1 / lr
+        _fused_kernel(image.detach().numpy(), grad.detach().numpy(), G.numpy(), mu.numpy(), m, rows, edges, nch, in_kernel, k)
+        if torch.get_num_threads() != n: torch.set_num_threads(n)   # numba's thread setting can leak into torch's
+        if in_kernel: return rows.reshape(2, Bn, nch).sum(2) * norm
+        return torch.stack((ra, rtv)).numpy()
+    return step
+
+_FUSED_STEP = _fused_step if numba is not None else None   # from here on `prepare_update` takes the one-pass kernel
