@@ -1185,13 +1185,34 @@ for (net, weights) in nets:
         print(f"{net:19s} {weights:8s} {method:17s} − baseline: {c['mean_difference']:+6.1f} [{c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}] "
               f"p = {c['p']:.2g} -> '{claim}': {verdicts[-1]['thesis_ordering']}")
 
+
+# %% [markdown]
+# Two more comparisons the controls make possible: *trained above random weights* (does the segmentation come
+# from what the network learned?) and, for the trained networks, the thesis' other ordering, *Network Saliency
+# and Guided Backprop above DeConvNet*:
+
+# %%
+#| slow
+def iou_of(method, net, weights): return 100 * per_image[f"{method} | {net} | {weights}"]["iou"].numpy()
+
+contrasts = []
+for net in ARCH | {"EfficientNet-Lite0": None}:
+    for method in SEG_RULES:
+        contrasts.append(dict(a=f"{method} | {net} | trained", b=f"{method} | {net} | random",
+                              **paired_comparison(iou_of(method, net, "trained"), iou_of(method, net, "random"))))
+    for method in ("Network Saliency", "Guided Backprop"):
+        contrasts.append(dict(a=f"{method} | {net} | trained", b=f"DeConvNet | {net} | trained",
+                              **paired_comparison(iou_of(method, net, "trained"), iou_of("DeConvNet", net, "trained"))))
+for c in contrasts:
+    print(f"{c['a']:45s} − {c['b']:40s} {c['mean_difference']:+6.1f} [{c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}] p = {c['p']:.2g}: {c['verdict']}")
+
 # %% [markdown]
 # The results are saved to `nbs/07_grabcut_results.json` (the prose below is written from it):
 
 # %%
 #| slow
 results = dict(world="objects", num_test_scenes=N_TEST, classifiers={n: scores[n] for n in scores},
-               steps=STEPS, rows=rows, orderings=verdicts,
+               steps=STEPS, rows=rows, orderings=verdicts, contrasts=contrasts,
                protocol="GrabCut seeded by the L-inf saliency map of the top class (foreground above the 95th percentile, "
                         "background below the 30th); random weights: seeded initialisation, batch norm calibrated on 512 training frames")
 with atomic_write(Path.cwd() / "07_grabcut_results.json") as tmp: tmp.write_text(json.dumps(results, indent=1))
