@@ -117,7 +117,7 @@
 # | 7.5 | the same for two other images | the same section |
 # | 7.6 | lack of neuron selectivity: three selectors, one bottleneck | [07_reversed](07_reversed.ipynb) "Selectivity of the reversed output (fig 7.6)" |
 # | 7.7 | the finite support of a neuron | [07_reversed](07_reversed.ipynb) "Neuron support (fig 7.7)" |
-# | 7.8 | foreground selectivity of the three methods (VGG-VD pool5, fc8) | partial: a number, not the picture: the share of each saliency map's mass on the objects, in [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)", classifiers trained on `shapes` |
+# | 7.8 | foreground selectivity of the three methods (VGG-VD pool5, fc8) | partial: a number, not the picture: the share of each saliency map's mass on the objects, in [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)", classifiers trained on the `objects` world, with random-weight controls |
 # | 7.9 | the analogy with the phase of the Fourier transform | [07_reversed](07_reversed.ipynb) "Phase and bottleneck (fig 7.9)" |
-# | 7.10 | Guided Backprop with LRN reversed as the identity or by BP | [07_reversed](07_reversed.ipynb) "LRN (fig 7.10)"; an AlexNet trained on `shapes` |
-# | 7.11 | saliency maps and the GrabCut segmentations they seed | [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)"; `shapes` scenes instead of ImageNet's segmentation set |
+# | 7.10 | Guided Backprop with LRN reversed as the identity or by BP | [07_reversed](07_reversed.ipynb) "LRN (fig 7.10)"; the appendix-A AlexNet (with LRN) trained on the `objects` world to 90.6 % |
+# | 7.11 | saliency maps and the GrabCut segmentations they seed | [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)"; 500 `objects` frames instead of ImageNet's segmentation set |
