@@ -79,7 +79,7 @@ from fastcore.test import test_close, test_eq, test_fail
 # the probe they are 4.4 (α-norm) and 8.2 (TV) rather than the ≈ 1 the normalisation aims for — and a
 # caricature only blurs towards the mean colour (this chapter's earlier $C = 1$ runs did the same);
 # $C = 20$ gives the thesis' exaggerated patterns. The networks themselves come from their checkpoints
-# (chapter 03's `cpu` CPFS run and the supervised run below) in both presets.
+# (03_cpfs_transfer's `objects_ce_seed0` CPFS run and the supervised network of `objects_classifier`) in both presets.
 
 # %% tags=["parameters"]
 preset = "cpu"  # "cpu": 64-px pre-images, 80 iterations, cached; "paper": the thesis' 224 px and 300 iterations, recomputed
