@@ -902,8 +902,8 @@ else: print(f"no saved results at {SAVED_DISSECTION}")
 # (bold: above the null's interval). What this shows:
 #
 # - **The 0.04 criterion is below the null here.** The random networks' 99th-percentile unit IoU is 0.055,
-#   0.093, 0.083, 0.079 and 0.058 at relu1..relu5, and at relu2–relu3 a random network shows up to 15–19
-#   "detectors" at 0.04. At relu1–relu3 neither trained network is clearly above the null at 0.04 (relu1's
+#   0.093, 0.083, 0.079 and 0.058 at relu1..relu5, and at 0.04 the five random networks already show 3–10
+#   "detectors" at relu2, 3–12 at relu3 and 5–10 at relu4. At relu1–relu3 neither trained network is clearly above the null at 0.04 (relu1's
 #   null is degenerate: all five random networks have exactly one detector).
 # - **Both trained networks have more detectors than random networks at relu4 and relu5**, at either
 #   threshold for CPFS (21 and 19 at 0.04 against a null of at most 14.5 and 5.2; 7 and 12 calibrated against
