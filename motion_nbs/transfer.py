@@ -292,6 +292,12 @@ def segmentation_scores(model: SparseHypercolumn,  # a head whose outputs are cl
     return dict(miou=miou, iou=[None if math.isnan(v) else v for v in iou], pixel_accuracy=float(cm.diag().sum() / cm.sum().clamp_min(1)))
 
 # %% ../nbs/03b_transfer.ipynb #26635669
+def _largest_label(labels: torch.Tensor) -> int:
+    "The largest label other than `IGNORE_INDEX`, by chunks of frames (a mask of all the labels at once costs as much memory as they do)."
+    top = max((int(c[c != IGNORE_INDEX].max()) for c in labels.split(256) if (c != IGNORE_INDEX).any()), default=None)
+    if top is None: raise ValueError(f"train has no labelled pixels (all {IGNORE_INDEX})")
+    return top
+
 def segmentation_probe(backbone: nn.Module,  # the frozen network
                        train,  # `(images (N,3,H,W), labels (N,H,W))` or a data set of such pairs
                        valid,  # the test set, same form
@@ -313,9 +319,7 @@ def segmentation_probe(backbone: nn.Module,  # the frozen network
                          f"and {tuple(yv.shape)} for {tuple(xv.shape)}")
     layers = list(layers)
     _check_layers(backbone, layers)
-    lab = yt[yt != IGNORE_INDEX]
-    if len(lab) == 0: raise ValueError("train has no labelled pixels (all 255)")
-    k = int(lab.max()) + 1 if num_classes is None else num_classes
+    k = num_classes if num_classes is not None else 1 + _largest_label(yt)
     for name, y in (("train", yt), ("valid", yv)):
         v = y[y != IGNORE_INDEX]
         if len(v) and (v.min() < 0 or v.max() >= k):
@@ -340,6 +344,8 @@ def segmentation_probe(backbone: nn.Module,  # the frozen network
         finally:
             for p in model.backbone.parameters(): p.requires_grad_(True)
         return segmentation_scores(model, xv, yv, k, stride=eval_stride)
+
+
 
 # %% ../nbs/03b_transfer.ipynb #7fe742b2
 @torch.no_grad()
@@ -628,8 +634,7 @@ def fine_tune_segmenter(backbone: nn.Module,  # the pre-trained network (copied,
     "Fine-tune a sparse hypercolumn segmenter end to end; mIoU, per-class IoU and pixel accuracy on `test` (or each set of a dict)."
     xt, yt = labelled_tensors(train, "train")
     sets = {k: labelled_tensors(v, k) for k, v in (test.items() if isinstance(test, dict) else [("test", test)])}
-    lab = yt[yt != IGNORE_INDEX]
-    k = int(lab.max()) + 1 if num_classes is None else num_classes
+    k = num_classes if num_classes is not None else 1 + _largest_label(yt)
     net = copy.deepcopy(backbone)
     _check_layers(net, list(layers))
     h, w = xt.shape[-2:]
