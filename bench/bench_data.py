@@ -40,6 +40,17 @@ def measure_dis_baseline(res):
     print(f"DIS medium flow on the same pairs: {res['dis_medium_pairs_per_s']:.1f} pairs/s")
 
 
+def measure_pool(res):
+    "`rendered_pool('multi_cube', 200)` at 128x128 with 2 workers, no disk cache: pairs/s including the workers' start."
+    from motion_nbs.data import rendered_pool
+    n = 200
+    t = time.perf_counter()
+    rendered_pool("multi_cube", n, seed=12345, size=SIZE, num_workers=2, cache_dir=False)
+    res["pool_multi_cube_2_workers_pairs_per_s"] = n / (time.perf_counter() - t)
+    res["pool_vs_render_multi_cube"] = res["pool_multi_cube_2_workers_pairs_per_s"] / res["render_multi_cube_pairs_per_s"]
+    print(f"pool of {n} multi_cube pairs, 2 workers: {res['pool_multi_cube_2_workers_pairs_per_s']:.1f} pairs/s")
+
+
 def measure_builder(res):
     "data_scripts/build_flow_dataset.py on the bikes clip (8 pairs, scene cuts, DIS medium, JPEG + KITTI PNG into a shard)."
     import subprocess, sys, tempfile
@@ -55,7 +66,7 @@ def measure_builder(res):
     print(f"dataset builder on bikes.mp4: {res['builder_bikes_pairs_per_s']:.2f} pairs/s ({res['builder_bikes_s']:.1f} s for 8 pairs, including start-up)")
 
 
-MEASUREMENTS = [measure_render, measure_dis_baseline, measure_builder]
+MEASUREMENTS = [measure_render, measure_pool, measure_dis_baseline, measure_builder]
 
 
 def main():
