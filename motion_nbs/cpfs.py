@@ -8,7 +8,8 @@ __all__ = ['THESIS_SIGMA2', 'NEUTRAL_SIGMA2', 'CPFS_LOSSES', 'ALEXNET_HYPERCOLUM
            'kernel_alignment', 'cpfs_loss', 'CPFSLoss', 'sample_pixels', 'gather_pixels', 'sample_features',
            'SparseHypercolumn', 'dense_embedding', 'FlowClassificationBaseline', 'flow_classification_loss',
            'grouping_auc', 'embedding_to_rgb', 'CPFSObjective', 'CPFSConfig', 'CPFSTrainer', 'train_data',
-           'build_cpfs_model', 'heldout_scenes', 'train', 'load_cpfs', 'show_embeddings', 'show_kernel_rows']
+           'build_cpfs_model', 'heldout_scenes', 'train', 'load_cpfs', 'finished_run', 'show_embeddings',
+           'show_kernel_rows']
 
 # %% ../nbs/03_cpfs.ipynb #f658964e
 import copy
@@ -490,6 +491,17 @@ def _old_head_args(meta: dict) -> dict:
     "Head arguments of a `model.pt` written before they were stored (the baseline's output is 2 × bins)."
     if meta["loss"] == "flow_cls": return dict(layers=meta["layers"], num_bins=meta["out_dim"] // 2, hidden=meta["hidden"])
     return dict(layers=meta["layers"], out_dim=meta["out_dim"], hidden=meta["hidden"], normalize=meta["normalize"])
+
+def finished_run(config: CPFSConfig  # the run wanted; its `out_dir` is where to look
+                ) -> bool:
+    """Whether `config.out_dir` holds a finished run of exactly this configuration (all `num_iters` steps, every
+    setting but the runtime ones equal), so that `load_cpfs(config.out_dir)` can stand in for `train(config)` —
+    which would render its data and evaluate again before returning the same network."""
+    out = None if config.out_dir is None else Path(config.out_dir)
+    if out is None or not (out / "results.json").is_file() or not (out / "model.pt").is_file(): return False
+    prev = json.loads((out / "results.json").read_text())
+    return prev.get("steps") == config.num_iters and all(prev["config"].get(k) == v for k, v in config.to_dict().items()
+                                                         if k not in type(config).RUNTIME)
 
 # %% ../nbs/03_cpfs.ipynb #e9c2ecb8
 def show_embeddings(model: SparseHypercolumn, frames: dict, num_images: int = 4, seed: int = 0):

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import atomic_save, check_choice, load_image, runs_dir, tqdm
-from .cpfs import CPFSConfig, load_cpfs, train as train_cpfs
+from .cpfs import CPFSConfig, finished_run, load_cpfs, train as train_cpfs
 from .data import CATEGORIES, NUM_FACES, SceneDataset, TEXTURES
 from .models import alexnet_cpfs_small, fold_batchnorm, layer_outputs, load_pretrained, receptive_fields, vgg16_small
 from .transfer import calibrate_batchnorm, fine_tune_classifier, labelled_frames
@@ -347,8 +347,7 @@ def objects_cpfs(loss: str = "ce",  # a CPFS loss (`cpfs.CPFS_TRAIN_LOSSES`)
     "The backbone of the `cpu`-preset CPFS run on `objects` motion `{runs}/objects_{loss}_seed{seed}`: trained (or resumed) unless finished."
     out = Path(runs or runs_dir("cpfs_transfer")) / f"objects_{loss}_seed{seed}"
     config = CPFSConfig.from_preset("cpu", loss=loss, world="objects", seed=seed, num_iters=num_iters, out_dir=str(out), progress=progress)
-    done = (out / "results.json").exists() and (out / "model.pt").exists() and json.loads((out / "results.json").read_text())["steps"] == num_iters
-    if not done: train_cpfs(config)
+    if not finished_run(config): train_cpfs(config)
     return load_cpfs(out).backbone.cpu().eval()
 
 def random_backbones(seeds,  # initialisation seeds

@@ -294,7 +294,7 @@ def segmentation_scores(model: SparseHypercolumn,  # a head whose outputs are cl
 # %% ../nbs/03b_transfer.ipynb #26635669
 def _largest_label(labels: torch.Tensor) -> int:
     "The largest label other than `IGNORE_INDEX`, by chunks of frames (a mask of all the labels at once costs as much memory as they do)."
-    top = max((int(c[c != IGNORE_INDEX].max()) for c in labels.split(256) if (c != IGNORE_INDEX).any()), default=None)
+    top = max((int(v.max()) for c in labels.split(256) if (v := c[c != IGNORE_INDEX]).numel()), default=None)
     if top is None: raise ValueError(f"train has no labelled pixels (all {IGNORE_INDEX})")
     return top
 

@@ -665,8 +665,10 @@ with mock.patch.dict(os.environ, {"MOTION_NBS_PROGRESS": "text"}):
     test_eq(sum(tqdm(range(5), desc="steps", file=_buf)), 10)
     assert "steps: 100%|" in _buf.getvalue() and "5/5" in _buf.getvalue(), _buf.getvalue()
     test_eq(type(tqdm(range(1), disable=True)).__module__, "tqdm.std")
+    _b = tqdm(total=1, file=io.StringIO()); test_eq((_b.mininterval, _b.ascii), (20.0, True)); _b.close()   # the text settings
 with mock.patch.dict(os.environ, {"MOTION_NBS_PROGRESS": ""}):
     test_eq(type(tqdm(range(1), disable=True)), _tqdm_auto)
+    _b = tqdm(total=1, file=io.StringIO()); test_eq(_b.mininterval, 0.1); _b.close()   # tqdm's own default, untouched
 
 
 # %% [markdown]

@@ -846,6 +846,17 @@ def _old_head_args(meta: dict) -> dict:
     if meta["loss"] == "flow_cls": return dict(layers=meta["layers"], num_bins=meta["out_dim"] // 2, hidden=meta["hidden"])
     return dict(layers=meta["layers"], out_dim=meta["out_dim"], hidden=meta["hidden"], normalize=meta["normalize"])
 
+def finished_run(config: CPFSConfig  # the run wanted; its `out_dir` is where to look
+                ) -> bool:
+    """Whether `config.out_dir` holds a finished run of exactly this configuration (all `num_iters` steps, every
+    setting but the runtime ones equal), so that `load_cpfs(config.out_dir)` can stand in for `train(config)` —
+    which would render its data and evaluate again before returning the same network."""
+    out = None if config.out_dir is None else Path(config.out_dir)
+    if out is None or not (out / "results.json").is_file() or not (out / "model.pt").is_file(): return False
+    prev = json.loads((out / "results.json").read_text())
+    return prev.get("steps") == config.num_iters and all(prev["config"].get(k) == v for k, v in config.to_dict().items()
+                                                         if k not in type(config).RUNTIME)
+
 
 # %%
 with tempfile.TemporaryDirectory() as _d:
@@ -861,6 +872,14 @@ with tempfile.TemporaryDirectory() as _d:
         test_eq(type(_l), _head)
         test_close(_l(_im, _xy), _m(_im, _xy), eps=1e-5)
     test_fail(lambda: load_cpfs(Path(_d) / "nope.pt"), contains="no such checkpoint")
+    _cfg = CPFSConfig.from_preset("cpu", loss="ce", num_iters=7, out_dir=_d)   # model.pt is there (flow_cls's, written last)
+    test_eq(finished_run(_cfg), False)                                          # no results.json yet
+    Path(_d, "results.json").write_text(json.dumps({"steps": 7, "config": _cfg.to_dict()}))
+    test_eq(finished_run(_cfg), True)
+    test_eq(finished_run(CPFSConfig.from_preset("cpu", loss="ce", num_iters=8, out_dir=_d)), False)          # fewer steps than wanted
+    test_eq(finished_run(CPFSConfig.from_preset("cpu", loss="ce", num_iters=7, lr=1e-3, out_dir=_d)), False)   # another setting
+    test_eq(finished_run(CPFSConfig.from_preset("cpu", loss="ce", num_iters=7, out_dir=_d, device="cpu")), True)  # runtime only
+    test_eq(finished_run(CPFSConfig.from_preset("cpu", loss="ce", num_iters=7)), False)                       # no out_dir
 
 
 # %% [markdown]

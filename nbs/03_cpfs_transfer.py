@@ -192,7 +192,7 @@ if run:
 # with `budgets` labelled frames, the learning rate chosen on the validation frames).
 
 # %%
-from motion_nbs.cpfs import build_cpfs_model, load_cpfs, train
+from motion_nbs.cpfs import build_cpfs_model, finished_run, load_cpfs, train
 from motion_nbs.models import fold_batchnorm
 from motion_nbs.transfer import calibrate_batchnorm
 from motion_nbs.transfer import fine_tune_classifier, fine_tune_segmenter
@@ -212,10 +212,7 @@ def pretrained_backbone(arm: str, seed: int):
         return fold_batchnorm(calibrate_batchnorm(net, frames["train"]["image"])), "random init, batch norm calibrated"
     out = runs / f"{world}_{arm}_seed{seed}"
     want = CPFSConfig.from_preset("cpu", loss=arm, out_dir=str(out), **kw)
-    if (out / "results.json").exists() and (out / "model.pt").exists():
-        prev = json.loads((out / "results.json").read_text())
-        same = all(prev["config"].get(k) == v for k, v in want.to_dict().items() if k not in CPFSConfig.RUNTIME)
-        if prev["steps"] == cfg["num_iters"] and same: return load_cpfs(out).backbone.to(dev), f"reused {out.name} (in runs_dir)"
+    if finished_run(want): return load_cpfs(out).backbone.to(dev), f"reused {out.name} (in runs_dir)"
     if not train_missing: return None, f"no finished run {out.name} in runs_dir: skipped"
     t = time.time()
     train(want)
