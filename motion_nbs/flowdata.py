@@ -23,33 +23,41 @@ from .flow import decode_kitti_flow, encode_kitti_flow, estimate_flow, photometr
 # each is slow to import.
 
 # %% ../nbs/02d_flowdata.ipynb #89fc6e26
-def _video_frames_small(path, max_side: int = 160) -> torch.Tensor:
-    "All frames of a video, downscaled so the longer side is `max_side`, as `(T,3,h,w)` floats."
+def _video_frames_small(path, max_side: int = 160, chunk: int = 32):
+    "The frames of a video, downscaled so the longer side is `max_side`, as `(T,3,h,w)` floats, `chunk` frames at a time."
     import cv2
     info = video_info(path)
     cap = cv2.VideoCapture(str(path))
-    frames = []
+    frames, any_read = [], False
     try:
         while True:
             ok, bgr = cap.read()
+            if ok:
+                h, w = bgr.shape[:2]
+                s = max_side / max(h, w)
+                small = cv2.resize(bgr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+                frames.append(image_from_array(cv2.cvtColor(small, cv2.COLOR_BGR2RGB)))
+            if frames and (len(frames) == chunk or not ok):
+                any_read = True
+                yield torch.stack(frames)
+                frames = []
             if not ok: break
-            h, w = bgr.shape[:2]
-            s = max_side / max(h, w)
-            small = cv2.resize(bgr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-            frames.append(image_from_array(cv2.cvtColor(small, cv2.COLOR_BGR2RGB)))
     finally: cap.release()
-    if not frames: raise ValueError(f"{path}: no frame could be decoded (the header claims {info['num_frames']})")
-    return torch.stack(frames)
+    if not any_read: raise ValueError(f"{path}: no frame could be decoded (the header claims {info['num_frames']})")
 
 def scene_cuts(path,  # a video file
                ratio: float = 6.0,  # a cut's error is at least this many times the clip's median error
                min_error: float = 0.08  # ... and at least this mean absolute error (colours in [0,1])
               ) -> list:
     "Frame indices `i` such that a scene cut lies between frames `i` and `i+1`."
-    frames = _video_frames_small(path)
-    if len(frames) < 2: return []
-    flow = estimate_flow(frames[:-1], frames[1:], preset="ultrafast")
-    err = photometric_error(frames[:-1], frames[1:], flow)
+    errs, last = [], None
+    for frames in _video_frames_small(path):  # 32 frames at a time: the video is never held whole, and the warp stays in cache
+        if last is not None: frames = torch.cat([last, frames])
+        if len(frames) > 1:
+            errs.append(photometric_error(frames[:-1], frames[1:], estimate_flow(frames[:-1], frames[1:], preset="ultrafast")))
+        last = frames[-1:]
+    if not errs: return []
+    err = torch.cat(errs)
     thresh = max(ratio * float(err.median()), min_error)
     return [int(i) for i in torch.nonzero(err > thresh).flatten()]
 
