@@ -96,10 +96,10 @@ def main():
     res["ours_dsift_b8_s8_fwd_bwd_ms"] = best_ms(lambda: DenseSIFT(8, 8)(xg).sum().backward(), repeats=3)
     xh = x.clone().requires_grad_()
     res["ours_hog_fwd_bwd_ms"] = best_ms(lambda: hog(xh).sum().backward(), repeats=3)
-    res["goals_met"] = {"hog_single_le_2x": res["hog_ratio_vs_vlfeat"] <= 2,
-                        "hog_batch16_per_image_le_1x": res["hog_batch16_per_image_ratio_vs_vlfeat"] <= 1,
-                        "dsift_thesis_geometry_le_1x": res["dsift_b8_s8_ratio_vs_vlfeat"] <= 1,
-                        "dsift_all_geometries_le_1x": max(res[f"dsift_{k}_ratio_vs_vlfeat"] for k in ("b8_s8", "b8_s4", "b4_s1")) <= 1}
+    res["goals_met"] = {"hog_le_1x_vlfeat": res["hog_ratio_vs_vlfeat"] <= 1,  # #25's goals
+                        "hog_batch16_per_image_le_0.5x_vlfeat": res["hog_batch16_per_image_ratio_vs_vlfeat"] <= 0.5,
+                        "dsift_b4_s1_le_1x_vlfeat": res["dsift_b4_s1_ratio_vs_vlfeat"] <= 1,
+                        "dsift_thesis_geometry_le_1x": res["dsift_b8_s8_ratio_vs_vlfeat"] <= 1}
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
 
 

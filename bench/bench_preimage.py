@@ -1,7 +1,9 @@
 """Pre-image solver speed: inverting HOG of one 224x224 natural image (350 iterations, Algorithm 1), the time
 per iteration against one forward+backward pass of HOG measured in the same run, and a batch of 8 images.
 
-Goals (issue 9): 350 iterations <= 3 s on 2 cores; time per iteration <= 1.15x one forward+backward of Phi.
+Goals (#25): 350 iterations <= 1.2 s on 2 cores; per image in a batch of 8 <= 0.5x the single-image time;
+time per iteration <= 1.10x one forward+backward of Phi; the batch of 8 with one other busy process on the
+same cores (`_busy.busy_process`) <= 2x its idle time.
 Besides Phi, an iteration does the regularisers, their gradients and Algorithm 1's update (one compiled pass,
 `regularize_and_step`), so the ratio depends on how cheap Phi is; for context the same ratio is also measured
 for a CNN layer (EfficientNet-Lite0 blocks.4, the book's offline ImageNet network), where the data term
@@ -17,6 +19,8 @@ import torch
 
 from motion_nbs.features import HOG
 from motion_nbs.preimage import LayerPhi, invert, natural_images, normalized_error
+
+from _busy import busy_process
 
 
 def best(fn, repeats=3):
@@ -66,16 +70,22 @@ def main():
     invert(hog, x1, C=100, num_iters=5)  # warm-up
     one = best(lambda: invert(hog, x1, C=100, num_iters=iters), repeats=3)
     t8 = best(lambda: invert(hog, x8, C=100, num_iters=50), repeats=1) / 50 * iters
+    with busy_process():
+        t8_busy = best(lambda: invert(hog, x8, C=100, num_iters=50), repeats=1) / 50 * iters
     res = dict(hog_invert_224_350it_s=round(one, 3), per_iter_ms=round(1000 * it, 2),
                hog_fwd_bwd_ms=round(1000 * fb, 2), ratio_iter_vs_fwd_bwd=round(ratio, 3),
                ratio_min_max=[round(r, 3) for r in spread],
                batch8_350it_s=round(t8, 2), batch8_per_image_s=round(t8 / 8, 3),
-               goal_time_s=3.0, goal_ratio=1.15, threads=torch.get_num_threads())
+               batch8_busy_per_image_s=round(t8_busy / 8, 3), batch8_busy_slowdown=round(t8_busy / t8, 3),
+               threads=torch.get_num_threads())
+    res["goals_met"] = {"invert_le_1.2_s": one <= 1.2, "batch8_per_image_le_half_single": t8 / 8 <= 0.5 * one,
+                        "iter_le_1.10x_fwd_bwd": ratio <= 1.10, "busy_le_2x_idle": t8_busy / t8 <= 2}
     if cnn_fb is not None:
         res.update(cnn_fwd_bwd_ms=round(1000 * cnn_fb, 2), cnn_per_iter_ms=round(1000 * cnn_iter, 2),
                    cnn_ratio_iter_vs_fwd_bwd=round(cnn_ratio, 3))
     print(f"HOG fwd+bwd {res['hog_fwd_bwd_ms']} ms; iteration {res['per_iter_ms']} ms (x{res['ratio_iter_vs_fwd_bwd']}); "
-          f"350 iterations {res['hog_invert_224_350it_s']} s; batch of 8: {res['batch8_per_image_s']} s per image")
+          f"350 iterations {res['hog_invert_224_350it_s']} s; batch of 8: {res['batch8_per_image_s']} s per image, "
+          f"{res['batch8_busy_per_image_s']} s with a busy process beside it")
     print(json.dumps(res))
 
 
