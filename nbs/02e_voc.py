@@ -24,6 +24,8 @@ import torch
 
 # %%
 #| hide
+import tempfile
+
 from fastcore.test import test_close, test_eq, test_fail
 
 # %% [markdown]
@@ -140,7 +142,6 @@ class VOCSegmentationData(torch.utils.data.Dataset):
 # Missing folders and split files are named:
 
 # %%
-import tempfile
 with tempfile.TemporaryDirectory() as _d:
     test_fail(lambda: VOCClassification(_d), contains="no VOC2007 folder")
     (Path(_d) / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation").mkdir(parents=True)
