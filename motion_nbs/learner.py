@@ -5,24 +5,18 @@
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'LR_SCHEDULES', 'AMP_MODES', 'load_checkpoint', 'load_weights', 'init_distributed',
            'is_main_process', 'process_share', 'supervised', 'TrainConfig', 'configure', 'resolve_amp',
-           'ExperimentConfig', 'Learner', 'fit', 'read_metrics', 'plot_metrics', 'images_per_second', 'run_task',
-           'train_cli']
+           'ExperimentConfig', 'Learner', 'fit', 'read_metrics', 'plot_metrics', 'images_per_second']
 
 # %% ../nbs/02c_learner.ipynb #fe69a3bf
-import argparse
-import ast
 import contextlib
 import hashlib
 import importlib
-import importlib.util
-import inspect
 import json
 import math
 import os
 import random
-import re
-import sys
 import time
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar
@@ -606,124 +600,8 @@ def images_per_second(path,  # a metrics.jsonl file or the run's out_dir
     return batch_size * sum(n for n, _ in pairs) / sum(t for _, t in pairs)
 
 # %% ../nbs/02c_learner.ipynb #e26693a8
-def _resolve_task(spec: str):
-    if ":" not in spec: raise ValueError(f"--task must be 'module:function' or 'path/to/file.py:function', got {spec!r}")
-    mod_name, fn_name = spec.rsplit(":", 1)
-    if mod_name.endswith(".py") or os.sep in mod_name:
-        path = Path(mod_name)
-        if not path.is_file(): raise FileNotFoundError(f"task file {path} does not exist")
-        s = importlib.util.spec_from_file_location(path.stem, path)
-        mod = importlib.util.module_from_spec(s); s.loader.exec_module(mod)
-    else:
-        try: mod = importlib.import_module(mod_name)
-        except ImportError as e: raise ValueError(f"cannot import the task module {mod_name!r}: {e}") from None
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        valid = [n for n, f in vars(mod).items() if inspect.isfunction(f) and not n.startswith("_") and f.__module__ == mod.__name__]
-        raise ValueError(f"module {mod_name!r} has no function {fn_name!r}; its functions: {', '.join(valid)}")
-    return fn
-
-def _convert(name: str, text: str, default):
-    "Convert a command-line string to the type of `default`."
-    try:
-        if isinstance(default, bool):
-            t = text.lower()
-            if t in ("1", "true", "yes", "on"): return True
-            if t in ("0", "false", "no", "off"): return False
-            raise ValueError
-        if isinstance(default, int): return int(text)
-        if isinstance(default, float): return float(text)
-        if isinstance(default, str): return text
-        if isinstance(default, (tuple, list)):
-            parts = [p for p in text.strip("()[]").split(",") if p.strip()]
-            return type(default)(_convert(name, p.strip(), default[0]) if default else ast.literal_eval(p.strip()) for p in parts)
-    except ValueError:
-        raise ValueError(f"--{name}: expected a {type(default).__name__} like {default!r}, got {text!r}") from None
-    try: return ast.literal_eval(text)
-    except (ValueError, SyntaxError): return text
-
-def _config_class(fn):
-    "The `TrainConfig` class a task takes as its `config` parameter, or None for a plain keyword function."
-    p = inspect.signature(fn).parameters.get("config")
-    a = None if p is None else p.annotation
-    return a if isinstance(a, type) and issubclass(a, TrainConfig) else None
-
-def _task_params(fn) -> dict:
-    "Name -> default of a task's parameters (`inspect.Parameter.empty` where required)."
-    cls = _config_class(fn)
-    if cls is not None: return {f.name: f.default for f in fields(cls)}
-    sig = inspect.signature(fn)
-    return {n: p.default for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-def _parse_params(fn, args: list) -> dict:
-    params, out, i = _task_params(fn), {}, 0
-    while i < len(args):
-        a = args[i]
-        if not a.startswith("--"): raise ValueError(f"expected --name value, got {a!r}")
-        name, eq, value = a[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(args): raise ValueError(f"--{name} needs a value")
-            value, i = args[i + 1], i + 1
-        i += 1
-        key = name.replace("-", "_")
-        if key not in params:
-            raise ValueError(f"unknown parameter --{name} for {fn.__module__}.{fn.__name__}; valid: {', '.join('--' + n for n in params)}")
-        d = params[key]
-        out[key] = _convert(name, value, None if d is inspect.Parameter.empty else d)
-    missing = [n for n, d in params.items() if d is inspect.Parameter.empty and n not in out]
-    if missing: raise ValueError(f"missing required parameter(s) {', '.join('--' + n for n in missing)}")
-    return out
-
-def _field_docs(cls) -> dict:
-    "The inline comments of a dataclass' fields (its docments), read from its source and its bases'."
-    docs = {}
-    for c in reversed(cls.__mro__):
-        try: src = inspect.getsource(c)
-        except (OSError, TypeError): continue
-        docs.update(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", src, re.M))
-    return docs
-
-def _task_help(spec: str, fn) -> str:
-    cls = _config_class(fn)
-    if cls is None: return f"{spec}{inspect.signature(fn)}\n\n{inspect.getdoc(fn) or ''}"
-    docs = _field_docs(cls)
-    lines = [f"  --{f.name} (default {f.default!r}): {docs.get(f.name, '')}" for f in fields(cls)]
-    return f"{spec}: {inspect.getdoc(fn) or ''}\n\nParameters ({cls.__name__}; unset ones come from --preset):\n" + "\n".join(lines)
-
-def _summary_line(result) -> str:
-    "One JSON line with a result's scalar entries (never tensors or models)."
-    if not isinstance(result, dict): return json.dumps({"result": repr(result)[:200]})
-    return json.dumps({k: v for k, v in result.items() if v is None or isinstance(v, (str, bool, int, float))})
-
-# %% ../nbs/02c_learner.ipynb #e5424751
-def run_task(argv: list  # `--task module:function --name value ...`
-            ):
-    "Run a training task from command-line arguments (starting the process group under torchrun); returns its result."
-    p = argparse.ArgumentParser(prog="motion_nbs_train", add_help=False,
-                                description="Run a training task of the book with --name value parameters.")
-    p.add_argument("--task", help="module:function or file.py:function, e.g. motion_nbs.cpfs:train")
-    p.add_argument("-h", "--help", action="store_true")
-    known, rest = p.parse_known_args(argv)
-    if known.task is None:
-        p.print_help()
-        if known.help: return None
-        raise SystemExit("motion_nbs_train: --task is required")
-    fn = _resolve_task(known.task)
-    if known.help:
-        print(_task_help(known.task, fn))
-        return None
-    params, cls = _parse_params(fn, rest), _config_class(fn)
-    distributed = init_distributed()
-    try:
-        if cls is None: return fn(**params)
-        return fn(cls.from_preset(**params) if hasattr(cls, "from_preset") else cls(**params))
-    finally:
-        if distributed and dist.is_initialized(): dist.destroy_process_group()
-
-def train_cli(argv=None  # arguments (default: sys.argv[1:])
-             ) -> int:
-    "`motion_nbs_train --task module:function --name value ...`: run a task, print its summary (rank 0), return 0."
-    rank = int(os.environ.get("RANK", "0"))
-    result = run_task(list(sys.argv[1:] if argv is None else argv))
-    if result is not None and rank == 0: print(_summary_line(result), flush=True)
-    return 0
+def __getattr__(name):  # the command line moved to motion_nbs.cli; these aliases stay for one release
+    if name in ("train_cli", "run_task"):
+        warnings.warn(f"motion_nbs.learner.{name} moved to motion_nbs.cli.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("motion_nbs.cli"), name)
+    raise AttributeError(f"module 'motion_nbs.learner' has no attribute {name!r}")

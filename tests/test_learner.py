@@ -18,7 +18,8 @@ from conftest import BIN, ROOT
 sys.path.insert(0, str(Path(__file__).parent))
 import _learner_task  # noqa: E402
 
-from motion_nbs.learner import _epoch_indices, fit, load_checkpoint, run_task, supervised  # noqa: E402
+from motion_nbs.cli import run_task  # noqa: E402
+from motion_nbs.learner import _epoch_indices, fit, load_checkpoint, supervised  # noqa: E402
 
 TASK = f"{Path(__file__).parent / '_learner_task.py'}:train"
 MAIN = str(Path(__file__).parent / "_learner_main.py")
