@@ -32,15 +32,14 @@
 #| export
 import math
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from motion_nbs.core import (check_choice, check_image, check_int, load_image, read_video_frames, sample_image, sample_video,
-                             tqdm)
+# the book's natural images (`natural_images`, chapter 00) are importable from here as before
+from motion_nbs.core import IMAGE_SUFFIXES, check_choice, check_image, check_int, natural_images, tqdm
 from motion_nbs.models import layer_outputs, receptive_fields
 
 try:
@@ -820,79 +819,6 @@ test_eq(_unit_index((1, 0, 2), (10, 7, 9)), (1, 0, 2))
 test_eq(_unit_index(3, (10,)), (3,))
 test_fail(lambda: _unit_index(10, (10, 7, 9)), contains="out of range for codes of shape (10, 7, 9)")
 test_fail(lambda: _unit_index((1, 2), (10, 7, 9)), contains="out of range")
-
-# %%
-#| export
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-
-def natural_images(n: int = 8,  # number of images (photos first, then video frames; or the folder's first n)
-                   size: int = 128,  # side of the square images
-                   channels: int = 3,  # 3 (RGB) or 1 (grey)
-                   folder=None  # a folder of image files, e.g. the ILSVRC 2012 validation images; None: the offline set
-                  ) -> torch.Tensor:
-    """The book's offline natural image set (scikit-image photos, then frames spread over the sample videos),
-    or the first `n` images of `folder` in file-name order (the thesis' probes are the first 100 ILSVRC
-    validation images).
-
-    Centre square crops resized to `size`. Shape: `(n,channels,size,size)` in [0,1]."""
-    if channels not in (1, 3): raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if folder is not None:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no image folder at {folder}: give a folder of image files (e.g. ILSVRC2012_img_val); "
-                                    f"its first {n} files in name order are used")
-        files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if len(files) < n:
-            raise ValueError(f"{folder} has {len(files)} image files ({', '.join(IMAGE_SUFFIXES)}), {n} are needed")
-        ims = [load_image(f) for f in files[:n]]
-    else:
-        photos = ["astronaut", "chelsea", "coffee", "rocket", "camera", "clock", "coins", "moon"]
-        names = photos[:n]
-        rest = n - len(names)
-        videos = {"bikes": 250, "bigbuckbunny": 132, "carphone": 120}
-        per = [rest // 3 + (i < rest % 3) for i in range(3)]
-        ims = [sample_image(name) for name in names]
-        for (video, length), k in zip(videos.items(), per):
-            if k: ims.extend(read_video_frames(sample_video(video), [int((i + 0.5) * length / k) for i in range(k)]))
-    out = []
-    for im in ims:
-        h, w = im.shape[-2:]
-        s = min(h, w)
-        crop = im[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-        out.append(F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0])
-    x = torch.stack(out).clamp(0, 1)
-    if channels == 1: x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return x
-
-
-# %%
-ims = natural_images(10, 48)
-test_eq(ims.shape, (10, 3, 48, 48))
-assert 0 <= ims.min() and ims.max() <= 1 and (ims[8] - ims[9]).abs().mean() > 0.01  # two different video frames
-test_eq(natural_images(2, 32, channels=1).shape, (2, 1, 32, 32))
-
-# %% [markdown]
-# With `folder=`, the probes are the folder's first images in file-name order (ILSVRC's validation files are
-# numbered, so the first 100 are the thesis' probes); other files are ignored, and a missing folder, too few
-# images or an unreadable file stop with a clear error.
-
-# %%
-import tempfile, cv2
-from motion_nbs.core import image_to_array
-
-# %%
-with tempfile.TemporaryDirectory() as d:
-    d = Path(d)
-    for i, name in enumerate(["b.png", "a.JPEG", "c.png"]):   # name order: a.JPEG, b.png, c.png
-        cv2.imwrite(str(d / name), image_to_array(torch.full((3, 20, 30), i / 4))[..., ::-1])
-    (d / "notes.txt").write_text("not an image")
-    ims = natural_images(2, 10, folder=d)
-    test_eq(ims.shape, (2, 3, 10, 10))
-    test_close(ims[:, 0, 0, 0], torch.tensor([1 / 4, 0.0]), eps=0.01)   # a (value 1/4) then b (value 0)
-    test_fail(lambda: natural_images(4, 10, folder=d), contains="has 3 image files")
-    test_fail(lambda: natural_images(2, 10, folder=d / "none"), contains="no image folder at")
-    (d / "0_broken.png").write_bytes(b"not a png")
-    test_fail(lambda: natural_images(1, 10, folder=d), contains="0_broken.png: OpenCV could not decode")
 
 
 # %%
