@@ -53,12 +53,12 @@
 # | notebook | presets | measured default run time (2 cores) |
 # |---|---|---|
 # | [01_flow](01_flow.ipynb) | none: `video`, `frame`, `gap` and `method` choose the frame pair of the figures | not yet measured |
-# | [03_cpfs_train](03_cpfs_train.ipynb) | `cpu` (600 steps of the quarter-width AlexNet on rendered `shapes` frames); `paper` (the thesis' settings of section 3.3.3, for a GPU) | `make demo` (the `cpu` preset with `-p loss kta`): 1 min 59 s on two idle cores, 5 min 25 s on one thread of two shared cores (4 Dec 2026); [06](06_visualize_motion.ipynb) reports 391 s for the `cpu` CE run on `objects` (1,000 steps, shared cores) |
+# | [03_cpfs_train](03_cpfs_train.ipynb) | `cpu` (600 steps of the quarter-width AlexNet on rendered `shapes` frames); `paper` (the thesis' settings of section 3.3.3, for a GPU) | `make demo` (the `cpu` preset with `-p loss kta`): 1 min 59 s on two idle cores, 5 min 25 s on one thread of two shared cores (4 Dec 2026); [06](06_dissect.ipynb) reports 391 s for the `cpu` CE run on `objects` (1,000 steps, shared cores) |
 # | [03_cpfs_transfer](03_cpfs_transfer.ipynb) | `saved` (shows `nbs/03_cpfs_transfer_results.json`; runs `tiny` while that file is missing, as it is now); `tiny` (a smoke run whose numbers mean nothing); `full` (5 seeds, 1,000 pre-training steps per arm) | not yet measured; the notebook expects the `full` run to take several hours and has not made it yet |
 # | [04_s3_train](04_s3_train.ipynb) | `cpu` (`fcn8s_small`, 96-px crops, 12,000 steps; 24,000 for `rigid`); `paper` (the thesis' FCN-8s on VGG-16 and optimiser, for a GPU) | 17 min on two cores for the default (`single_cube` + affine, the whole notebook); `multi_cube` + rigid: 62 min on one thread |
 # | [04_s3_train_seeds](04_s3_train_seeds.ipynb) | `saved` (shows `nbs/04_s3_train_results.json`; runs `tiny` while that file is missing, as it is now); `tiny`; `full` (3 seeds of the `cpu` preset for each of three settings) | not yet measured; the notebook expects the `full` run to take hours |
 # | [05c_preimage_experiments](05c_preimage_experiments.ipynb) | `fast` (small images, 2 CNN probes, 2 initialisations); `paper` (100 probes, 24 initialisations, 224 px, for a GPU) | 1 min 24 s (4 Dec 2026, one torch thread; its introduction says 1 min 15–23 s); table 5.2 at the thesis' scale took 42 min on shared cores, and the `paper` sweep would take about 40 hours on two cores |
-# | [06_visualize_motion](06_visualize_motion.ipynb) | `cpu` (64-px pre-images, 80 iterations, cached); `paper` (224 px, 300 iterations, recomputed) | 20 min 28 s cold on two cores shared with other jobs (training CPFS-CE 391 s and the supervised network 489 s, dissecting eight networks 233 s, pre-images 57 s); about 5 min there with both networks cached |
+# | [06_dissect](06_dissect.ipynb) | `cpu` (64-px pre-images, 80 iterations, cached); `paper` (224 px, 300 iterations, recomputed) | 20 min 28 s cold on two cores shared with other jobs (training CPFS-CE 391 s and the supervised network 489 s, dissecting eight networks 233 s, pre-images 57 s); about 5 min there with both networks cached |
 #
 # The chapter notebooks (00–07 without a suffix) have no parameters; their heavy cells carry nbdev's
 # `slow` flag and show saved results.
@@ -73,7 +73,7 @@
 #
 # | thesis figure | what it shows | in the book, or why not |
 # |---|---|---|
-# | 1.1 | four reconstructions of an image from the fc8 code of VGG-M | none: VGG-M's weights cannot be had offline (torchvision has no VGG-M); the closest are the four-initialisation inversions of [06](06_visualize_motion.ipynb) "Inversion from four initialisations (fig 6.6)" |
+# | 1.1 | four reconstructions of an image from the fc8 code of VGG-M | none: VGG-M's weights cannot be had offline (torchvision has no VGG-M); the closest are the four-initialisation inversions of [06](06_dissect.ipynb) "Inversion from four initialisations (fig 6.6)" |
 # | 3.1 | CPFS: image → CNN → per-pixel embeddings; embedding and flow kernels; the loss matching them | redrawn: [03_cpfs](03_cpfs.ipynb), right after the introduction |
 # | 3.2 | rows $K_f(p,\cdot)$ and $K_\phi(p,\cdot)$ of the flow and embedding kernels for three pixels | [03_cpfs_train](03_cpfs_train.ipynb) "What the embedding groups" (drawn by `show_kernel_rows`, [03_cpfs](03_cpfs.ipynb) "Figures"); rendered `shapes` frames |
 # | 3.3 | training frames and their flow after scale–crop–flip augmentation | partial: [02a_data](02a_data.ipynb) "Figures" (rendered frame pairs with exact flow) and [01_flow](01_flow.ipynb) "A real frame pair" (DIS flow of a sample clip); the augmentation is tested in [02d_flowdata](02d_flowdata.ipynb) "Paired augmentation" but not drawn; YFCC100m cannot be had offline |
@@ -89,10 +89,10 @@
 # | 5.5 | CNN inversion quality per layer and $C$: error, spread over initialisations, classification consistency | [05c](05c_preimage_experiments.ipynb) "Fig 5.5 and 5.6: inverting CNN layers"; substitute: EfficientNet-Lite0 (`-p network alexnet` with torchvision's weights file) |
 # | 5.6 | gradient-histogram similarity of pre-image and image per layer and $C$ | the same section of [05c](05c_preimage_experiments.ipynb) |
 # | 5.7 | which $C$ users found most interpretable | none: a human study |
-# | 5.8 | AlexNet inversions from every layer ("red fox") | partial: [05c](05c_preimage_experiments.ipynb) "Fig 5.5 and 5.6: inverting CNN layers" inverts every layer (`-p network alexnet` needs torchvision's weights file, not on this machine) but plots only the measures; every layer of the motion-trained AlexNet is inverted in [06](06_visualize_motion.ipynb) "Inversion from four initialisations (fig 6.6)" |
+# | 5.8 | AlexNet inversions from every layer ("red fox") | partial: [05c](05c_preimage_experiments.ipynb) "Fig 5.5 and 5.6: inverting CNN layers" inverts every layer (`-p network alexnet` needs torchvision's weights file, not on this machine) but plots only the measures; every layer of the motion-trained AlexNet is inverted in [06](06_dissect.ipynb) "Inversion from four initialisations (fig 6.6)" |
 # | 5.9 | VGG-M inversions | none: VGG-M's weights cannot be had offline; substitute: EfficientNet-Lite0 in [05c](05c_preimage_experiments.ipynb) |
 # | 5.10 | VGG-VD-16 inversions | partial: as 5.8, with `-p network vgg16` (weights file not on this machine); measures only |
-# | 5.11 | four reconstructions from different initialisations (VGG-VD) | partial: [05c](05c_preimage_experiments.ipynb) "Fig 5.5 and 5.6: inverting CNN layers" measures the spread over initialisations; drawn for the motion-trained AlexNet in [06](06_visualize_motion.ipynb) "Inversion from four initialisations (fig 6.6)" |
+# | 5.11 | four reconstructions from different initialisations (VGG-VD) | partial: [05c](05c_preimage_experiments.ipynb) "Fig 5.5 and 5.6: inverting CNN layers" measures the spread over initialisations; drawn for the motion-trained AlexNet in [06](06_dissect.ipynb) "Inversion from four initialisations (fig 6.6)" |
 # | 5.12 | inversion from a central 5×5 window of features | [05c](05c_preimage_experiments.ipynb) "Fig 5.12: inversion from a central 5×5 window of features" (without the receptive-field box) |
 # | 5.13 | inversions from either of the two neural streams of CaffeRef | none: the book's AlexNets (torchvision's, appendix A's) have no filter groups, so there are no two streams |
 # | 5.14 | activation maximisation of DPM HOG templates | [05c](05c_preimage_experiments.ipynb) "Fig 5.14: activation maximisation of a linear HOG template"; substitute: a template trained on rendered spheres (the DPMv5 models are not here); no HOGgle |
@@ -102,14 +102,14 @@
 # | 5.18 | class units ("frog", "black swan", "goose", "vending machine") of three networks | the same section ("tree frog", "goose", "black swan", "cheeseburger") |
 # | 5.19 | caricatures of "red fox" from the layers of VGG-M | [05c](05c_preimage_experiments.ipynb) "Figs 5.19–5.20: caricatures"; substitute: the cat through EfficientNet-Lite0 |
 # | 5.20 | caricatures of several images, VGG-M and VGG-VD | the same section (one image, every layer) |
-# | 6.1 | activation maxima of conv4 and conv5 units: CPFS, random and supervised AlexNets | [06](06_visualize_motion.ipynb) "Activation maximisation (figs 6.1, 6.2)"; quarter-width networks trained on rendered scenes |
+# | 6.1 | activation maxima of conv4 and conv5 units: CPFS, random and supervised AlexNets | [06](06_dissect.ipynb) "Activation maximisation (figs 6.1, 6.2)"; quarter-width networks trained on rendered scenes |
 # | 6.2 | the same for conv1–conv3 | the same section |
-# | 6.3 | activation maxima of fc6 and fc7 units | [06](06_visualize_motion.ipynb) "Fully connected layers (fig 6.3)" |
+# | 6.3 | activation maxima of fc6 and fc7 units | [06](06_dissect.ipynb) "Fully connected layers (fig 6.3)" |
 # | 6.4 | a face-like conv5 unit and a people-like fc6 unit of the CPFS-CE model | none: the book's CPFS network learns from rendered scenes with no faces or people; its units are in the grids of figs 6.1–6.3 |
 # | 6.5 | activation maxima of RotNet | none: RotNet's weights cannot be had offline and the book trains no RotNet |
-# | 6.6 | inversions of conv layers from four initialisations, four models | [06](06_visualize_motion.ipynb) "Inversion from four initialisations (fig 6.6)"; three models (no RotNet) |
-# | 6.7 | caricatures by three networks | [06](06_visualize_motion.ipynb) "Caricatures (fig 6.7)" |
-# | 6.8 | network dissection of the CPFS-CE model's conv5 | [06](06_visualize_motion.ipynb) "Dissecting CPFS, supervised, random and ImageNet networks", with five random networks as a null; substitute: the renderer's concepts on the `objects` world, since Broden cannot be downloaded here |
+# | 6.6 | inversions of conv layers from four initialisations, four models | [06](06_dissect.ipynb) "Inversion from four initialisations (fig 6.6)"; three models (no RotNet) |
+# | 6.7 | caricatures by three networks | [06](06_dissect.ipynb) "Caricatures (fig 6.7)" |
+# | 6.8 | network dissection of the CPFS-CE model's conv5 | [06](06_dissect.ipynb) "Dissecting CPFS, supervised, random and ImageNet networks", with five random networks as a null; substitute: the renderer's concepts on the `objects` world, since Broden cannot be downloaded here |
 # | 7.1 | DeConvNet, Network Saliency and Guided Backprop as forward and reversed networks | redrawn: [07_reversed](07_reversed.ipynb), right after the introduction |
 # | 7.2 | the three methods from the fc8 layer of AlexNet | [07_reversed](07_reversed.ipynb) "DeConvNet, Network Saliency and Guided Backprop (fig 7.2)" and "Fig 7.2 for modern classifiers"; substitute: the ImageNet EfficientNet-Lite0, and torchvision's classifiers with random weights |
 # | 7.3 | the generic reversed architecture and its choices of input, RU† and MP† | redrawn: [07_reversed](07_reversed.ipynb) "Reversing one layer (section 7.3.1)" |

@@ -52,7 +52,7 @@ def test_cpfs_training_notebook_rejects_bad_parameters(tmp_path):
 
 
 @pytest.mark.parametrize("notebook", ["01_flow", "03_cpfs_train", "03_cpfs_transfer", "04_s3_train", "04_s3_train_seeds",
-                                      "05c_preimage_experiments", "06_visualize_motion"])
+                                      "05c_preimage_experiments", "06_dissect"])
 def test_experiment_notebooks_reject_parameters_they_do_not_define(tmp_path, notebook):
     "`-p lr 0.1` on a notebook without `lr` stops in the cell after the parameters, naming the valid ones, before any work."
     with pytest.raises(pm.PapermillExecutionError, match=r"unknown parameter\(s\) lr for this notebook; valid: "):

@@ -100,6 +100,20 @@ def test_quarto_config():
     for f in cfg.get("metadata-files", []): assert (NBS / f).exists(), f"metadata file {f} missing in nbs/"
 
 
+def test_notebook_names_say_library_chapter_or_experiment():
+    """The naming convention (README, "The book"): a library chapter is `NN[a-z]_<module>.ipynb`, named after the one
+    module its `default_exp` writes; an experiment exports nothing and its name after the number is not a module's."""
+    modules = {p.stem for p in (ROOT / "motion_nbs").glob("*.py") if not p.stem.startswith("_")}
+    for name in NOTEBOOKS:
+        if name == "index.ipynb": continue
+        m = re.fullmatch(r"(\d\d[a-z]?)_(\w+)\.ipynb", name)
+        assert m, f"{name}: notebook names are NN[a-z]_words.ipynb"
+        text = (NBS / name).read_text()
+        exp = re.search(r"#\|\s*default_exp\s+([\w.]+)", text)
+        if exp: assert m.group(2) == exp.group(1), f"{name} exports motion_nbs.{exp.group(1)}: a library chapter is named after its module"
+        else: assert m.group(2) not in modules, f"{name} exports nothing but is named like the module {m.group(2)}"
+
+
 def test_saved_results_hold_no_machine_paths():
     "Saved results name files relative to the repository or the runs folder, never by this machine's absolute paths."
     def strings(v):
