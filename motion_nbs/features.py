@@ -282,6 +282,7 @@ def _uoctti_normalize(hist, num_orientations: int):
 
 # %% ../nbs/05a_features.ipynb #df32536f
 _FUSED_HOG = None   # the fused cell layer of "Making it fast" (end of the chapter) once it is defined
+_COMPILED_HOG_CELLS = _COMPILED_UOCTTI = None   # the compiled histograms and normalisation for features alone, also there
 
 class HOG(nn.Module):
     """UoCTTI HOG (VLFeat 0.9.21 `vl_hog`) as a differentiable network; HOGb with `bilinear_orientations`.
@@ -323,6 +324,9 @@ class HOG(nn.Module):
         directions = self.directions.to(image.dtype)
         if _FUSED_HOG is not None and torch.is_grad_enabled() and image.requires_grad:   # a much cheaper backward pass
             hist = _FUSED_HOG(image, directions, self.cell_size, cells, self.bilinear_orientations)
+        elif _COMPILED_HOG_CELLS is not None and image.device.type == "cpu" and image.dtype in (torch.float32, torch.float64):
+            hist = _COMPILED_HOG_CELLS(image.detach(), directions, self.cell_size, cells, self.bilinear_orientations)
+            return _COMPILED_UOCTTI(hist, self.num_orientations)
         else:   # forward only: the reference pipeline is the faster one (no index of 4 cells per pixel to build)
             gx, gy = image_gradients(image, self.derivatives)
             bins = _hog_orientation_bins(gx, gy, _magnitude(gx, gy), directions, self.bilinear_orientations)
@@ -649,3 +653,141 @@ class _HOGCells(torch.autograd.Function):
         return gi, None, None, None, None
 
 _FUSED_HOG = _HOGCells.apply   # from here on `HOG` takes the fused layer when a gradient is needed
+
+# %% ../nbs/05a_features.ipynb #371e4563
+try:
+    import numba
+except ImportError:  # the tensor pipeline above computes the same histograms without it
+    numba = None
+
+def _hog_cells_loop(image, dx, dy, ty, wy, tx, wx, bilinear, nbands, out):
+    """Directed cell histograms, band by band: `out[b * nbands + band]` `(2K,h+2,w+2)` gets the band's pixels.
+    Each row in three passes: the gradients, VLFeat's orientation scan over the whole row at once (the loop over
+    pixels inside the loop over orientations, so the compiler vectorises it), then the weights into the cells."""
+    B, C, H, W = image.shape
+    K, n = dx.shape[0], W - 2
+    rows = (H - 2 + nbands - 1) // nbands
+    k_over_pi, one = image.dtype.type(K / math.pi), image.dtype.type(1)
+    for t in numba.prange(B * nbands):
+        b, band = t // nbands, t % nbands
+        o = out[t]
+        gx, gy, best = np.empty(n, image.dtype), np.empty(n, image.dtype), np.empty(n, image.dtype)
+        w0, w1 = np.empty(n, image.dtype), np.empty(n, image.dtype)
+        k0, k1 = np.empty(n, np.int64), np.empty(n, np.int64)
+        for i in range(band * rows, min(H - 2, (band + 1) * rows)):
+            up, mid, dn = image[b, 0, i], image[b, 0, i + 1], image[b, 0, i + 2]
+            for j in range(n):
+                gx[j], gy[j] = mid[j + 2] - mid[j], dn[j + 1] - up[j + 1]
+                best[j] = gx[j] * gx[j] + gy[j] * gy[j]
+            for c in range(1, C):                       # VLFeat's strict '>': the first channel of largest norm
+                up, mid, dn = image[b, c, i], image[b, c, i + 1], image[b, c, i + 2]
+                for j in range(n):
+                    cx, cy = mid[j + 2] - mid[j], dn[j + 1] - up[j + 1]
+                    n2 = cx * cx + cy * cy
+                    take = n2 > best[j]
+                    gx[j], gy[j], best[j] = (cx if take else gx[j]), (cy if take else gy[j]), (n2 if take else best[j])
+            for j in range(n): w0[j], w1[j], k0[j], k1[j] = 0, 0, 0, 0
+            for k in range(K):                          # VLFeat's scan: best and second-best |<g, u_k>|
+                ck, sk = dx[k], dy[k]
+                for j in range(n):
+                    ak = abs(gx[j] * ck + gy[j] * sk)
+                    a0, a1 = w0[j], w1[j]
+                    gt0, gt1 = ak > a0, ak > a1
+                    w1[j] = a0 if gt0 else (ak if gt1 else a1)
+                    k1[j] = k0[j] if gt0 else (k if gt1 else k1[j])
+                    w0[j] = ak if gt0 else a0
+                    k0[j] = k if gt0 else k0[j]
+            ty0, ty1, wy0, wy1 = ty[0, i], ty[1, i], wy[0, i], wy[1, i]
+            for j in range(n):
+                s1 = gx[j] * dx[k0[j]] + gy[j] * dy[k0[j]]
+                if s1 == 0: continue                    # VLFeat adds nothing for a zero gradient
+                mag = image.dtype.type(math.sqrt(np.float64(best[j])))
+                bin1 = k0[j] + (K if s1 < 0 else 0)
+                v1, v2, bin2 = mag, mag * 0, bin1
+                if bilinear:
+                    kk = k1[j] if w1[j] > 0 else 0
+                    s2 = gx[j] * dx[kk] + gy[j] * dy[kk]
+                    bin2 = kk + (K if s2 < 0 else 0)
+                    cos = image.dtype.type(np.float64(abs(s1)) / np.float64(mag))
+                    f = math.acos(min(cos, one)) * k_over_pi
+                    v1, v2 = (1 - f) * mag, f * mag
+                tx0, tx1, wx0, wx1 = tx[0, j], tx[1, j], wx[0, j], wx[1, j]
+                for a in range(2):
+                    tya, wya = (ty0, wy0) if a == 0 else (ty1, wy1)
+                    for e in range(2):
+                        txe, tap = (tx0, wya * wx0) if e == 0 else (tx1, wya * wx1)
+                        o[bin1, tya, txe] += v1 * tap
+                        if bilinear: o[bin2, tya, txe] += v2 * tap
+
+def _uoctti_loop(hist, K, out):
+    "`_uoctti_normalize` cell by cell: directed cell histograms `(B,2K,h,w)` -> `out` `(B,3K+4,h,w)`."
+    B, _, h, w = hist.shape
+    one, fifth, half = hist.dtype.type(1), hist.dtype.type(0.2), hist.dtype.type(0.5)
+    eps, tex = hist.dtype.type(1e-4), hist.dtype.type(1 / math.sqrt(18.0))
+    for t in numba.prange(B * h):
+        b, y = t // h, t % h
+        n = np.zeros((3, w), hist.dtype)                # |undirected histogram|^2 of rows y-1, y, y+1 (clamped)
+        for r in range(3):
+            yy = min(max(y + r - 1, 0), h - 1)
+            for x in range(w):
+                acc = hist.dtype.type(0)
+                for k in range(K):
+                    u = hist[b, k, yy, x] + hist[b, k + K, yy, x]
+                    acc += u * u
+                n[r, x] = acc
+        for x in range(w):
+            xl, xr = max(x - 1, 0), min(x + 1, w - 1)
+            f = np.empty(4, hist.dtype)                 # the blocks above-left, above-right, below-left, below-right
+            for a in range(2):
+                for e in range(2):
+                    c0, c1 = (xl, x) if e == 0 else (x, xr)
+                    blk = n[a, c0] + n[a, c1] + n[a + 1, c0] + n[a + 1, c1]
+                    f[2 * a + e] = one / math.sqrt(blk + eps)
+            for d in range(2 * K):
+                acc = hist.dtype.type(0)
+                for i in range(4): acc += min(f[i] * hist[b, d, y, x], fifth)
+                out[b, d, y, x] = half * acc
+            for i in range(4): out[b, 3 * K + i, y, x] = 0
+            for k in range(K):
+                u = hist[b, k, y, x] + hist[b, k + K, y, x]
+                acc = hist.dtype.type(0)
+                for i in range(4):
+                    v = min(f[i] * u, fifth)
+                    acc += v
+                    out[b, 3 * K + i, y, x] += v * tex
+                out[b, 2 * K + k, y, x] = half * acc
+
+if numba is not None:
+    _hog_cells_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_hog_cells_loop)
+    _uoctti_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_uoctti_loop)
+
+def _hog_cells_compiled(image, directions, cell_size: int, cells, bilinear: bool):
+    "`_pool_cells_sparse(_hog_orientation_bins(...))` from one compiled pass: `(B,C,H,W)` -> `(B,2K,h,w)`."
+    B, C, H, W = image.shape
+    (h, w), K = cells, directions.shape[1]
+    kernel, offset = bilinear_pooling_kernel(cell_size, image.dtype)
+    ty, wy = _cell_taps(H - 2, h, kernel, offset, cell_size)
+    tx, wx = _cell_taps(W - 2, w, kernel, offset, cell_size)
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    nbands = max(1, min(H - 2, -(-threads // B)))      # enough tasks for every thread, one band per image otherwise
+    out = np.zeros((B * nbands, 2 * K, h + 2, w + 2), dtype=image.numpy().dtype)
+    d = directions.to(image.dtype)
+    _hog_cells_loop(image.contiguous().numpy(), d[0].numpy(), d[1].numpy(), ty.numpy(), wy.numpy(), tx.numpy(), wx.numpy(),
+                    bilinear, nbands, out)
+    if torch.get_num_threads() != threads: torch.set_num_threads(threads)   # numba's thread setting can leak into torch's
+    return torch.from_numpy(out).view(B, nbands, 2 * K, h + 2, w + 2).sum(1)[..., 1:-1, 1:-1]
+
+def _uoctti_compiled(hist, num_orientations: int):
+    "`_uoctti_normalize` from one compiled pass (CPU, float32/float64)."
+    hist = hist.contiguous()
+    B, _, h, w = hist.shape
+    out = np.empty((B, 3 * num_orientations + 4, h, w), dtype=hist.numpy().dtype)
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    _uoctti_loop(hist.numpy(), num_orientations, out)
+    if torch.get_num_threads() != threads: torch.set_num_threads(threads)
+    return torch.from_numpy(out)
+
+if numba is not None:  # from here on `HOG` features alone take the compiled passes
+    _COMPILED_HOG_CELLS, _COMPILED_UOCTTI = _hog_cells_compiled, _uoctti_compiled

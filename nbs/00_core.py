@@ -284,7 +284,9 @@ def check_values(name: str,  # the argument's name, for the message
                 ) -> torch.Tensor:
     "`x` if its values are valid, else a `ValueError` naming `name` and what is wrong (CPU tensors only; see above)."
     if not torch.is_tensor(x) or x.device.type != "cpu": return x
-    if finite and not torch.isfinite(x).all():
+    # one sum is finite only if every value is (NaN and infinities propagate); it is one pass without a mask, and
+    # only when it overflows or a value is bad are the values looked at one by one
+    if finite and x.is_floating_point() and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN or infinite value(s); expected finite values")
     if nonnegative and (x < 0).any(): raise ValueError(f"{name} has negative values (min {float(x.min()):.4g}); expected values >= 0")
     if nonzero_per_item and x.ndim and (x.reshape(len(x), -1) == 0).all(1).any():
@@ -296,6 +298,8 @@ def check_values(name: str,  # the argument's name, for the message
 # %%
 test_eq(check_values("flow", torch.ones(2, 2)), torch.ones(2, 2))
 test_fail(lambda: check_values("flow", torch.tensor([1.0, float("nan")])), contains="flow contains 1 NaN or infinite value(s)")
+test_eq(check_values("big", torch.full((4,), 3e38)).shape, (4,))              # finite values whose sum overflows pass
+test_fail(lambda: check_values("x", torch.tensor([float("inf"), -float("inf")])), contains="2 NaN or infinite")  # inf - inf
 test_fail(lambda: check_values("masks", torch.tensor([[0.5, -0.1]]), nonnegative=True), contains="masks has negative values (min -0.1)")
 test_fail(lambda: check_values("masks", torch.tensor([[1.0, 0.0], [0.0, 0.0]]), nonzero_per_item=True), contains="all zeros for item(s) [1]")
 
