@@ -667,10 +667,12 @@ try:
 except ImportError:  # the tensor pipeline above computes the same histograms without it
     numba = None
 
-def _hog_cells_loop(image, dx, dy, ty, wy, tx, wx, bilinear, nbands, out):
+def _hog_cells_loop(image, dx, dy, ty, wy, tx, wx, bilinear, nbands, out, save, sgx, sgy, sk, ssel):
     """Directed cell histograms, band by band: `out[b * nbands + band]` `(2K,h+2,w+2)` gets the band's pixels.
     Each row in three passes: the gradients, VLFeat's orientation scan over the whole row at once (the loop over
-    pixels inside the loop over orientations, so the compiler vectorises it), then the weights into the cells."""
+    pixels inside the loop over orientations, so the compiler vectorises it), then the weights into the cells.
+    With `save`, each interior pixel's selected gradient, orientations and channel go to `sgx`, `sgy` `(B,H-2,W-2)`,
+    `sk` `(B,2,H-2,W-2)` and `ssel` `(B,H-2,W-2)` (for the backward pass)."""
     B, C, H, W = image.shape
     K, n = dx.shape[0], W - 2
     rows = (H - 2 + nbands - 1) // nbands
@@ -680,12 +682,13 @@ def _hog_cells_loop(image, dx, dy, ty, wy, tx, wx, bilinear, nbands, out):
         o = out[t]
         gx, gy, best = np.empty(n, image.dtype), np.empty(n, image.dtype), np.empty(n, image.dtype)
         w0, w1 = np.empty(n, image.dtype), np.empty(n, image.dtype)
-        k0, k1 = np.empty(n, np.int64), np.empty(n, np.int64)
+        k0, k1, sel = np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(n, np.int64)
         for i in range(band * rows, min(H - 2, (band + 1) * rows)):
             up, mid, dn = image[b, 0, i], image[b, 0, i + 1], image[b, 0, i + 2]
             for j in range(n):
                 gx[j], gy[j] = mid[j + 2] - mid[j], dn[j + 1] - up[j + 1]
                 best[j] = gx[j] * gx[j] + gy[j] * gy[j]
+                sel[j] = 0
             for c in range(1, C):                       # VLFeat's strict '>': the first channel of largest norm
                 up, mid, dn = image[b, c, i], image[b, c, i + 1], image[b, c, i + 2]
                 for j in range(n):
@@ -693,11 +696,12 @@ def _hog_cells_loop(image, dx, dy, ty, wy, tx, wx, bilinear, nbands, out):
                     n2 = cx * cx + cy * cy
                     take = n2 > best[j]
                     gx[j], gy[j], best[j] = (cx if take else gx[j]), (cy if take else gy[j]), (n2 if take else best[j])
+                    sel[j] = c if take else sel[j]
             for j in range(n): w0[j], w1[j], k0[j], k1[j] = 0, 0, 0, 0
             for k in range(K):                          # VLFeat's scan: best and second-best |<g, u_k>|
-                ck, sk = dx[k], dy[k]
+                cosk, sink = dx[k], dy[k]
                 for j in range(n):
-                    ak = abs(gx[j] * ck + gy[j] * sk)
+                    ak = abs(gx[j] * cosk + gy[j] * sink)
                     a0, a1 = w0[j], w1[j]
                     gt0, gt1 = ak > a0, ak > a1
                     w1[j] = a0 if gt0 else (ak if gt1 else a1)
@@ -705,6 +709,13 @@ def _hog_cells_loop(image, dx, dy, ty, wy, tx, wx, bilinear, nbands, out):
                     w0[j] = ak if gt0 else a0
                     k0[j] = k if gt0 else k0[j]
             ty0, ty1, wy0, wy1 = ty[0, i], ty[1, i], wy[0, i], wy[1, i]
+            if save:
+                for j in range(n):
+                    sgx[b, i, j] = gx[j]
+                    sgy[b, i, j] = gy[j]
+                    ssel[b, i, j] = sel[j]
+                    sk[b, 0, i, j] = k0[j]
+                    sk[b, 1, i, j] = k1[j] if w1[j] > 0 else 0
             for j in range(n):
                 s1 = gx[j] * dx[k0[j]] + gy[j] * dy[k0[j]]
                 if s1 == 0: continue                    # VLFeat adds nothing for a zero gradient
@@ -839,7 +850,7 @@ if numba is not None:
     _sift_normalize_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_sift_normalize_loop)
     _sift_pool_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_sift_pool_loop)
 
-def _hog_cells_compiled(image, directions, cell_size: int, cells, bilinear: bool):
+def _hog_cells_compiled(image, directions, cell_size: int, cells, bilinear: bool, saved=None):
     "`_pool_cells_sparse(_hog_orientation_bins(...))` from one compiled pass: `(B,C,H,W)` -> `(B,2K,h,w)`."
     B, C, H, W = image.shape
     (h, w), K = cells, directions.shape[1]
@@ -851,8 +862,11 @@ def _hog_cells_compiled(image, directions, cell_size: int, cells, bilinear: bool
     nbands = max(1, min(H - 2, -(-threads // B)))      # enough tasks for every thread, one band per image otherwise
     out = np.zeros((B * nbands, 2 * K, h + 2, w + 2), dtype=image.numpy().dtype)
     d = directions.to(image.dtype)
-    _hog_cells_loop(image.contiguous().numpy(), d[0].numpy(), d[1].numpy(), ty.numpy(), wy.numpy(), tx.numpy(), wx.numpy(),
-                    bilinear, nbands, out)
+    im = image.detach().contiguous().numpy()
+    save = saved is not None
+    if not save: saved = (np.empty((1, 1, 1), im.dtype),) * 2 + (np.empty((1, 1, 1, 1), np.int64), np.empty((1, 1, 1), np.int64))
+    _hog_cells_loop(im, d[0].numpy(), d[1].numpy(), ty.numpy(), wy.numpy(), tx.numpy(), wx.numpy(),
+                    bilinear, nbands, out, save, *saved)
     if torch.get_num_threads() != threads: torch.set_num_threads(threads)   # numba's thread setting can leak into torch's
     return torch.from_numpy(out).view(B, nbands, 2 * K, h + 2, w + 2).sum(1)[..., 1:-1, 1:-1]
 
@@ -870,3 +884,107 @@ def _uoctti_compiled(hist, num_orientations: int):
 if numba is not None:  # from here on `HOG` features alone take the compiled passes
     _COMPILED_HOG_CELLS, _COMPILED_UOCTTI = _hog_cells_compiled, _uoctti_compiled
     _COMPILED_SIFT_POOL, _COMPILED_SIFT_NORMALIZE = _sift_pool_compiled, _sift_normalize_compiled
+
+# %% ../nbs/05a_features.ipynb #9ac48981
+def _hog_backward_loop(g, dx, dy, ty, wy, tx, wx, bilinear, sgx, sgy, sk, ggx, ggy):
+    "Per interior pixel: d loss / d(g_x, g_y) from the cell gradients `g` `(B,2K,h+2,w+2)` (zero-padded)."
+    B, n_i, n_j = sgx.shape
+    K = dx.shape[0]
+    k_over_pi, one = sgx.dtype.type(K / math.pi), sgx.dtype.type(1)
+    for t in numba.prange(B * n_i):
+        b, i = t // n_i, t % n_i
+        ty0, ty1, wy0, wy1 = ty[0, i], ty[1, i], wy[0, i], wy[1, i]
+        for j in range(n_j):
+            gx, gy, k0, k1 = sgx[b, i, j], sgy[b, i, j], sk[b, 0, i, j], sk[b, 1, i, j]
+            best = gx * gx + gy * gy
+            ggx[b, i, j] = 0
+            ggy[b, i, j] = 0
+            if best == 0: continue
+            mag = sgx.dtype.type(math.sqrt(np.float64(best)))
+            dx1, dy1 = dx[k0], dy[k0]
+            s1 = gx * dx1 + gy * dy1
+            bin1 = k0 + (K if s1 < 0 else 0)
+            tx0, tx1, wx0, wx1 = tx[0, j], tx[1, j], wx[0, j], wx[1, j]
+            g1 = (g[b, bin1, ty0, tx0] * (wy0 * wx0) + g[b, bin1, ty0, tx1] * (wy0 * wx1)
+                  + g[b, bin1, ty1, tx0] * (wy1 * wx0) + g[b, bin1, ty1, tx1] * (wy1 * wx1))
+            if not bilinear:
+                ggx[b, i, j] = g1 / mag * gx
+                ggy[b, i, j] = g1 / mag * gy
+                continue
+            s2 = gx * dx[k1] + gy * dy[k1]
+            bin2 = k1 + (K if s2 < 0 else 0)
+            g2 = (g[b, bin2, ty0, tx0] * (wy0 * wx0) + g[b, bin2, ty0, tx1] * (wy0 * wx1)
+                  + g[b, bin2, ty1, tx0] * (wy1 * wx0) + g[b, bin2, ty1, tx1] * (wy1 * wx1))
+            a1 = abs(s1)
+            cos = sgx.dtype.type(np.float64(a1) / np.float64(mag))
+            frac = math.acos(min(cos, one)) * k_over_pi
+            cr = gx * dy1 - gy * dx1
+            cross = abs(cr)
+            inv = (g1 + (g2 - g1) * frac) / mag
+            ga = (g2 - g1) * mag * k_over_pi / (a1 * a1 + cross * cross)
+            dc = ga * a1 * (one if cr > 0 else (-one if cr < 0 else 0 * one))
+            ds = -ga * cross * (one if s1 > 0 else (-one if s1 < 0 else 0 * one))
+            ggx[b, i, j] = inv * gx + dc * dy1 + ds * dx1
+            ggy[b, i, j] = inv * gy + ds * dy1 - dc * dx1
+
+def _hog_image_grad_loop(ggx, ggy, ssel, C, gi):
+    "The transposed central differences: each image pixel gathers from the interior pixels whose gradient it entered."
+    B, H, W = gi.shape[0], gi.shape[2], gi.shape[3]
+    n_i, n_j = H - 2, W - 2
+    for t in numba.prange(B * H):
+        b, y = t // H, t % H
+        for c in range(C):
+            for x in range(W):
+                v = gi.dtype.type(0)
+                i = y - 1                                  # g_x of (i, x-2) adds it, of (i, x) subtracts it
+                if 0 <= i < n_i:
+                    if 0 <= x - 2 < n_j and ssel[b, i, x - 2] == c: v += ggx[b, i, x - 2]
+                    if x < n_j and ssel[b, i, x] == c: v -= ggx[b, i, x]
+                j = x - 1                                  # g_y of (y-2, j) adds it, of (y, j) subtracts it
+                if 0 <= j < n_j:
+                    if 0 <= y - 2 < n_i and ssel[b, y - 2, j] == c: v += ggy[b, y - 2, j]
+                    if y < n_i and ssel[b, y, j] == c: v -= ggy[b, y, j]
+                gi[b, c, y, x] = v
+
+if numba is not None:
+    _hog_backward_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_hog_backward_loop)
+    _hog_image_grad_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_hog_image_grad_loop)
+
+class _HOGCellsCompiled(torch.autograd.Function):
+    "`_HOGCells` from the compiled passes: image `(B,C,H,W)` (CPU, float32/64) -> directed cell histograms `(B,2K,h,w)`."
+    @staticmethod
+    def forward(ctx, image, directions, cell_size: int, cells, bilinear: bool):
+        B, C, H, W = image.shape
+        dt = image.detach().numpy().dtype
+        saved = (np.empty((B, H - 2, W - 2), dt), np.empty((B, H - 2, W - 2), dt),
+                 np.empty((B, 2, H - 2, W - 2), np.int64), np.empty((B, H - 2, W - 2), np.int64))
+        hist = _hog_cells_compiled(image, directions, cell_size, cells, bilinear, saved)
+        ctx.args = (directions, cell_size, cells, bilinear, image.shape, saved)
+        return hist
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        directions, cell_size, cells, bilinear, (B, C, H, W), saved = ctx.args
+        (h, w), d = cells, directions.to(grad.dtype)
+        kernel, offset = bilinear_pooling_kernel(cell_size, grad.dtype)
+        ty, wy = _cell_taps(H - 2, h, kernel, offset, cell_size)
+        tx, wx = _cell_taps(W - 2, w, kernel, offset, cell_size)
+        g = F.pad(grad, (1, 1, 1, 1)).contiguous().numpy()
+        ggx, ggy = np.empty_like(saved[0]), np.empty_like(saved[0])
+        gi = np.empty((B, C, H, W), saved[0].dtype)
+        threads = torch.get_num_threads()
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        _hog_backward_loop(g, d[0].numpy(), d[1].numpy(), ty.numpy(), wy.numpy(), tx.numpy(), wx.numpy(), bilinear,
+                           saved[0], saved[1], saved[2], ggx, ggy)
+        _hog_image_grad_loop(ggx, ggy, saved[3], C, gi)
+        if torch.get_num_threads() != threads: torch.set_num_threads(threads)
+        return torch.from_numpy(gi), None, None, None, None
+
+def _fused_hog(image, directions, cell_size: int, cells, bilinear: bool):
+    "The fused HOG cell layer: compiled on CPU float images when numba is installed, `_HOGCells` otherwise."
+    if numba is not None and image.device.type == "cpu" and image.dtype in (torch.float32, torch.float64):
+        return _HOGCellsCompiled.apply(image, directions, cell_size, cells, bilinear)
+    return _HOGCells.apply(image, directions, cell_size, cells, bilinear)
+
+_FUSED_HOG = _fused_hog   # from here on `HOG` takes the compiled layer (or `_HOGCells`) when a gradient is needed
