@@ -8,6 +8,11 @@ DEMO_ARGS ?= -p loss kta
 
 .PHONY: demo test lab bench install references browser sync docs
 
+# OpenMP threads spin-wait after each parallel region (libgomp's default: 300,000 rounds). On a 2-core machine that
+# is also doing something else, that spinning made the pre-image solver 3-4x slower; a short spin keeps the idle
+# speed (bench/bench_preimage.py). Every command below, and the notebooks' kernels they start, inherit it.
+export GOMP_SPINCOUNT ?= 1000
+
 # The venv is rebuilt when the package definition changes.
 $(VENV)/.installed: settings.ini setup.py pyproject.toml
 	python3 -m venv $(VENV)

@@ -12,8 +12,15 @@ median over rounds is reported with the smallest and largest (the development ma
 timings drift by +-20 %). 2 threads, OpenMP's default wait policy. Last line: one JSON object.
 """
 import json
+import os
 import statistics
 import time
+
+# OpenMP threads spin-wait after each parallel region (libgomp: GOMP_SPINCOUNT 300,000 rounds by default). With many
+# short regions per iteration and another process on one of the two cores, the spinners take the core the other
+# thread needs, and a batch of 8 ran 3.6x slower (two threads each spinning for the other). A short spin keeps the
+# idle speed and removes most of that: what `make` sets for every command, set here before torch starts its pool.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import torch
 
@@ -72,14 +79,16 @@ def main():
     t8 = best(lambda: invert(hog, x8, C=100, num_iters=50), repeats=1) / 50 * iters
     with busy_process():
         t8_busy = best(lambda: invert(hog, x8, C=100, num_iters=50), repeats=1) / 50 * iters
+        one_busy = best(lambda: invert(hog, x1, C=100, num_iters=iters), repeats=1)
     res = dict(hog_invert_224_350it_s=round(one, 3), per_iter_ms=round(1000 * it, 2),
                hog_fwd_bwd_ms=round(1000 * fb, 2), ratio_iter_vs_fwd_bwd=round(ratio, 3),
                ratio_min_max=[round(r, 3) for r in spread],
                batch8_350it_s=round(t8, 2), batch8_per_image_s=round(t8 / 8, 3),
                batch8_busy_per_image_s=round(t8_busy / 8, 3), batch8_busy_slowdown=round(t8_busy / t8, 3),
-               threads=torch.get_num_threads())
+               hog_invert_busy_s=round(one_busy, 3), invert_busy_slowdown=round(one_busy / one, 3),
+               gomp_spincount=os.environ.get("GOMP_SPINCOUNT"), threads=torch.get_num_threads())
     res["goals_met"] = {"invert_le_1.2_s": one <= 1.2, "batch8_per_image_le_half_single": t8 / 8 <= 0.5 * one,
-                        "iter_le_1.10x_fwd_bwd": ratio <= 1.10, "busy_le_2x_idle": t8_busy / t8 <= 2}
+                        "iter_le_1.10x_fwd_bwd": ratio <= 1.10, "busy_le_2x_idle": max(t8_busy / t8, one_busy / one) <= 2}
     if cnn_fb is not None:
         res.update(cnn_fwd_bwd_ms=round(1000 * cnn_fb, 2), cnn_per_iter_ms=round(1000 * cnn_iter, 2),
                    cnn_ratio_iter_vs_fwd_bwd=round(cnn_ratio, 3))

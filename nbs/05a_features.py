@@ -1354,13 +1354,19 @@ if numba is not None:
     _sift_normalize_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_sift_normalize_loop)
     _sift_pool_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_sift_pool_loop)
 
+@functools.lru_cache(maxsize=32)
+def _numpy_taps(H: int, W: int, h: int, w: int, cell_size: int, dtype):
+    "`_cell_taps` of the rows and of the columns as numpy arrays (ty, wy, tx, wx), cached: the solver asks every iteration."
+    kernel, offset = bilinear_pooling_kernel(cell_size, dtype)
+    ty, wy = _cell_taps(H - 2, h, kernel, offset, cell_size)
+    tx, wx = _cell_taps(W - 2, w, kernel, offset, cell_size)
+    return ty.numpy(), wy.numpy(), tx.numpy(), wx.numpy()
+
 def _hog_cells_compiled(image, directions, cell_size: int, cells, bilinear: bool, saved=None):
     "`_pool_cells_sparse(_hog_orientation_bins(...))` from one compiled pass: `(B,C,H,W)` -> `(B,2K,h,w)`."
     B, C, H, W = image.shape
     (h, w), K = cells, directions.shape[1]
-    kernel, offset = bilinear_pooling_kernel(cell_size, image.dtype)
-    ty, wy = _cell_taps(H - 2, h, kernel, offset, cell_size)
-    tx, wx = _cell_taps(W - 2, w, kernel, offset, cell_size)
+    ty, wy, tx, wx = _numpy_taps(H, W, h, w, cell_size, image.dtype)
     threads = torch.get_num_threads()
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     nbands = max(1, min(H - 2, -(-threads // B)))      # enough tasks for every thread, one band per image otherwise
@@ -1369,8 +1375,7 @@ def _hog_cells_compiled(image, directions, cell_size: int, cells, bilinear: bool
     im = image.detach().contiguous().numpy()
     save = saved is not None
     if not save: saved = (np.empty((1, 1, 1), im.dtype),) * 2 + (np.empty((1, 1, 1, 1), np.int64), np.empty((1, 1, 1), np.int64))
-    _hog_cells_loop(im, d[0].numpy(), d[1].numpy(), ty.numpy(), wy.numpy(), tx.numpy(), wx.numpy(),
-                    bilinear, nbands, out, save, *saved)
+    _hog_cells_loop(im, d[0].numpy(), d[1].numpy(), ty, wy, tx, wx, bilinear, nbands, out, save, *saved)
     if torch.get_num_threads() != threads: torch.set_num_threads(threads)   # numba's thread setting can leak into torch's
     return torch.from_numpy(out).view(B, nbands, 2 * K, h + 2, w + 2).sum(1)[..., 1:-1, 1:-1]
 
@@ -1395,8 +1400,8 @@ if numba is not None:  # from here on `HOG` features alone take the compiled pas
 # also keeps each pixel's selected gradient, orientations and channel, and a compiled backward pass reads the
 # cell gradients at each pixel's four cells, applies the chain rule of `_HOGCells.backward` (through
 # $m = \|\mathbf g\|$ and, for HOGb, the split angle) and gathers the result back to the image through the
-# derivative filters — every output pixel collects from its neighbours, so bands of rows never write to the
-# same place. `_HOGCellsCompiled` is that pair; `HOG` takes it for CPU float images when numba is installed.
+# derivative filters (one task per image, so no two tasks write to the same pixel). `_HOGCellsCompiled` is that
+# pair; `HOG` takes it for CPU float images when numba is installed.
 
 # %%
 #| export
@@ -1442,23 +1447,17 @@ def _hog_backward_loop(g, dx, dy, ty, wy, tx, wx, bilinear, sgx, sgy, sk, ggx, g
             ggy[b, i, j] = inv * gy + ds * dy1 - dc * dx1
 
 def _hog_image_grad_loop(ggx, ggy, ssel, C, gi):
-    "The transposed central differences: each image pixel gathers from the interior pixels whose gradient it entered."
-    B, H, W = gi.shape[0], gi.shape[2], gi.shape[3]
-    n_i, n_j = H - 2, W - 2
-    for t in numba.prange(B * H):
-        b, y = t // H, t % H
-        for c in range(C):
-            for x in range(W):
-                v = gi.dtype.type(0)
-                i = y - 1                                  # g_x of (i, x-2) adds it, of (i, x) subtracts it
-                if 0 <= i < n_i:
-                    if 0 <= x - 2 < n_j and ssel[b, i, x - 2] == c: v += ggx[b, i, x - 2]
-                    if x < n_j and ssel[b, i, x] == c: v -= ggx[b, i, x]
-                j = x - 1                                  # g_y of (y-2, j) adds it, of (y, j) subtracts it
-                if 0 <= j < n_j:
-                    if 0 <= y - 2 < n_i and ssel[b, y - 2, j] == c: v += ggy[b, y - 2, j]
-                    if y < n_i and ssel[b, y, j] == c: v -= ggy[b, y, j]
-                gi[b, c, y, x] = v
+    "The transposed central differences into `gi` `(B,C,H,W)`: one task per image, each pixel's two differences scattered."
+    B, n_i, n_j = ggx.shape
+    for b in numba.prange(B):
+        gi[b] = 0
+        for i in range(n_i):
+            for j in range(n_j):
+                c, vx, vy = ssel[b, i, j], ggx[b, i, j], ggy[b, i, j]
+                gi[b, c, i + 1, j + 2] += vx
+                gi[b, c, i + 1, j] -= vx
+                gi[b, c, i + 2, j + 1] += vy
+                gi[b, c, i, j + 1] -= vy
 
 if numba is not None:
     _hog_backward_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_hog_backward_loop)
@@ -1481,16 +1480,13 @@ class _HOGCellsCompiled(torch.autograd.Function):
     def backward(ctx, grad):
         directions, cell_size, cells, bilinear, (B, C, H, W), saved = ctx.args
         (h, w), d = cells, directions.to(grad.dtype)
-        kernel, offset = bilinear_pooling_kernel(cell_size, grad.dtype)
-        ty, wy = _cell_taps(H - 2, h, kernel, offset, cell_size)
-        tx, wx = _cell_taps(W - 2, w, kernel, offset, cell_size)
+        ty, wy, tx, wx = _numpy_taps(H, W, h, w, cell_size, grad.dtype)
         g = F.pad(grad, (1, 1, 1, 1)).contiguous().numpy()
         ggx, ggy = np.empty_like(saved[0]), np.empty_like(saved[0])
         gi = np.empty((B, C, H, W), saved[0].dtype)
         threads = torch.get_num_threads()
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        _hog_backward_loop(g, d[0].numpy(), d[1].numpy(), ty.numpy(), wy.numpy(), tx.numpy(), wx.numpy(), bilinear,
-                           saved[0], saved[1], saved[2], ggx, ggy)
+        _hog_backward_loop(g, d[0].numpy(), d[1].numpy(), ty, wy, tx, wx, bilinear, saved[0], saved[1], saved[2], ggx, ggy)
         _hog_image_grad_loop(ggx, ggy, saved[3], C, gi)
         if torch.get_num_threads() != threads: torch.set_num_threads(threads)
         return torch.from_numpy(gi), None, None, None, None

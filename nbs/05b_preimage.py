@@ -1071,6 +1071,17 @@ fig = show_images([x0[0]] + [r.images[0].clamp(0, 1) for r in runs.values()],
 # - 350 iterations take 1.9–2.1 s. This machine was slower that day: HOG's forward+backward pass took
 #   5.4–6 ms, against 4 ms before.
 #
+# - With HOG's forward and backward passes compiled too (chapter 05a, `_HOGCellsCompiled`), 350 iterations
+#   take 0.74 s on 2 threads (1.0 s on one); an iteration is 1.9 ms against 1.6 ms for HOG's forward+backward
+#   (1.13–1.20×: the solver's own 0.3 ms — the update, the loss's autograd, Python — is now a larger share of a
+#   cheaper Φ). In a batch of 8 an image takes 0.50 s, 0.68× the single image: HOG's two passes run one
+#   task per image, but the update and the loss remain per-batch tensor work.
+# - Beside one other busy process on the same two cores, the batch ran 3.6× slower than idle: after every
+#   parallel region OpenMP's threads spin (libgomp's default 300,000 rounds), and with one core shared the
+#   spinners starve the thread the region waits for. `make` sets `GOMP_SPINCOUNT=1000` for every command and
+#   kernel it starts (set it before Python starts when running the book otherwise): the idle speed is the
+#   same and the slowdown is 1.8–2.0×.
+#
 # The kernel is compiled on first use (about 6 s per dtype) and then loaded from numba's cache. It runs on
 # as many threads as torch uses. numba's OpenMP layer loads the system's libgomp beside the copy torch
 # ships (two thread pools in one process). Setting numba's thread count has been seen to change torch's, so

@@ -162,6 +162,17 @@ def test_make_demo_and_lab_leave_the_backend_to_the_kernel():
     assert re.findall(r"^MPLBACKEND=\[.*\]$", out, re.M) == ["MPLBACKEND=[]"], f"make sets MPLBACKEND for demo/lab: {out}"
 
 
+def test_make_gives_openmp_a_short_spin():
+    "Every make command (and the kernels it starts) gets GOMP_SPINCOUNT=1000 unless the caller set one (bench_preimage)."
+    for given, want in ((None, "1000"), ("77", "77")):
+        env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+        if given: env["GOMP_SPINCOUNT"] = given
+        show = 'showenv: ; +@echo "SPIN=[$$GOMP_SPINCOUNT]"'
+        out = subprocess.run(["make", "-n", "-s", "--eval", show, "--eval", "demo: showenv", "demo"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+        assert re.findall(r"^SPIN=\[(.*)\]$", out, re.M) == [want], out
+
+
 def _workflow(name: str) -> dict:
     path = ROOT / ".github" / "workflows" / name
     assert path.exists(), f"{path.relative_to(ROOT)} is missing"
