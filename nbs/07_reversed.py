@@ -37,6 +37,7 @@
 
 # %%
 #| export
+import contextlib
 import copy
 import inspect
 import math
@@ -154,12 +155,17 @@ ARCHITECTURES = {  # the three named architectures; LRN as in section 7.3.2, lay
 class _ReversedActivation(torch.autograd.Function):
     "An elementwise activation's forward; its backward by `rule` from the local derivative f'(x) (the table above)."
     @staticmethod
-    def forward(ctx, x, fn, rule):
+    def forward(ctx, x, fn, rule, relu: bool = False, inplace: bool = False):
+        ctx.rule = rule
+        if relu:  # a plain ReLU: f'(x) is the mask x > 0 (0 at 0, as torch's own backward), no autograd pass needed
+            if rule in ("saliency", "guided"): ctx.save_for_backward(x > 0)
+            if not inplace: return fn(x)
+            ctx.mark_dirty(x)  # an in-place ReLU stays in place: no new tensor, no copy back
+            return x.clamp_(min=0)
         with torch.enable_grad():
             xd = x.detach().requires_grad_(True)
             yd = fn(xd)
             d = torch.autograd.grad(yd, xd, torch.ones_like(yd))[0] if rule in ("saliency", "guided") else None
-        ctx.rule = rule
         if d is not None: ctx.save_for_backward(d)
         return yd.detach()
 
@@ -167,7 +173,7 @@ class _ReversedActivation(torch.autograd.Function):
     def backward(ctx, g):
         if ctx.rule in ("guided", "deconvnet"): g = g.clamp(min=0)     # a ReLU in the backward direction
         if ctx.rule in ("guided", "saliency"): g = g * ctx.saved_tensors[0]  # the local derivative (a mask for ReLU)
-        return g, None, None
+        return g, None, None, None, None
 
 def _pair(v): return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
@@ -262,6 +268,7 @@ _INPLACE = {F.relu_: F.relu, torch.relu_: torch.relu, torch.Tensor.relu_: torch.
 # rectifiers: ReLU and its smooth or leaky relatives, reversed by the `relu` rule (see the table above)
 _RECTIFIERS = {F.relu, torch.relu, torch.Tensor.relu, F.relu6, F.hardtanh, F.threshold, F.silu, F.gelu, F.hardswish, F.elu,
                F.leaky_relu, F.mish, F.softplus, F.selu, F.celu, F.prelu, *_INPLACE}
+_PLAIN_RELUS = {F.relu, torch.relu, torch.Tensor.relu}   # their local derivative is a mask (a fast path)
 _POOLS = {F.max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d}
 _NORMS = {F.layer_norm, F.group_norm}
 
@@ -322,15 +329,17 @@ class _Reverser(TorchFunctionMode):
     def __init__(self, relu, pool, lrn, norm):
         super().__init__()
         self.relu, self.pool, self.lrn, self.norm = relu, pool, lrn, norm
+        # the functions these rules replace, each with its substitute: every other call costs one dict look-up
+        self.table = {}
+        if relu != "saliency": self.table.update({f: self._rectifier for f in _RECTIFIERS})
+        if pool == "center": self.table.update({f: _centre_pool for f in _POOLS})
+        if lrn == "identity": self.table[F.local_response_norm] = _identity_lrn
+        if norm == "frozen": self.table.update({f: _frozen_norm for f in _NORMS})
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _RECTIFIERS and self.relu != "saliency": return self._rectifier(func, args, kwargs)
-        if func in _POOLS and self.pool == "center": return _centre_pool(func, args, kwargs)
-        if func is F.local_response_norm and self.lrn == "identity":
-            return _IdentityBackward.apply(args[0], SimpleNamespace(**_bound(F.local_response_norm, *args, **kwargs)))
-        if func in _NORMS and self.norm == "frozen": return _FrozenNorm.apply(args[0], func, args[1:], kwargs)
-        return func(*args, **kwargs)
+        substitute = self.table.get(func)
+        if substitute is None: return func(*args, **(kwargs or {}))
+        return substitute(func, args, kwargs or {})
 
     def _rectifier(self, func, args, kwargs):
         "Out of place (the input is kept for its reverse); an in-place call writes the result back into its input."
@@ -338,9 +347,17 @@ class _Reverser(TorchFunctionMode):
         base = _INPLACE.get(func, func)
         inplace = func in _INPLACE or kwargs.get("inplace", False)
         kw = {k: v for k, v in kwargs.items() if k != "inplace"}
-        y = _ReversedActivation.apply(x, lambda t: base(t, *rest, **kw), self.relu)
-        if not inplace or (x.is_leaf and x.requires_grad): return y
+        plain = base in _PLAIN_RELUS and not rest and not kw
+        in_place = inplace and not (x.is_leaf and x.requires_grad)   # a leaf that needs its gradient is never overwritten
+        y = _ReversedActivation.apply(x, lambda t: base(t, *rest, **kw), self.relu, plain, plain and in_place)
+        if not in_place or plain: return y
         return x.copy_(y)
+
+def _identity_lrn(func, args, kwargs):
+    return _IdentityBackward.apply(args[0], SimpleNamespace(**_bound(F.local_response_norm, *args, **kwargs)))
+
+def _frozen_norm(func, args, kwargs):
+    return _FrozenNorm.apply(args[0], func, args[1:], kwargs)
 
 def _check_rules(relu, pool, lrn, norm):
     for name, v, valid in (("relu", relu, RELU_RULES), ("pool", pool, POOL_RULES), ("lrn", lrn, LRN_RULES), ("norm", norm, NORM_RULES)):
@@ -392,7 +409,7 @@ def reverse(model: nn.Module,  # the forward network φ: any module (torchvision
     Shape: x `(B,C,H,W)` → `(B,C,H,W)`."""
     _check_rules(relu, pool, lrn, norm)
     check_image("reverse", x)
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules()) if layer is not None else {}
     if layer is not None and (not layer or layer not in modules):
         raise ValueError(f"unknown layer {layer!r} for {type(model).__name__}; valid names: {', '.join(layer_names(model))}")
     out, was_training, handle = {}, model.training, None
@@ -407,7 +424,9 @@ def reverse(model: nn.Module,  # the forward network φ: any module (torchvision
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             try:
-                with _Reverser(relu, pool, lrn, norm): out["y"] = model(x)
+                # every rule plain back-propagation (saliency): nothing to substitute, so no mode on every call
+                plain = (relu, pool, lrn, norm) == ("saliency", "switches", "bp", "bp")
+                with contextlib.nullcontext() if plain else _Reverser(relu, pool, lrn, norm): out["y"] = model(x)
             except _Done: pass
             y = out["y"]
             if not torch.is_tensor(y) or not y.requires_grad:
@@ -416,7 +435,7 @@ def reverse(model: nn.Module,  # the forward network φ: any module (torchvision
             return torch.autograd.grad(y, x, grad_outputs=p)[0]
     finally:
         if handle is not None: handle.remove()
-        model.train(was_training)
+        if was_training: model.train(True)
 
 
 # %% [markdown]
