@@ -25,6 +25,7 @@
 
 # %%
 #| export
+import contextlib
 import functools
 import math
 
@@ -1326,15 +1327,22 @@ def _sift_pool_loop(bins, k, p, step, ny, nx, out):
                     for dx in range(L): acc += k[i, dx] * row[xo * step + dx]
                     o[xo] = acc
 
+@contextlib.contextmanager
+def _numba_threads():
+    "Run numba's parallel loops on as many threads as torch uses (yields that count); torch's count is put back after."
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try: yield threads
+    finally:
+        if torch.get_num_threads() != threads: torch.set_num_threads(threads)   # numba's setting can leak into torch's
+
 def _sift_pool_compiled(bins, k, p: int, step: int, ny: int, nx: int):
     "`DenseSIFT`'s two strided convolutions and reordering in one compiled pass: `(B,T,H,W)` -> `(B,N*N*T,ny,nx)`."
     B, T = bins.shape[:2]
     N = k.shape[0]
     out = np.empty((B, N * N * T, ny, nx), dtype=bins.numpy().dtype)
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    _sift_pool_loop(bins.detach().contiguous().numpy(), k.contiguous().numpy(), p, step, ny, nx, out)
-    if torch.get_num_threads() != threads: torch.set_num_threads(threads)
+    with _numba_threads():
+        _sift_pool_loop(bins.detach().contiguous().numpy(), k.contiguous().numpy(), p, step, ny, nx, out)
     return torch.from_numpy(out)
 
 def _sift_normalize_compiled(d):
@@ -1342,10 +1350,8 @@ def _sift_normalize_compiled(d):
     B, D = d.shape[:2]
     x = d.detach().contiguous().reshape(B, D, -1)
     out = np.empty(x.shape, dtype=x.numpy().dtype)
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    _sift_normalize_loop(x.numpy(), out, 2048)
-    if torch.get_num_threads() != threads: torch.set_num_threads(threads)
+    with _numba_threads():
+        _sift_normalize_loop(x.numpy(), out, 2048)
     return torch.from_numpy(out).view(d.shape)
 
 if numba is not None:
@@ -1367,16 +1373,13 @@ def _hog_cells_compiled(image, directions, cell_size: int, cells, bilinear: bool
     B, C, H, W = image.shape
     (h, w), K = cells, directions.shape[1]
     ty, wy, tx, wx = _numpy_taps(H, W, h, w, cell_size, image.dtype)
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    nbands = max(1, min(H - 2, -(-threads // B)))      # enough tasks for every thread, one band per image otherwise
-    out = np.zeros((B * nbands, 2 * K, h + 2, w + 2), dtype=image.numpy().dtype)
-    d = directions.to(image.dtype)
-    im = image.detach().contiguous().numpy()
+    d, im = directions.to(image.dtype), image.detach().contiguous().numpy()
     save = saved is not None
     if not save: saved = (np.empty((1, 1, 1), im.dtype),) * 2 + (np.empty((1, 1, 1, 1), np.int64), np.empty((1, 1, 1), np.int64))
-    _hog_cells_loop(im, d[0].numpy(), d[1].numpy(), ty, wy, tx, wx, bilinear, nbands, out, save, *saved)
-    if torch.get_num_threads() != threads: torch.set_num_threads(threads)   # numba's thread setting can leak into torch's
+    with _numba_threads() as threads:
+        nbands = max(1, min(H - 2, -(-threads // B)))      # enough tasks for every thread, one band per image otherwise
+        out = np.zeros((B * nbands, 2 * K, h + 2, w + 2), dtype=im.dtype)
+        _hog_cells_loop(im, d[0].numpy(), d[1].numpy(), ty, wy, tx, wx, bilinear, nbands, out, save, *saved)
     return torch.from_numpy(out).view(B, nbands, 2 * K, h + 2, w + 2).sum(1)[..., 1:-1, 1:-1]
 
 def _uoctti_compiled(hist, num_orientations: int):
@@ -1384,10 +1387,8 @@ def _uoctti_compiled(hist, num_orientations: int):
     hist = hist.contiguous()
     B, _, h, w = hist.shape
     out = np.empty((B, 3 * num_orientations + 4, h, w), dtype=hist.numpy().dtype)
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    _uoctti_loop(hist.numpy(), num_orientations, out)
-    if torch.get_num_threads() != threads: torch.set_num_threads(threads)
+    with _numba_threads():
+        _uoctti_loop(hist.numpy(), num_orientations, out)
     return torch.from_numpy(out)
 
 if numba is not None:  # from here on `HOG` features alone take the compiled passes
@@ -1484,11 +1485,9 @@ class _HOGCellsCompiled(torch.autograd.Function):
         g = F.pad(grad, (1, 1, 1, 1)).contiguous().numpy()
         ggx, ggy = np.empty_like(saved[0]), np.empty_like(saved[0])
         gi = np.empty((B, C, H, W), saved[0].dtype)
-        threads = torch.get_num_threads()
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        _hog_backward_loop(g, d[0].numpy(), d[1].numpy(), ty, wy, tx, wx, bilinear, saved[0], saved[1], saved[2], ggx, ggy)
-        _hog_image_grad_loop(ggx, ggy, saved[3], C, gi)
-        if torch.get_num_threads() != threads: torch.set_num_threads(threads)
+        with _numba_threads():
+            _hog_backward_loop(g, d[0].numpy(), d[1].numpy(), ty, wy, tx, wx, bilinear, saved[0], saved[1], saved[2], ggx, ggy)
+            _hog_image_grad_loop(ggx, ggy, saved[3], C, gi)
         return torch.from_numpy(gi), None, None, None, None
 
 def _fused_hog(image, directions, cell_size: int, cells, bilinear: bool):
