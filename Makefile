@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO_NB ?= nbs/03_cpfs_train.ipynb
 DEMO_ARGS ?= -p loss kta
 
-.PHONY: demo test lab bench install references browser sync docs
+.PHONY: demo test lab bench install references browser sync docs book
 
 # OpenMP threads spin-wait after each parallel region (libgomp's default: 300,000 rounds). On a 2-core machine that
 # is also doing something else, that spinning made the pre-image solver 3-4x slower; a short spin keeps the idle
@@ -64,6 +64,12 @@ docs: $(VENV)/.installed
 	@if command -v quarto >/dev/null; then $(BIN)/nbdev_docs; \
 	else echo "docs: Quarto is not on the PATH; building a preview with nbconvert instead (tools/build_preview.py)"; \
 		$(PY) tools/build_preview.py; fi
+
+# Execute every chapter in order, in place, with its default parameters, and save it with its outputs and
+# measured runtime (tools/book.py): what GitHub, JupyterLab and the website show. `make book NBS="03_cpfs_train"`
+# runs only those. Training is cached in the runs folder, so a second run reuses it.
+book: $(VENV)/.installed
+	$(PY) tools/book.py $(NBS)
 
 bench: $(VENV)/.installed
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

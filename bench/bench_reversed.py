@@ -27,13 +27,16 @@ def timed(fn):
     t = time.perf_counter(); fn(); return 1000 * (time.perf_counter() - t)
 
 
-def best_pair_ms(ours, ref, repeats=15, warmup=2):
+def best_pair_ms(ours, ref, repeats=16, warmup=2):
     """Interleaved runs of each, so that both see the same machine load: the best time of each, and the median of
-    the per-pair ratios (single timings drift by several per cent on a shared machine; the median pair is steadier)."""
+    the per-pair ratios (single timings drift by several per cent on a shared machine; the median pair is steadier).
+    The order within a pair alternates (ours first, then Captum first): whichever runs first after the other pays for
+    the allocator and caches the other left behind, which biased the ratio by a few per cent when ours always ran first."""
     for _ in range(warmup): ours(); ref()
     a, b = [], []
-    for _ in range(repeats):
-        a.append(timed(ours)); b.append(timed(ref))
+    for r in range(repeats):
+        if r % 2 == 0: a.append(timed(ours)); b.append(timed(ref))
+        else: b.append(timed(ref)); a.append(timed(ours))
     return min(a), min(b), statistics.median(x / y for x, y in zip(a, b))
 
 

@@ -191,7 +191,7 @@ def reject_unknown_parameters(inputs=None  # the kernel's executed cell sources 
         except ImportError: return
         ip = get_ipython()
         inputs = ip.user_ns.get("In", []) if ip is not None else []
-    injected = [i for i, src in enumerate(inputs) if i > 0 and src.lstrip().startswith("# Parameters")]
+    injected = [i for i, src in enumerate(inputs) if i > 0 and src.lstrip().split("\n", 1)[0].rstrip() == "# Parameters"]
     if not injected: return
     i = injected[-1]
     allowed, given = _assigned_names(inputs[i - 1]), _assigned_names(inputs[i])

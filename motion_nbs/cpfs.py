@@ -79,6 +79,67 @@ def kernel_alignment(K1: torch.Tensor, K2: torch.Tensor, eps: float = 1e-12) -> 
     num = (K1 * K2).sum((-2, -1))
     return num / torch.sqrt((K1 * K1).sum((-2, -1)) * (K2 * K2).sum((-2, -1)) + eps)
 
+def _sq_dists(x):
+    "Squared Euclidean distances of every pair of rows: `(B,N,d)` → `(B,N,N)` (the expansion rbf_kernel uses)."
+    sq = (x * x).sum(-1)
+    return (sq[..., :, None] + sq[..., None, :] - 2 * x @ x.transpose(-1, -2)).clamp_min(0)
+
+def _dots(a, b):
+    "Per-image inner products ⟨a_b, b_b⟩ of `(B,…)` tensors as one batched matrix product (no `(B,N,N)` temporary)."
+    a, b = a.flatten(1), b.flatten(1)
+    return torch.bmm(a[:, None, :], b[:, :, None]).view(-1)
+
+def _zero_diagonal_(K):
+    K.diagonal(dim1=-2, dim2=-1).zero_()
+    return K
+
+class _KernelLoss(torch.autograd.Function):
+    """A CPFS loss of K_phi and the RBF kernel of `flow` with its gradient written out.
+
+    The same values as `kernel_alignment` / `kernel_log_softmax` composed by autograd (the tests compare them),
+    but the backward pass is a few in-place N² operations instead of autograd's replay of every elementwise
+    step, each into a new `(B,N,N)` tensor. With ℓ_i = Σ_j P_ij log Q_ij (CE: P = S_f, Q = S_phi; CE-rev:
+    P = S_phi, Q = S_f) and logits z, the row gradients are ∂ℓ/∂z_Q = P − Q and ∂ℓ/∂z_P = P ⊙ (log Q − ℓ)
+    (the diagonal logit is the constant 0); for KTA, A = ⟨Kf,Kp⟩/Z with Z = √(‖Kf‖²‖Kp‖² + ε):
+    ∂A/∂Kp = (Kf − A Z⁻¹‖Kf‖² Kp)/Z, and symmetrically for Kf. σ's gradient goes through ∂Kf/∂σ = Kf ⊙ d²/σ³."""
+    @staticmethod
+    def forward(ctx, K_phi, flow, sigma, kind):
+        B, n = K_phi.shape[0], K_phi.shape[-1]
+        d2 = _sq_dists(flow)
+        K_f = d2.mul(-0.5 / (sigma * sigma)).exp_()
+        ctx.kind, ctx.count = kind, B if kind == "kta" else B * n
+        if kind == "kta":
+            ff, pp, fp = _dots(K_f, K_f), _dots(K_phi, K_phi), _dots(K_f, K_phi)
+            Z = torch.sqrt(ff * pp + 1e-12)
+            ctx.save_for_backward(K_phi, K_f, d2, sigma, ff, pp, fp, Z)
+            return -(fp / Z).mean()
+        lp = torch.log_softmax(_zero_diagonal_(K_phi.clone()), -1)
+        lf = torch.log_softmax(_zero_diagonal_(K_f.clone()), -1)
+        P, logQ = (lf.exp_(), lp) if kind == "ce" else (lp.exp(), lf)   # CE: lf is needed only as S_f
+        ell = torch.linalg.vecdot(P, logQ)
+        ctx.save_for_backward(K_f, d2, sigma, P, logQ, ell)
+        return -ell.mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        c = -g / ctx.count
+        want_sigma = ctx.needs_input_grad[2]
+        if ctx.kind == "kta":
+            K_phi, K_f, d2, sigma, ff, pp, fp, Z = ctx.saved_tensors
+            A = fp / Z
+            s = (c / Z).view(-1, 1, 1)
+            dKp = K_phi.mul(-(A / Z * ff).view(-1, 1, 1)).add_(K_f).mul_(s)
+            dKf = K_f.mul(-(A / Z * pp).view(-1, 1, 1)).add_(K_phi).mul_(s) if want_sigma else None
+        else:
+            K_f, d2, sigma, P, logQ, ell = ctx.saved_tensors
+            grad_Q = _zero_diagonal_(logQ.exp().neg_().add_(P).mul_(c))                  # ∂/∂ logits of Q: P − Q
+            grad_P = _zero_diagonal_(logQ.sub(ell[..., None]).mul_(P).mul_(c)) if ctx.kind == "ce_rev" or want_sigma else None
+            dKp, dKf = (grad_Q, grad_P) if ctx.kind == "ce" else (grad_P, grad_Q)
+        dsigma = None
+        if want_sigma: dsigma = (_dots(dKf.mul_(K_f), d2).sum() / sigma ** 3).reshape(sigma.shape)
+        return dKp, None, dsigma, None
+
 def _check_pair(emb, flow):
     if emb.ndim != 3: raise ValueError(f"emb must have shape (B,N,D), got {tuple(emb.shape)}")
     if flow.ndim != 3 or flow.shape[-1] != 2: raise ValueError(f"flow must have shape (B,N,2), got {tuple(flow.shape)}")
@@ -92,7 +153,8 @@ def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
               kind: str = "ce",  # "kta" (eq 3.3), "ce" (eq 3.4) or "ce_rev" (eq 3.7)
               sigma=math.sqrt(THESIS_SIGMA2),  # RBF bandwidth σ on the normalised flow (float or tensor)
               normalize: bool = True,  # apply eq 3.8 (M = 56) to `flow` first
-              max_flow: float = 56.0  # M of eq 3.8
+              max_flow: float = 56.0,  # M of eq 3.8
+              fused: bool = True  # gradient written out (`_KernelLoss`); False: autograd through the lines below
              ) -> torch.Tensor:
     """A CPFS loss between the cosine kernel of `emb` and the RBF kernel of `flow` (scalar; lower is better).
 
@@ -102,7 +164,10 @@ def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
     if not torch.is_tensor(sigma): check_number("sigma", sigma)
     elif sigma.device.type == "cpu" and not (sigma > 0).all(): raise ValueError(f"sigma={sigma}; expected σ > 0")
     if normalize: flow = normalize_flow_log(flow.transpose(-1, -2)[..., None], max_flow)[..., 0].transpose(-1, -2)
-    K_phi, K_f = cosine_kernel(emb), rbf_kernel(flow.to(emb.dtype), sigma)
+    flow, K_phi = flow.to(emb.dtype), cosine_kernel(emb)
+    if fused and not flow.requires_grad:   # the same loss, its gradient written out (`_KernelLoss`): faster
+        return _KernelLoss.apply(K_phi, flow, torch.as_tensor(sigma, dtype=emb.dtype, device=emb.device), kind)
+    K_f = rbf_kernel(flow, sigma)
     if kind == "kta": return -kernel_alignment(K_f, K_phi).mean()
     logS_phi, logS_f = kernel_log_softmax(K_phi), kernel_log_softmax(K_f)
     if kind == "ce": return -(logS_f.exp() * logS_phi).sum(-1).mean()

@@ -451,7 +451,7 @@ class Learner:
         keys = sorted(self._sums)
         vals = _all_mean([float(self._sums[k]) / self._count for k in keys], self.device)
         rec = {"step": self.step, "epoch": self.epoch, **dict(zip(keys, vals)), "seconds": round(time.time() - self._t0, 3)}
-        self._log(rec); bar.set_postfix(loss=f"{rec['train_loss']:.4g}")
+        self._log(rec); bar.set_postfix(loss=f"{rec['train_loss']:.4g}", refresh=False)   # text progress keeps its 20 s interval
         self._sums, self._count = {}, 0
 
     @torch.no_grad()

@@ -7,6 +7,9 @@
 # > Optical flow as the supervisory signal: file formats, the thesis' normalisations, discretisation, estimation, warping and colour coding.
 
 # %% [markdown]
+# *Default run: **7 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026; training that another chapter or an earlier run left in the runs folder is reused).*
+
+# %% [markdown]
 # Both self-supervised methods of the thesis learn from pairs of a video frame and its *optical flow*:
 # for every pixel $p$ of frame $t$, the displacement $f_p = (f_x, f_y)$ of the surface point seen at $p$
 # between frame $t$ and frame $t+\Delta$ (the thesis uses $\Delta = 5$, section 3.3.2). The network only

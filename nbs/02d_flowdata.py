@@ -7,6 +7,9 @@
 # > Frame pairs from real videos without scene cuts, flow-pair files and resumable tar shards, and image/flow augmentation.
 
 # %% [markdown]
+# *Default run: **9 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+
+# %% [markdown]
 # Chapter 3 of the thesis trains on frame/flow pairs cut from real videos (section 3.3.2, fig 3.3). This
 # chapter is the data pipeline for such pairs, beside chapter 02a's renderer: sampling pairs from a video
 # without crossing scene cuts, storing them (JPEG frame, 16-bit KITTI flow PNG, JSON) in tar shards that
@@ -472,6 +475,23 @@ def video_flow_pairs(names,  # sample video names (`SAMPLE_VIDEOS`) or video pat
 _v = video_flow_pairs(["carphone"], 40, pairs_per_video=2)
 test_eq(len(_v), 2); test_eq(min(_v[0]["image"].shape[-2:]), 40); test_eq(_v[0]["flow"].shape[-2:], _v[0]["image"].shape[-2:])
 test_fail(lambda: video_flow_pairs(["carphone"], 0), contains="short_side must be")
+
+# %% [markdown]
+# What the CPFS training sees from a video (the counterpart of the thesis' fig 3.3): one pair of the
+# `bikes` clip with its DIS flow, and four draws of `PairedAugment` (resize, crop, flip, colour jitter).
+# The flow is resized, cropped and flipped with the image (a flip also negates its x component), and the
+# colour jitter leaves it alone.
+
+# %%
+from motion_nbs.flow import flow_to_rgb
+
+# %%
+_pair = video_flow_pairs(["bikes"], 144, pairs_per_video=1, seed=3)[0]
+_augs = [PairedAugment(crop_size=112)(_pair, torch.Generator().manual_seed(k)) for k in range(4)]
+for _x in _augs: test_eq(_x["flow"].shape, (2, 112, 112))
+show_images([_pair["image"]] + [x["image"] for x in _augs] + [flow_to_rgb(_pair["flow"])] + [flow_to_rgb(x["flow"]) for x in _augs],
+            titles=["frame t"] + [f"augmented {k + 1}" for k in range(4)] + ["its DIS flow"] + [f"flow {k + 1}" for k in range(4)],
+            ncols=5, size=2.4);
 
 # %% [markdown]
 # ## Summary

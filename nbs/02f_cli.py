@@ -6,6 +6,9 @@
 #
 # > `motion_nbs_train --task module:function --name value ...`: a chapter's training function run from a shell, a cluster job or torchrun.
 
+# %% [markdown]
+# *Default run: **24 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026; training that another chapter or an earlier run left in the runs folder is reused).*
+
 # %%
 #| export
 import argparse
@@ -216,6 +219,34 @@ test_eq(run_task(["--task", "motion_nbs.core:data_dir", "--create", "false"]).na
 test_eq(train_cli(["--task", "motion_nbs.core:data_dir", "--create", "false"]), 0)
 test_fail(lambda: train_cli(["--task", "motion_nbs.core:nothing"]), contains="its functions: data_dir")
 test_fail(lambda: train_cli(["--task", "motion_nbs.nowhere:train"]), contains="cannot import the task module 'motion_nbs.nowhere'")
+
+# %% [markdown]
+# ## A run from the shell
+#
+# The command a cluster job would run, here as a subprocess of this notebook: 100 steps of CPFS with the
+# KTA loss on the `cpu` preset, validated every 25 steps. The command prints plain-text progress
+# (`MOTION_NBS_PROGRESS=text`) and, at the end, its one-line JSON summary; the run folder holds the same
+# `metrics.jsonl` as a notebook run, drawn below with `plot_metrics` (chapter 02c). Papermill and JupyterLab
+# run this cell; the quick test (`nbdev_test`) skips it (`slow`).
+
+# %%
+#| slow
+import subprocess
+import tempfile
+
+from motion_nbs.learner import plot_metrics
+
+# %%
+#| slow
+_cmd = [str(Path(sys.executable).parent / "motion_nbs_train"), "--task", "motion_nbs.cpfs:train", "--preset", "cpu",
+        "--loss", "kta", "--num_iters", "100", "--valid_every", "25"]
+with tempfile.TemporaryDirectory() as _d:
+    _out = subprocess.run(_cmd + ["--out_dir", _d], capture_output=True, text=True, env={**os.environ, "MOTION_NBS_PROGRESS": "text"})
+    if _out.returncode: raise RuntimeError(f"{' '.join(_cmd)} failed:\n{_out.stderr[-3000:]}")
+    _summary = json.loads(_out.stdout.strip().splitlines()[-1])
+    print(" ".join(_cmd[1:]), "\n->", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in _summary.items() if k not in ("out_dir", "metrics_path")})
+    plot_metrics(_d).set_title("motion_nbs_train --task motion_nbs.cpfs:train --loss kta (100 steps)")
+test_eq(_summary["steps"], 100)
 
 # %% [markdown]
 # ## Summary

@@ -7,6 +7,9 @@
 # > Chapter 3 of the thesis: learn per-pixel embeddings whose similarities match the similarities of the pixels' optical flow.
 
 # %% [markdown]
+# *Default run: **47 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+
+# %% [markdown]
 # Predicting the optical flow of a single frame is ambiguous: a parked car *can* move but usually does
 # not, and the direction of a walking person is a coin toss. The thesis (section 3.2) sidesteps the
 # ambiguity: rather than *what* the motion is, a network $\phi$ learns *which pixels move together*. It
@@ -165,6 +168,67 @@ def kernel_alignment(K1: torch.Tensor, K2: torch.Tensor, eps: float = 1e-12) -> 
     num = (K1 * K2).sum((-2, -1))
     return num / torch.sqrt((K1 * K1).sum((-2, -1)) * (K2 * K2).sum((-2, -1)) + eps)
 
+def _sq_dists(x):
+    "Squared Euclidean distances of every pair of rows: `(B,N,d)` → `(B,N,N)` (the expansion rbf_kernel uses)."
+    sq = (x * x).sum(-1)
+    return (sq[..., :, None] + sq[..., None, :] - 2 * x @ x.transpose(-1, -2)).clamp_min(0)
+
+def _dots(a, b):
+    "Per-image inner products ⟨a_b, b_b⟩ of `(B,…)` tensors as one batched matrix product (no `(B,N,N)` temporary)."
+    a, b = a.flatten(1), b.flatten(1)
+    return torch.bmm(a[:, None, :], b[:, :, None]).view(-1)
+
+def _zero_diagonal_(K):
+    K.diagonal(dim1=-2, dim2=-1).zero_()
+    return K
+
+class _KernelLoss(torch.autograd.Function):
+    """A CPFS loss of K_phi and the RBF kernel of `flow` with its gradient written out.
+
+    The same values as `kernel_alignment` / `kernel_log_softmax` composed by autograd (the tests compare them),
+    but the backward pass is a few in-place N² operations instead of autograd's replay of every elementwise
+    step, each into a new `(B,N,N)` tensor. With ℓ_i = Σ_j P_ij log Q_ij (CE: P = S_f, Q = S_phi; CE-rev:
+    P = S_phi, Q = S_f) and logits z, the row gradients are ∂ℓ/∂z_Q = P − Q and ∂ℓ/∂z_P = P ⊙ (log Q − ℓ)
+    (the diagonal logit is the constant 0); for KTA, A = ⟨Kf,Kp⟩/Z with Z = √(‖Kf‖²‖Kp‖² + ε):
+    ∂A/∂Kp = (Kf − A Z⁻¹‖Kf‖² Kp)/Z, and symmetrically for Kf. σ's gradient goes through ∂Kf/∂σ = Kf ⊙ d²/σ³."""
+    @staticmethod
+    def forward(ctx, K_phi, flow, sigma, kind):
+        B, n = K_phi.shape[0], K_phi.shape[-1]
+        d2 = _sq_dists(flow)
+        K_f = d2.mul(-0.5 / (sigma * sigma)).exp_()
+        ctx.kind, ctx.count = kind, B if kind == "kta" else B * n
+        if kind == "kta":
+            ff, pp, fp = _dots(K_f, K_f), _dots(K_phi, K_phi), _dots(K_f, K_phi)
+            Z = torch.sqrt(ff * pp + 1e-12)
+            ctx.save_for_backward(K_phi, K_f, d2, sigma, ff, pp, fp, Z)
+            return -(fp / Z).mean()
+        lp = torch.log_softmax(_zero_diagonal_(K_phi.clone()), -1)
+        lf = torch.log_softmax(_zero_diagonal_(K_f.clone()), -1)
+        P, logQ = (lf.exp_(), lp) if kind == "ce" else (lp.exp(), lf)   # CE: lf is needed only as S_f
+        ell = torch.linalg.vecdot(P, logQ)
+        ctx.save_for_backward(K_f, d2, sigma, P, logQ, ell)
+        return -ell.mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        c = -g / ctx.count
+        want_sigma = ctx.needs_input_grad[2]
+        if ctx.kind == "kta":
+            K_phi, K_f, d2, sigma, ff, pp, fp, Z = ctx.saved_tensors
+            A = fp / Z
+            s = (c / Z).view(-1, 1, 1)
+            dKp = K_phi.mul(-(A / Z * ff).view(-1, 1, 1)).add_(K_f).mul_(s)
+            dKf = K_f.mul(-(A / Z * pp).view(-1, 1, 1)).add_(K_phi).mul_(s) if want_sigma else None
+        else:
+            K_f, d2, sigma, P, logQ, ell = ctx.saved_tensors
+            grad_Q = _zero_diagonal_(logQ.exp().neg_().add_(P).mul_(c))                  # ∂/∂ logits of Q: P − Q
+            grad_P = _zero_diagonal_(logQ.sub(ell[..., None]).mul_(P).mul_(c)) if ctx.kind == "ce_rev" or want_sigma else None
+            dKp, dKf = (grad_Q, grad_P) if ctx.kind == "ce" else (grad_P, grad_Q)
+        dsigma = None
+        if want_sigma: dsigma = (_dots(dKf.mul_(K_f), d2).sum() / sigma ** 3).reshape(sigma.shape)
+        return dKp, None, dsigma, None
+
 def _check_pair(emb, flow):
     if emb.ndim != 3: raise ValueError(f"emb must have shape (B,N,D), got {tuple(emb.shape)}")
     if flow.ndim != 3 or flow.shape[-1] != 2: raise ValueError(f"flow must have shape (B,N,2), got {tuple(flow.shape)}")
@@ -178,7 +242,8 @@ def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
               kind: str = "ce",  # "kta" (eq 3.3), "ce" (eq 3.4) or "ce_rev" (eq 3.7)
               sigma=math.sqrt(THESIS_SIGMA2),  # RBF bandwidth σ on the normalised flow (float or tensor)
               normalize: bool = True,  # apply eq 3.8 (M = 56) to `flow` first
-              max_flow: float = 56.0  # M of eq 3.8
+              max_flow: float = 56.0,  # M of eq 3.8
+              fused: bool = True  # gradient written out (`_KernelLoss`); False: autograd through the lines below
              ) -> torch.Tensor:
     """A CPFS loss between the cosine kernel of `emb` and the RBF kernel of `flow` (scalar; lower is better).
 
@@ -188,7 +253,10 @@ def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
     if not torch.is_tensor(sigma): check_number("sigma", sigma)
     elif sigma.device.type == "cpu" and not (sigma > 0).all(): raise ValueError(f"sigma={sigma}; expected σ > 0")
     if normalize: flow = normalize_flow_log(flow.transpose(-1, -2)[..., None], max_flow)[..., 0].transpose(-1, -2)
-    K_phi, K_f = cosine_kernel(emb), rbf_kernel(flow.to(emb.dtype), sigma)
+    flow, K_phi = flow.to(emb.dtype), cosine_kernel(emb)
+    if fused and not flow.requires_grad:   # the same loss, its gradient written out (`_KernelLoss`): faster
+        return _KernelLoss.apply(K_phi, flow, torch.as_tensor(sigma, dtype=emb.dtype, device=emb.device), kind)
+    K_f = rbf_kernel(flow, sigma)
     if kind == "kta": return -kernel_alignment(K_f, K_phi).mean()
     logS_phi, logS_f = kernel_log_softmax(K_phi), kernel_log_softmax(K_f)
     if kind == "ce": return -(logS_f.exp() * logS_phi).sum(-1).mean()
@@ -226,6 +294,27 @@ test_fail(lambda: cpfs_loss(good, fl[:, :5], "ce"), contains="differ in batch si
 test_fail(lambda: cpfs_loss(good, fl.masked_fill(fl > 5, float("nan")), "ce"), contains="NaN")
 test_fail(lambda: cpfs_loss(good, fl, "ce", sigma=0.0), contains="sigma=0.0; expected a finite number > 0")
 test_fail(lambda: cpfs_loss(good, fl, "kta", sigma=torch.tensor(-1.0)), contains="expected σ > 0")
+
+# %% [markdown]
+# `cpfs_loss` computes the loss of the lines above, but differentiates it with the gradients written out
+# (`_KernelLoss`): autograd through those lines replays a dozen elementwise operations on $B \times N \times N$
+# matrices, which made a CPFS training step 20 % slower than the same network with a trivial loss
+# (`bench/bench_cpfs.py`). `fused=False` takes the autograd path; the two agree in value and in the gradients
+# for the embeddings and for σ, and the written-out gradient passes `gradcheck` in float64:
+
+# %%
+_g = torch.Generator().manual_seed(3)
+_e, _fl = torch.randn(2, 24, 5, generator=_g, dtype=torch.float64), torch.randn(2, 24, 2, generator=_g, dtype=torch.float64) * 8
+for _kind in CPFS_LOSSES:
+    _grads = []
+    for _fused in (True, False):
+        _ee, _s = _e.clone().requires_grad_(True), torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+        _v = cpfs_loss(_ee, _fl, _kind, sigma=_s, fused=_fused); _v.backward()
+        _grads.append((_v.detach(), _ee.grad, _s.grad))
+    for _a, _b in zip(*_grads): test_close(_a, _b, eps=1e-10)
+    assert torch.autograd.gradcheck(lambda e, s: cpfs_loss(e, _fl[:, :8], _kind, sigma=s),
+                                    (_e[:, :8].clone().requires_grad_(True), torch.tensor(0.3, dtype=torch.float64, requires_grad=True)))
+test_close(cpfs_loss(e2, f2, "ce", fused=False), math.log(2), eps=1e-6)
 
 
 # %% [markdown]
@@ -927,6 +1016,22 @@ def show_kernel_rows(model: SparseHypercolumn, frames: dict, sigma2: float = THE
     fig.tight_layout()
     return fig
 
+
+# %% [markdown]
+# Fig 3.2 before any training: two rendered `shapes` frames, the flow kernel rows $K_f(p,\cdot)$ of three
+# pixels (what the loss asks for: the pixels moving like $p$) and the embedding kernel rows
+# $K_\phi(p,\cdot)$ of the quarter-width network at its random initialisation, which follow the image's
+# colours and edges rather than the motion. `03_cpfs_train.ipynb` draws the same after training.
+
+# %%
+from motion_nbs.data import render_scene
+
+# %%
+_frames = [render_scene("shapes", seed=s, size=(128, 128)) for s in (3, 8)]
+_frames = {k: torch.stack([f[k] for f in _frames]) for k in ("image", "flow")}
+torch.manual_seed(0)
+_fig = show_kernel_rows(SparseHypercolumn(alexnet_cpfs_small(batchnorm=True)), _frames)
+test_eq(len(_fig.axes), 16)
 
 # %%
 #| hide

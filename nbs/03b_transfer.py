@@ -7,6 +7,9 @@
 # > Section 3.3.5 of the thesis: frozen-backbone probes (per-layer linear classifiers, a per-pixel segmentation head) and the PASCAL VOC protocols, on data the user provides.
 
 # %% [markdown]
+# *Default run: **10 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+
+# %% [markdown]
 # A self-supervised network is not useful for its proxy task — predicting which pixels move together —
 # but for what it has learned on the way. The thesis measures that by *transfer* (section 3.3.5):
 #
@@ -746,6 +749,20 @@ with tempfile.TemporaryDirectory() as _d:
     test_eq(labelled_frames("objects", 3, seed=5, size=32, cache_dir=_d)["image"], _f["image"])   # read back from the file
     Path(_d, "frames_objects_32px_3_5.pt").write_bytes(b"broken")
     test_fail(lambda: labelled_frames("objects", 3, seed=5, size=32, cache_dir=_d), contains="not a readable frames file")
+
+# %% [markdown]
+# Eight `objects` frames as the probes and fine-tuning see them: the image, and every pixel's category
+# (black background, red cube, green sphere, blue cylinder); the frame's label is its object's category. Every
+# category moves alike in the renderer, so the flow says nothing about the label.
+
+# %%
+from motion_nbs.core import show_images
+
+# %%
+_f = labelled_frames("objects", 8, seed=11, size=96, cache_dir=False, progress=False)
+_names, _palette = ("cube", "sphere", "cylinder"), torch.tensor([[0, 0, 0], [0.85, 0.2, 0.2], [0.2, 0.75, 0.3], [0.25, 0.4, 0.9]])
+show_images([x for i in range(8) for x in (_f["image"][i], _palette[_f["categories"][i]].permute(2, 0, 1))],
+            titles=[t for i in range(8) for t in (_names[int(_f["label"][i])], "categories")], ncols=8, size=1.6);
 
 
 # %% [markdown]

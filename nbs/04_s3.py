@@ -7,6 +7,9 @@
 # > Chapter 4 of the thesis: segment a single image so that the optical flow inside each segment is coherent — affine, rigid or of low entropy.
 
 # %% [markdown]
+# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+
+# %% [markdown]
 # A network $\Phi$ sees one frame $\mathbf{x}$ and predicts $L$ soft segments $\mathbf{m} = \Phi(\mathbf{x})$,
 # $\mathbf{m}_l \in [0,1]^{H\times W}$, $\sum_l \mathbf{m}_l = 1$. The optical flow $\mathbf{f}$ is used only by the
 # loss: a segmentation is good when a *simple motion model* fits the flow inside every segment
@@ -772,6 +775,25 @@ def show_segments(model: S3Model, frames: dict, num_images: int = 4):
     fig.tight_layout()
     return fig
 
+
+# %% [markdown]
+# The figure before training: four validation frames of `single_cube` (the default of
+# `04_s3_train.ipynb`), the soft segments of an untrained `fcn8s_small`, the flow the loss fits, and the
+# cube faces the segments should find. At initialisation the segments are nearly uniform and follow
+# nothing in particular; the affine loss of these frames is printed beside that of the ground-truth
+# faces (hard masks), the value a perfect segmentation would reach. `04_s3_train.ipynb` draws the trained network's.
+
+# %%
+_cfg = S3Config.from_preset("cpu", loss="affine", data="single_cube")
+_held = heldout_frames(_cfg, num=4)
+torch.manual_seed(0)
+_net = s3_model("fcn8s_small", num_segments=5, output_stride=2, dropout=0.0)
+show_segments(_net, _held);
+with torch.no_grad():
+    _untrained = float(affine_loss(_net.eval()(_held["image"]), _held["flow"]))
+    _truth = float(affine_loss(F.one_hot(_held["target"], 7).permute(0, 3, 1, 2).float(), _held["flow"]))
+print(f"affine loss on these frames: untrained network {_untrained:.3f}, ground-truth faces {_truth:.3f}")
+assert _truth < _untrained
 
 # %% [markdown]
 # ## Summary

@@ -1,0 +1,89 @@
+"""The executed book (`make book`, tools/book.py): every chapter is saved with its outputs, a figure, its
+cells run once each in order, figures of a sensible size and its measured runtime under the title.
+These tests read the committed notebooks; a chapter edited since it last ran fails them until
+`make book NBS=<chapter>` runs it again."""
+import base64
+import io
+import sys
+
+import nbformat
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "tools"))
+import book  # noqa: E402
+
+CHAPTERS = book.order()
+
+
+def _code(nb):
+    return [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+
+
+def _images(nb):
+    return [(k, base64.b64decode(v)) for c in nb.cells for o in c.get("outputs", [])
+            for k, v in o.get("data", {}).items() if k.startswith("image/") and k != "image/svg+xml"]
+
+
+def test_every_chapter_is_in_the_book():
+    names = {p.stem for p in CHAPTERS}
+    assert "index" not in names                                   # the index has no code to run
+    assert {"00_core", "03_cpfs_train", "07_reversed"} <= names
+    assert len(CHAPTERS) == len(list((ROOT / "nbs").glob("*.ipynb"))) - 1
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_ran_in_order(path):
+    counts = [c.execution_count for c in _code(nbformat.read(path, as_version=4))]
+    never = [i for i, n in enumerate(counts) if n is None]
+    assert not never, f"{path.name}: {len(never)} of {len(counts)} code cells have not run (first: cell {never[0]}); make book NBS={path.stem}"
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: execution counts {counts} are not 1..n (a partial or stale run); make book NBS={path.stem}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_shows_outputs_and_a_figure(path):
+    nb = nbformat.read(path, as_version=4)
+    assert any(c.outputs for c in _code(nb)), f"{path.name} has no outputs; make book NBS={path.stem}"
+    images = _images(nb)
+    assert images, f"{path.name} shows no figure"
+    for kind, raw in images:
+        assert len(raw) <= book.MAX_IMAGE_BYTES, f"{path.name}: a {kind} figure of {len(raw) / 1e3:.0f} KB (the book's limit is {book.MAX_IMAGE_BYTES / 1e3:.0f} KB)"
+        assert min(Image.open(io.BytesIO(raw)).size) > 0
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_states_its_runtime(path):
+    nb = nbformat.read(path, as_version=4)
+    seconds = book.runtime_seconds(nb)
+    assert seconds is not None, f"{path.name}: no '{book.RUNTIME_MARK} ...' line under the title; make book NBS={path.stem}"
+    assert seconds <= 600, f"{path.name}: its default run takes {book.format_runtime(seconds)}, over the book's 10 minutes"
+
+
+def test_runtime_line_round_trip():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("#| default_exp x"), nbformat.v4.new_markdown_cell("# Title\n\n> what"),
+                                         nbformat.v4.new_markdown_cell("Text.")])
+    assert book.runtime_seconds(nb) is None
+    book.set_runtime(nb, 83.4)
+    assert [c.cell_type for c in nb.cells] == ["code", "markdown", "markdown", "markdown"] and nb.cells[3].source == "Text."
+    assert nb.cells[2].source.startswith(f"{book.RUNTIME_MARK} **1 min 23 s**") and book.runtime_seconds(nb) == 83
+    book.set_runtime(nb, 7)                                     # replaced, not added again
+    assert len(nb.cells) == 4 and book.runtime_seconds(nb) == 7 and nb.cells[2].source.startswith(f"{book.RUNTIME_MARK} **7 s**")
+
+
+def test_large_figures_become_jpeg_under_the_limit():
+    rng = np.random.default_rng(0)
+    def png(shape):
+        buf = io.BytesIO(); Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(buf, "PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+    big, small = png((400, 500, 3)), png((20, 20, 3))              # noise: about 600 KB and 1 KB as PNG
+    cell = nbformat.v4.new_code_cell("x", outputs=[nbformat.v4.new_output("display_data", data={"image/png": big}),
+                                                   nbformat.v4.new_output("display_data", data={"image/png": small})])
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    assert book.shrink_images(nb) == 1
+    first, second = (o["data"] for o in cell.outputs)
+    assert set(first) == {"image/jpeg"} and second == {"image/png": small}
+    jpeg = base64.b64decode(first["image/jpeg"])
+    assert len(jpeg) <= book.MAX_IMAGE_BYTES and Image.open(io.BytesIO(jpeg)).size == (500, 400)

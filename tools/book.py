@@ -1,0 +1,151 @@
+"""Execute the book: every notebook in nbs/, in order, in place, saved with its outputs.
+
+`make book` runs this. Each notebook runs with its default parameters (no `-p`), from `nbs/` (where
+JupyterLab and `nbdev_test` start it), with papermill and the python3 kernel; the kernel draws inline
+(no `MPLBACKEND`) and training progress is plain text (`MOTION_NBS_PROGRESS=text`), so the saved
+notebook shows each bar's final state instead of an empty widget. Then, for each notebook:
+
+- images in the outputs larger than `MAX_IMAGE_BYTES` are re-encoded as JPEG (Pillow), so that a figure
+  costs the repository and the website at most about 200 KB;
+- the measured wall time is written into the runtime line under the title (a markdown cell that starts
+  with `RUNTIME_MARK`, added when absent), with the date and the machine's core count;
+- the executed notebook replaces the committed one only when every cell ran (a failing notebook is
+  reported and left as it was), then `nbdev_clean` strips volatile metadata (outputs are kept:
+  `clear_all = False` in settings.ini; the execution counts are put back, `tools/sync_nbs.py`'s `clean`)
+  and the paired py:percent script is rewritten from it.
+
+    python tools/book.py                 # every notebook, index first then by name (the sidebar's order)
+    python tools/book.py 03_cpfs_train   # only these
+
+Long training is cached in the runs folder (`core.runs_dir`), so a second `make book` reuses it.
+"""
+import base64
+import datetime
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import papermill
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sync_nbs import clean  # noqa: E402  (nbdev_clean keeping the execution counts)
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / "nbs"
+BIN = Path(sys.executable).parent
+MAX_IMAGE_BYTES = 200_000
+RUNTIME_MARK = "*Default run:"
+RUNTIME_RE = re.compile(r"^\*Default run: \*\*(?:(\d+) min )?(\d+) s\*\*")
+
+
+def has_code(notebook: Path) -> bool:
+    return any(c.cell_type == "code" for c in nbformat.read(notebook, as_version=4).cells)
+
+
+def order() -> list[Path]:
+    "Every notebook of the book with code to run, in the sidebar's order (by name; the index has no code)."
+    return [p for p in sorted(NBS.glob("*.ipynb")) if has_code(p)]
+
+
+def shrink_images(nb, max_bytes: int = MAX_IMAGE_BYTES) -> int:
+    "Re-encode every PNG output over `max_bytes` as a JPEG (quality 85, then lower until it fits); returns how many."
+    n = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            png = data.get("image/png")
+            if png is None or len(base64.b64decode(png)) <= max_bytes: continue
+            img = Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB")
+            for quality in (85, 75, 65, 50):
+                buf = io.BytesIO(); img.save(buf, "JPEG", quality=quality, optimize=True)
+                if buf.tell() <= max_bytes: break
+            del data["image/png"]
+            data["image/jpeg"] = base64.b64encode(buf.getvalue()).decode()
+            n += 1
+    return n
+
+
+def format_runtime(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+
+def runtime_seconds(nb) -> float | None:
+    "The runtime a notebook's runtime line states, in seconds (None when it has none)."
+    for cell in nb.cells[:4]:
+        m = RUNTIME_RE.match(cell.source) if cell.cell_type == "markdown" else None
+        if m: return 60 * int(m.group(1) or 0) + int(m.group(2))
+    return None
+
+
+def set_runtime(nb, seconds: float) -> None:
+    "Write the measured runtime into the markdown cell under the title (added after the title cell when absent)."
+    text = (f"{RUNTIME_MARK} **{format_runtime(seconds)}** on {os.cpu_count()} CPU cores with the default parameters "
+            f"(measured by `make book` on {datetime.date.today():%-d %b %Y}, reusing the training and caches that earlier "
+            f"runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter "
+            f"says so).*")
+    for cell in nb.cells[:4]:
+        if cell.cell_type == "markdown" and cell.source.startswith(RUNTIME_MARK):
+            cell.source = text
+            return
+    title = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("# "))
+    nb.cells.insert(title + 1, nbformat.v4.new_markdown_cell(text))
+
+
+def run(notebook: Path) -> float:
+    "Execute `notebook` in place; returns its wall time in seconds. Raises (leaving the file as it was) when a cell fails."
+    env_backup = dict(os.environ)
+    os.environ.pop("MPLBACKEND", None)
+    os.environ["MOTION_NBS_PROGRESS"] = "text"
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / notebook.name
+            t0 = time.perf_counter()
+            papermill.execute_notebook(str(notebook), str(out), cwd=str(NBS), kernel_name="python3",
+                                       log_output=True, progress_bar=False)
+            seconds = time.perf_counter() - t0
+            nb = nbformat.read(out, as_version=4)
+    finally:
+        os.environ.clear(); os.environ.update(env_backup)
+    for cell in nb.cells:   # papermill's bookkeeping is not part of the book
+        cell.metadata.pop("papermill", None); cell.metadata.pop("execution", None)
+        if cell.metadata.get("tags") == []: del cell.metadata["tags"]
+    nb.metadata.pop("papermill", None)
+    n = shrink_images(nb)
+    set_runtime(nb, seconds)
+    nbformat.write(nb, notebook)
+    clean(notebook)
+    subprocess.run([BIN / "jupytext", "--quiet", "--to", "py:percent", str(notebook)], cwd=ROOT, check=True)
+    t = notebook.stat().st_mtime   # same time on both (tools/sync_nbs.py: the pair is in sync)
+    os.utime(notebook.with_suffix(".py"), (t, t))
+    print(f"book: {notebook.name}: {format_runtime(seconds)}" + (f" ({n} figure(s) re-encoded as JPEG)" if n else ""), flush=True)
+    return seconds
+
+
+def main(stems: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")   # papermill's log_output: the cells' output as it runs
+    for noisy in ("traitlets", "asyncio", "blib2to3"): logging.getLogger(noisy).setLevel(logging.WARNING)
+    notebooks = [NBS / f"{s}.ipynb" for s in stems] if stems else order()
+    missing = [p.name for p in notebooks if not p.exists()]
+    if missing: raise SystemExit(f"book: no such notebook in nbs/: {', '.join(missing)}")
+    failed = []
+    for nb in notebooks:
+        print(f"book: running {nb.name}", flush=True)
+        try: run(nb)
+        except Exception as e:   # report it, keep the committed notebook, go on with the others
+            failed.append(nb.name)
+            print(f"book: {nb.name} FAILED, left as it was: {type(e).__name__}: {str(e)[:2000]}", flush=True)
+    if failed: print(f"book: {len(failed)} notebook(s) failed: {', '.join(failed)}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
