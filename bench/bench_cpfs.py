@@ -42,7 +42,7 @@ def make_step(kind):
     return step
 
 
-def step_times(kinds, reps=5):
+def step_times(kinds, reps=9):
     "Median step time per kind; the kinds are interleaved round by round so that load changes hit all alike."
     steps = {k: make_step(k) for k in kinds}
     for st in steps.values(): st()  # warm-up

@@ -922,10 +922,12 @@ with tempfile.TemporaryDirectory() as _d:
 # compares both paths on every preset.
 #
 # **Measured** (`bench/bench_data.py`, 128×128 `multi_cube` pairs, 2 threads): 5.4 ms a pair with tensor
-# operations, 2.9–3.7 ms with the compiled geometry (250–290 pairs/s through `render_scene`, 346 on scenes
-# sampled beforehand; #22 asks for 300). The rest is the shading and the labels in torch on tensors of 16k
-# pixels, where a second thread costs about what it brings; a compiled shading loop was tried and was slower
-# than torch's (0.68 against 0.51 ms a frame), so it was not kept.
+# operations, about 3.2 ms with the compiled geometry: 313 pairs/s through `render_scene` over 200 fresh scenes
+# (4 Dec 2026; #22 asks for 300), 283 on one thread. The first few dozen renders of a process run at about half
+# that speed (textures, the allocator, numba's dispatch), so the bench warms up on 20 scenes first; measured
+# over 40 scenes right after one warm-up render it reported 250–290. The rest of the time is the shading and
+# the labels in torch on tensors of 16k pixels, where a second thread costs about what it brings; a compiled
+# shading loop was tried and was slower than torch's (0.68 against 0.51 ms a frame), so it was not kept.
 
 # %%
 #| exporti

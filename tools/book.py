@@ -16,6 +16,7 @@ notebook shows each bar's final state instead of an empty widget. Then, for each
 
     python tools/book.py                 # every notebook, index first then by name (the sidebar's order)
     python tools/book.py 03_cpfs_train   # only these
+    python tools/book.py --table         # the runtimes the chapters state, as a markdown table
 
 Long training is cached in the runs folder (`core.runs_dir`), so a second `make book` reuses it.
 """
@@ -130,7 +131,19 @@ def run(notebook: Path) -> float:
     return seconds
 
 
+def table() -> str:
+    "A markdown table of every chapter's stated runtime (`python tools/book.py --table`), for the index and README."
+    rows = ["| notebook | default run (`make book`) |", "|---|---|"]
+    for p in order():
+        s = runtime_seconds(nbformat.read(p, as_version=4))
+        rows.append(f"| {p.stem} | {format_runtime(s) if s is not None else 'not run'} |")
+    return "\n".join(rows)
+
+
 def main(stems: list[str]) -> int:
+    if stems == ["--table"]:
+        print(table())
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")   # papermill's log_output: the cells' output as it runs
     for noisy in ("traitlets", "asyncio", "blib2to3"): logging.getLogger(noisy).setLevel(logging.WARNING)
     notebooks = [NBS / f"{s}.ipynb" for s in stems] if stems else order()
