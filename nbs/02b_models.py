@@ -8,7 +8,7 @@
 # > small CPU variants, layer access by name, receptive fields (table 5.1), pretrained weights.
 
 # %% [markdown]
-# *Default run: **7 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026; training that another chapter or an earlier run left in the runs folder is reused).*
+# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Every experiment in the thesis runs on one of three backbones: the AlexNet variant of appendix A

@@ -7,7 +7,7 @@
 # > The PASCAL VOC 2007 / 2012 folders a user provides, read as classification and segmentation data sets, and the average precision of table 3.1.
 
 # %% [markdown]
-# *Default run: **7 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026; training that another chapter or an earlier run left in the runs folder is reused).*
+# *Default run: **7 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Table 3.1 of the thesis scores transfer on PASCAL VOC: VOC07 multi-label classification (mAP) and VOC12

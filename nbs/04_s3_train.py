@@ -4,7 +4,7 @@
 # > Train an FCN-8s to segment single frames so that the optical flow inside each segment is coherent (affine, rigid or low-entropy), then compare its segments with the ground truth and with a fixed grid.
 
 # %% [markdown]
-# *Default run: **11 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **7 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Run it from the command line with any parameter of the next cell, e.g.

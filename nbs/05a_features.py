@@ -7,7 +7,7 @@
 # > HOG (UoCTTI), HOGb and dense SIFT rebuilt from convolutions and a few small differentiable functions, equal to VLFeat.
 
 # %% [markdown]
-# *Default run: **23 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 5 of the thesis inverts, maximises and caricatures *representations* $\Phi(x)$ by gradient

@@ -7,7 +7,7 @@
 # > One regularised energy and one optimiser for inversion, activation maximisation and caricaturisation of any differentiable representation (thesis sections 5.2, 5.4–5.6).
 
 # %% [markdown]
-# *Default run: **12 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **9 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 5 of the thesis visualises a representation $\Phi$ — HOG, dense SIFT, a layer of a CNN — by

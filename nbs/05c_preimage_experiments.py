@@ -4,7 +4,7 @@
 # > Table 5.2 and figures 5.2–5.20 of the thesis: inverting HOG, HOGb, DSIFT and CNN layers, activation maximisation, caricatures, and an interactive explorer.
 
 # %% [markdown]
-# *Default run: **1 min 21 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **1 min 20 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Run from the command line with any parameter of the next cell, e.g.

@@ -7,7 +7,7 @@
 # > Chapter 7 of the thesis: one construction for all "deconvolutional" visualisations — eight reversed networks, what their output depends on, and saliency-seeded GrabCut.
 
 # %% [markdown]
-# *Default run: **18 min 39 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **1 min 7 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # A CNN $\phi = \phi_L \circ \dots \circ \phi_1$ (eq 7.1) maps an image $\mathbf{x}_0$ to activations. Three

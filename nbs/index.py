@@ -35,7 +35,9 @@
 # make test   # creates .venv, installs the test references, runs every check and test
 # ```
 #
-# Or use the package in your own code: `pip install -e .`, then import the chapters' modules by name
+# The notebooks are saved *executed*, with their outputs and figures; `make book` runs them all again in
+# order (each with its default parameters, reusing the training cached in `_runs/`) and writes each one's
+# measured runtime under its title. Or use the package in your own code: `pip install -e .`, then import the chapters' modules by name
 # (`import motion_nbs` alone loads none of them, so `motion_nbs.flow` would be an `AttributeError`):
 #
 # ```python
@@ -46,19 +48,26 @@
 # %% [markdown]
 # ## The experiment notebooks
 #
-# Every notebook with a papermill `parameters` cell, its presets (the default first) and the run time
-# that the notebook itself reports for its default on two CPU cores. Run one with
+# Every notebook with a papermill `parameters` cell, its presets (the default first) and its run time on two
+# CPU cores. "`make book`" is the default run as `make book` measured it on 4 Dec 2026 (the same number stands
+# under each notebook's title), with the training that earlier runs cached in `_runs/`; the last column says
+# what a first run on a new machine, or another preset, costs. Run one with
 # `papermill nbs/<name>.ipynb _runs/<name>.ipynb -p preset <preset>`.
 #
-# | notebook | presets | measured default run time (2 cores) |
-# |---|---|---|
-# | [01_flow](01_flow.ipynb) | none: `video`, `frame`, `gap` and `method` choose the frame pair of the figures | not yet measured |
-# | [03_cpfs_train](03_cpfs_train.ipynb) | `cpu` (600 steps of the quarter-width AlexNet on rendered `shapes` frames); `paper` (the thesis' settings of section 3.3.3, for a GPU) | `make demo` (the `cpu` preset with `-p loss kta`): 1 min 59 s on two idle cores, 5 min 25 s on one thread of two shared cores (4 Dec 2026); [06](06_dissect.ipynb) reports 391 s for the `cpu` CE run on `objects` (1,000 steps, shared cores) |
-# | [03_cpfs_transfer](03_cpfs_transfer.ipynb) | `saved` (shows `nbs/03_cpfs_transfer_results.json`, the full run's); `tiny` (a smoke run whose numbers mean nothing); `full` (5 seeds, 1,000 pre-training steps per arm) | `saved`: seconds; `full`: about an hour per seed on one shared CPU thread (6–15 min per arm) |
-# | [04_s3_train](04_s3_train.ipynb) | `cpu` (`fcn8s_small`, 96-px crops, 12,000 steps; 24,000 for `rigid`); `paper` (the thesis' FCN-8s on VGG-16 and optimiser, for a GPU) | 17 min on two cores for the default (`single_cube` + affine, the whole notebook); `multi_cube` + rigid: 62 min on one thread |
-# | [04_s3_train_seeds](04_s3_train_seeds.ipynb) | `saved` (shows `nbs/04_s3_train_results.json`, the full run's); `tiny`; `full` (3 seeds of the `cpu` preset for each of three settings) | `saved`: seconds; `full`: 4 h 21 min of training on one shared CPU thread |
-# | [05c_preimage_experiments](05c_preimage_experiments.ipynb) | `fast` (small images, 2 CNN probes, 2 initialisations); `paper` (100 probes, 24 initialisations, 224 px, for a GPU) | 1 min 24 s (4 Dec 2026, one torch thread; its introduction says 1 min 15–23 s); table 5.2 at the thesis' scale took 42 min on shared cores, and the `paper` sweep would take about 40 hours on two cores |
-# | [06_dissect](06_dissect.ipynb) | `cpu` (64-px pre-images, 80 iterations, cached); `paper` (224 px, 300 iterations, recomputed) | 20 min 28 s cold on two cores shared with other jobs (training CPFS-CE 391 s and the supervised network 489 s, dissecting eight networks 233 s, pre-images 57 s); about 5 min there with both networks cached |
+# | notebook | presets | `make book` | first run, other presets |
+# |---|---|---|---|
+# | [01_flow](01_flow.ipynb) | none: `video`, `frame`, `gap` and `method` choose the frame pair of the figures | 7 s | the same |
+# | [03_cpfs_train](03_cpfs_train.ipynb) | `cpu` (600 steps of the quarter-width AlexNet on rendered `shapes` frames); `paper` (the thesis' settings of section 3.3.3, for a GPU) | 37 s (CE, trained) | 1 min 42 s training CE from nothing (`make book`, 4 Dec 2026); `make demo` (`-p loss kta`): 1 min 59 s on idle cores, 5 min 25 s on one shared thread |
+# | [03_cpfs_transfer](03_cpfs_transfer.ipynb) | `saved` (shows `nbs/03_cpfs_transfer_results.json`, the full run's); `tiny` (a smoke run whose numbers mean nothing); `full` (5 seeds, 1,000 pre-training steps per arm) | 3 s | `full`: about an hour per seed on one shared CPU thread (6–15 min per arm) |
+# | [04_s3_train](04_s3_train.ipynb) | `cpu` (`fcn8s_small`, 96-px crops, 12,000 steps; 24,000 for `rigid`); `paper` (the thesis' FCN-8s on VGG-16 and optimiser, for a GPU) | 7 s (`single_cube` + affine, trained) | 17 min training it from nothing on two cores; `multi_cube` + rigid: 62 min on one thread |
+# | [04_s3_train_seeds](04_s3_train_seeds.ipynb) | `saved` (shows `nbs/04_s3_train_results.json`, the full run's); `tiny`; `full` (3 seeds of the `cpu` preset for each of three settings) | 5 s | `full`: 4 h 21 min of training on one shared CPU thread |
+# | [05c_preimage_experiments](05c_preimage_experiments.ipynb) | `fast` (small images, 2 CNN probes, 2 initialisations); `paper` (100 probes, 24 initialisations, 224 px, for a GPU) | 1 min 20 s | the same (nothing is cached); table 5.2 at the thesis' scale took 42 min on shared cores, and the `paper` sweep would take about 40 hours on two cores |
+#
+# The library chapters take seconds each under `make book` (00_core 5 s … 03_cpfs 36 s; `python tools/book.py
+# --table` lists them all); of the measured chapters, [06_dissect](06_dissect.ipynb) takes 1 min 34 s with its two
+# networks and pre-images cached (its first run trains CPFS-CE for 391 s and the supervised network for 489 s:
+# 20 min 28 s on shared cores) and [07_reversed](07_reversed.ipynb) 1 min 7 s with its networks and table 7.1 cached
+# (18 min 39 s under `make book` when the table's 19 rows of 500 GrabCut segmentations were redone, 4 Dec 2026).
 #
 # The chapter notebooks (00–07 without a suffix) have no parameters; their heavy cells carry nbdev's
 # `slow` flag and show saved results.

@@ -87,3 +87,21 @@ def test_large_figures_become_jpeg_under_the_limit():
     assert set(first) == {"image/jpeg"} and second == {"image/png": small}
     jpeg = base64.b64decode(first["image/jpeg"])
     assert len(jpeg) <= book.MAX_IMAGE_BYTES and Image.open(io.BytesIO(jpeg)).size == (500, 400)
+
+
+def test_progress_bars_keep_their_final_state():
+    outs = [nbformat.v4.new_output("stream", name="stdout", text=t) for t in
+            ("\rscenes:   0%|   | 0/8", "\r" + " " * 40, "\r", "\rfit:  50%|#  | 1/2", "\rfit: 100%|## | 2/2", "\n", "done\n")]
+    outs.insert(3, nbformat.v4.new_output("display_data", data={"text/plain": "figure"}))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=outs)])
+    book.coalesce_streams(nb)
+    got = [(o["output_type"], o.get("text")) for o in nb.cells[0].outputs]
+    assert got == [("display_data", None), ("stream", "fit: 100%|## | 2/2\ndone\n")]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_saved_outputs_show_no_unfinished_progress_bar(path):
+    nb = nbformat.read(path, as_version=4)
+    texts = [o["text"] for c in _code(nb) for o in c.outputs if o.get("output_type") == "stream"]
+    stale = [t[:80] for t in texts if "\r" in t or "  0%|" in t]
+    assert not stale, f"{path.name}: text outputs with unresolved progress bars {stale}; make book NBS={path.stem}"

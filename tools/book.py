@@ -5,6 +5,8 @@ JupyterLab and `nbdev_test` start it), with papermill and the python3 kernel; th
 (no `MPLBACKEND`) and training progress is plain text (`MOTION_NBS_PROGRESS=text`), so the saved
 notebook shows each bar's final state instead of an empty widget. Then, for each notebook:
 
+- consecutive text outputs are merged and their carriage returns resolved (a text progress bar keeps its
+  final state only);
 - images in the outputs larger than `MAX_IMAGE_BYTES` are re-encoded as JPEG (Pillow), so that a figure
   costs the repository and the website at most about 200 KB;
 - the measured wall time is written into the runtime line under the title (a markdown cell that starts
@@ -74,6 +76,25 @@ def shrink_images(nb, max_bytes: int = MAX_IMAGE_BYTES) -> int:
     return n
 
 
+def coalesce_streams(nb) -> None:
+    """Merge consecutive stream outputs of a cell and resolve carriage returns as a terminal would: each line keeps
+    what follows its last `\\r`, and lines a progress bar cleared (`leave=False`) are dropped. Static renderers
+    (GitHub, nbconvert, Quarto) otherwise show every intermediate state of a text progress bar, `0%` first."""
+    for cell in nb.cells:
+        outs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and outs and outs[-1].get("output_type") == "stream" and outs[-1]["name"] == out["name"]:
+                outs[-1]["text"] += out["text"]
+            else: outs.append(out)
+        for out in outs:
+            if out.get("output_type") != "stream": continue
+            lines = [line.rsplit("\r", 1)[-1].rstrip() for line in out["text"].split("\n")]
+            kept = [line for i, line in enumerate(lines) if line or i == len(lines) - 1]
+            out["text"] = "\n".join(kept)
+        outs = [o for o in outs if o.get("output_type") != "stream" or o["text"].strip()]
+        if "outputs" in cell: cell.outputs = outs
+
+
 def format_runtime(seconds: float) -> str:
     m, s = divmod(round(seconds), 60)
     return f"{m} min {s} s" if m else f"{s} s"
@@ -120,6 +141,7 @@ def run(notebook: Path) -> float:
         cell.metadata.pop("papermill", None); cell.metadata.pop("execution", None)
         if cell.metadata.get("tags") == []: del cell.metadata["tags"]
     nb.metadata.pop("papermill", None)
+    coalesce_streams(nb)
     n = shrink_images(nb)
     set_runtime(nb, seconds)
     nbformat.write(nb, notebook)
