@@ -7,7 +7,7 @@
 # > Chapter 3 of the thesis: learn per-pixel embeddings whose similarities match the similarities of the pixels' optical flow.
 
 # %% [markdown]
-# *Default run: **36 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **26 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Predicting the optical flow of a single frame is ambiguous: a parked car *can* move but usually does
@@ -98,6 +98,15 @@ def cosine_kernel(emb: torch.Tensor  # `(B,N,D)` embeddings (any norm; zero vect
 
 MIN_EXPONENT = -87.0  # exp(-87) ≈ 1.6e-38, the smallest normal float32: no subnormal (slow) kernel values
 
+def _sq_dists(x):
+    "Squared Euclidean distances of every pair of rows, ‖a‖² + ‖b‖² − 2a·b: `(B,N,d)` → `(B,N,N)`, in two N² passes."
+    sq = (x * x).sum(-1)
+    return torch.baddbmm(sq[..., :, None] + sq[..., None, :], x, x.transpose(-1, -2), alpha=-2).clamp_min_(0)
+
+def _rbf(d2, sigma):
+    "exp(−d²/2σ²) of squared distances, the exponent clamped at `MIN_EXPONENT`."
+    return (d2 * (-0.5 / sigma ** 2)).clamp_min_(MIN_EXPONENT).exp_()   # in place on the one new tensor
+
 @full_precision
 def rbf_kernel(flow: torch.Tensor,  # `(B,N,2)` flow vectors (eq-3.8-normalised for CPFS)
                sigma  # bandwidth σ: a float or a scalar tensor (learnable)
@@ -105,9 +114,7 @@ def rbf_kernel(flow: torch.Tensor,  # `(B,N,2)` flow vectors (eq-3.8-normalised 
     """Eq 3.2, right: Gaussian kernel exp(−‖f_p − f_q‖² / 2σ²) of every pair of flow vectors.
 
     Shape: `(B,N,2)` → `(B,N,N)`."""
-    sq = (flow * flow).sum(-1)
-    d2 = (sq[..., :, None] + sq[..., None, :] - 2 * flow @ flow.transpose(-1, -2)).clamp_min(0)
-    return torch.exp((-d2 / (2 * torch.as_tensor(sigma, dtype=flow.dtype, device=flow.device) ** 2)).clamp_min(MIN_EXPONENT))
+    return _rbf(_sq_dists(flow), torch.as_tensor(sigma, dtype=flow.dtype, device=flow.device))
 
 
 # %%
@@ -173,11 +180,6 @@ def kernel_alignment(K1: torch.Tensor, K2: torch.Tensor, eps: float = 1e-12) -> 
     num = (K1 * K2).sum((-2, -1))
     return num / torch.sqrt((K1 * K1).sum((-2, -1)) * (K2 * K2).sum((-2, -1)) + eps)
 
-def _sq_dists(x):
-    "Squared Euclidean distances of every pair of rows, ‖a‖² + ‖b‖² − 2a·b: `(B,N,d)` → `(B,N,N)`, in two N² passes."
-    sq = (x * x).sum(-1)
-    return torch.baddbmm(sq[..., :, None] + sq[..., None, :], x, x.transpose(-1, -2), alpha=-2).clamp_min_(0)
-
 def _dots(a, b):
     "Per-image inner products ⟨a_b, b_b⟩ of `(B,…)` tensors."
     return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
@@ -199,7 +201,7 @@ class _KernelLoss(torch.autograd.Function):
     def forward(ctx, K_phi, flow, sigma, kind):
         B, n = K_phi.shape[0], K_phi.shape[-1]
         d2 = _sq_dists(flow)
-        K_f = d2.mul(-0.5 / (sigma * sigma)).clamp_min_(MIN_EXPONENT).exp_()
+        K_f = _rbf(d2, sigma)
         ctx.kind, ctx.count = kind, B if kind == "kta" else B * n
         if kind == "kta":
             ff, pp, fp = _dots(K_f, K_f), _dots(K_phi, K_phi), _dots(K_f, K_phi)

@@ -55,21 +55,11 @@ def test_package_matches_export(tmp_path):
     assert not diffs, "motion_nbs/ is not what nbdev_export makes of the notebooks (edit the notebooks, then export): " + "; ".join(diffs)
 
 
-def _without_counts(path: Path) -> dict:
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    for cell in nb["cells"]:
-        if "execution_count" in cell: cell["execution_count"] = None
-        for o in cell.get("outputs", []):
-            if "execution_count" in o: o["execution_count"] = None
-    return nb
-
-
 def test_notebooks_clean(tmp_path):
-    "Clean = what nbdev_clean makes of it, except the execution counts, which the book keeps (tests/test_book.py)."
     scratch = _scratch_copy(tmp_path)
     subprocess.run([BIN / "nbdev_clean"], cwd=scratch, check=True, capture_output=True)
-    dirty = [n for n in NOTEBOOKS if _without_counts(scratch / "nbs" / n) != _without_counts(NBS / n)]
-    assert not dirty, f"notebooks not clean (run make sync, which runs nbdev_clean and keeps the execution counts): {dirty}"
+    dirty = [n for n in NOTEBOOKS if (scratch / "nbs" / n).read_bytes() != (NBS / n).read_bytes()]
+    assert not dirty, f"notebooks not clean (run nbdev_clean): {dirty}"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)

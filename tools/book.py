@@ -11,10 +11,14 @@ notebook shows each bar's final state instead of an empty widget. Then, for each
   costs the repository and the website at most about 200 KB;
 - the measured wall time is written into the runtime line under the title (a markdown cell that starts
   with `RUNTIME_MARK`, added when absent), with the date and the machine's core count;
+- this machine's paths in the outputs become portable (the checkout's root is dropped, the home folder is
+  `~`, the temporary folder `<tmp>`);
+- the notebook's metadata records a digest of the code it ran (`book.code_sha256`, a key settings.ini lets
+  `nbdev_clean` keep, since nbdev_clean erases execution counts): tests/test_book.py compares it with the code,
+  so a chapter edited since its last run, or saved from an interactive session, fails until it runs again;
 - the executed notebook replaces the committed one only when every cell ran (a failing notebook is
   reported and left as it was), then `nbdev_clean` strips volatile metadata (outputs are kept:
-  `clear_all = False` in settings.ini; the execution counts are put back, `tools/sync_nbs.py`'s `clean`)
-  and the paired py:percent script is rewritten from it.
+  `clear_all = False` in settings.ini) and the paired py:percent script is rewritten from it.
 
     python tools/book.py                 # every notebook, index first then by name (the sidebar's order)
     python tools/book.py 03_cpfs_train   # only these
@@ -24,6 +28,7 @@ Long training is cached in the runs folder (`core.runs_dir`), so a second `make 
 """
 import base64
 import datetime
+import hashlib
 import io
 import logging
 import os
@@ -37,9 +42,6 @@ from pathlib import Path
 import nbformat
 import papermill
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sync_nbs import clean  # noqa: E402  (nbdev_clean keeping the execution counts)
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
@@ -95,6 +97,26 @@ def coalesce_streams(nb) -> None:
         if "outputs" in cell: cell.outputs = outs
 
 
+def code_digest(nb) -> str:
+    "SHA-256 of a notebook's code cells' sources, in order: what `make book` ran, recorded as `metadata.book.code_sha256`."
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    return hashlib.sha256("\0".join(code).encode()).hexdigest()
+
+
+def portable_outputs(nb, root: Path = ROOT) -> None:
+    "Replace this machine's paths in text outputs: `<root>/x` → `x`, the home folder → `~`, the temporary folder → `<tmp>`."
+    subs = [(f"{root}/", ""), (tempfile.gettempdir().rstrip("/") + "/", "<tmp>/"), (str(Path.home()), "~")]
+    def fix(text):
+        for old, new in subs: text = text.replace(old, new)
+        return text
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if "text" in out: out["text"] = fix(out["text"])
+            for k, v in out.get("data", {}).items():
+                if k.startswith("text/"): out["data"][k] = fix(v) if isinstance(v, str) else [fix(x) for x in v]
+            if "traceback" in out: out["traceback"] = [fix(x) for x in out["traceback"]]
+
+
 def format_runtime(seconds: float) -> str:
     m, s = divmod(round(seconds), 60)
     return f"{m} min {s} s" if m else f"{s} s"
@@ -142,10 +164,12 @@ def run(notebook: Path) -> float:
         if cell.metadata.get("tags") == []: del cell.metadata["tags"]
     nb.metadata.pop("papermill", None)
     coalesce_streams(nb)
+    portable_outputs(nb)
     n = shrink_images(nb)
     set_runtime(nb, seconds)
+    nb.metadata["book"] = {"code_sha256": code_digest(nb)}
     nbformat.write(nb, notebook)
-    clean(notebook)
+    subprocess.run([BIN / "nbdev_clean", "--fname", str(notebook)], cwd=ROOT, check=True)
     subprocess.run([BIN / "jupytext", "--quiet", "--to", "py:percent", str(notebook)], cwd=ROOT, check=True)
     t = notebook.stat().st_mtime   # same time on both (tools/sync_nbs.py: the pair is in sync)
     os.utime(notebook.with_suffix(".py"), (t, t))
