@@ -19,11 +19,13 @@ content of every shard is fixed by the arguments alone:
 Example: python data_scripts/build_flow_dataset.py ~/videos --out ~/data/flow_pairs --workers 8
 """
 import argparse
+import importlib
 import io
 import json
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,7 +53,8 @@ def process_video(job):
     from motion_nbs.data import encode_flow_pair, video_frame_pairs
     from motion_nbs.flow import estimate_flow
     import torch
-    torch.set_num_threads(1)
+    import cv2
+    torch.set_num_threads(1); cv2.setNumThreads(1)   # one thread per worker: the workers are the parallelism
     try:
         pairs = video_frame_pairs(path, gap=a["gap"], num_pairs=a["pairs_per_video"], seed=a["seed"] + vid_index)
         out = []
@@ -116,8 +119,18 @@ def main(argv=None) -> dict:
     jobs = [(v, str(videos[v]), settings) for s in todo
             for v in range(s * a.videos_per_shard, min((s + 1) * a.videos_per_shard, len(videos)))]
     t0, pairs, nbytes, failed, per_video, held_back = time.perf_counter(), 0, 0, [], {}, []
-    ctx = mp.get_context("spawn")  # no fork of a process that has torch threads
-    pool = ctx.Pool(a.workers) if a.workers > 1 and len(jobs) > 1 else None
+    pool, wds_import = None, threading.Thread()
+    if a.workers > 1 and len(jobs) > 1:
+        # with workers, this process only writes the shards: webdataset (it imports torch, about a second) is imported
+        # on a thread while the workers start, instead of later, while they run. (Not without workers: two threads
+        # importing torch at once break its import.)
+        wds_import = threading.Thread(target=importlib.import_module, args=("webdataset",), daemon=True)
+        wds_import.start()
+        # workers are forked from a server process that has imported torch, OpenCV and the flow code once: no worker
+        # imports them again, and nothing is forked from a process with threads running
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["motion_nbs.flowdata", "cv2"])
+        pool = ctx.Pool(a.workers)
     try:
         results = pool.imap(process_video, jobs) if pool else map(process_video, jobs)
         bar = tqdm(total=len(jobs), unit="video", desc="videos")
@@ -131,6 +144,7 @@ def main(argv=None) -> dict:
                 samples += items
             if shard_failed:   # complete shards only: the next run retries this one
                 held_back.append(shard_name(s)); continue
+            if wds_import.is_alive(): wds_import.join()
             nbytes += write_shard(out / shard_name(s), samples)
             pairs += len(samples)
         bar.close()

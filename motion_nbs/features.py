@@ -283,6 +283,7 @@ def _uoctti_normalize(hist, num_orientations: int):
 
 # %% ../nbs/05a_features.ipynb #df32536f
 _FUSED_HOG = None   # the fused cell layer of "Making it fast" (end of the chapter) once it is defined
+_FUSED_UOCTTI = None   # and the compiled normalisation with its gradient, also there
 _COMPILED_HOG_CELLS = _COMPILED_UOCTTI = None   # the compiled histograms and normalisation for features alone, also there
 _COMPILED_SIFT_NORMALIZE = _COMPILED_SIFT_POOL = None   # and DenseSIFT's spatial pooling and normalisation
 
@@ -326,6 +327,7 @@ class HOG(nn.Module):
         directions = self.directions.to(image.dtype)
         if _FUSED_HOG is not None and torch.is_grad_enabled() and image.requires_grad:   # a much cheaper backward pass
             hist = _FUSED_HOG(image, directions, self.cell_size, cells, self.bilinear_orientations)
+            if _FUSED_UOCTTI is not None: return _FUSED_UOCTTI(hist, self.num_orientations)
         elif _COMPILED_HOG_CELLS is not None and image.device.type == "cpu" and image.dtype in (torch.float32, torch.float64):
             hist = _COMPILED_HOG_CELLS(image.detach(), directions, self.cell_size, cells, self.bilinear_orientations)
             return _COMPILED_UOCTTI(hist, self.num_orientations)
@@ -983,3 +985,100 @@ def _fused_hog(image, directions, cell_size: int, cells, bilinear: bool):
     return _HOGCells.apply(image, directions, cell_size, cells, bilinear)
 
 _FUSED_HOG = _fused_hog   # from here on `HOG` takes the compiled layer (or `_HOGCells`) when a gradient is needed
+
+# %% ../nbs/05a_features.ipynb #f9cc75ed
+def _uoctti_backward_loop(hist, G, K, dh, dF):
+    """The per-cell part of the UoCTTI normalisation's gradient: `dh` `(B,2K,h,w)` gets the direct terms and `dF`
+    `(B,4,h,w)` d loss / d(block sum) of each cell's four blocks, from the output gradient `G` `(B,3K+4,h,w)`."""
+    B, _, h, w = hist.shape
+    fifth, half = hist.dtype.type(0.2), hist.dtype.type(0.5)
+    eps, tex = hist.dtype.type(1e-4), hist.dtype.type(1 / math.sqrt(18.0))
+    for t in numba.prange(B * h):
+        b, y = t // h, t % h
+        n = np.zeros((3, w), hist.dtype)                # as in `_uoctti_loop`
+        for r in range(3):
+            yy = min(max(y + r - 1, 0), h - 1)
+            for x in range(w):
+                acc = hist.dtype.type(0)
+                for k in range(K):
+                    u = hist[b, k, yy, x] + hist[b, k + K, yy, x]
+                    acc += u * u
+                n[r, x] = acc
+        f, df = np.empty(4, hist.dtype), np.empty(4, hist.dtype)
+        for x in range(w):
+            xl, xr = max(x - 1, 0), min(x + 1, w - 1)
+            for a in range(2):
+                for e in range(2):
+                    c0, c1 = (xl, x) if e == 0 else (x, xr)
+                    f[2 * a + e] = 1 / math.sqrt(n[a, c0] + n[a, c1] + n[a + 1, c0] + n[a + 1, c1] + eps)
+            for i in range(4): df[i] = 0
+            for d in range(2 * K):                      # the directed histograms
+                v, gd, acc = hist[b, d, y, x], half * G[b, d, y, x], hist.dtype.type(0)
+                for i in range(4):
+                    if f[i] * v <= fifth:
+                        acc += f[i]
+                        df[i] += gd * v
+                dh[b, d, y, x] = gd * acc
+            for k in range(K):                          # the undirected ones and the texture energies
+                u, acc = hist[b, k, y, x] + hist[b, k + K, y, x], hist.dtype.type(0)
+                for i in range(4):
+                    if f[i] * u <= fifth:
+                        gi = half * G[b, 2 * K + k, y, x] + tex * G[b, 3 * K + i, y, x]
+                        acc += gi * f[i]
+                        df[i] += gi * u
+                dh[b, k, y, x] += acc
+                dh[b, k + K, y, x] += acc
+            for i in range(4): dF[b, i, y, x] = -half * f[i] * f[i] * f[i] * df[i]
+
+def _uoctti_blocks_loop(hist, K, dF, dh):
+    "The blocks' part, one image per task: each block's gradient `dF` back to the cell norms it sums, then to `dh`."
+    B, _, h, w = hist.shape
+    two = hist.dtype.type(2)
+    for b in numba.prange(B):
+        dn = np.zeros((h, w), hist.dtype)
+        for Y in range(h + 1):
+            for X in range(w + 1):
+                g = hist.dtype.type(0)                  # block (Y, X) is block i of the cells around it
+                if Y < h and X < w: g += dF[b, 0, Y, X]
+                if Y < h and X > 0: g += dF[b, 1, Y, X - 1]
+                if Y > 0 and X < w: g += dF[b, 2, Y - 1, X]
+                if Y > 0 and X > 0: g += dF[b, 3, Y - 1, X - 1]
+                for r in (max(Y - 1, 0), min(Y, h - 1)):   # it sums the (replicated) norms of 2x2 cells
+                    for c in (max(X - 1, 0), min(X, w - 1)): dn[r, c] += g
+        for k in range(K):
+            for y in range(h):
+                for x in range(w):
+                    v = two * (hist[b, k, y, x] + hist[b, k + K, y, x]) * dn[y, x]
+                    dh[b, k, y, x] += v
+                    dh[b, k + K, y, x] += v
+
+if numba is not None:
+    _uoctti_backward_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_uoctti_backward_loop)
+    _uoctti_blocks_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_uoctti_blocks_loop)
+
+class _UOCTTICompiled(torch.autograd.Function):
+    "`_uoctti_normalize` with both passes compiled: directed cell histograms `(B,2K,h,w)` (CPU, float32/64) -> `(B,3K+4,h,w)`."
+    @staticmethod
+    def forward(ctx, hist, num_orientations: int):
+        hist = hist.detach().contiguous()
+        ctx.hist, ctx.K = hist, num_orientations
+        return _uoctti_compiled(hist, num_orientations)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        hist = ctx.hist.numpy()
+        B, _, h, w = hist.shape
+        dh, dF = np.empty_like(hist), np.empty((B, 4, h, w), hist.dtype)
+        with _numba_threads():
+            _uoctti_backward_loop(hist, grad.contiguous().numpy(), ctx.K, dh, dF)
+            _uoctti_blocks_loop(hist, ctx.K, dF, dh)
+        return torch.from_numpy(dh), None
+
+def _fused_uoctti(hist, num_orientations: int):
+    "The normalisation in the gradient path: `_UOCTTICompiled` on CPU float histograms, `_uoctti_normalize` otherwise."
+    if hist.device.type == "cpu" and hist.dtype in (torch.float32, torch.float64):
+        return _UOCTTICompiled.apply(hist, num_orientations)
+    return _uoctti_normalize(hist, num_orientations)
+
+if numba is not None: _FUSED_UOCTTI = _fused_uoctti   # from here on `HOG`'s gradient path normalises through it

@@ -184,10 +184,21 @@ def classes_to_flow(classes,  # `(…,2,H,W)` long bin indices
 # %% ../nbs/01_flow.ipynb #91d2bbdb
 DIS_PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}  # cv2.DISOPTICAL_FLOW_PRESET_*
 
-def _to_gray_u8(frame: torch.Tensor) -> np.ndarray:
+def _gray_u8(frames: torch.Tensor) -> list:
+    "`(B,C,H,W)` float frames in [0,1] (C = 1 or 3) as B 8-bit grey `(H,W)` arrays: rounded once for the batch, RGB to grey by OpenCV."
     import cv2
-    a = frame.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
-    return np.ascontiguousarray(a[..., 0] if a.shape[2] == 1 else cv2.cvtColor(a, cv2.COLOR_RGB2GRAY))
+    a = frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().permute(0, 2, 3, 1).contiguous().numpy()
+    return [f[..., 0] if f.shape[2] == 1 else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in a]
+
+def _flow_gray(g0: list, g1: list, method: str = "dis", preset: str = "medium") -> torch.Tensor:
+    "Flow `(B,2,H,W)` between two lists of 8-bit grey frames (what `estimate_flow` runs after converting its frames)."
+    import cv2
+    dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset]) if method == "dis" else None
+    out = np.empty((len(g0), 2, *g0[0].shape), np.float32) if len(g0) else np.empty((0, 2, 0, 0), np.float32)
+    for i, (a, b) in enumerate(zip(g0, g1)):
+        uv = dis.calc(a, b, None) if dis is not None else cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 4, 15, 3, 5, 1.2, 0)
+        out[i] = uv.transpose(2, 0, 1)
+    return torch.from_numpy(out)
 
 def estimate_flow(frame0,  # `(3,H,W)` / `(B,3,H,W)` (or 1-channel) float in [0, 1], time t
                   frame1,  # the same shape, time t + gap
@@ -197,7 +208,6 @@ def estimate_flow(frame0,  # `(3,H,W)` / `(B,3,H,W)` (or 1-channel) float in [0,
     """Forward optical flow from `frame0` to `frame1` with OpenCV.
 
     Shape: `(3,H,W)` → `(2,H,W)`, `(B,3,H,W)` → `(B,2,H,W)`, float32 on the frames' device."""
-    import cv2
     frame0, frame1 = torch.as_tensor(frame0), torch.as_tensor(frame1)
     if frame0.shape != frame1.shape:
         raise ValueError(f"frames differ in shape: {tuple(frame0.shape)} vs {tuple(frame1.shape)}; expected equal shapes")
@@ -207,14 +217,7 @@ def estimate_flow(frame0,  # `(3,H,W)` / `(B,3,H,W)` (or 1-channel) float in [0,
     if method == "dis": check_choice("preset", preset, DIS_PRESETS)
     batched = frame0.ndim == 4
     f0, f1 = (frame0, frame1) if batched else (frame0[None], frame1[None])
-    dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset]) if method == "dis" else None
-    out = []
-    for a, b in zip(f0, f1):
-        g0, g1 = _to_gray_u8(a), _to_gray_u8(b)
-        if dis is not None: uv = dis.calc(g0, g1, None)
-        else: uv = cv2.calcOpticalFlowFarneback(g0, g1, None, 0.5, 4, 15, 3, 5, 1.2, 0)
-        out.append(torch.from_numpy(uv.transpose(2, 0, 1).copy()))
-    flow = torch.stack(out).to(frame0.device)
+    flow = _flow_gray(_gray_u8(f0), _gray_u8(f1), method, preset).to(frame0.device)
     return flow if batched else flow[0]
 
 # %% ../nbs/01_flow.ipynb #707ae621

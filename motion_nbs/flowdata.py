@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from .core import SAMPLE_VIDEOS, image_from_array, image_to_array, read_video_frames, sample_video, video_info
-from .flow import decode_kitti_flow, encode_kitti_flow, estimate_flow, photometric_error
+from .flow import _flow_gray, decode_kitti_flow, encode_kitti_flow, estimate_flow, photometric_error
 
 # cv2, torchvision and webdataset are imported where they are used (video decoding, colour jitter, shards):
 # each is slow to import.
 
 # %% ../nbs/02d_flowdata.ipynb #89fc6e26
 def _video_frames_small(path, max_side: int = 160, chunk: int = 32):
-    "The frames of a video, downscaled so the longer side is `max_side`, as `(T,3,h,w)` floats, `chunk` frames at a time."
+    "The frames of a video, downscaled so the longer side is `max_side`, as `(T,h,w,3)` 8-bit RGB arrays, `chunk` frames at a time."
     import cv2
     info = video_info(path)
     cap = cv2.VideoCapture(str(path))
@@ -36,10 +36,10 @@ def _video_frames_small(path, max_side: int = 160, chunk: int = 32):
                 h, w = bgr.shape[:2]
                 s = max_side / max(h, w)
                 small = cv2.resize(bgr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-                frames.append(image_from_array(cv2.cvtColor(small, cv2.COLOR_BGR2RGB)))
+                frames.append(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
             if frames and (len(frames) == chunk or not ok):
                 any_read = True
-                yield torch.stack(frames)
+                yield np.stack(frames)
                 frames = []
             if not ok: break
     finally: cap.release()
@@ -50,12 +50,17 @@ def scene_cuts(path,  # a video file
                min_error: float = 0.08  # ... and at least this mean absolute error (colours in [0,1])
               ) -> list:
     "Frame indices `i` such that a scene cut lies between frames `i` and `i+1`."
+    import cv2
     errs, last = [], None
-    for frames in _video_frames_small(path):  # 32 frames at a time: the video is never held whole, and the warp stays in cache
-        if last is not None: frames = torch.cat([last, frames])
+    for rgb in _video_frames_small(path):  # 32 frames at a time: the video is never held whole, and the warp stays in cache
+        # floats as `image_from_array` makes them; the 8-bit grey DIS reads straight from the decoded bytes (the same
+        # bytes `estimate_flow` would round the floats back to)
+        frames = torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+        gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb]
+        if last is not None: frames, gray = torch.cat([last[0], frames]), last[1] + gray
         if len(frames) > 1:
-            errs.append(photometric_error(frames[:-1], frames[1:], estimate_flow(frames[:-1], frames[1:], preset="ultrafast")))
-        last = frames[-1:]
+            errs.append(photometric_error(frames[:-1], frames[1:], _flow_gray(gray[:-1], gray[1:], "dis", "ultrafast")))
+        last = frames[-1:], gray[-1:]
     if not errs: return []
     err = torch.cat(errs)
     thresh = max(ratio * float(err.median()), min_error)

@@ -1084,6 +1084,14 @@ fig = show_images([x0[0]] + [r.images[0].clamp(0, 1) for r in runs.values()],
 #   spinners starve the thread the region waits for. `make` sets `GOMP_SPINCOUNT=1000` for every command and
 #   kernel it starts (set it before Python starts when running the book otherwise): the idle speed is the
 #   same and the slowdown is 1.8–2.0×.
+# - With HOG's block normalisation compiled as well (05a, `_UOCTTICompiled`), 350 iterations take 0.41–0.50 s on
+#   2 threads; per image in a batch of 8, 0.38–0.46 s (0.9× the single image). That is where the batch's gain
+#   ends on two cores: HOG's cell passes already split one image's rows between both threads, so a batch saves
+#   only per-call costs (`bench_preimage`'s `profile_per_image_ms`: the cell passes take about 0.8 ms of a 1.1–1.2 ms
+#   iteration either way). (Until then the bench timed the batch over 50+50 iterations scaled by 7, i.e. 700
+#   iterations against 350+50 for one image, so the batch looked 1.75× slower per image than it was.) An
+#   iteration is 1.1–1.3× HOG's forward+backward: the update streams the canvas, its gradient and two state
+#   arrays (about 0.11 ms), a fixed cost that weighs more the cheaper $\Phi$ gets.
 #
 # The kernel is compiled on first use (about 6 s per dtype) and then loaded from numba's cache. It runs on
 # as many threads as torch uses. numba's OpenMP layer loads the system's libgomp beside the copy torch
