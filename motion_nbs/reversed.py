@@ -45,10 +45,16 @@ class _ReversedActivation(torch.autograd.Function):
     def forward(ctx, x, fn, rule, relu: bool = False, inplace: bool = False):
         ctx.rule = rule
         if relu:  # a plain ReLU: f'(x) is the mask x > 0 (0 at 0, as torch's own backward), no autograd pass needed
-            if rule in ("saliency", "guided"): ctx.save_for_backward(x > 0)
-            if not inplace: return fn(x)
-            ctx.mark_dirty(x)  # an in-place ReLU stays in place: no new tensor, no copy back
-            return x.clamp_(min=0)
+            ctx.relu = True
+            if inplace:
+                ctx.mark_dirty(x)  # an in-place ReLU stays in place: no new tensor, no copy back
+                y = x.clamp_(min=0)
+            else: y = fn(x)
+            # the mask is read from the output in the backward pass (y > 0 exactly where x > 0), as torch's own ReLU
+            # does: no mask computed and stored in the forward pass
+            if rule in ("saliency", "guided"): ctx.save_for_backward(y)
+            return y
+        ctx.relu = False
         with torch.enable_grad():
             xd = x.detach().requires_grad_(True)
             yd = fn(xd)
@@ -59,7 +65,9 @@ class _ReversedActivation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         if ctx.rule in ("guided", "deconvnet"): g = g.clamp(min=0)     # a ReLU in the backward direction
-        if ctx.rule in ("guided", "saliency"): g = g * ctx.saved_tensors[0]  # the local derivative (a mask for ReLU)
+        if ctx.rule in ("guided", "saliency"):                         # the local derivative
+            d = ctx.saved_tensors[0]
+            g = torch.ops.aten.threshold_backward(g, d, 0) if ctx.relu else g * d   # for a ReLU, the mask of its output
         return g, None, None, None, None
 
 def _pair(v): return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
@@ -247,14 +255,16 @@ def reverse(model: nn.Module,  # the forward network φ: any module (torchvision
     modules = dict(model.named_modules()) if layer is not None else {}
     if layer is not None and (not layer or layer not in modules):
         raise ValueError(f"unknown layer {layer!r} for {type(model).__name__}; valid names: {', '.join(layer_names(model))}")
-    out, was_training, handle = {}, model.training, None
+    # the modules in training mode, put in eval mode for the pass and back after: on a model already in eval mode
+    # nothing is set (`model.eval()` alone walks every module, 0.7 ms on DenseNet-121: 1 % of its reverse)
+    out, training, handle = {}, [m for m in model.modules() if m.training], None
 
     def capture(mod, args, output):
         out["y"] = output
         raise _Done
 
     try:
-        model.eval()
+        if training: model.eval()
         if layer is not None: handle = modules[layer].register_forward_hook(capture)
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -270,7 +280,7 @@ def reverse(model: nn.Module,  # the forward network φ: any module (torchvision
             return torch.autograd.grad(y, x, grad_outputs=p)[0]
     finally:
         if handle is not None: handle.remove()
-        if was_training: model.train(True)
+        for m in training: m.training = True
 
 # %% ../nbs/07_reversed.ipynb #02fbce55
 def saliency(model: nn.Module, x: torch.Tensor, selector, layer: str | None = None) -> torch.Tensor:
