@@ -7,7 +7,7 @@
 # > HOG (UoCTTI), HOGb and dense SIFT rebuilt from convolutions and a few small differentiable functions, equal to VLFeat.
 
 # %% [markdown]
-# *Default run: **13 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **26 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 5 of the thesis inverts, maximises and caricatures *representations* $\Phi(x)$ by gradient
@@ -1247,30 +1247,39 @@ def _hog_cells_loop(image, dx, dy, ty, wy, tx, wx, bilinear, nbands, out, save, 
                         o[bin1, tya, txe] += v1 * tap
                         if bilinear: o[bin2, tya, txe] += v2 * tap
 
+def _cell_norms(hist, b, y, K, n):
+    "Into `n` `(3,w)`: the squared norms of the undirected histograms of image b's cells in rows y-1, y, y+1 (clamped)."
+    h, w = hist.shape[2], hist.shape[3]
+    for r in range(3):
+        yy = min(max(y + r - 1, 0), h - 1)
+        for x in range(w):
+            acc = hist.dtype.type(0)
+            for k in range(K):
+                u = hist[b, k, yy, x] + hist[b, k + K, yy, x]
+                acc += u * u
+            n[r, x] = acc
+
+def _block_factors(n, x, f):
+    "Into `f` `(4,)`: 1/sqrt(block sum + 1e-4) of cell x's blocks above-left, above-right, below-left, below-right."
+    w = n.shape[1]
+    xl, xr = max(x - 1, 0), min(x + 1, w - 1)
+    one, eps = n.dtype.type(1), n.dtype.type(1e-4)
+    for a in range(2):
+        for e in range(2):
+            c0, c1 = (xl, x) if e == 0 else (x, xr)
+            f[2 * a + e] = one / math.sqrt(n[a, c0] + n[a, c1] + n[a + 1, c0] + n[a + 1, c1] + eps)
+
 def _uoctti_loop(hist, K, out):
     "`_uoctti_normalize` cell by cell: directed cell histograms `(B,2K,h,w)` -> `out` `(B,3K+4,h,w)`."
     B, _, h, w = hist.shape
-    one, fifth, half = hist.dtype.type(1), hist.dtype.type(0.2), hist.dtype.type(0.5)
-    eps, tex = hist.dtype.type(1e-4), hist.dtype.type(1 / math.sqrt(18.0))
+    fifth, half = hist.dtype.type(0.2), hist.dtype.type(0.5)
+    tex = hist.dtype.type(1 / math.sqrt(18.0))
     for t in numba.prange(B * h):
         b, y = t // h, t % h
-        n = np.zeros((3, w), hist.dtype)                # |undirected histogram|^2 of rows y-1, y, y+1 (clamped)
-        for r in range(3):
-            yy = min(max(y + r - 1, 0), h - 1)
-            for x in range(w):
-                acc = hist.dtype.type(0)
-                for k in range(K):
-                    u = hist[b, k, yy, x] + hist[b, k + K, yy, x]
-                    acc += u * u
-                n[r, x] = acc
+        n, f = np.empty((3, w), hist.dtype), np.empty(4, hist.dtype)
+        _cell_norms(hist, b, y, K, n)
         for x in range(w):
-            xl, xr = max(x - 1, 0), min(x + 1, w - 1)
-            f = np.empty(4, hist.dtype)                 # the blocks above-left, above-right, below-left, below-right
-            for a in range(2):
-                for e in range(2):
-                    c0, c1 = (xl, x) if e == 0 else (x, xr)
-                    blk = n[a, c0] + n[a, c1] + n[a + 1, c0] + n[a + 1, c1]
-                    f[2 * a + e] = one / math.sqrt(blk + eps)
+            _block_factors(n, x, f)
             for d in range(2 * K):
                 acc = hist.dtype.type(0)
                 for i in range(4): acc += min(f[i] * hist[b, d, y, x], fifth)
@@ -1360,6 +1369,8 @@ def _sift_normalize_compiled(d):
     return torch.from_numpy(out).view(d.shape)
 
 if numba is not None:
+    _cell_norms = numba.njit(cache=True, error_model="numpy")(_cell_norms)
+    _block_factors = numba.njit(cache=True, error_model="numpy")(_block_factors)
     _hog_cells_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_hog_cells_loop)
     _uoctti_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_uoctti_loop)
     _sift_normalize_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_sift_normalize_loop)
@@ -1530,25 +1541,13 @@ def _uoctti_backward_loop(hist, G, K, dh, dF):
     `(B,4,h,w)` d loss / d(block sum) of each cell's four blocks, from the output gradient `G` `(B,3K+4,h,w)`."""
     B, _, h, w = hist.shape
     fifth, half = hist.dtype.type(0.2), hist.dtype.type(0.5)
-    eps, tex = hist.dtype.type(1e-4), hist.dtype.type(1 / math.sqrt(18.0))
+    tex = hist.dtype.type(1 / math.sqrt(18.0))
     for t in numba.prange(B * h):
         b, y = t // h, t % h
-        n = np.zeros((3, w), hist.dtype)                # as in `_uoctti_loop`
-        for r in range(3):
-            yy = min(max(y + r - 1, 0), h - 1)
-            for x in range(w):
-                acc = hist.dtype.type(0)
-                for k in range(K):
-                    u = hist[b, k, yy, x] + hist[b, k + K, yy, x]
-                    acc += u * u
-                n[r, x] = acc
-        f, df = np.empty(4, hist.dtype), np.empty(4, hist.dtype)
+        n, f, df = np.empty((3, w), hist.dtype), np.empty(4, hist.dtype), np.empty(4, hist.dtype)
+        _cell_norms(hist, b, y, K, n)                   # as in `_uoctti_loop`
         for x in range(w):
-            xl, xr = max(x - 1, 0), min(x + 1, w - 1)
-            for a in range(2):
-                for e in range(2):
-                    c0, c1 = (xl, x) if e == 0 else (x, xr)
-                    f[2 * a + e] = 1 / math.sqrt(n[a, c0] + n[a, c1] + n[a + 1, c0] + n[a + 1, c1] + eps)
+            _block_factors(n, x, f)
             for i in range(4): df[i] = 0
             for d in range(2 * K):                      # the directed histograms
                 v, gd, acc = hist[b, d, y, x], half * G[b, d, y, x], hist.dtype.type(0)
