@@ -127,12 +127,18 @@ def main(argv=None) -> dict:
         wds_import = threading.Thread(target=importlib.import_module, args=("webdataset",), daemon=True)
         wds_import.start()
         # workers are forked from a server process that has imported torch, OpenCV and the flow code once: no worker
-        # imports them again, and nothing is forked from a process with threads running
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["motion_nbs.flowdata", "cv2"])
+        # imports them again, and nothing is forked from a process with threads running (spawn where there is no
+        # forkserver, on Windows: each worker then imports them itself)
+        if "forkserver" in mp.get_all_start_methods():
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload(["motion_nbs.flowdata", "cv2"])
+        else: ctx = mp.get_context("spawn")
         pool = ctx.Pool(a.workers)
     try:
         results = pool.imap(process_video, jobs) if pool else map(process_video, jobs)
+        # the workers run; this thread imports nothing until webdataset's import is done (an exception coming back
+        # from a worker may import its module: two imports of torch at once break it)
+        if wds_import.is_alive(): wds_import.join()
         bar = tqdm(total=len(jobs), unit="video", desc="videos")
         for s in todo:
             samples, shard_failed = [], False
@@ -144,7 +150,6 @@ def main(argv=None) -> dict:
                 samples += items
             if shard_failed:   # complete shards only: the next run retries this one
                 held_back.append(shard_name(s)); continue
-            if wds_import.is_alive(): wds_import.join()
             nbytes += write_shard(out / shard_name(s), samples)
             pairs += len(samples)
         bar.close()
