@@ -1085,7 +1085,7 @@ fig = show_images([x0[0]] + [r.images[0].clamp(0, 1) for r in runs.values()],
 #   kernel it starts (set it before Python starts when running the book otherwise): the idle speed is the
 #   same and the slowdown is 1.8–2.0×.
 # - With HOG's block normalisation compiled as well (05a, `_UOCTTICompiled`), 350 iterations take 0.41–0.50 s on
-#   2 threads; per image in a batch of 8, 0.38–0.46 s (0.9× the single image). That is where the batch's gain
+#   2 threads; per image in a batch of 8, 0.37–0.47 s (0.9× the single image). That is where the batch's gain
 #   ends on two cores: HOG's cell passes already split one image's rows between both threads, so a batch saves
 #   only per-call costs (`bench_preimage`'s `profile_per_image_ms`: the cell passes take about 0.8 ms of a 1.1–1.2 ms
 #   iteration either way). (Until then the bench timed the batch over 50+50 iterations scaled by 7, i.e. 700
