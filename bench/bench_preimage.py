@@ -41,7 +41,7 @@ def profile_per_image(hog, images, iteration_ms, iters=30):
     """Where an iteration's time goes, per image, for a batch of `len(images)`: HOG's cell passes, its block
     normalisation (forward and backward, from torch's profiler), Algorithm 1's update (timed alone on the same canvas)
     and the rest of `iteration_ms` (the unprofiled time of an iteration per image: the profiler slows small
-    operations down). Shows what bounds the batch's gain: with one image, HOG's compiled passes already
+    operations down; the parts and the iteration come from different runs, so the rest can be a little negative). Shows what bounds the batch's gain: with one image, HOG's compiled passes already
     split the rows between both threads, so a batch can only save the per-call costs, not the per-pixel work."""
     from torch.profiler import profile
     from motion_nbs.preimage import prepare_update, preimage_params, image_mean

@@ -283,7 +283,7 @@ def _uoctti_normalize(hist, num_orientations: int):
 
 # %% ../nbs/05a_features.ipynb #df32536f
 _FUSED_HOG = None   # the fused cell layer of "Making it fast" (end of the chapter) once it is defined
-_FUSED_UOCTTI = None   # and the compiled normalisation with its gradient, also there
+_FUSED_UOCTTI = _uoctti_normalize   # the normalisation in the gradient path: "Making it fast" compiles it with its gradient
 _COMPILED_HOG_CELLS = _COMPILED_UOCTTI = None   # the compiled histograms and normalisation for features alone, also there
 _COMPILED_SIFT_NORMALIZE = _COMPILED_SIFT_POOL = None   # and DenseSIFT's spatial pooling and normalisation
 
@@ -327,7 +327,7 @@ class HOG(nn.Module):
         directions = self.directions.to(image.dtype)
         if _FUSED_HOG is not None and torch.is_grad_enabled() and image.requires_grad:   # a much cheaper backward pass
             hist = _FUSED_HOG(image, directions, self.cell_size, cells, self.bilinear_orientations)
-            if _FUSED_UOCTTI is not None: return _FUSED_UOCTTI(hist, self.num_orientations)
+            return _FUSED_UOCTTI(hist, self.num_orientations)
         elif _COMPILED_HOG_CELLS is not None and image.device.type == "cpu" and image.dtype in (torch.float32, torch.float64):
             hist = _COMPILED_HOG_CELLS(image.detach(), directions, self.cell_size, cells, self.bilinear_orientations)
             return _COMPILED_UOCTTI(hist, self.num_orientations)
@@ -670,6 +670,10 @@ try:
 except ImportError:  # the tensor pipeline above computes the same histograms without it
     numba = None
 
+def _compile(fn, parallel: bool = True):
+    "`fn` compiled by numba: parallel loops (`numba.prange`), cached on disk, numpy's error model (x/0 is inf, not an error)."
+    return numba.njit(parallel=parallel, cache=True, error_model="numpy")(fn)
+
 def _hog_cells_loop(image, dx, dy, ty, wy, tx, wx, bilinear, nbands, out, save, sgx, sgy, sk, ssel):
     """Directed cell histograms, band by band: `out[b * nbands + band]` `(2K,h+2,w+2)` gets the band's pixels.
     Each row in three passes: the gradients, VLFeat's orientation scan over the whole row at once (the loop over
@@ -862,12 +866,12 @@ def _sift_normalize_compiled(d):
     return torch.from_numpy(out).view(d.shape)
 
 if numba is not None:
-    _cell_norms = numba.njit(cache=True, error_model="numpy")(_cell_norms)
-    _block_factors = numba.njit(cache=True, error_model="numpy")(_block_factors)
-    _hog_cells_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_hog_cells_loop)
-    _uoctti_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_uoctti_loop)
-    _sift_normalize_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_sift_normalize_loop)
-    _sift_pool_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_sift_pool_loop)
+    _cell_norms = _compile(_cell_norms, parallel=False)
+    _block_factors = _compile(_block_factors, parallel=False)
+    _hog_cells_loop = _compile(_hog_cells_loop)
+    _uoctti_loop = _compile(_uoctti_loop)
+    _sift_normalize_loop = _compile(_sift_normalize_loop)
+    _sift_pool_loop = _compile(_sift_pool_loop)
 
 @functools.lru_cache(maxsize=32)
 def _numpy_taps(H: int, W: int, h: int, w: int, cell_size: int, dtype):
@@ -960,8 +964,8 @@ def _hog_image_grad_loop(ggx, ggy, ssel, C, gi):
                 gi[b, c, i, j + 1] -= vy
 
 if numba is not None:
-    _hog_backward_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_hog_backward_loop)
-    _hog_image_grad_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_hog_image_grad_loop)
+    _hog_backward_loop = _compile(_hog_backward_loop)
+    _hog_image_grad_loop = _compile(_hog_image_grad_loop)
 
 class _HOGCellsCompiled(torch.autograd.Function):
     "`_HOGCells` from the compiled passes: image `(B,C,H,W)` (CPU, float32/64) -> directed cell histograms `(B,2K,h,w)`."
@@ -1052,8 +1056,8 @@ def _uoctti_blocks_loop(hist, K, dF, dh):
                     dh[b, k + K, y, x] += v
 
 if numba is not None:
-    _uoctti_backward_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_uoctti_backward_loop)
-    _uoctti_blocks_loop = numba.njit(parallel=True, cache=True, error_model="numpy")(_uoctti_blocks_loop)
+    _uoctti_backward_loop = _compile(_uoctti_backward_loop)
+    _uoctti_blocks_loop = _compile(_uoctti_blocks_loop)
 
 class _UOCTTICompiled(torch.autograd.Function):
     "`_uoctti_normalize` with both passes compiled: directed cell histograms `(B,2K,h,w)` (CPU, float32/64) -> `(B,3K+4,h,w)`."

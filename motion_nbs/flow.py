@@ -184,17 +184,19 @@ def classes_to_flow(classes,  # `(…,2,H,W)` long bin indices
 # %% ../nbs/01_flow.ipynb #91d2bbdb
 DIS_PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}  # cv2.DISOPTICAL_FLOW_PRESET_*
 
-def _gray_u8(frames: torch.Tensor) -> list:
-    "`(B,C,H,W)` float frames in [0,1] (C = 1 or 3) as B 8-bit grey `(H,W)` arrays: rounded once for the batch, RGB to grey by OpenCV."
+def _gray_u8(frames) -> list:
+    """B 8-bit grey `(H,W)` arrays of `(B,C,H,W)` float frames in [0,1] (C = 1 or 3; rounded to 8 bits once for the
+    batch) or of `(B,H,W,C)` 8-bit frames as decoded; RGB to grey by OpenCV."""
     import cv2
-    a = frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().permute(0, 2, 3, 1).contiguous().numpy()
-    return [f[..., 0] if f.shape[2] == 1 else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in a]
+    if torch.is_tensor(frames):
+        frames = frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().permute(0, 2, 3, 1).contiguous().numpy()
+    return [f[..., 0] if f.shape[2] == 1 else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
 
 def _flow_gray(g0: list, g1: list, method: str = "dis", preset: str = "medium") -> torch.Tensor:
     "Flow `(B,2,H,W)` between two lists of 8-bit grey frames (what `estimate_flow` runs after converting its frames)."
     import cv2
     dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset]) if method == "dis" else None
-    out = np.empty((len(g0), 2, *g0[0].shape), np.float32) if len(g0) else np.empty((0, 2, 0, 0), np.float32)
+    out = np.empty((len(g0), 2, *g0[0].shape), np.float32)
     for i, (a, b) in enumerate(zip(g0, g1)):
         uv = dis.calc(a, b, None) if dis is not None else cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 4, 15, 3, 5, 1.2, 0)
         out[i] = uv.transpose(2, 0, 1)
@@ -216,6 +218,7 @@ def estimate_flow(frame0,  # `(3,H,W)` / `(B,3,H,W)` (or 1-channel) float in [0,
     check_choice("method", method, ("dis", "farneback"))
     if method == "dis": check_choice("preset", preset, DIS_PRESETS)
     batched = frame0.ndim == 4
+    if batched and not len(frame0): raise ValueError("frames hold no pair (batch of 0); expected at least one")
     f0, f1 = (frame0, frame1) if batched else (frame0[None], frame1[None])
     flow = _flow_gray(_gray_u8(f0), _gray_u8(f1), method, preset).to(frame0.device)
     return flow if batched else flow[0]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import SAMPLE_VIDEOS, image_from_array, image_to_array, read_video_frames, sample_video, video_info
-from .flow import _flow_gray, decode_kitti_flow, encode_kitti_flow, estimate_flow, photometric_error
+from .flow import _flow_gray, _gray_u8, decode_kitti_flow, encode_kitti_flow, estimate_flow, photometric_error
 
 # cv2, torchvision and webdataset are imported where they are used (video decoding, colour jitter, shards):
 # each is slow to import.
@@ -50,13 +50,12 @@ def scene_cuts(path,  # a video file
                min_error: float = 0.08  # ... and at least this mean absolute error (colours in [0,1])
               ) -> list:
     "Frame indices `i` such that a scene cut lies between frames `i` and `i+1`."
-    import cv2
     errs, last = [], None
     for rgb in _video_frames_small(path):  # 32 frames at a time: the video is never held whole, and the warp stays in cache
         # floats as `image_from_array` makes them; the 8-bit grey DIS reads straight from the decoded bytes (the same
         # bytes `estimate_flow` would round the floats back to)
         frames = torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
-        gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb]
+        gray = _gray_u8(rgb)
         if last is not None: frames, gray = torch.cat([last[0], frames]), last[1] + gray
         if len(frames) > 1:
             errs.append(photometric_error(frames[:-1], frames[1:], _flow_gray(gray[:-1], gray[1:], "dis", "ultrafast")))

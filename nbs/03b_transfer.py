@@ -752,16 +752,17 @@ with tempfile.TemporaryDirectory() as _d:
 
 # %% [markdown]
 # Eight `objects` frames as the probes and fine-tuning see them: the image, and every pixel's category
-# (black background, red cube, green sphere, blue cylinder); the frame's label is its object's category. Every
+# (`label_to_rgb`: black background, one colour per category); the frame's label is its object's category. Every
 # category moves alike in the renderer, so the flow says nothing about the label.
 
 # %%
 from motion_nbs.core import show_images
+from motion_nbs.data import label_to_rgb
 
 # %%
 _f = labelled_frames("objects", 8, seed=11, size=96, cache_dir=False, progress=False)
-_names, _palette = ("cube", "sphere", "cylinder"), torch.tensor([[0, 0, 0], [0.85, 0.2, 0.2], [0.2, 0.75, 0.3], [0.25, 0.4, 0.9]])
-show_images([x for i in range(8) for x in (_f["image"][i], _palette[_f["categories"][i]].permute(2, 0, 1))],
+_names = ("cube", "sphere", "cylinder")
+show_images([x for i in range(8) for x in (_f["image"][i], label_to_rgb(_f["categories"][i]))],
             titles=[t for i in range(8) for t in (_names[int(_f["label"][i])], "categories")], ncols=8, size=1.6);
 
 

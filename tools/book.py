@@ -20,7 +20,7 @@ notebook shows each bar's final state instead of an empty widget. Then, for each
   reported and left as it was), then `nbdev_clean` strips volatile metadata (outputs are kept:
   `clear_all = False` in settings.ini) and the paired py:percent script is rewritten from it.
 
-    python tools/book.py                 # every notebook, index first then by name (the sidebar's order)
+    python tools/book.py                 # every notebook with code, by name (the sidebar's order; the index has none)
     python tools/book.py 03_cpfs_train   # only these
     python tools/book.py --table         # the runtimes the chapters state, as a markdown table
 
@@ -68,8 +68,9 @@ def shrink_images(nb, max_bytes: int = MAX_IMAGE_BYTES) -> int:
         for out in cell.get("outputs", []):
             data = out.get("data", {})
             png = data.get("image/png")
-            if png is None or len(base64.b64decode(png)) <= max_bytes: continue
-            img = Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB")
+            raw = base64.b64decode(png) if png is not None else b""
+            if len(raw) <= max_bytes: continue
+            img = Image.open(io.BytesIO(raw)).convert("RGB")
             for quality in (85, 75, 65, 50):
                 buf = io.BytesIO(); img.save(buf, "JPEG", quality=quality, optimize=True)
                 if buf.tell() <= max_bytes: break
