@@ -6,13 +6,17 @@ import setuptools
 config = ConfigParser(delimiters=["="])
 config.read("settings.ini", encoding="utf-8")
 cfg = config["DEFAULT"]
+if "lib_name" not in cfg: raise SystemExit("setup.py: settings.ini is missing or incomplete (it holds the package's metadata)")
 
-licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
+licenses = {"apache2": "Apache-2.0"}   # SPDX; setuptools deprecates the License :: classifiers
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable",
             "6 - Mature", "7 - Inactive"]
 lic = licenses[cfg["license"]]
 requirements = cfg.get("requirements", "").split()
-dev_requirements = cfg.get("dev_requirements", "").split()
+# `book_requirements = ...` in settings.ini is the extra `motion_nbs[book]`; `all` is every extra, `dev` adds the tools
+extras = {k[:-len("_requirements")]: cfg[k].split() for k in cfg if k.endswith("_requirements") and k != "dev_requirements"}
+extras["all"] = sorted({r for reqs in extras.values() for r in reqs})
+extras["dev"] = cfg.get("dev_requirements", "").split() + extras["all"]
 console_scripts = [s for s in cfg.get("console_scripts", "").split() if s]
 
 setuptools.setup(
@@ -24,19 +28,21 @@ setuptools.setup(
     author=cfg["author"],
     author_email=cfg["author_email"],
     url=cfg["git_url"],
-    license=lic[0],
+    license=lic,
     classifiers=[
-        "Development Status :: " + statuses[int(cfg["status"])],
+        "Development Status :: " + statuses[int(cfg["status"]) - 1],   # status = 3 is "3 - Alpha"
         "Intended Audience :: " + cfg["audience"].title(),
-        "License :: " + lic[1],
         "Natural Language :: " + cfg["language"].title(),
         "Programming Language :: Python :: 3",
+        "Typing :: Typed",
     ],
     keywords=cfg["keywords"],
     packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
-    include_package_data=True,
+    include_package_data=True,   # py.typed; MANIFEST.in puts settings.ini, LICENSE and CHANGELOG.md in the sdist
+    package_data={cfg["lib_name"]: ["py.typed"]},
+    license_files=["LICENSE"],
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require=extras,
     python_requires=">=" + cfg["min_python"],
     zip_safe=False,
     entry_points={

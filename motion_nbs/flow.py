@@ -55,17 +55,24 @@ def read_flo(path  # a Middlebury/Sintel `.flo` file
         raise ValueError(f"{path}: file has {len(data)} bytes, expected {expected} for {w}x{h} flow "
                          f"({'truncated' if len(data) < expected else 'trailing data'})")
     uv = np.frombuffer(data, "<f4", 2 * w * h, offset=12).reshape(h, w, 2)
-    return torch.from_numpy(uv.transpose(2, 0, 1).copy())
+    flow = torch.from_numpy(uv.transpose(2, 0, 1).copy())
+    _check_finite(flow, str(path))
+    return flow
 
 def write_flo(path,  # destination file (written atomically)
               flow  # `(2,H,W)` flow in pixels, finite
              ) -> Path:
-    "Write a `(2,H,W)` flow as a Middlebury `.flo` file."
+    "Write one flow, `(2,H,W)` or `(1,2,H,W)`, as a Middlebury `.flo` file (what `read_flo` reads back)."
     path = Path(path)
+    flow = torch.as_tensor(flow)
+    if flow.ndim == 4 and flow.shape[0] == 1: flow = flow[0]
+    if flow.ndim != 3 or flow.shape[0] != 2:
+        raise ValueError(f"write_flo writes one flow of shape (2,H,W) or (1,2,H,W) (channel 0 = x, 1 = y), got {tuple(flow.shape)}")
     flow = _as_flow(flow)
-    if flow.ndim != 3: raise ValueError(f"write_flo takes one flow of shape (2,H,W), got {tuple(flow.shape)}")
-    _check_finite(flow, f"write_flo({path})")
     h, w = flow.shape[1:]
+    if not (0 < w < 100_000 and 0 < h < 100_000):
+        raise ValueError(f"write_flo: a .flo file holds a flow of 1 to 99,999 pixels per side, got height={h}, width={w}")
+    _check_finite(flow, f"write_flo({path})")
     header = np.array([FLO_MAGIC], "<f4").tobytes() + np.array([w, h], "<i4").tobytes()
     body = flow.detach().cpu().numpy().astype("<f4").transpose(1, 2, 0).tobytes()
     with atomic_write(path) as tmp: tmp.write_bytes(header + body)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # the book's natural images (`natural_images`, chapter 00) are importable from here as before
-from .core import IMAGE_SUFFIXES, check_choice, check_image, check_int, natural_images, tqdm
+from .core import IMAGE_SUFFIXES, check_choice, check_image, check_int, frozen, natural_images, tqdm
 from .models import layer_outputs, receptive_fields
 
 try:
@@ -533,12 +533,12 @@ class LayerPhi(nn.Module):
                  mean=IMAGENET_MEAN,  # the network's input normalisation
                  std=IMAGENET_STD):
         super().__init__()
-        self.model, self.layer = model.eval().requires_grad_(False), layer
+        self.model, self.layer = model, layer   # borrowed, not changed: each pass runs it `frozen` (eval, no parameter grads)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return layer_outputs(self.model, (image - self.mean) / self.std, [self.layer])[self.layer]
+        with frozen(self.model): return layer_outputs(self.model, (image - self.mean) / self.std, [self.layer])[self.layer]
 
     def field_size(self, input_size) -> float:
         "ρ of eq 5.9: the largest side of the layer's receptive field (table 5.1) at images of `input_size` (H, W)."

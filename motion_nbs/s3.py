@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (atomic_save, atomic_write, check_choice, check_image, check_int, check_number,
-                             check_values, full_precision, load_model_file, runs_dir, seed_everything)
+                             check_values, frozen, full_precision, load_model_file, optional_import, runs_dir, seed_everything)
 from .data import (ImageFlowSamples, PairedAugment, SceneDataset, label_to_rgb, paired_centre_crop,
                              rendered_pool, video_flow_pairs)
 from .flow import flow_to_rgb, log_flow_magnitude
@@ -48,6 +48,11 @@ def _check(masks, flow):
     check_values("flow", flow)
     # soft segments are non-negative, and an image with no mask mass has no segments (every loss would be 0: "perfect")
     check_values("masks", masks.detach(), nonnegative=True, nonzero_per_item=True)
+    if masks.device.type == "cpu":   # soft segments: a distribution over L at each pixel (`soft_masks`); CPU only, as above
+        sums = masks.detach().sum(1)
+        if (sums - 1).abs().max() > 1e-2:   # float32 sums are within 1e-6; a bf16 softmax within a few 1e-3
+            raise ValueError(f"masks must sum to 1 over the {masks.shape[1]} segments at every pixel (a softmax over dim 1, "
+                             f"as `soft_masks` gives); the sums range from {float(sums.min()):.4g} to {float(sums.max()):.4g}")
 
 def _grid(h, w, dtype, device):
     "Normalised pixel coordinates (x, y) in [-1, 1] and the scale from pixels to those units."
@@ -345,10 +350,10 @@ def evaluate_segments(model: S3Model,  # a trained (or any) model, on any device
                       frames: dict,  # `heldout_frames`: image, flow, target (on the CPU)
                       batch_size: int = 16) -> dict:
     "Matched mIoU of the model's hard segments and of the grid baseline against `frames['target']`, and the segments used."
-    model.eval()
     device = next(model.parameters()).device
-    pred = torch.cat([model.segment(frames["image"][i:i + batch_size].to(device)).cpu()
-                      for i in range(0, len(frames["image"]), batch_size)])
+    with frozen(model):   # evaluated in eval mode; the caller's train/eval flags come back as they were
+        pred = torch.cat([model.segment(frames["image"][i:i + batch_size].to(device)).cpu()
+                          for i in range(0, len(frames["image"]), batch_size)])
     L = model.backbone.num_classes
     out = {"num_frames": len(pred)}
     if "target" in frames:
@@ -385,7 +390,7 @@ def train(config: S3Config = None,  # the run's settings (default: the `cpu` pre
     res = dict(summary, config=cfg.to_dict(), **scores, seconds=round(time.time() - t0, 1),
                metrics_path=None if cfg.out_dir is None else str(Path(cfg.out_dir) / "metrics.jsonl"))
     if cfg.out_dir is not None and is_main_process(): _save_run(cfg, model, res)
-    return dict(res, model=model, heldout=held)
+    return dict(res, model=model.eval(), heldout=held)
 
 def load_s3(path  # a `model.pt` written by `train`, or the run folder holding it
            ) -> S3Model:
@@ -400,10 +405,10 @@ def load_s3(path  # a `model.pt` written by `train`, or the run folder holding i
 # %% ../nbs/04_s3.ipynb #c5614acc
 def show_segments(model: S3Model, frames: dict, num_images: int = 4):
     "Fig 4.3/4.4: frames, predicted soft segments over them, and the ground-truth regions. Returns the figure."
-    import matplotlib.pyplot as plt
+    plt = optional_import("matplotlib.pyplot", "show_segments")
     n = min(num_images, len(frames["image"]))
     im = frames["image"][:n]
-    with torch.no_grad(): masks = model.eval()(im)
+    with torch.no_grad(), frozen(model): masks = model(im)
     rows = [("frame", im), ("segments", segments_to_rgb(masks, im)), ("flow", flow_to_rgb(frames["flow"][:n]))]
     if "target" in frames: rows.append(("ground truth", torch.stack([label_to_rgb(t) for t in frames["target"][:n]])))
     fig, axes = plt.subplots(len(rows), n, figsize=(2.2 * n, 2.2 * len(rows)), squeeze=False)

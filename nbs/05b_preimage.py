@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # the book's natural images (`natural_images`, chapter 00) are importable from here as before
-from motion_nbs.core import IMAGE_SUFFIXES, check_choice, check_image, check_int, natural_images, tqdm
+from motion_nbs.core import IMAGE_SUFFIXES, check_choice, check_image, check_int, frozen, natural_images, tqdm
 from motion_nbs.models import layer_outputs, receptive_fields
 
 try:
@@ -954,12 +954,12 @@ class LayerPhi(nn.Module):
                  mean=IMAGENET_MEAN,  # the network's input normalisation
                  std=IMAGENET_STD):
         super().__init__()
-        self.model, self.layer = model.eval().requires_grad_(False), layer
+        self.model, self.layer = model, layer   # borrowed, not changed: each pass runs it `frozen` (eval, no parameter grads)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return layer_outputs(self.model, (image - self.mean) / self.std, [self.layer])[self.layer]
+        with frozen(self.model): return layer_outputs(self.model, (image - self.mean) / self.std, [self.layer])[self.layer]
 
     def field_size(self, input_size) -> float:
         "ρ of eq 5.9: the largest side of the layer's receptive field (table 5.1) at images of `input_size` (H, W)."
@@ -978,6 +978,7 @@ im = torch.rand(2, 3, 8, 8)
 test_close(phi(im), F.relu(net.conv(im * 2 - 1)))
 test_eq(phi(im).shape, (2, 4, 6, 6))
 test_eq(phi.field_size((8, 8)), 3.0)
+assert net.training and all(p.requires_grad for p in net.parameters())   # the caller's network is given back as it came
 _Z = _am_normaliser(phi, torch.tensor(2.0), "author", None, (3, 8, 8))
 test_close(_Z, 2.0 * 9 / 1e4); test_close(_am_normaliser(phi, torch.tensor(2.0), "thesis", None, (3, 8, 8)), 18.0)
 test_eq(_am_normaliser(phi, 2.0, "unit", None, (3, 8, 8)), 2.0)

@@ -29,7 +29,7 @@ def _scratch_copy(tmp_path: Path) -> Path:
 
 
 def _differences(a: Path, b: Path) -> list[str]:
-    cmp = filecmp.dircmp(a, b, ignore=["__pycache__"])
+    cmp = filecmp.dircmp(a, b, ignore=["__pycache__", "py.typed"])   # py.typed: the package's typing marker, not exported
     out = [f"{a.name}: only in one side: {sorted(cmp.left_only + cmp.right_only)}"] if cmp.left_only or cmp.right_only else []
     out += [f"{a.name}/{f} differs" for f in cmp.diff_files]
     for sub in cmp.common_dirs: out += _differences(a / sub, b / sub)
