@@ -157,7 +157,8 @@ def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
               sigma=math.sqrt(THESIS_SIGMA2),  # RBF bandwidth σ on the normalised flow (float or tensor)
               normalize: bool = True,  # apply eq 3.8 (M = 56) to `flow` first
               max_flow: float = 56.0,  # M of eq 3.8
-              fused: bool = True  # gradient written out (`_KernelLoss`); False: autograd through the lines below
+              fused: bool = True,  # gradient written out (`_KernelLoss`); False: autograd through the lines below
+              temperature: float = 1.0  # CE / CE-rev: the softmax of eq 3.5 over K_φ / temperature (1: the thesis; an extension)
              ) -> torch.Tensor:
     """A CPFS loss between the cosine kernel of `emb` and the RBF kernel of `flow` (scalar; lower is better).
 
@@ -167,7 +168,10 @@ def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
     if not torch.is_tensor(sigma): check_number("sigma", sigma)
     elif sigma.device.type == "cpu" and not (sigma > 0).all(): raise ValueError(f"sigma={sigma}; expected σ > 0")
     if normalize: flow = normalize_flow_log(flow.transpose(-1, -2)[..., None], max_flow)[..., 0].transpose(-1, -2)
+    check_number("temperature", temperature)
+    if temperature != 1 and kind == "kta": raise ValueError(f"temperature={temperature}: KTA (eq 3.3) is invariant to the kernel's scale; use 1")
     flow, K_phi = flow.to(emb.dtype), cosine_kernel(emb)
+    if temperature != 1: K_phi = K_phi / temperature
     if fused and not flow.requires_grad:   # the same loss, its gradient written out (`_KernelLoss`): faster
         return _KernelLoss.apply(K_phi, flow, torch.as_tensor(sigma, dtype=emb.dtype, device=emb.device), kind)
     K_f = rbf_kernel(flow, sigma)
@@ -181,9 +185,11 @@ class CPFSLoss(nn.Module):
     "A CPFS loss (`kind`) with a fixed or learnable (log-parametrised) RBF bandwidth σ."
     def __init__(self, kind: str = "ce",  # "kta", "ce" or "ce_rev"
                  sigma2: float = THESIS_SIGMA2,  # initial (or fixed) σ²
-                 learn_sigma: bool = False):  # learn log σ with the network
+                 learn_sigma: bool = False,  # learn log σ with the network
+                 temperature: float = 1.0):  # CE / CE-rev: softmax over K_φ / temperature (1: the thesis)
         super().__init__()
         check_choice("kind", kind, CPFS_LOSSES)
+        self.temperature = temperature
         if not sigma2 > 0: raise ValueError(f"sigma2 must be positive, got {sigma2}")
         self.kind = kind
         log_sigma = torch.tensor(0.5 * math.log(sigma2))
@@ -195,9 +201,11 @@ class CPFSLoss(nn.Module):
 
     def forward(self, emb, flow):
         "Shape: `(B,N,D)`, `(B,N,2)` flow in pixels → `()`."
-        return cpfs_loss(emb, flow, self.kind, sigma=self.log_sigma.exp())
+        return cpfs_loss(emb, flow, self.kind, sigma=self.log_sigma.exp(), temperature=self.temperature)
 
-    def extra_repr(self): return f"kind={self.kind!r}, sigma2={self.sigma2:.4g}, learned={isinstance(self.log_sigma, nn.Parameter)}"
+    def extra_repr(self):
+        return (f"kind={self.kind!r}, sigma2={self.sigma2:.4g}, learned={isinstance(self.log_sigma, nn.Parameter)}"
+                + (f", temperature={self.temperature:g}" if self.temperature != 1 else ""))
 
 # %% ../nbs/03_cpfs.ipynb #7a8d7dc8
 def sample_pixels(batch: int, num_pixels: int, height: int, width: int,
@@ -379,7 +387,7 @@ class CPFSObjective:
 def _cpfs_criterion(kind: str):
     def build(cfg):
         learned = cfg.sigma == "learned"
-        return CPFSLoss(kind, sigma2=cfg.sigma_init if learned else cfg.sigma, learn_sigma=learned)
+        return CPFSLoss(kind, sigma2=cfg.sigma_init if learned else cfg.sigma, learn_sigma=learned, temperature=cfg.temperature)
     return build
 
 CPFS_OBJECTIVES = {**{k: CPFSObjective(SparseHypercolumn, _cpfs_criterion(k)) for k in CPFS_LOSSES},
@@ -408,6 +416,7 @@ class CPFSConfig(ExperimentConfig):
     sigma: float | str = "learned"  # RBF bandwidth: "learned" (CE, CE-rev) or a fixed σ² (KTA: the thesis' 0.0036)
     sigma_init: float = NEUTRAL_SIGMA2  # where a learned σ² starts
     sigma_lr: float = 1e-2  # Adam's learning rate for log σ (the network's is `lr`)
+    temperature: float = 1.0  # CE / CE-rev: softmax over K_φ / temperature; 1 is the thesis (K_φ in [-¼, ¼]), below 1 an extension
     render_size: int = 160  # side of rendered scenes, before the augmentation rescales and crops them
     out_dir: str | None = field(default_factory=lambda: str(runs_dir("cpfs", create=False)))  # checkpoints, metrics, model.pt, results.json (None: no files); default `core.runs_dir("cpfs")`
 
@@ -430,7 +439,9 @@ class CPFSConfig(ExperimentConfig):
         elif self.loss == "kta":
             raise ValueError("sigma='learned' with loss='kta': KTA rewards collapsed embeddings as σ grows (chapter 3, "
                              "'A learnable bandwidth'); give a fixed σ², e.g. the thesis' 0.0036")
-        check_number("sigma_init", self.sigma_init); check_number("sigma_lr", self.sigma_lr)
+        check_number("sigma_init", self.sigma_init); check_number("sigma_lr", self.sigma_lr); check_number("temperature", self.temperature)
+        if self.temperature != 1 and self.loss not in ("ce", "ce_rev"):
+            raise ValueError(f"temperature={self.temperature} with loss={self.loss!r}: a temperature applies to the CE and CE-rev softmaxes only")
 
     @classmethod
     def _derived(cls, values: dict, given: dict) -> dict:

@@ -41,7 +41,7 @@ except ImportError:  # the tensor code path does the same work without it (see "
     numba = None
 
 from motion_nbs.core import atomic_save, check_int, data_dir, sample_image, tqdm
-from motion_nbs.flow import warp
+from motion_nbs.flow import flow_to_classes, warp
 # real videos, flow-pair shards and paired augmentation (chapter 02d), importable from here as before
 from motion_nbs.flowdata import (FlowPairDataset, PairedAugment, colour_jitter, decode_flow_pair, encode_flow_pair, flow_pair_stream,
                                  paired_centre_crop, paired_crop, paired_hflip, paired_resize, scene_cuts, split_heldout,
@@ -76,7 +76,15 @@ from motion_nbs.flow import flow_to_rgb
 
 # %%
 #| export
-PRESETS = ("single_cube", "multi_cube", "shapes", "objects")
+OBJECT_WORLDS = {  # chapter 3's labelled worlds: objects near the camera, and the motion ambiguity each adds (see "presets")
+    "objects": dict(num_objects=1, p_static=0.0, camera="small", shift=1.0, spread=0.3, depth=(3.2, 4.5)),
+    "objects_static": dict(num_objects=1, p_static=0.5, camera="small", shift=0.1, spread=0.3, depth=(3.2, 4.5)),
+    "objects_camera": dict(num_objects=1, p_static=0.0, camera="pan", shift=0.1, spread=0.3, depth=(3.2, 4.5)),
+    "objects_k3": dict(num_objects=3, p_static=0.0, camera="small", shift=1.0, spread=0.7, depth=(4.5, 6.5)),
+    "objects_ambiguous": dict(num_objects=3, p_static=0.5, camera="pan", shift=0.1, spread=0.7, depth=(4.5, 6.5)),
+    "objects_anywhere": dict(num_objects=1, p_static=0.0, camera="small", shift=1.0, spread=0.7, depth=(3.2, 4.5)),
+}
+PRESETS = ("single_cube", "multi_cube", "shapes", *OBJECT_WORLDS)  # appended in this order: a preset's scenes never change
 CATEGORIES = ("background", "cube", "sphere", "cylinder")
 NUM_FACES = {1: 6, 2: 1, 3: 3}  # faces (parts) per category
 TEXTURES = ("checker", "stripes", "noise", "brick", "grass", "gravel", "coffee", "astronaut", "chelsea", "rocket")
@@ -497,13 +505,35 @@ def _visible_next(scene: Scene, X1, depth1, rel_tol: float = 0.01):
 #   on the category). It is the labelled world of chapter 3's transfer experiment: a frame's category is
 #   the category of its one object, and every pixel's category is known.
 #
+# The `objects` world has almost none of the ambiguity that the thesis' argument for CPFS rests on
+# (sections 3.1, 3.3.6): its object always moves, and the camera barely does, so the flow's magnitude alone
+# says what is object and what is background. Its variants (`OBJECT_WORLDS`) add that ambiguity one
+# ingredient at a time, and chapter `03_cpfs_ambiguity` measures how much each adds
+# (`manipulation_statistics`, below):
+#
+# - `"objects_static"`: with probability `p_static` = 0.5 an object's own motion is zero (no translation, no
+#   rotation) while the camera still moves: objects that *can* move often don't. The camera's translation is
+#   a tenth of `objects`' (≤ 0.015 units; its rotation is unchanged): a camera translating 0.15 units moves an
+#   object at depth 3.5 about 4 px more than the plane at depth 12, and that parallax alone would tell the
+#   object from the background (measured: with the full translation only 4 % of frames had a still object).
+# - `"objects_camera"`: the camera pans as fast as the objects move: a rotation about a random axis in the
+#   image plane whose image speed is drawn from the objects' range (1–10 px per frame at 128 px), on top of
+#   a tenth of `objects`' translation. The flow's magnitude no longer says what is an object.
+# - `"objects_k3"`: three independently moving objects (each a cube, sphere or cylinder) at depth 4.5–6.5,
+#   placed over most of the view; every pixel's category is known, and a frame's label is its dominant
+#   (largest) object's category.
+# - `"objects_ambiguous"`: all three at once (three objects, each static with probability 0.5, the panning
+#   camera).
+# - `"objects_anywhere"`: `objects` with the object placed as widely as in `shapes` (centres over most of
+#   the frame, partly cut by the border), for the saliency experiments of chapters 6 and 7, where a centred
+#   object makes a centre prior unbeatable.
+#
 # Objects are placed so their bounding spheres do not overlap (rejection sampling with a bounded number
 # of tries). Initial orientations are uniform on SO(3).
 
 # %%
 #| exporti
 _FOV = math.radians(50)
-_OBJECTS_DEPTH = (3.2, 4.5)  # the `objects` preset's one object is near: a third to a half of the view across
 _TAN = math.tan(_FOV / 2)
 
 def _rotation(axis_angle) -> np.ndarray:
@@ -560,19 +590,19 @@ def sample_scene(preset: str,  # one of `PRESETS`
     focal = w / 4.0 if ortho else (w / 2) / _TAN
     px = 4.0 / 128 if ortho else _TAN / 64  # world units per pixel of motion (at depth 1 if perspective) at 128 px width
     half_w, half_h = (2.0, 2.0 * h / w) if ortho else (_TAN, _TAN * h / w)  # view half extent (per unit depth)
-    single = ortho or preset == "objects"
-    k = 1 if single else int(rng.integers(2, 5))
+    world = OBJECT_WORLDS.get(preset)
+    k = 1 if ortho else world["num_objects"] if world else int(rng.integers(2, 5))
     kinds, dims, R0, T0, R1, T1 = [0], [], [], [], [], []
     bg_depth = 10.0 if ortho else 12.0
     for i in range(k):
-        kind = int(rng.integers(1, 4)) if preset in ("shapes", "objects") else 1
+        kind = int(rng.integers(1, 4)) if preset == "shapes" or world else 1
         if kind == 1: dim = np.full(3, rng.uniform(0.55, 0.8) if ortho else rng.uniform(0.45, 0.8))
         elif kind == 2: dim = np.full(3, rng.uniform(0.5, 0.85))
         else: dim = np.array([*[rng.uniform(0.35, 0.6)] * 2, rng.uniform(0.5, 0.9)])
         radius = float(np.linalg.norm(dim))
         for _ in range(20):  # place without overlapping the objects so far (bounded tries: deterministic)
-            z = 5.0 if ortho else rng.uniform(*_OBJECTS_DEPTH) if preset == "objects" else rng.uniform(5.0, 8.5)
-            scale = 0.35 if ortho else (0.3 if preset == "objects" else 0.7) * z
+            z = 5.0 if ortho else rng.uniform(*world["depth"]) if world else rng.uniform(5.0, 8.5)
+            scale = 0.35 if ortho else (world["spread"] if world else 0.7) * z
             T = np.array([rng.uniform(-1, 1) * half_w * scale, rng.uniform(-1, 1) * half_h * scale, z])
             if all(np.linalg.norm(T - t) > radius + r for t, r in T0): break
         R = _random_rotation(rng)
@@ -580,6 +610,8 @@ def sample_scene(preset: str,  # one of `PRESETS`
         direction = rng.uniform(0, 2 * math.pi)
         dT = np.array([math.cos(direction) * speed, math.sin(direction) * speed, 0 if ortho else rng.uniform(-0.15, 0.15)])
         dR = _rotation(_unit(rng) * math.radians(rng.uniform(6, 15) if ortho else rng.uniform(1, 4)))
+        if world and world["p_static"] > 0 and rng.random() < world["p_static"]:  # this object does not move
+            dT, dR = np.zeros(3), np.eye(3)
         kinds.append(kind); dims.append(dim); R0.append(R); T0.append((T, radius)); R1.append(dR @ R); T1.append(T + dT)
     plane_R, plane_T = np.eye(3), np.array([0.0, 0.0, bg_depth])
     tile = 64 * px * (1 if ortho else bg_depth) * rng.uniform(1.0, 1.5)  # one texture tile ≈ 64–96 px
@@ -590,6 +622,10 @@ def sample_scene(preset: str,  # one of `PRESETS`
     if camera_motion:
         Rc = _rotation(_unit(rng) * math.radians(rng.uniform(0, 0.8)))
         tc = np.array([rng.uniform(-0.15, 0.15), rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1)])
+        if world: tc = tc * world["shift"]  # camera translation makes parallax: a still object still moves against the plane
+        if world and world["camera"] == "pan":  # a pan as fast as the objects: 1-10 px of image motion at 128 px
+            a = rng.uniform(0, 2 * math.pi)
+            Rc = _rotation(np.array([math.cos(a), math.sin(a), 0.0]) * rng.uniform(1, 10) * px) @ Rc
         rot1, tr1, light1 = Rc @ rot1, tr1 @ Rc.T + tc, Rc @ light0
     obj_tex = rng.choice(OBJECT_TEXTURES, size=k)
     bg_tex = rng.choice([t for t in BACKGROUND_TEXTURES if t not in obj_tex])
@@ -808,6 +844,101 @@ for preset in PRESETS: fig = show_scenes(preset, [0, 1])
 mags = {p: torch.cat([render_scene(p, s)["flow"].norm(dim=0).flatten() for s in range(20)]) for p in PRESETS}
 for p, m in mags.items():
     print(f"{p:12s} flow magnitude px: median {m.median():.2f}, 95% {m.quantile(0.95):.2f}, max {m.max():.2f}")
+
+
+# %% [markdown]
+# ## How ambiguous is a world's motion? Manipulation statistics
+#
+# Chapter 3's claim — CPFS transfers better than predicting the flow itself — rests on flow being
+# ambiguous from one frame: objects that can move often don't, the camera moves too. A world tests the
+# claim only if it carries that premise, so `manipulation_statistics` measures it on rendered frames:
+#
+# - `relative_motion_under_1px`: the share of frames whose dominant (largest) object moves by less than
+#   1 px relative to the background — the difference of the mean flow over its pixels and over the
+#   background's. Then the flow says nothing about where the object is.
+# - `figure_ground_entropy_share`: how much of the direct flow-classification target (the joint
+#   16 × 16 class of the eq-3.8-normalised x and y flow, `flow.flow_to_classes`) figure/ground explains:
+#   the mutual information $I(C; G)$ of a pixel's flow class $C$ and whether it is on an object $G$,
+#   over the entropy $H(C)$, pooled over pixels and frames. Near 0 the flow class barely tells an
+#   object; the larger, the more flow classification is figure/ground segmentation in disguise.
+# - `all_objects_under_1px`: the same share over every object of every frame; `centre_coverage`: the share
+#   of frames whose centre pixel is on an object (what a centre prior exploits, chapter 7);
+#   `flow_magnitude_object` / `flow_magnitude_background`: median flow magnitude, px.
+
+# %%
+#| export
+def _entropy(counts: torch.Tensor) -> float:
+    p = counts[counts > 0].double() / counts.sum()
+    return float(-(p * p.log()).sum())
+
+def manipulation_statistics(preset: str,  # one of `PRESETS`
+                            num: int = 200,  # frames
+                            seed: int = 0,  # the `SceneDataset` seed
+                            size=(128, 128),  # (H, W)
+                            num_bins: int = 16,  # flow classes per component (`flow_to_classes`)
+                            min_pixels: int = 20  # an object smaller than this in a frame is not counted
+                           ) -> dict:
+    "How ambiguous the motion of a world is, measured on `num` rendered frames (see above)."
+    ds = SceneDataset(preset, check_int("num", num, 1), seed, size)
+    dominant, every, centre, joint = [], [], [], torch.zeros(2, num_bins * num_bins, dtype=torch.long)
+    mag_obj, mag_bg = [], []
+    for i in range(num):
+        r = ds[i]
+        flow, inst = r["flow"], r["instances"]
+        bg = flow[:, inst == 0].mean(1) if (inst == 0).any() else torch.zeros(2)
+        ids, counts = inst[inst > 0].unique(return_counts=True)
+        rel = {int(j): float((flow[:, inst == j].mean(1) - bg).norm()) for j, c in zip(ids, counts) if c >= min_pixels}
+        if rel:
+            every += list(rel.values())
+            dominant.append(rel[max(rel, key=lambda j: int(counts[ids == j]))])
+        centre.append(bool(inst[size[0] // 2, size[1] // 2] > 0))
+        cls = flow_to_classes(flow, num_bins)
+        c = (cls[0] * num_bins + cls[1]).flatten()
+        fg = (inst > 0).flatten().long()
+        joint += torch.stack([torch.bincount(c[fg == g], minlength=num_bins ** 2) for g in (0, 1)])
+        mag = flow.norm(dim=0)
+        mag_obj.append(mag[inst > 0]); mag_bg.append(mag[inst == 0])
+    h_c = _entropy(joint.sum(0))
+    h_c_given_g = sum(float(joint[g].sum()) / float(joint.sum()) * _entropy(joint[g]) for g in (0, 1))
+    share = lambda xs: float(np.mean(np.asarray(xs) < 1.0)) if xs else float("nan")
+    return dict(relative_motion_under_1px=share(dominant), all_objects_under_1px=share(every),
+                figure_ground_entropy_share=(h_c - h_c_given_g) / h_c if h_c > 0 else 0.0,
+                flow_class_entropy_bits=h_c / math.log(2), centre_coverage=float(np.mean(centre)),
+                flow_magnitude_object=float(torch.cat(mag_obj).median()), flow_magnitude_background=float(torch.cat(mag_bg).median()),
+                frames=num, seed=seed, size=list(size))
+
+
+# %% [markdown]
+# Each variant moves the statistic it was built to move. On 200 frames of each `objects` world (the table
+# is printed by the cell below, from the renderer itself):
+
+# %%
+_man = {w: manipulation_statistics(w, 200, size=(128, 128)) for w in OBJECT_WORLDS}
+print(f"{'world':18s} rel<1px  all<1px  FG share of H(C)  H(C) bits  centre  |flow| obj / bg px")
+for w, m in _man.items():
+    print(f"{w:18s} {m['relative_motion_under_1px']:7.2f}  {m['all_objects_under_1px']:7.2f}  {m['figure_ground_entropy_share']:16.3f}  "
+          f"{m['flow_class_entropy_bits']:9.2f}  {m['centre_coverage']:6.2f}  {m['flow_magnitude_object']:5.2f} / {m['flow_magnitude_background']:.2f}")
+assert _man["objects_static"]["relative_motion_under_1px"] > _man["objects"]["relative_motion_under_1px"] + 0.2
+assert _man["objects_camera"]["figure_ground_entropy_share"] < _man["objects"]["figure_ground_entropy_share"]
+assert _man["objects_camera"]["flow_magnitude_background"] > 2 * _man["objects"]["flow_magnitude_background"]
+assert _man["objects_anywhere"]["centre_coverage"] < _man["objects"]["centre_coverage"] - 0.3
+
+# %% [markdown]
+# The statistics are exact on a scene whose object does not move and whose camera is still: every
+# object pixel's flow is zero, like the background's.
+
+# %%
+_st = [sample_scene("objects_static", i, (32, 32), camera_motion=False) for i in range(200)]
+_frac = np.mean([torch.equal(s.translations[0, 1], s.translations[1, 1]) for s in _st])
+assert 0.4 < _frac < 0.6, _frac                     # p_static = 0.5 of the objects keep still
+_still = next(i for i, s in enumerate(_st) if torch.equal(s.translations[0, 1], s.translations[1, 1]))
+_r = render_scene("objects_static", _still, (32, 32), camera_motion=False)
+test_eq(_r["flow"].abs().max(), 0.0)
+test_eq(len(sample_scene("objects_k3", 0).kinds), 4); test_eq(len(sample_scene("objects_ambiguous", 0).kinds), 4)
+# the variants were appended: the earlier presets draw the same scenes as before (values of the previous renderer)
+test_close(sample_scene("objects", 11).translations[0, 1], torch.tensor([-0.020753389, -0.405991286, 3.201914072]), eps=1e-6)
+test_close(sample_scene("shapes", 3).translations[1, 1], torch.tensor([-1.712772608, -2.467084646, 7.998635292]), eps=1e-6)
+test_fail(lambda: manipulation_statistics("objects", 0), contains="num")
 
 
 # %% [markdown]

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from motion_nbs.cpfs import SparseHypercolumn, dense_embedding, gather_pixels, sample_features, sample_pixels
 from motion_nbs.core import atomic_save, check_int, runs_dir, tqdm
-from motion_nbs.data import SceneDataset
+from motion_nbs.data import CATEGORIES, SceneDataset
 from motion_nbs.models import layer_names, layer_outputs
 # the PASCAL VOC readers and metric (chapter 02e), importable from here as before
 from motion_nbs.voc import VOC_CLASSES, VOCClassification, VOCSegmentationData, average_precision, mean_average_precision
@@ -712,19 +712,20 @@ def voc12_segmentation(backbone: nn.Module,  # the pre-trained network (copied, 
 # ## Labelled frames of a synthetic world
 #
 # Chapters 3, 6 and 7 score networks on the same labelled frames of a renderer world (chapter 02a): the
-# image, every pixel's category (0 background, 1 cube, 2 sphere, 3 cylinder) and the frame's category (0..2,
-# the one object's). `labelled_frames` renders them once and caches them in one file per world, count, seed
-# and size, so the chapters share them.
+# image, every pixel's category (0 background, 1 cube, 2 sphere, 3 cylinder) and the frame's category (0..2:
+# the one object's, or in worlds of several objects such as `objects_k3` the dominant one's, the category
+# covering most pixels). `labelled_frames` renders them once and caches them in one file per world, count,
+# seed and size, so the chapters share them.
 
 # %%
 #| export
-def labelled_frames(world: str,  # a renderer preset with exactly one object per frame, e.g. "objects"
+def labelled_frames(world: str,  # a renderer preset with an object in every frame, e.g. "objects", "objects_k3"
                     num: int,  # frames
                     seed: int,  # the `SceneDataset` seed
                     size: int = 128,  # frame side in pixels
                     cache_dir=None,  # folder of the cache file; None: `core.runs_dir("labelled_frames")`; False: no file
                     progress: bool = True) -> dict:
-    "`{image (N,3,H,W), categories (N,H,W) 0..3, label (N,) 0..2}` of `num` rendered frames; cached."
+    "`{image (N,3,H,W), categories (N,H,W) 0..3, label (N,) 0..2 (the category covering most pixels)}` of `num` frames; cached."
     check_int("num", num, 1); check_int("size", size, 8)
     path = None if cache_dir is False else Path(cache_dir or runs_dir("labelled_frames")) / f"frames_{world}_{size}px_{num}_{seed}.pt"
     if path is not None and path.exists():
@@ -734,7 +735,8 @@ def labelled_frames(world: str,  # a renderer preset with exactly one object per
     items = [ds[i] for i in tqdm(range(num), desc=f"render {num} {world} frames", leave=False, disable=not progress)]
     cats = torch.stack([it["categories"] for it in items])
     if (cats.flatten(1).max(1).values == 0).any(): raise ValueError(f"a {world} frame without an object: its category is undefined")
-    out = {"image": torch.stack([it["image"] for it in items]), "categories": cats, "label": cats.flatten(1).max(1).values - 1}
+    areas = torch.stack([(cats == c).flatten(1).sum(1) for c in range(1, len(CATEGORIES))], 1)   # (N, 3) pixels per category
+    out = {"image": torch.stack([it["image"] for it in items]), "categories": cats, "label": areas.argmax(1)}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(out, path)
@@ -744,7 +746,9 @@ def labelled_frames(world: str,  # a renderer preset with exactly one object per
 # %%
 with tempfile.TemporaryDirectory() as _d:
     _f = labelled_frames("objects", 3, seed=5, size=32, cache_dir=_d, progress=False)
-    test_eq(_f["image"].shape, (3, 3, 32, 32)); test_eq(_f["label"], _f["categories"].flatten(1).max(1).values - 1)
+    test_eq(_f["image"].shape, (3, 3, 32, 32)); test_eq(_f["label"], _f["categories"].flatten(1).max(1).values - 1)  # one object
+    _k3 = labelled_frames("objects_k3", 6, seed=5, size=32, cache_dir=False, progress=False)
+    test_eq(_k3["label"], torch.tensor([int(torch.bincount(c[c > 0]).argmax()) - 1 for c in _k3["categories"].flatten(1)]))
     test_eq(len(list(Path(_d).glob("frames_objects_32px_3_5.pt"))), 1)
     test_eq(labelled_frames("objects", 3, seed=5, size=32, cache_dir=_d)["image"], _f["image"])   # read back from the file
     Path(_d, "frames_objects_32px_3_5.pt").write_bytes(b"broken")
@@ -925,6 +929,127 @@ test_close(_c["p"], _stats.ttest_rel([0.62, 0.65, 0.61, 0.66, 0.64], [0.55, 0.56
 test_eq(paired_comparison([0.5, 0.6, 0.4], [0.55, 0.5, 0.45])["verdict"], "not resolved")
 test_eq(paired_comparison([0.1, 0.2, 0.15, 0.1], [0.5, 0.6, 0.55, 0.52])["verdict"], "reversed")
 test_fail(lambda: paired_comparison([1.0], [0.5]), contains="at least 2 values")
+
+
+# %% [markdown]
+# Chapter 3's experiments test several orderings at once — every CPFS loss against flow classification, in
+# every world, on several metrics — so a p-value below 0.05 is expected by chance somewhere in the family.
+# `holm` adjusts a family's p-values by Holm's step-down method (it controls the family-wise error rate
+# without assuming independence): sort the $m$ p-values, multiply the $i$-th smallest by $m - i + 1$, make
+# the sequence non-decreasing and cap it at 1.
+
+# %%
+#| export
+def holm(pvalues  # the family's p-values, in any order
+        ) -> list:
+    "Holm-adjusted p-values, in the order given."
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)): raise ValueError(f"holm needs a list of p-values in [0, 1], got {pvalues!r}")
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    out = np.empty_like(p)
+    out[order] = adjusted
+    return out.tolist()
+
+
+# %%
+test_close(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02], eps=1e-12)
+test_eq(holm([]), [])
+test_eq(holm([0.5]), [0.5])
+test_fail(lambda: holm([0.1, 1.5]), contains="p-values in [0, 1]")
+
+# %% [markdown]
+# ## The transfer protocol as functions
+#
+# The experiment notebooks of chapter 3 (`03_cpfs_transfer`, `03_cpfs_ambiguity`) score each pre-trained
+# backbone the same way, with these functions: labelled frames of a world in three splits (`world_frames`:
+# training frames for probes and fine-tuning, validation frames for every choice, test frames for the
+# numbers, from `SceneDataset` seeds that no pre-training uses), the frozen linear probes on the frame's
+# category, and fine-tuning for classification and segmentation with its learning rate chosen on the
+# validation frames (`fine_tune_best`, `evaluate_transfer`); and the supervised ceiling of a world
+# (`supervised_ceiling`).
+
+# %%
+#| export
+SPLIT_SEEDS = {"train": 7_000_001, "valid": 7_000_003, "test": 7_000_002}  # `SceneDataset` seeds of the labelled splits
+
+def world_frames(world: str,  # a renderer preset with an object in every frame
+                 size: int,  # frame side in pixels
+                 num_train: int, num_valid: int, num_test: int,  # frames per split
+                 cache_dir=None,  # as in `labelled_frames`
+                 progress: bool = True) -> dict:
+    "`{train, valid, test}` labelled frames of `world` (see `labelled_frames`), rendered once and cached."
+    nums = dict(train=num_train, valid=num_valid, test=num_test)
+    return {k: labelled_frames(world, nums[k], SPLIT_SEEDS[k], size, cache_dir=cache_dir, progress=progress) for k in SPLIT_SEEDS}
+
+def fine_tune_best(backbone: nn.Module,  # the pre-trained network (copied, not changed)
+                   frames: dict,  # `world_frames`' splits
+                   task: str,  # "cls" (the frame's category, top-1) or "seg" (every pixel's category, mIoU)
+                   num_labels: int,  # fine-tune on the first so many training frames
+                   lrs=(1e-3, 3e-4),  # peak learning rates tried; the one best on the validation frames is kept
+                   num_iters: int = 300,  # steps of each fine-tuning
+                   seed: int = 0) -> dict:
+    "`{test, valid, lr, tried: {lr: (valid, test)}}`: the test score of the learning rate that scored best on validation."
+    if task not in ("cls", "seg"): raise ValueError(f"task={task!r}; valid: 'cls', 'seg'")
+    key = "label" if task == "cls" else "categories"
+    train = (frames["train"]["image"][:num_labels], frames["train"][key][:num_labels])
+    sets = {s: (frames[s]["image"], frames[s][key]) for s in ("valid", "test")}
+    tried = {}
+    for lr in lrs:
+        if task == "cls":
+            r = fine_tune_classifier(backbone, train, sets, num_classes=3, num_iters=num_iters, lr=lr, seed=seed)
+            tried[lr] = (r["valid"]["accuracy"], r["test"]["accuracy"])
+        else:
+            r = fine_tune_segmenter(backbone, train, sets, num_classes=len(CATEGORIES), num_iters=num_iters, lr=lr, eval_stride=2, seed=seed)
+            tried[lr] = (r["valid"]["miou"], r["test"]["miou"])
+    best = max(tried, key=lambda lr: tried[lr][0])
+    return dict(test=tried[best][1], valid=tried[best][0], lr=best, tried={str(k): v for k, v in tried.items()})
+
+def evaluate_transfer(backbone: nn.Module,  # the pre-trained (folded) network
+                      frames: dict,  # `world_frames`' splits
+                      seed: int,  # seeds the probes' and fine-tunings' randomness
+                      num_probe: int = 1000,  # training frames of the linear probes
+                      budgets=(100, 1000),  # labelled frames of the fine-tunings
+                      tasks=("cls", "seg"),  # fine-tuning tasks
+                      lrs=(1e-3, 3e-4), ft_iters: int = 300,  # as in `fine_tune_best`
+                      layers=PROBE_LAYERS) -> dict:
+    "`{probe: {layer: scores on the test frames}, fine_tune: {'cls_1000': fine_tune_best(...), ...}}`."
+    probe = linear_probes(backbone, layers, (frames["train"]["image"][:num_probe], frames["train"]["label"][:num_probe]),
+                          (frames["test"]["image"], frames["test"]["label"]), num_classes=3)
+    ft = {f"{task}_{n}": fine_tune_best(backbone, frames, task, n, lrs, ft_iters, seed) for task in tasks for n in budgets}
+    return dict(probe=probe, fine_tune=ft)
+
+def supervised_ceiling(frames: dict,  # `world_frames`' splits
+                       seed: int,  # initialisation and batches
+                       num_iters: int = 3000,  # classification steps (segmentation: half as many, from the classifier)
+                       lr: float = 2e-3,  # classification's peak learning rate
+                       device=None) -> dict:
+    """The quarter-width appendix-A AlexNet trained from random weights on the labelled training frames, for the frame's
+    category, then from that classifier for every pixel's category: `{accuracy, miou, valid_accuracy, valid_miou, backbone}`
+    (test and validation scores; the classification backbone folded, as a pre-trained arm)."""
+    from motion_nbs.models import create_model, fold_batchnorm
+    torch.manual_seed(seed)
+    net = create_model("alexnet_cpfs_small", batchnorm=True).to(device or "cpu")
+    sets = lambda key: {s: (frames[s]["image"], frames[s][key]) for s in ("valid", "test")}
+    cls = fine_tune_classifier(net, (frames["train"]["image"], frames["train"]["label"]), sets("label"), num_iters=num_iters,
+                               lr=lr, train_batchnorm=True, seed=seed, return_model=True)
+    seg = fine_tune_segmenter(cls["model"][0], (frames["train"]["image"], frames["train"]["categories"]), sets("categories"),
+                              num_classes=len(CATEGORIES), num_iters=num_iters // 2, lr=1e-3, train_batchnorm=True, eval_stride=2, seed=seed)
+    return dict(accuracy=cls["test"]["accuracy"], miou=seg["test"]["miou"], valid_accuracy=cls["valid"]["accuracy"],
+                valid_miou=seg["valid"]["miou"], backbone=fold_batchnorm(cls["model"][0]).eval())
+
+
+# %%
+with tempfile.TemporaryDirectory() as _d:
+    _fr = world_frames("objects", 32, 24, 8, 8, cache_dir=_d, progress=False)
+    test_eq({k: len(v["label"]) for k, v in _fr.items()}, dict(train=24, valid=8, test=8))
+    test_eq(_fr["test"]["image"], labelled_frames("objects", 8, SPLIT_SEEDS["test"], 32, cache_dir=False, progress=False)["image"])
+    _big = {k: {kk: (vv.repeat_interleave(2, -1).repeat_interleave(2, -2) if vv.dim() > 1 else vv) for kk, vv in v.items()}
+            for k, v in _fr.items()}   # 64 px frames: the network's smallest input
+    _ev = evaluate_transfer(alexnet_cpfs_small(), _big, seed=0, num_probe=24, budgets=(8,), lrs=(1e-3,), ft_iters=2, layers=("relu1",))
+    test_eq(sorted(_ev["fine_tune"]), ["cls_8", "seg_8"]); test_eq(list(_ev["probe"]), ["relu1"])
+    assert 0 <= _ev["fine_tune"]["seg_8"]["test"] <= 1 and _ev["fine_tune"]["cls_8"]["lr"] == 1e-3
+    test_fail(lambda: fine_tune_best(alexnet_cpfs_small(), _big, "det", 8), contains="valid: 'cls', 'seg'")
 
 # %% [markdown]
 # ## The thesis' numbers and our summaries

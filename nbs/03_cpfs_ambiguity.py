@@ -1,0 +1,494 @@
+# %% [markdown]
+# # When does CPFS beat flow classification? A sweep over worlds with motion ambiguity (papermill experiment)
+#
+# > Chapter 3's claim tested where its premise holds: five labelled worlds whose motion is more or less ambiguous (measured), each pre-training arm tuned on validation frames, five seeds, paired differences with Holm-corrected p-values, and the trend of the difference with the ambiguity.
+
+# %% [markdown]
+# **The question.** The thesis argues for CPFS (sections 3.1, 3.3.6) because the flow of a single frame is
+# *ambiguous*: objects that can move often don't, the camera moves too, the direction is unknown. Predicting
+# the flow itself (direct flow classification) must then guess, while CPFS only asks which pixels move
+# *together*. `03_cpfs_transfer` found flow classification ahead of every CPFS loss — in the `objects` world,
+# whose one object always moves and whose camera barely does. Does the ordering change when the premise holds?
+#
+# **The answer so far** is printed by the cell after the figure, from the saved results
+# (`nbs/03_cpfs_ambiguity_results.json`): per world, the paired difference CPFS − flow classification on
+# segmentation mIoU and on the conv3 linear probe, with 95 % CIs and Holm-corrected p-values, and the slope of
+# that difference against the worlds' ambiguity. The sweep is long (10–20 CPU-hours on two cores); the saved
+# results say which runs are done, and the figure shows only the worlds whose comparisons are complete.
+
+# %% [markdown]
+# *Default run: **3 s** on 2 CPU cores with the default parameters (measured by `make book` on 5 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+
+# %% tags=["parameters"]
+preset = "saved"        # "saved" (show the saved results), "tiny" (a smoke run of the whole sweep), "full" (the sweep; resumes)
+worlds = None           # renderer worlds to run (None: the preset's); the full sweep's order puts the most ambiguous first
+phases = None           # "main", "extension", "budget" (None: all three, in that order)
+num_threads = None      # torch CPU threads (None: torch's default)
+device = None           # "cpu", "cuda", ...; None: CUDA if present, else MPS, else the CPU
+max_hours = None        # stop starting new runs after this many hours (the records keep every finished run)
+runs_dir = None         # pre-training runs and frames; None: _runs/cpfs_ambiguity (full) or _runs/cpfs_ambiguity_tiny
+records_dir = None      # one JSON file of finished runs per world; None: nbs/03_cpfs_ambiguity_records (full), {runs_dir}/records (tiny)
+results_path = None     # results JSON (+ .png); None: nbs/03_cpfs_ambiguity_results.json (full), {runs_dir}/results.json (tiny)
+
+# %%
+from motion_nbs.core import reject_unknown_parameters
+
+# %%
+reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
+
+# %% [markdown]
+# ## The design
+#
+# **Worlds** (chapter 02a, `OBJECT_WORLDS`): `objects` (the transfer experiment's world), `objects_static`
+# (each object still with probability 0.5 while the camera moves), `objects_camera` (the camera pans as fast
+# as the objects move), `objects_k3` (three independently moving objects; a frame's label is its dominant
+# object's category) and `objects_ambiguous` (all of these at once). Each world's **manipulation statistics**
+# (`data.manipulation_statistics` on 200 frames) say how ambiguous its motion is: the share of frames whose
+# dominant object moves by under 1 px against the background, and the share of the flow-class entropy that
+# figure/ground explains.
+#
+# **Arms** per world: `random` (the pre-trained arms' initial weights, batch norm calibrated), `flow_cls`
+# (direct flow classification), `kta`, `ce` (the CPFS losses) and `supervised` (the quarter-width AlexNet
+# trained end to end on the labels: the ceiling; one seed — it bounds the task, it is not ranked).
+#
+# **Chosen on validation frames, per world** (`main` phase):
+#
+# 1. the pre-training learning rate of each loss on a bracketed grid — $3\cdot10^{-4}, 10^{-3}, 3\cdot10^{-3}$,
+#    and $10^{-2}$ (the thesis' rate) for flow classification — at the thesis' $\sigma^2 = 0.0036$; a choice at
+#    an edge of the grid extends the grid by a factor of 3 (at most twice);
+# 2. then $\sigma^2$ of each CPFS loss on $\{0.0036, 0.01, 0.04\}$ at its chosen rate (extended by a factor of 4
+#    at an edge). CE uses a fixed $\sigma^2$ here (the `cpu` preset learns it).
+#
+# The score of a setting is the mean validation score of its two fine-tunings (classification top-1 and
+# segmentation mIoU, 1,000 labelled frames), over the selection seeds (`selection_seeds`: seed 0 in the full
+# sweep, a compromise with its cost, stated). Then every arm runs with the remaining seeds at its chosen
+# setting: **5 seeds per (world, arm)**, 1,000 pre-training steps of the `cpu` preset (batch 16, 256 pixels,
+# 128-px crops). Test frames play no part in any choice.
+#
+# **Evaluation** of every run: linear probes on conv1..conv5 (top-1 on the frame's category, their L2 penalty
+# chosen on a held-out fifth of the probe's training frames), and fine-tuning of the whole network on 1,000
+# labelled frames for classification and for segmentation (the fine-tuning rate chosen on validation frames
+# from $10^{-3}$ and $3\cdot10^{-4}$); test numbers on 500 test frames.
+#
+# **Extension** (`extension` phase, labelled as such): CE with a temperature $\tau = 0.05$ on $K_\phi$
+# (chapter 03: the printed kernels make both softmaxes nearly uniform) in `objects_ambiguous`, 5 seeds at CE's
+# chosen setting. **Budget check** (`budget` phase): CE and flow classification at 5,000 steps in `objects`
+# and `objects_ambiguous`, 2 seeds — does the ordering depend on the budget?
+#
+# ```bash
+# papermill nbs/03_cpfs_ambiguity.ipynb _runs/03_cpfs_ambiguity.ipynb -p preset full     # the sweep (resumes from its records)
+# papermill nbs/03_cpfs_ambiguity.ipynb _runs/tiny.ipynb -p preset tiny                  # a smoke run of every phase
+# ```
+#
+# Every finished run's record is written at once to its world's file in `records_dir` (atomically: a killed
+# sweep loses at most the run in progress); a restarted sweep skips what is recorded and resumes a killed
+# pre-training from its checkpoint in `runs_dir`.
+
+# %%
+from motion_nbs.core import check_choice, check_int, check_number, resolve_device
+from motion_nbs.data import OBJECT_WORLDS
+
+# %%
+SWEEP_WORLDS = ("objects_ambiguous", "objects", "objects_static", "objects_camera", "objects_k3")
+PHASES = ("main", "extension", "budget")
+PRESETS = {
+    "tiny": dict(worlds=["objects_ambiguous", "objects"], seeds=[0, 1], selection_seeds=[0], num_iters=2, budget_iters=4,
+                 lr_grid={"flow_cls": [1e-2], "*": [1e-3]}, sigma_grid=[0.0036, 0.04], max_extensions=0,
+                 batch_size=4, num_pixels=32, image_size=64, pool_size=8, num_train=24, num_probe=24, num_valid=12, num_test=12,
+                 budgets=[24], ft_iters=3, ft_lrs=[1e-3], probe_layers=["relu3"], ceiling_iters=6, ceiling_lr=2e-3, temperature=0.05,
+                 extension_worlds=["objects_ambiguous"], budget_worlds=["objects_ambiguous"], budget_seeds=[0, 1], stats_frames=8,
+                 min_trend_worlds=2),
+    "full": dict(worlds=list(SWEEP_WORLDS), seeds=[0, 1, 2, 3, 4], selection_seeds=[0], num_iters=1000, budget_iters=5000,
+                 lr_grid={"flow_cls": [3e-4, 1e-3, 3e-3, 1e-2], "*": [3e-4, 1e-3, 3e-3]}, sigma_grid=[0.0036, 0.01, 0.04],
+                 max_extensions=2, batch_size=None, num_pixels=None, image_size=None, pool_size=None, num_train=6000,
+                 num_probe=1000, num_valid=300, num_test=500, budgets=[1000], ft_iters=300, ft_lrs=[1e-3, 3e-4],
+                 probe_layers=["relu1", "relu2", "relu3", "relu4", "relu5"],
+                 ceiling_iters=3000, ceiling_lr=2e-3, temperature=0.05, extension_worlds=["objects_ambiguous"],
+                 budget_worlds=["objects", "objects_ambiguous"], budget_seeds=[0, 1], stats_frames=200, min_trend_worlds=3),
+}
+check_choice("preset", preset, ("saved", *PRESETS))
+if isinstance(worlds, str): worlds = [w.strip() for w in worlds.split(",")]
+if worlds is not None:
+    bad = [w for w in worlds if w not in OBJECT_WORLDS]
+    if bad or not worlds: raise ValueError(f"worlds={worlds!r}; expected names from: {', '.join(OBJECT_WORLDS)}")
+if isinstance(phases, str): phases = [p.strip() for p in phases.split(",")]
+if phases is not None and (not phases or any(p not in PHASES for p in phases)):
+    raise ValueError(f"phases={phases!r}; expected names from: {', '.join(PHASES)}")
+if num_threads is not None: check_int("num_threads", num_threads, 1)
+if max_hours is not None: check_number("max_hours", max_hours)
+dev = resolve_device(device)  # a device this machine lacks fails here, naming the ones it has
+
+# %%
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+import numpy as np
+import torch
+from IPython.display import Image, Markdown, display
+from motion_nbs import core
+from motion_nbs.core import atomic_write
+
+# %%
+ROOT = core.repo_root() or Path.cwd()   # the checkout (the saved results live in its nbs/)
+SAVED = ROOT / "nbs" / "03_cpfs_ambiguity_results.json"
+run = preset != "saved"
+if run:
+    cfg = dict(PRESETS[preset])
+    if worlds is not None: cfg["worlds"] = list(worlds)
+    cfg["phases"] = list(phases or PHASES)
+    runs = Path(runs_dir) if runs_dir else core.runs_dir("cpfs_ambiguity" if preset == "full" else f"cpfs_ambiguity_{preset}")
+    recs_dir = Path(records_dir) if records_dir else (ROOT / "nbs" / "03_cpfs_ambiguity_records" if preset == "full" else runs / "records")
+    out_json = Path(results_path) if results_path else (SAVED if preset == "full" else runs / "results.json")
+    if num_threads: torch.set_num_threads(num_threads)
+    print(preset, {k: cfg[k] for k in ("worlds", "phases", "seeds", "num_iters")}, "->", out_json)
+else: print(f"showing the saved results: {SAVED}")
+
+# %% [markdown]
+# ## The runs
+#
+# A run is a `spec`: world, arm, seed, pre-training rate, $\sigma^2$, temperature and steps. `plan(world)`
+# lists the specs of a world in order, choosing the rate and $\sigma^2$ from the records of the selection runs
+# as soon as they exist; `next_spec` gives the first one not yet recorded.
+
+# %%
+from motion_nbs.cpfs import THESIS_SIGMA2, CPFSConfig, build_cpfs_model, finished_run, load_cpfs, train
+from motion_nbs.models import fold_batchnorm
+from motion_nbs.transfer import calibrate_batchnorm, evaluate_transfer, supervised_ceiling, world_frames
+
+# %%
+PRETRAINED = ("flow_cls", "kta", "ce")
+
+def spec(world, arm, seed, lr=None, sigma2=None, temperature=1.0, steps=None, phase="main") -> dict:
+    return dict(world=world, arm=arm, seed=seed, lr=lr, sigma2=sigma2, temperature=temperature, steps=steps, phase=phase)
+
+def key(s: dict) -> tuple:
+    "What makes two runs the same run (the phase that asked for it does not)."
+    return (s["world"], s["arm"], s["seed"], s["lr"], s["sigma2"], s["temperature"], s["steps"])
+
+def valid_score(rec: dict) -> float:
+    "A run's validation score: the mean of its fine-tunings' validation scores (classification top-1, segmentation mIoU), in %."
+    return 100 * float(np.mean([v["valid"] for v in rec["fine_tune"].values()]))
+
+def choose(world, records, arm, grid, make, ext_factor, max_ext, sel_seeds):
+    """Yield the selection specs of `grid` (extended at an edge), then return (chosen value, {value: validation score})."""
+    grid, extensions = sorted(grid), 0
+    while True:
+        for v in grid:
+            for s in sel_seeds: yield make(v, s)
+        scores = {v: float(np.mean([valid_score(records[key(make(v, s))]) for s in sel_seeds])) for v in grid}
+        best = max(scores, key=scores.get)
+        if extensions == max_ext or best not in (grid[0], grid[-1]): return best, scores
+        grid = [grid[0] / ext_factor] + grid if best == grid[0] else grid + [grid[-1] * ext_factor]
+        extensions += 1
+
+def plan(world: str, records: dict, selections: dict):
+    "The specs of one world in order; fills `selections[(world, arm)]` with each choice as it is made."
+    c = cfg
+    if "main" in c["phases"]:
+        yield spec(world, "supervised", c["seeds"][0])
+        for s in c["seeds"]: yield spec(world, "random", s)
+        for arm in PRETRAINED:
+            sig0 = None if arm == "flow_cls" else THESIS_SIGMA2
+            grid = c["lr_grid"].get(arm, c["lr_grid"]["*"])
+            lr, lr_scores = yield from choose(world, records, arm, grid, lambda v, s: spec(world, arm, s, v, sig0, steps=c["num_iters"]),
+                                              3.0, c["max_extensions"], c["selection_seeds"])
+            sel = dict(lr=lr, lr_scores=lr_scores, sigma2=sig0)
+            if arm != "flow_cls":
+                sig, sig_scores = yield from choose(world, records, arm, c["sigma_grid"], lambda v, s: spec(world, arm, s, lr, v, steps=c["num_iters"]),
+                                                    4.0, c["max_extensions"], c["selection_seeds"])
+                sel.update(sigma2=sig, sigma_scores=sig_scores)
+            selections[(world, arm)] = sel
+        for arm in PRETRAINED:
+            sel = selections[(world, arm)]
+            for s in c["seeds"]: yield spec(world, arm, s, sel["lr"], sel["sigma2"], steps=c["num_iters"])
+    if "extension" in c["phases"] and world in c["extension_worlds"] and (world, "ce") in selections:
+        sel = selections[(world, "ce")]
+        for s in c["seeds"]: yield spec(world, "ce", s, sel["lr"], sel["sigma2"], c["temperature"], c["num_iters"], "extension")
+    if "budget" in c["phases"] and world in c["budget_worlds"] and all((world, a) in selections for a in ("ce", "flow_cls")):
+        for arm in ("flow_cls", "ce"):
+            sel = selections[(world, arm)]
+            for s in c["budget_seeds"]: yield spec(world, arm, s, sel["lr"], sel["sigma2"], steps=c["budget_iters"], phase="budget")
+
+def next_spec(world: str, records: dict):
+    "The first spec of the world's plan that has no record (None: the world is done), and the choices made so far."
+    selections = {}
+    for s in plan(world, records, selections):
+        if key(s) not in records: return s, selections
+    return None, selections
+
+
+# %% [markdown]
+# Running a spec: the backbone — trained by `motion_nbs.cpfs.train` (or reused from `runs_dir`), the random
+# initial weights with calibrated batch norm, or the ceiling network — then `transfer.evaluate_transfer`.
+
+# %%
+def backbone_of(s: dict, frames: dict):
+    "The folded backbone of a spec, a note, and (for `supervised`) the ceiling's own scores."
+    kw = dict(batch_size=cfg["batch_size"], num_pixels=cfg["num_pixels"], image_size=cfg["image_size"], pool_size=cfg["pool_size"],
+              world=s["world"], seed=s["seed"], device=str(dev), progress=False)
+    if s["arm"] == "supervised":
+        t = time.time()
+        c = supervised_ceiling(frames, 10_000 + s["seed"], cfg["ceiling_iters"], cfg["ceiling_lr"], dev)
+        return c.pop("backbone"), f"trained end to end on the labels in {time.time() - t:.0f} s", c
+    if s["arm"] == "random":
+        net = build_cpfs_model(CPFSConfig.from_preset("cpu", loss="ce", **kw)).net.backbone.to(dev)
+        return fold_batchnorm(calibrate_batchnorm(net, frames["train"]["image"])), "random init, batch norm calibrated", None
+    name = f"{s['world']}_{s['arm']}_lr{s['lr']:g}" + (f"_s{s['sigma2']:g}" if s["sigma2"] else "") \
+        + (f"_t{s['temperature']:g}" if s["temperature"] != 1 else "") + f"_{s['steps']}_seed{s['seed']}"
+    want = CPFSConfig.from_preset("cpu", loss=s["arm"], lr=s["lr"], num_iters=s["steps"], out_dir=str(runs / name), temperature=s["temperature"],
+                                  **({"sigma": s["sigma2"]} if s["sigma2"] else {}), **kw)
+    if finished_run(want): return load_cpfs(runs / name).backbone.to(dev), f"reused {name}", None
+    t = time.time()
+    train(want)
+    return load_cpfs(runs / name).backbone.to(dev), f"trained in {time.time() - t:.0f} s", None
+
+def run_spec(s: dict, frames: dict) -> dict:
+    t = time.time()
+    backbone, note, ceiling = backbone_of(s, frames)
+    ev = evaluate_transfer(backbone, frames, 10_000 + s["seed"], cfg["num_probe"], cfg["budgets"], ("cls", "seg"), cfg["ft_lrs"], cfg["ft_iters"],
+                           cfg["probe_layers"])
+    rec = dict(s, **ev, note=note, seconds=round(time.time() - t, 1))
+    if ceiling: rec["ceiling"] = ceiling
+    return rec
+
+def load_records(world: str) -> dict:
+    path = recs_dir / f"{world}.json"
+    return {key(r): r for r in json.loads(path.read_text())} if path.exists() else {}
+
+def save_records(world: str, records: dict):
+    recs_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(recs_dir / f"{world}.json") as tmp: tmp.write_text(json.dumps(list(records.values()), indent=1))
+
+
+# %%
+if run:
+    size = CPFSConfig.from_preset("cpu", image_size=cfg["image_size"]).image_size
+    t_start, stopped = time.time(), False
+    for world in cfg["worlds"]:
+        frames = world_frames(world, size, cfg["num_train"], cfg["num_valid"], cfg["num_test"], cache_dir=runs)
+        records = load_records(world)
+        while True:
+            if max_hours is not None and time.time() - t_start > 3600 * max_hours: stopped = True; break
+            s, _ = next_spec(world, records)
+            if s is None: break
+            rec = run_spec(s, frames)
+            records[key(s)] = rec
+            save_records(world, records)   # complete, or the previous file
+            ft = " ".join(f"{k} {100 * v['test']:.1f} (valid {100 * v['valid']:.1f})" for k, v in rec["fine_tune"].items())
+            print(f"{world} {s['phase']} {s['arm']} seed {s['seed']} lr {s['lr']} s2 {s['sigma2']} t {s['temperature']} steps {s['steps']}: "
+                  f"conv3 probe {100 * rec['probe']['relu3']['accuracy']:.1f} | {ft} | {rec['note']}, {rec['seconds']} s", flush=True)
+        if stopped: print(f"max_hours={max_hours} reached: stopped; run again to resume"); break
+    print(f"sweep loop: {time.time() - t_start:.0f} s")
+
+# %% [markdown]
+# ## Analysis
+#
+# For each world: the choices (`lr_selection`, `sigma_selection`), then the runs at the chosen settings, and
+# for each pair — CE − flow classification, KTA − flow classification (and, as floors, each against random) —
+# and metric — segmentation mIoU after fine-tuning (`seg_1000`), the conv3 probe (`probe_relu3`),
+# classification top-1 after fine-tuning (`cls_1000`) — the per-seed paired difference: mean, 95 % CI, paired
+# $t$-test, and the p-value Holm-corrected over the family of all CPFS-vs-flow-classification comparisons.
+# The verdict uses the corrected p-value. The **trend**: the per-seed differences of all worlds regressed on
+# the world's manipulation statistic (least squares; slope, its 95 % CI and p-value): does CPFS gain on flow
+# classification as the motion gets more ambiguous?
+
+# %%
+from scipy import stats
+from motion_nbs.data import manipulation_statistics
+from motion_nbs.transfer import SPLIT_SEEDS, holm, labelled_frames, paired_comparison
+import matplotlib.pyplot as plt
+
+
+# %%
+def metric_names(settings: dict) -> tuple:
+    "The compared metrics: segmentation mIoU and classification top-1 fine-tuned on the most labels, and the conv3 probe."
+    n = max(settings["budgets"])
+    return (f"seg_{n}", "probe_relu3", f"cls_{n}")
+PAIRS = (("ce", "flow_cls"), ("kta", "flow_cls"))
+FLOORS = (("flow_cls", "random"), ("ce", "random"), ("kta", "random"))
+THESIS = "thesis (tables 3.1, 3.2): CE − flow cls. +2.6 VOC12 seg mIoU, +1.0 VOC07 cls mAP, +3.1 conv3 ImageNet probe"
+
+def test_metrics(rec: dict) -> dict:
+    "A record's test metrics in %: probe_relu1..5 (top-1) and the fine-tunings (cls top-1, seg mIoU)."
+    return {**{f"probe_{l}": 100 * v["accuracy"] for l, v in rec["probe"].items()}, **{k: 100 * v["test"] for k, v in rec["fine_tune"].items()}}
+
+def chosen_runs(world: str, records: dict, arm: str, selections: dict, steps: int, temperature=1.0) -> dict:
+    "{seed: record} of an arm at its chosen setting with `steps` pre-training steps (random, supervised: every seed)."
+    out = {}
+    for r in records.values():
+        if r["world"] != world or r["arm"] != arm or r["temperature"] != temperature: continue
+        if arm in PRETRAINED:
+            sel = selections.get((world, arm))
+            if sel is None or r["lr"] != sel["lr"] or r["sigma2"] != sel["sigma2"] or r["steps"] != steps: continue
+        out[r["seed"]] = r
+    return out
+
+def compare(a: dict, b: dict, metric: str) -> dict | None:
+    "The paired comparison of two arms' {seed: record} over their common seeds (None below two)."
+    common = sorted(set(a) & set(b))
+    if len(common) < 2: return None
+    xa, xb = [test_metrics(a[s])[metric] for s in common], [test_metrics(b[s])[metric] for s in common]
+    return dict(seeds=common, differences=[u - v for u, v in zip(xa, xb)], **paired_comparison(xa, xb))
+
+def analyse(all_records: dict, settings: dict) -> dict:
+    metrics = metric_names(settings)
+    worlds_out, runs_out, lr_sel, sig_sel, comps, progress = [], [], [], [], [], []
+    for world, records in all_records.items():
+        nxt, selections = next_spec(world, records)
+        progress.append(dict(world=world, finished_runs=len(records), next=nxt))
+        man = manipulation_statistics(world, settings["stats_frames"], seed=0, size=(128, 128))
+        sup = [r for r in records.values() if r["arm"] == "supervised"]
+        worlds_out.append(dict(name=world, settings=OBJECT_WORLDS[world], manipulation=man,
+                               ceiling_accuracy=sup[0]["ceiling"]["accuracy"] if sup else None,
+                               ceiling_miou=sup[0]["ceiling"]["miou"] if sup else None, prior=settings["priors"][world]))
+        for r in records.values():
+            runs_out.append(dict(world=world, arm=r["arm"], phase=r["phase"], seed=r["seed"], lr=r["lr"], sigma2=r["sigma2"],
+                                 temperature=r["temperature"], steps=r["steps"], valid={k: v["valid"] for k, v in r["fine_tune"].items()},
+                                 test=test_metrics(r), seconds=r["seconds"]))
+        for (w, arm), sel in selections.items():
+            lr_sel.append(dict(world=w, arm=arm, grid=list(sel["lr_scores"]), valid=list(sel["lr_scores"].values()), chosen=sel["lr"]))
+            if "sigma_scores" in sel:
+                sig_sel.append(dict(world=w, arm=arm, lr=sel["lr"], grid=list(sel["sigma_scores"]), valid=list(sel["sigma_scores"].values()),
+                                    chosen=sel["sigma2"]))
+        arms = {a: chosen_runs(world, records, a, selections, settings["num_iters"]) for a in ("random", *PRETRAINED)}
+        for family, pairs in (("cpfs_vs_flow_cls", PAIRS), ("floor", FLOORS)):
+            for a, b in pairs:
+                for m in metrics:
+                    c = compare(arms[a], arms[b], m)
+                    if c: comps.append(dict(world=world, pair=f"{a} - {b}", metric=m, family=family, n=c["n"], seeds=c["seeds"],
+                                            mean=c["mean_difference"], ci95=c["ci95"], p=c["p"], differences=c["differences"]))
+        if (world, "ce") in selections:   # the extension: CE with a temperature against CE and against flow classification
+            ext = chosen_runs(world, records, "ce", selections, settings["num_iters"], temperature=settings["temperature"])
+            for other, name in ((arms["ce"], "ce"), (arms["flow_cls"], "flow_cls")):
+                for m in metrics:
+                    c = compare(ext, other, m)
+                    if c: comps.append(dict(world=world, pair=f"ce_t{settings['temperature']:g} - {name}", metric=m, family="extension",
+                                            n=c["n"], seeds=c["seeds"], mean=c["mean_difference"], ci95=c["ci95"], p=c["p"], differences=c["differences"]))
+        if all((world, a) in selections for a in ("ce", "flow_cls")):   # the budget check: too few seeds for a test; descriptive
+            ce5 = chosen_runs(world, records, "ce", selections, settings["budget_iters"])
+            fc5 = chosen_runs(world, records, "flow_cls", selections, settings["budget_iters"])
+            for m in metrics:
+                common = sorted(set(ce5) & set(fc5))
+                if common:
+                    d = [test_metrics(ce5[s])[m] - test_metrics(fc5[s])[m] for s in common]
+                    comps.append(dict(world=world, pair="ce - flow_cls", metric=m, family=f"budget_{settings['budget_iters']}", n=len(d),
+                                      seeds=common, mean=float(np.mean(d)), ci95=None, p=None, differences=d))
+    fam = [c for c in comps if c["family"] == "cpfs_vs_flow_cls"]
+    for c, ph in zip(fam, holm([c["p"] for c in fam])): c["p_holm"] = ph
+    for c in comps:
+        p = c.get("p_holm", c["p"])
+        c["verdict"] = None if p is None else "not resolved" if not p < 0.05 else "holds" if c["mean"] > 0 else "reversed"
+    return dict(worlds=worlds_out, runs=runs_out, lr_selection=lr_sel, sigma_selection=sig_sel, comparisons=comps,
+                trend=trends(comps, worlds_out, settings["min_trend_worlds"], metrics), progress=progress, thesis=THESIS)
+
+def trends(comps, worlds_out, min_worlds: int, metrics) -> list:
+    "Per pair and metric, and per manipulation statistic: the slope of the per-seed differences against the world's statistic."
+    out = []
+    stat = {w["name"]: w["manipulation"] for w in worlds_out}
+    for pair in (f"{a} - {b}" for a, b in PAIRS):
+        for m in metrics:
+            rows = [c for c in comps if c["family"] == "cpfs_vs_flow_cls" and c["pair"] == pair and c["metric"] == m]
+            if len(rows) < min_worlds: continue   # a slope over fewer worlds says little
+            for x_name in ("figure_ground_entropy_share", "relative_motion_under_1px"):
+                xs = [stat[c["world"]][x_name] for c in rows for _ in c["differences"]]
+                ys = [d for c in rows for d in c["differences"]]
+                fit = stats.linregress(xs, ys)
+                half = float(stats.t.ppf(0.975, len(xs) - 2) * fit.stderr)
+                out.append(dict(pair=pair, metric=m, statistic=x_name, slope=float(fit.slope), ci95=[fit.slope - half, fit.slope + half],
+                                p=float(fit.pvalue), worlds=len(rows), n=len(xs)))
+    return out
+
+
+# %%
+def forest_plot(results: dict, metrics=None):
+    "Paired differences CPFS − flow classification per world (mean and 95 % CI), one panel per metric; worlds ordered by ambiguity."
+    metrics = metrics or metric_names(results["settings"])[:2]
+    comps = [c for c in results["comparisons"] if c["family"] in ("cpfs_vs_flow_cls", "extension") and c["pair"].endswith("flow_cls")]
+    fg = {w["name"]: w["manipulation"]["figure_ground_entropy_share"] for w in results["worlds"]}
+    worlds_ = sorted({c["world"] for c in comps}, key=lambda w: -fg[w])
+    labels = {"seg": "segmentation mIoU, fine-tuned (points)", "probe": "conv3 linear probe top-1 (points)",
+              "cls": "classification top-1, fine-tuned (points)"}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.55 * max(3, 2 * len(worlds_)) + 1.4), sharey=True, squeeze=False)
+    pairs = sorted({c["pair"] for c in comps})
+    for ax, m in zip(axes[0], metrics):
+        for j, pair in enumerate(pairs):
+            for i, w in enumerate(worlds_):
+                c = next((c for c in comps if c["world"] == w and c["pair"] == pair and c["metric"] == m), None)
+                if c is None: continue
+                y = i + (j - (len(pairs) - 1) / 2) * 0.25
+                ax.errorbar(c["mean"], y, xerr=[[c["mean"] - c["ci95"][0]], [c["ci95"][1] - c["mean"]]], fmt="o", color=f"C{j}", capsize=3,
+                            label=pair if i == 0 or not ax.get_legend_handles_labels()[1].count(pair) else None)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel(f"{labels[m.split('_')[0]]}: CPFS − flow cls.")
+        ax.set_yticks(range(len(worlds_)), [f"{w}\n(FG share {fg[w]:.3f})" for w in worlds_], fontsize=8)
+    axes[0][0].set_ylabel("world (less ambiguous at the top)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Paired differences over seeds, 95 % CIs (right of 0: CPFS better)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# %%
+if run:
+    # every world with records (several sweeps may run side by side, each on its own worlds), in the sweep's order
+    all_records = {w: load_records(w) for w in OBJECT_WORLDS if w in cfg["worlds"] or (recs_dir / f"{w}.json").exists()}
+    priors = {w: float(torch.bincount(labelled_frames(w, cfg["num_test"], SPLIT_SEEDS["test"], size, cache_dir=runs, progress=False)["label"],
+                                      minlength=3).max()) / cfg["num_test"] for w in all_records}
+    results = dict(preset=preset, settings=dict(cfg, priors=priors, eval_seed_offset=10_000), **analyse(all_records, dict(cfg, priors=priors)))
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_json) as tmp: tmp.write_text(json.dumps(results, indent=1))
+    if any(c["family"] == "cpfs_vs_flow_cls" for c in results["comparisons"]):
+        fig = forest_plot(results)
+        fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches="tight")
+elif SAVED.exists():
+    results = json.loads(SAVED.read_text())
+    if SAVED.with_suffix(".png").exists(): display(Image(str(SAVED.with_suffix(".png"))))
+else:
+    results = None
+    print("no saved results yet: run the sweep with -p preset full")
+
+
+# %% [markdown]
+# ## What came out
+#
+# Rendered from the results file: the worlds and their manipulation statistics, the ceilings, the choices
+# made on validation frames, the comparisons and the trend, and how far the sweep has got.
+
+# %%
+def worlds_table(results) -> str:
+    lines = ["| world | frames with dominant object < 1 px | FG share of flow-class entropy | ceiling top-1 | ceiling mIoU | majority class |",
+             "|---|---|---|---|---|---|"]
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f} %"
+    for w in results["worlds"]:
+        m = w["manipulation"]
+        lines.append(f"| {w['name']} | {100 * m['relative_motion_under_1px']:.1f} % | {m['figure_ground_entropy_share']:.3f} | "
+                     f"{pct(w['ceiling_accuracy'])} | {pct(w['ceiling_miou'])} | {pct(w['prior'])} |")
+    return "\n".join(lines)
+
+def comparisons_table(results, families=("cpfs_vs_flow_cls", "extension", "floor")) -> str:
+    fmt = lambda v: "" if v is None else f"{v:.3g}"
+    lines = ["| world | pair | metric | n | mean (95 % CI) | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for c in results["comparisons"]:
+        if c["family"] not in families: continue
+        ci = f"({c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f})" if c["ci95"] else ""
+        lines.append(f"| {c['world']} | {c['pair']} | {c['metric']} | {c['n']} | {c['mean']:+.1f} {ci} | {fmt(c['p'])} | "
+                     f"{fmt(c.get('p_holm'))} | {c['verdict']} |")
+    return "\n".join(lines)
+
+if results:
+    display(Markdown(worlds_table(results)))
+    for p in results["progress"]:
+        nxt = p["next"]
+        print(f"{p['world']}: {p['finished_runs']} runs recorded; "
+              + ("complete" if nxt is None else f"next: {nxt['phase']} {nxt['arm']} seed {nxt['seed']} lr {nxt['lr']} sigma2 {nxt['sigma2']}"))
+    for s in results["lr_selection"]:
+        print(f"{s['world']} {s['arm']}: learning rate " + ", ".join(f"{g:g}: {v:.1f}" for g, v in zip(s["grid"], s["valid"])) + f" -> {s['chosen']:g}")
+    for s in results["sigma_selection"]:
+        print(f"{s['world']} {s['arm']}: sigma^2 " + ", ".join(f"{g:g}: {v:.1f}" for g, v in zip(s["grid"], s["valid"])) + f" -> {s['chosen']:g}")
+    display(Markdown(comparisons_table(results)))
+    for t in results["trend"]:
+        print(f"trend {t['pair']} {t['metric']} vs {t['statistic']}: slope {t['slope']:+.1f} (95% CI {t['ci95'][0]:+.1f} to {t['ci95'][1]:+.1f}), "
+              f"p = {t['p']:.3g}, {t['worlds']} worlds, {t['n']} seed differences")
+    print(results["thesis"])
