@@ -7,7 +7,7 @@
 # > HOG (UoCTTI), HOGb and dense SIFT rebuilt from convolutions and a few small differentiable functions, equal to VLFeat.
 
 # %% [markdown]
-# *Default run: **30 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **22 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 5 of the thesis inverts, maximises and caricatures *representations* $\Phi(x)$ by gradient
@@ -28,7 +28,6 @@
 
 # %%
 #| export
-import contextlib
 import functools
 import math
 
@@ -39,6 +38,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from motion_nbs.core import check_choice, check_image
+from motion_nbs.features_fast import (_HOGCellsCompiled, _UOCTTICompiled, _cell_taps, _hog_cells_compiled, _select_gradients,
+                                      _sift_normalize_compiled, _sift_pool_compiled, _uoctti_compiled, numba)   # numba is None without the `fast` extra
 
 # matplotlib is imported where it is used (the glyph and filter plots): it is slow to import.
 
@@ -1022,15 +1023,6 @@ for net in (HOG(), HOG(bilinear_orientations=True), DenseSIFT(bin_size=4, step=4
 
 # %%
 #| exporti
-def _cell_taps(n_pixels: int, n_cells: int, kernel, offset: int, cell_size: int):
-    "The two cell slots (0..n_cells+1; the outer two are dropped) and tent weights of interior pixels 1..n_pixels: two `(2,n)`."
-    x = torch.arange(n_pixels, device=kernel.device) + 1 + offset
-    hi = torch.div(x, cell_size, rounding_mode="floor")
-    r = x - hi * cell_size
-    n = len(kernel)
-    w_lo = torch.where(r + cell_size < n, kernel[(r + cell_size).clamp(max=n - 1)], kernel.new_zeros(()))
-    return torch.stack([hi, hi - 1]).clamp(-1, n_cells) + 1, torch.stack([kernel[r], w_lo])
-
 @functools.lru_cache(maxsize=16)
 def _pooling_taps(size: tuple, cells: tuple, cell_size: int, dtype, device):
     "For the interior pixels of an image of `size`: the 4 (2 rows x 2 columns) cell slots `(1,4,H-2,W-2)` in a `(h+2)x(w+2)` plane and tent weights."
@@ -1041,18 +1033,6 @@ def _pooling_taps(size: tuple, cells: tuple, cell_size: int, dtype, device):
     tx, wx = _cell_taps(W - 2, w, kernel, offset, cell_size)
     slots = (ty[:, None, :, None] * (w + 2) + tx[None, :, None, :]).reshape(1, 4, H - 2, W - 2)
     return slots, (wy[:, None, :, None] * wx[None, :, None, :]).reshape(1, 4, H - 2, W - 2)
-
-def _select_gradients(image):
-    "Unhalved central differences `(B,H-2,W-2)` of the channel with the largest gradient norm, and that channel `(B,1,H-2,W-2)` (None for one channel)."
-    gx = image[..., 1:-1, 2:] - image[..., 1:-1, :-2]
-    gy = image[..., 2:, 1:-1] - image[..., :-2, 1:-1]
-    if image.shape[1] == 1: return gx[:, 0], gy[:, 0], None
-    n2 = gx * gx + gy * gy
-    best, sel = n2[:, 0], torch.zeros_like(n2[:, :1], dtype=torch.long)
-    for c in range(1, image.shape[1]):  # VLFeat's strict '>' scan: the first maximum (argmax over a short dim is slow)
-        take = n2[:, c] > best
-        best, sel = torch.where(take, n2[:, c], best), sel.masked_fill_(take[:, None], c)
-    return gx.gather(1, sel)[:, 0], gy.gather(1, sel)[:, 0], sel
 
 class _HOGCells(torch.autograd.Function):
     "Image `(B,C,H,W)` -> directed cell histograms `(B,2K',h,w)`: `_pool_cells_sparse` of `_hog_orientation_bins`, fused."
@@ -1145,6 +1125,7 @@ _ref = _uoctti_normalize(_pool_cells_sparse(_hog_orientation_bins(*image_gradien
 (_ref ** 2).sum().backward()
 test_close(_xh.grad, _xr.grad, eps=1e-10)
 
+
 # %% [markdown]
 # ## Making it fast: compiled cell histograms for features alone
 #
@@ -1154,9 +1135,10 @@ test_close(_xh.grad, _xr.grad, eps=1e-10)
 # the same way, in one compiled pass per step (`_sift_normalize_compiled`). `_hog_cells_compiled` does exactly that in one
 # compiled loop (numba) per image and band of rows, in the image's precision, with VLFeat's own scan over
 # the orientations (the first maximum of $|\langle\mathbf g, \mathbf u_k\rangle|$, which `_nearest_orientations`
-# reproduces) and the tents of `_cell_taps`. Each band adds into its own copy of the cell grid (two bands
-# share the cells on their border), and the copies are summed. `HOG` uses it for features alone on the CPU
-# when numba is installed (`_COMPILED_HOG_CELLS`); the test below compares it with the reference pipeline.
+# reproduces) and the tents of `_cell_taps`, which `_numpy_taps` hands it. The compiled loops live in their own
+# module, `motion_nbs.features_fast` (notebook `05_features_fast`, with their own tests), so that this chapter
+# keeps the method; `HOG` uses them for features alone on the CPU when numba is installed (`_COMPILED_HOG_CELLS`),
+# and the tests below compare them with the reference pipeline.
 #
 # The orientation scan is most of the work: per pixel, nine products and comparisons that each depend on
 # the previous one. Written per pixel, the loop took 12 ms for a 480×640 image on one thread (as long as
@@ -1172,214 +1154,6 @@ test_close(_xh.grad, _xr.grad, eps=1e-10)
 
 # %%
 #| export
-try:
-    import numba
-except ImportError:  # the tensor pipeline above computes the same histograms without it
-    numba = None
-
-def _compile(fn, parallel: bool = True):
-    "`fn` compiled by numba: parallel loops (`numba.prange`), cached on disk, numpy's error model (x/0 is inf, not an error)."
-    return numba.njit(parallel=parallel, cache=True, error_model="numpy")(fn)
-
-def _hog_cells_loop(image, dx, dy, ty, wy, tx, wx, bilinear, nbands, out, save, sgx, sgy, sk, ssel):
-    """Directed cell histograms, band by band: `out[b * nbands + band]` `(2K,h+2,w+2)` gets the band's pixels.
-    Each row in three passes: the gradients, VLFeat's orientation scan over the whole row at once (the loop over
-    pixels inside the loop over orientations, so the compiler vectorises it), then the weights into the cells.
-    With `save`, each interior pixel's selected gradient, orientations and channel go to `sgx`, `sgy` `(B,H-2,W-2)`,
-    `sk` `(B,2,H-2,W-2)` and `ssel` `(B,H-2,W-2)` (for the backward pass)."""
-    B, C, H, W = image.shape
-    K, n = dx.shape[0], W - 2
-    rows = (H - 2 + nbands - 1) // nbands
-    k_over_pi, one = image.dtype.type(K / math.pi), image.dtype.type(1)
-    for t in numba.prange(B * nbands):
-        b, band = t // nbands, t % nbands
-        o = out[t]
-        gx, gy, best = np.empty(n, image.dtype), np.empty(n, image.dtype), np.empty(n, image.dtype)
-        w0, w1 = np.empty(n, image.dtype), np.empty(n, image.dtype)
-        k0, k1, sel = np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(n, np.int64)
-        for i in range(band * rows, min(H - 2, (band + 1) * rows)):
-            up, mid, dn = image[b, 0, i], image[b, 0, i + 1], image[b, 0, i + 2]
-            for j in range(n):
-                gx[j], gy[j] = mid[j + 2] - mid[j], dn[j + 1] - up[j + 1]
-                best[j] = gx[j] * gx[j] + gy[j] * gy[j]
-                sel[j] = 0
-            for c in range(1, C):                       # VLFeat's strict '>': the first channel of largest norm
-                up, mid, dn = image[b, c, i], image[b, c, i + 1], image[b, c, i + 2]
-                for j in range(n):
-                    cx, cy = mid[j + 2] - mid[j], dn[j + 1] - up[j + 1]
-                    n2 = cx * cx + cy * cy
-                    take = n2 > best[j]
-                    gx[j], gy[j], best[j] = (cx if take else gx[j]), (cy if take else gy[j]), (n2 if take else best[j])
-                    sel[j] = c if take else sel[j]
-            for j in range(n): w0[j], w1[j], k0[j], k1[j] = 0, 0, 0, 0
-            for k in range(K):                          # VLFeat's scan: best and second-best |<g, u_k>|
-                cosk, sink = dx[k], dy[k]
-                for j in range(n):
-                    ak = abs(gx[j] * cosk + gy[j] * sink)
-                    a0, a1 = w0[j], w1[j]
-                    gt0, gt1 = ak > a0, ak > a1
-                    w1[j] = a0 if gt0 else (ak if gt1 else a1)
-                    k1[j] = k0[j] if gt0 else (k if gt1 else k1[j])
-                    w0[j] = ak if gt0 else a0
-                    k0[j] = k if gt0 else k0[j]
-            ty0, ty1, wy0, wy1 = ty[0, i], ty[1, i], wy[0, i], wy[1, i]
-            if save:
-                for j in range(n):
-                    sgx[b, i, j] = gx[j]
-                    sgy[b, i, j] = gy[j]
-                    ssel[b, i, j] = sel[j]
-                    sk[b, 0, i, j] = k0[j]
-                    sk[b, 1, i, j] = k1[j] if w1[j] > 0 else 0
-            for j in range(n):
-                s1 = gx[j] * dx[k0[j]] + gy[j] * dy[k0[j]]
-                if s1 == 0: continue                    # VLFeat adds nothing for a zero gradient
-                mag = image.dtype.type(math.sqrt(np.float64(best[j])))
-                bin1 = k0[j] + (K if s1 < 0 else 0)
-                v1, v2, bin2 = mag, mag * 0, bin1
-                if bilinear:
-                    kk = k1[j] if w1[j] > 0 else 0
-                    s2 = gx[j] * dx[kk] + gy[j] * dy[kk]
-                    bin2 = kk + (K if s2 < 0 else 0)
-                    cos = image.dtype.type(np.float64(abs(s1)) / np.float64(mag))
-                    f = math.acos(min(cos, one)) * k_over_pi
-                    v1, v2 = (1 - f) * mag, f * mag
-                tx0, tx1, wx0, wx1 = tx[0, j], tx[1, j], wx[0, j], wx[1, j]
-                for a in range(2):
-                    tya, wya = (ty0, wy0) if a == 0 else (ty1, wy1)
-                    for e in range(2):
-                        txe, tap = (tx0, wya * wx0) if e == 0 else (tx1, wya * wx1)
-                        o[bin1, tya, txe] += v1 * tap
-                        if bilinear: o[bin2, tya, txe] += v2 * tap
-
-def _cell_norms(hist, b, y, K, n):
-    "Into `n` `(3,w)`: the squared norms of the undirected histograms of image b's cells in rows y-1, y, y+1 (clamped)."
-    h, w = hist.shape[2], hist.shape[3]
-    for r in range(3):
-        yy = min(max(y + r - 1, 0), h - 1)
-        for x in range(w):
-            acc = hist.dtype.type(0)
-            for k in range(K):
-                u = hist[b, k, yy, x] + hist[b, k + K, yy, x]
-                acc += u * u
-            n[r, x] = acc
-
-def _block_factors(n, x, f):
-    "Into `f` `(4,)`: 1/sqrt(block sum + 1e-4) of cell x's blocks above-left, above-right, below-left, below-right."
-    w = n.shape[1]
-    xl, xr = max(x - 1, 0), min(x + 1, w - 1)
-    one, eps = n.dtype.type(1), n.dtype.type(1e-4)
-    for a in range(2):
-        for e in range(2):
-            c0, c1 = (xl, x) if e == 0 else (x, xr)
-            f[2 * a + e] = one / math.sqrt(n[a, c0] + n[a, c1] + n[a + 1, c0] + n[a + 1, c1] + eps)
-
-def _uoctti_loop(hist, K, out):
-    "`_uoctti_normalize` cell by cell: directed cell histograms `(B,2K,h,w)` -> `out` `(B,3K+4,h,w)`."
-    B, _, h, w = hist.shape
-    fifth, half = hist.dtype.type(0.2), hist.dtype.type(0.5)
-    tex = hist.dtype.type(1 / math.sqrt(18.0))
-    for t in numba.prange(B * h):
-        b, y = t // h, t % h
-        n, f = np.empty((3, w), hist.dtype), np.empty(4, hist.dtype)
-        _cell_norms(hist, b, y, K, n)
-        for x in range(w):
-            _block_factors(n, x, f)
-            for d in range(2 * K):
-                acc = hist.dtype.type(0)
-                for i in range(4): acc += min(f[i] * hist[b, d, y, x], fifth)
-                out[b, d, y, x] = half * acc
-            for i in range(4): out[b, 3 * K + i, y, x] = 0
-            for k in range(K):
-                u = hist[b, k, y, x] + hist[b, k + K, y, x]
-                acc = hist.dtype.type(0)
-                for i in range(4):
-                    v = min(f[i] * u, fifth)
-                    acc += v
-                    out[b, 3 * K + i, y, x] += v * tex
-                out[b, 2 * K + k, y, x] = half * acc
-
-def _sift_normalize_loop(d, out, chunk):
-    "`_sift_normalize` of descriptors `d` `(B,D,P)` into `out`, `chunk` descriptors at a time (components strided by P)."
-    B, D, P = d.shape
-    eps, small, fifth = d.dtype.type(_FLT_EPSILON), d.dtype.type(1e-8), d.dtype.type(0.2)
-    zero = d.dtype.type(0)
-    nchunks = (P + chunk - 1) // chunk
-    for t in numba.prange(B * nchunks):
-        b, p0 = t // nchunks, (t % nchunks) * chunk
-        p1 = min(P, p0 + chunk)
-        ss, den = np.zeros(p1 - p0, d.dtype), np.empty(p1 - p0, d.dtype)
-        for c in range(D):
-            for p in range(p0, p1): ss[p - p0] += d[b, c, p] * d[b, c, p]
-        for p in range(p1 - p0):               # VLFeat's fast sqrt is 0 below 1e-8
-            den[p] = (math.sqrt(ss[p]) if ss[p] >= small else zero) + eps
-            ss[p] = 0
-        for c in range(D):
-            for p in range(p0, p1):
-                x = d[b, c, p] / den[p - p0]
-                v = x - max(x - fifth, zero)   # min(x, 0.2) as the linear + ReLU layers compute it
-                out[b, c, p] = v
-                ss[p - p0] += v * v
-        for p in range(p1 - p0): den[p] = (math.sqrt(ss[p]) if ss[p] >= small else zero) + eps
-        for c in range(D):
-            for p in range(p0, p1): out[b, c, p] = out[b, c, p] / den[p - p0]
-
-def _sift_pool_loop(bins, k, p, step, ny, nx, out):
-    "DenseSIFT's separable spatial pooling, borders replicated by `p` pixels: `bins` `(B,T,H,W)` -> `out` `(B,N*N*T,ny,nx)`."
-    B, T, H, W = bins.shape
-    N, L = k.shape                                     # the N bins' filters side by side over the window
-    for task in numba.prange(B * T * N):
-        b, t, j = task // (T * N), (task // N) % T, task % N   # j: the spatial bin along y
-        row = np.empty(W + 2 * p, bins.dtype)
-        for yo in range(ny):
-            for xx in range(W + 2 * p): row[xx] = 0
-            for dy in range(L):                        # along y, into one padded row
-                y = min(max(yo * step + dy - p, 0), H - 1)
-                w, src = k[j, dy], bins[b, t, y]
-                for xx in range(p): row[xx] += w * src[0]
-                for xx in range(W): row[xx + p] += w * src[xx]
-                for xx in range(W + p, W + 2 * p): row[xx] += w * src[W - 1]
-            for i in range(N):                         # along x, for each spatial bin i
-                o = out[b, t + T * (i + N * j), yo]
-                for xo in range(nx):
-                    acc = bins.dtype.type(0)
-                    for dx in range(L): acc += k[i, dx] * row[xo * step + dx]
-                    o[xo] = acc
-
-@contextlib.contextmanager
-def _numba_threads():
-    "Run numba's parallel loops on as many threads as torch uses (yields that count); torch's count is put back after."
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    try: yield threads
-    finally:
-        if torch.get_num_threads() != threads: torch.set_num_threads(threads)   # numba's setting can leak into torch's
-
-def _sift_pool_compiled(bins, k, p: int, step: int, ny: int, nx: int):
-    "`DenseSIFT`'s two strided convolutions and reordering in one compiled pass: `(B,T,H,W)` -> `(B,N*N*T,ny,nx)`."
-    B, T = bins.shape[:2]
-    N = k.shape[0]
-    out = np.empty((B, N * N * T, ny, nx), dtype=bins.numpy().dtype)
-    with _numba_threads():
-        _sift_pool_loop(bins.detach().contiguous().numpy(), k.contiguous().numpy(), p, step, ny, nx, out)
-    return torch.from_numpy(out)
-
-def _sift_normalize_compiled(d):
-    "`_sift_normalize` of `(B,D,ny,nx)` descriptors in one compiled pass per step (CPU, float32/float64)."
-    B, D = d.shape[:2]
-    x = d.detach().contiguous().reshape(B, D, -1)
-    out = np.empty(x.shape, dtype=x.numpy().dtype)
-    with _numba_threads():
-        _sift_normalize_loop(x.numpy(), out, 2048)
-    return torch.from_numpy(out).view(d.shape)
-
-if numba is not None:
-    _cell_norms = _compile(_cell_norms, parallel=False)
-    _block_factors = _compile(_block_factors, parallel=False)
-    _hog_cells_loop = _compile(_hog_cells_loop)
-    _uoctti_loop = _compile(_uoctti_loop)
-    _sift_normalize_loop = _compile(_sift_normalize_loop)
-    _sift_pool_loop = _compile(_sift_pool_loop)
-
 @functools.lru_cache(maxsize=32)
 def _numpy_taps(H: int, W: int, h: int, w: int, cell_size: int, dtype):
     "`_cell_taps` of the rows and of the columns as numpy arrays (ty, wy, tx, wx), cached: the solver asks every iteration."
@@ -1388,31 +1162,13 @@ def _numpy_taps(H: int, W: int, h: int, w: int, cell_size: int, dtype):
     tx, wx = _cell_taps(W - 2, w, kernel, offset, cell_size)
     return ty.numpy(), wy.numpy(), tx.numpy(), wx.numpy()
 
-def _hog_cells_compiled(image, directions, cell_size: int, cells, bilinear: bool, saved=None):
-    "`_pool_cells_sparse(_hog_orientation_bins(...))` from one compiled pass: `(B,C,H,W)` -> `(B,2K,h,w)`."
-    B, C, H, W = image.shape
-    (h, w), K = cells, directions.shape[1]
-    ty, wy, tx, wx = _numpy_taps(H, W, h, w, cell_size, image.dtype)
-    d, im = directions.to(image.dtype), image.detach().contiguous().numpy()
-    save = saved is not None
-    if not save: saved = (np.empty((1, 1, 1), im.dtype),) * 2 + (np.empty((1, 1, 1, 1), np.int64), np.empty((1, 1, 1), np.int64))
-    with _numba_threads() as threads:
-        nbands = max(1, min(H - 2, -(-threads // B)))      # enough tasks for every thread, one band per image otherwise
-        out = np.zeros((B * nbands, 2 * K, h + 2, w + 2), dtype=im.dtype)
-        _hog_cells_loop(im, d[0].numpy(), d[1].numpy(), ty, wy, tx, wx, bilinear, nbands, out, save, *saved)
-    return torch.from_numpy(out).view(B, nbands, 2 * K, h + 2, w + 2).sum(1)[..., 1:-1, 1:-1]
-
-def _uoctti_compiled(hist, num_orientations: int):
-    "`_uoctti_normalize` from one compiled pass (CPU, float32/float64)."
-    hist = hist.contiguous()
-    B, _, h, w = hist.shape
-    out = np.empty((B, 3 * num_orientations + 4, h, w), dtype=hist.numpy().dtype)
-    with _numba_threads():
-        _uoctti_loop(hist.numpy(), num_orientations, out)
-    return torch.from_numpy(out)
+def _hog_cells_fast(image, directions, cell_size: int, cells, bilinear: bool):
+    "`_pool_cells_sparse(_hog_orientation_bins(...))` from one compiled pass: `(B,C,H,W)` -> `(B,2K,h,w)` (CPU, float32/64)."
+    H, W = image.shape[-2:]
+    return _hog_cells_compiled(image, directions, _numpy_taps(H, W, *cells, cell_size, image.dtype), cells, bilinear)
 
 if numba is not None:  # from here on `HOG` features alone take the compiled passes
-    _COMPILED_HOG_CELLS, _COMPILED_UOCTTI = _hog_cells_compiled, _uoctti_compiled
+    _COMPILED_HOG_CELLS, _COMPILED_UOCTTI = _hog_cells_fast, _uoctti_compiled
     _COMPILED_SIFT_POOL, _COMPILED_SIFT_NORMALIZE = _sift_pool_compiled, _sift_normalize_compiled
 
 
@@ -1421,99 +1177,16 @@ if numba is not None:  # from here on `HOG` features alone take the compiled pas
 # also keeps each pixel's selected gradient, orientations and channel, and a compiled backward pass reads the
 # cell gradients at each pixel's four cells, applies the chain rule of `_HOGCells.backward` (through
 # $m = \|\mathbf g\|$ and, for HOGb, the split angle) and gathers the result back to the image through the
-# derivative filters (one task per image, so no two tasks write to the same pixel). `_HOGCellsCompiled` is that
-# pair; `HOG` takes it for CPU float images when numba is installed.
+# derivative filters (one task per image, so no two tasks write to the same pixel). `_HOGCellsCompiled`
+# (`features_fast`) is that pair; `HOG` takes it through `_fused_hog` for CPU float images when numba is installed.
 
 # %%
 #| export
-def _hog_backward_loop(g, dx, dy, ty, wy, tx, wx, bilinear, sgx, sgy, sk, ggx, ggy):
-    "Per interior pixel: d loss / d(g_x, g_y) from the cell gradients `g` `(B,2K,h+2,w+2)` (zero-padded)."
-    B, n_i, n_j = sgx.shape
-    K = dx.shape[0]
-    k_over_pi, one = sgx.dtype.type(K / math.pi), sgx.dtype.type(1)
-    for t in numba.prange(B * n_i):
-        b, i = t // n_i, t % n_i
-        ty0, ty1, wy0, wy1 = ty[0, i], ty[1, i], wy[0, i], wy[1, i]
-        for j in range(n_j):
-            gx, gy, k0, k1 = sgx[b, i, j], sgy[b, i, j], sk[b, 0, i, j], sk[b, 1, i, j]
-            best = gx * gx + gy * gy
-            ggx[b, i, j] = 0
-            ggy[b, i, j] = 0
-            if best == 0: continue
-            mag = sgx.dtype.type(math.sqrt(np.float64(best)))
-            dx1, dy1 = dx[k0], dy[k0]
-            s1 = gx * dx1 + gy * dy1
-            bin1 = k0 + (K if s1 < 0 else 0)
-            tx0, tx1, wx0, wx1 = tx[0, j], tx[1, j], wx[0, j], wx[1, j]
-            g1 = (g[b, bin1, ty0, tx0] * (wy0 * wx0) + g[b, bin1, ty0, tx1] * (wy0 * wx1)
-                  + g[b, bin1, ty1, tx0] * (wy1 * wx0) + g[b, bin1, ty1, tx1] * (wy1 * wx1))
-            if not bilinear:
-                ggx[b, i, j] = g1 / mag * gx
-                ggy[b, i, j] = g1 / mag * gy
-                continue
-            s2 = gx * dx[k1] + gy * dy[k1]
-            bin2 = k1 + (K if s2 < 0 else 0)
-            g2 = (g[b, bin2, ty0, tx0] * (wy0 * wx0) + g[b, bin2, ty0, tx1] * (wy0 * wx1)
-                  + g[b, bin2, ty1, tx0] * (wy1 * wx0) + g[b, bin2, ty1, tx1] * (wy1 * wx1))
-            a1 = abs(s1)
-            cos = sgx.dtype.type(np.float64(a1) / np.float64(mag))
-            frac = math.acos(min(cos, one)) * k_over_pi
-            cr = gx * dy1 - gy * dx1
-            cross = abs(cr)
-            inv = (g1 + (g2 - g1) * frac) / mag
-            ga = (g2 - g1) * mag * k_over_pi / (a1 * a1 + cross * cross)
-            dc = ga * a1 * (one if cr > 0 else (-one if cr < 0 else 0 * one))
-            ds = -ga * cross * (one if s1 > 0 else (-one if s1 < 0 else 0 * one))
-            ggx[b, i, j] = inv * gx + dc * dy1 + ds * dx1
-            ggy[b, i, j] = inv * gy + ds * dy1 - dc * dx1
-
-def _hog_image_grad_loop(ggx, ggy, ssel, C, gi):
-    "The transposed central differences into `gi` `(B,C,H,W)`: one task per image, each pixel's two differences scattered."
-    B, n_i, n_j = ggx.shape
-    for b in numba.prange(B):
-        gi[b] = 0
-        for i in range(n_i):
-            for j in range(n_j):
-                c, vx, vy = ssel[b, i, j], ggx[b, i, j], ggy[b, i, j]
-                gi[b, c, i + 1, j + 2] += vx
-                gi[b, c, i + 1, j] -= vx
-                gi[b, c, i + 2, j + 1] += vy
-                gi[b, c, i, j + 1] -= vy
-
-if numba is not None:
-    _hog_backward_loop = _compile(_hog_backward_loop)
-    _hog_image_grad_loop = _compile(_hog_image_grad_loop)
-
-class _HOGCellsCompiled(torch.autograd.Function):
-    "`_HOGCells` from the compiled passes: image `(B,C,H,W)` (CPU, float32/64) -> directed cell histograms `(B,2K,h,w)`."
-    @staticmethod
-    def forward(ctx, image, directions, cell_size: int, cells, bilinear: bool):
-        B, C, H, W = image.shape
-        dt = image.detach().numpy().dtype
-        saved = (np.empty((B, H - 2, W - 2), dt), np.empty((B, H - 2, W - 2), dt),
-                 np.empty((B, 2, H - 2, W - 2), np.int64), np.empty((B, H - 2, W - 2), np.int64))
-        hist = _hog_cells_compiled(image, directions, cell_size, cells, bilinear, saved)
-        ctx.args = (directions, cell_size, cells, bilinear, image.shape, saved)
-        return hist
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        directions, cell_size, cells, bilinear, (B, C, H, W), saved = ctx.args
-        (h, w), d = cells, directions.to(grad.dtype)
-        ty, wy, tx, wx = _numpy_taps(H, W, h, w, cell_size, grad.dtype)
-        g = F.pad(grad, (1, 1, 1, 1)).contiguous().numpy()
-        ggx, ggy = np.empty_like(saved[0]), np.empty_like(saved[0])
-        gi = np.empty((B, C, H, W), saved[0].dtype)
-        with _numba_threads():
-            _hog_backward_loop(g, d[0].numpy(), d[1].numpy(), ty, wy, tx, wx, bilinear, saved[0], saved[1], saved[2], ggx, ggy)
-            _hog_image_grad_loop(ggx, ggy, saved[3], C, gi)
-        return torch.from_numpy(gi), None, None, None, None
-
 def _fused_hog(image, directions, cell_size: int, cells, bilinear: bool):
     "The fused HOG cell layer: compiled on CPU float images when numba is installed, `_HOGCells` otherwise."
     if numba is not None and image.device.type == "cpu" and image.dtype in (torch.float32, torch.float64):
-        return _HOGCellsCompiled.apply(image, directions, cell_size, cells, bilinear)
+        taps = _numpy_taps(*image.shape[-2:], *cells, cell_size, image.dtype)
+        return _HOGCellsCompiled.apply(image, directions, taps, cells, bilinear)
     return _HOGCells.apply(image, directions, cell_size, cells, bilinear)
 
 _FUSED_HOG = _fused_hog   # from here on `HOG` takes the compiled layer (or `_HOGCells`) when a gradient is needed
@@ -1532,7 +1205,8 @@ _FUSED_HOG = _fused_hog   # from here on `HOG` takes the compiled layer (or `_HO
 # $\partial/\partial f_i$ the same sums with $h_d$ and $u_k$ in place of $f_i$, then
 # $\partial f_i / \partial \beta_i = -\tfrac12 f_i^3$, each block's gradient spread back to the (replicated) cells
 # it sums, and $\partial n / \partial u_k = 2u_k$. `_uoctti_backward_loop` does the per-cell part one row of
-# cells per task and the blocks one image per task; `_UOCTTICompiled` pairs it with `_uoctti_compiled`.
+# cells per task and the blocks one image per task; `_UOCTTICompiled` pairs it with `_uoctti_compiled` (all three in
+# `features_fast`), and `_fused_uoctti` takes it for CPU float histograms.
 #
 # Measured (2 threads, a 224² RGB image): HOG's forward+backward went from 1.5 ms to 1.0–1.1 ms, and the thesis'
 # 350-iteration inversion from 0.8 s to 0.4–0.5 s. What is left is the cell passes themselves (about 0.35 ms
@@ -1540,88 +1214,13 @@ _FUSED_HOG = _fused_hog   # from here on `HOG` takes the compiled layer (or `_HO
 
 # %%
 #| export
-def _uoctti_backward_loop(hist, G, K, dh, dF):
-    """The per-cell part of the UoCTTI normalisation's gradient: `dh` `(B,2K,h,w)` gets the direct terms and `dF`
-    `(B,4,h,w)` d loss / d(block sum) of each cell's four blocks, from the output gradient `G` `(B,3K+4,h,w)`."""
-    B, _, h, w = hist.shape
-    fifth, half = hist.dtype.type(0.2), hist.dtype.type(0.5)
-    tex = hist.dtype.type(1 / math.sqrt(18.0))
-    for t in numba.prange(B * h):
-        b, y = t // h, t % h
-        n, f, df = np.empty((3, w), hist.dtype), np.empty(4, hist.dtype), np.empty(4, hist.dtype)
-        _cell_norms(hist, b, y, K, n)                   # as in `_uoctti_loop`
-        for x in range(w):
-            _block_factors(n, x, f)
-            for i in range(4): df[i] = 0
-            for d in range(2 * K):                      # the directed histograms
-                v, gd, acc = hist[b, d, y, x], half * G[b, d, y, x], hist.dtype.type(0)
-                for i in range(4):
-                    if f[i] * v <= fifth:
-                        acc += f[i]
-                        df[i] += gd * v
-                dh[b, d, y, x] = gd * acc
-            for k in range(K):                          # the undirected ones and the texture energies
-                u, acc = hist[b, k, y, x] + hist[b, k + K, y, x], hist.dtype.type(0)
-                for i in range(4):
-                    if f[i] * u <= fifth:
-                        gi = half * G[b, 2 * K + k, y, x] + tex * G[b, 3 * K + i, y, x]
-                        acc += gi * f[i]
-                        df[i] += gi * u
-                dh[b, k, y, x] += acc
-                dh[b, k + K, y, x] += acc
-            for i in range(4): dF[b, i, y, x] = -half * f[i] * f[i] * f[i] * df[i]
-
-def _uoctti_blocks_loop(hist, K, dF, dh):
-    "The blocks' part, one image per task: each block's gradient `dF` back to the cell norms it sums, then to `dh`."
-    B, _, h, w = hist.shape
-    two = hist.dtype.type(2)
-    for b in numba.prange(B):
-        dn = np.zeros((h, w), hist.dtype)
-        for Y in range(h + 1):
-            for X in range(w + 1):
-                g = hist.dtype.type(0)                  # block (Y, X) is block i of the cells around it
-                if Y < h and X < w: g += dF[b, 0, Y, X]
-                if Y < h and X > 0: g += dF[b, 1, Y, X - 1]
-                if Y > 0 and X < w: g += dF[b, 2, Y - 1, X]
-                if Y > 0 and X > 0: g += dF[b, 3, Y - 1, X - 1]
-                for r in (max(Y - 1, 0), min(Y, h - 1)):   # it sums the (replicated) norms of 2x2 cells
-                    for c in (max(X - 1, 0), min(X, w - 1)): dn[r, c] += g
-        for k in range(K):
-            for y in range(h):
-                for x in range(w):
-                    v = two * (hist[b, k, y, x] + hist[b, k + K, y, x]) * dn[y, x]
-                    dh[b, k, y, x] += v
-                    dh[b, k + K, y, x] += v
-
-if numba is not None:
-    _uoctti_backward_loop = _compile(_uoctti_backward_loop)
-    _uoctti_blocks_loop = _compile(_uoctti_blocks_loop)
-
-class _UOCTTICompiled(torch.autograd.Function):
-    "`_uoctti_normalize` with both passes compiled: directed cell histograms `(B,2K,h,w)` (CPU, float32/64) -> `(B,3K+4,h,w)`."
-    @staticmethod
-    def forward(ctx, hist, num_orientations: int):
-        hist = hist.detach().contiguous()
-        ctx.hist, ctx.K = hist, num_orientations
-        return _uoctti_compiled(hist, num_orientations)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        hist = ctx.hist.numpy()
-        B, _, h, w = hist.shape
-        dh, dF = np.empty_like(hist), np.empty((B, 4, h, w), hist.dtype)
-        with _numba_threads():
-            _uoctti_backward_loop(hist, grad.contiguous().numpy(), ctx.K, dh, dF)
-            _uoctti_blocks_loop(hist, ctx.K, dF, dh)
-        return torch.from_numpy(dh), None
-
 def _fused_uoctti(hist, num_orientations: int):
     "The normalisation in the gradient path: `_UOCTTICompiled` on CPU float histograms, `_uoctti_normalize` otherwise."
     if hist.device.type == "cpu" and hist.dtype in (torch.float32, torch.float64):
         return _UOCTTICompiled.apply(hist, num_orientations)
     return _uoctti_normalize(hist, num_orientations)
 
+if numba is not None: _FUSED_UOCTTI = _fused_uoctti   # from here on `HOG`'s gradient path normalises through it
 if numba is not None: _FUSED_UOCTTI = _fused_uoctti   # from here on `HOG`'s gradient path normalises through it
 
 # %%
@@ -1650,13 +1249,13 @@ for bil in (False, True):
         cells = hog_cell_counts(H, W, cs)
         probe = torch.randn(2, 18, *cells, dtype=dt, generator=torch.Generator().manual_seed(1))
         a, b = im.clone().requires_grad_(), im.clone().requires_grad_()
-        ref, comp = _HOGCells.apply(a, dirs9.to(dt), cs, cells, bil), _HOGCellsCompiled.apply(b, dirs9.to(dt), cs, cells, bil)
+        ref, comp = _HOGCells.apply(a, dirs9.to(dt), cs, cells, bil), _fused_hog(b, dirs9.to(dt), cs, cells, bil)
         tol = 1e-10 if dt == torch.float64 else 2e-5
         test_close(comp, ref, eps=tol * float(ref.abs().max()))
         (ref * probe).sum().backward(); (comp * probe).sum().backward()
         test_close(b.grad, a.grad, eps=tol * float(a.grad.abs().max()))
 _x = torch.rand(1, 2, 20, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(5), requires_grad=True)
-assert torch.autograd.gradcheck(lambda z: _HOGCellsCompiled.apply(z, dirs9, 4, hog_cell_counts(20, 24, 4), True), (_x,))
+assert torch.autograd.gradcheck(lambda z: _fused_hog(z, dirs9, 4, hog_cell_counts(20, 24, 4), True), (_x,))
 
 # %% [markdown]
 # The compiled histograms equal the reference pipeline's for HOG and HOGb, every orientation count VLFeat's
@@ -1677,7 +1276,7 @@ for K in range(3, 10):
         gx, gy = image_gradients(im, derivative_filters(dt))
         ref = _pool_cells_sparse(_hog_orientation_bins(gx, gy, _magnitude(gx, gy), dirs.to(dt), bil), 2 * K, kern, off, cs, cells)
         rel = 2e-6 if dt == torch.float32 else 1e-12                # float additions in another order
-        test_close(_hog_cells_compiled(im, dirs, cs, cells, bil), ref, eps=rel * float(ref.abs().max()))
+        test_close(_hog_cells_fast(im, dirs, cs, cells, bil), ref, eps=rel * float(ref.abs().max()))
         test_close(_uoctti_compiled(ref, K), _uoctti_normalize(ref, K), eps=1e-6 if dt == torch.float32 else 1e-12)
 
 # DenseSIFT's normalisation: the same descriptors as `_sift_normalize`, with near-zero and clamped ones
