@@ -957,8 +957,7 @@ else: print(f"no saved results at {SAVED_DISSECTION}")
 # Measured: the last full run (4 Dec 2026, one torch thread on two cores shared with two other jobs, neither
 # network present) took 20 min 28 s in all: training CPFS-CE 391 s and the supervised network 489 s (both
 # cached afterwards), the dissection of eight networks 233 s, the pre-images 57 s. With both networks cached
-# the default run is the dissection and the pre-images, about 5 minutes on such shared cores (the earlier
-# `shapes` version of this chapter took 1 min 8 s on two idle cores with its three networks).
+# the default run is the dissection and the pre-images: the time under the title, which `make book` measures.
 #
 # `network_preimages` computes all of a network's pre-images; `cached_preimages` stores them under
 # `_runs/06_visualize_motion/` at the checkout's root (`core.runs_dir`) with `atomic_save`, in a file named after a hash of the settings and

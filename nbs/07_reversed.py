@@ -1093,7 +1093,8 @@ for k, v in phase.items():
 # perform comparably to the Gaussian baseline"). Trained networks and scores are cached under
 # `_runs/07_reversed/` (`core.runs_dir`). Measured cold on one thread of two cores shared with other jobs (4 Dec
 # 2026): training AlexNet 423 s (shared with chapter 6) and VGG-16 495 s, the 19 rows of maps and 9,500 GrabCut
-# segmentations 30 min; with everything cached the whole notebook ran in 3 min 14 s.
+# segmentations 30 min; with everything cached, the whole notebook takes the time under its title (`make book`'s
+# measurement).
 
 # %%
 #| slow

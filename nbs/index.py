@@ -48,29 +48,61 @@
 # %% [markdown]
 # ## The experiment notebooks
 #
-# Every notebook with a papermill `parameters` cell, its presets (the default first) and its run time on two
-# CPU cores. "`make book`" is the default run as `make book` measured it on 4 Dec 2026 (the same number stands
-# under each notebook's title), with the training that earlier runs cached in `_runs/`; the last column says
-# what a first run on a new machine, or another preset, costs. Run one with
+# Every notebook with a papermill `parameters` cell, its presets (the default first) and what a first run on a
+# new machine, or another preset, costs on two CPU cores; the default run's time, as `make book` measured it with
+# the training that earlier runs cached in `_runs/`, is in the table of runtimes below. Run one with
 # `papermill nbs/<name>.ipynb _runs/<name>.ipynb -p preset <preset>`.
 #
-# | notebook | presets | `make book` | first run, other presets |
-# |---|---|---|---|
-# | [01_flow](01_flow.ipynb) | none: `video`, `frame`, `gap` and `method` choose the frame pair of the figures | 7 s | the same |
-# | [03_cpfs_train](03_cpfs_train.ipynb) | `cpu` (600 steps of the quarter-width AlexNet on rendered `shapes` frames); `paper` (the thesis' settings of section 3.3.3, for a GPU) | 37 s (CE, trained) | 1 min 42 s training CE from nothing (`make book`, 4 Dec 2026); `make demo` (`-p loss kta`): 1 min 59 s on idle cores, 5 min 25 s on one shared thread |
-# | [03_cpfs_transfer](03_cpfs_transfer.ipynb) | `saved` (shows `nbs/03_cpfs_transfer_results.json`, the full run's); `tiny` (a smoke run whose numbers mean nothing); `full` (5 seeds, 1,000 pre-training steps per arm; CE and KTA also at a pre-training rate of 10⁻³, flow classification at 10⁻⁴, each loss's rate chosen on validation frames) | 3 s | `full`: about an hour per seed on one shared CPU thread (6–15 min per arm) |
-# | [04_s3_train](04_s3_train.ipynb) | `cpu` (`fcn8s_small`, 96-px crops, 12,000 steps; 24,000 for `rigid`); `paper` (the thesis' FCN-8s on VGG-16 and optimiser, for a GPU) | 7 s (`single_cube` + affine, trained) | 17 min training it from nothing on two cores; `multi_cube` + rigid: 62 min on one thread |
-# | [04_s3_train_seeds](04_s3_train_seeds.ipynb) | `saved` (shows `nbs/04_s3_train_results.json`, the full run's); `tiny`; `full` (3 seeds of the `cpu` preset for each of three settings) | 5 s | `full`: 4 h 21 min of training on one shared CPU thread |
-# | [05c_preimage_experiments](05c_preimage_experiments.ipynb) | `fast` (small images, 2 CNN probes, 2 initialisations); `paper` (100 probes, 24 initialisations, 224 px, for a GPU) | 1 min 20 s | the same (nothing is cached); table 5.2 at the thesis' scale took 42 min on shared cores, and the `paper` sweep would take about 40 hours on two cores |
+# | notebook | presets | first run, other presets |
+# |---|---|---|
+# | [01_flow](01_flow.ipynb) | none: `video`, `frame`, `gap` and `method` choose the frame pair of the figures | the same |
+# | [03_cpfs_train](03_cpfs_train.ipynb) | `cpu` (600 steps of the quarter-width AlexNet on rendered `shapes` frames); `paper` (the thesis' settings of section 3.3.3, for a GPU) | 1 min 42 s training CE from nothing (`make book`, 4 Dec 2026); `make demo` (`-p loss kta`): 1 min 59 s on idle cores, 5 min 25 s on one shared thread |
+# | [03_cpfs_transfer](03_cpfs_transfer.ipynb) | `saved` (shows `nbs/03_cpfs_transfer_results.json`, the full run's); `tiny` (a smoke run whose numbers mean nothing); `full` (5 seeds, 1,000 pre-training steps per arm; CE and KTA also at a pre-training rate of 10⁻³, flow classification at 10⁻⁴, each loss's rate chosen on validation frames) | `full`: about an hour per seed on one shared CPU thread (6–15 min per arm) |
+# | [04_s3_train](04_s3_train.ipynb) | `cpu` (`fcn8s_small`, 96-px crops, 12,000 steps; 24,000 for `rigid`); `paper` (the thesis' FCN-8s on VGG-16 and optimiser, for a GPU) | 17 min training it from nothing on two cores; `multi_cube` + rigid: 62 min on one thread |
+# | [04_s3_train_seeds](04_s3_train_seeds.ipynb) | `saved` (shows `nbs/04_s3_train_results.json`, the full run's); `tiny`; `full` (3 seeds of the `cpu` preset for each of three settings) | `full`: 4 h 21 min of training on one shared CPU thread |
+# | [05c_preimage_experiments](05c_preimage_experiments.ipynb) | `fast` (small images, 2 CNN probes, 2 initialisations); `paper` (100 probes, 24 initialisations, 224 px, for a GPU) | the same (nothing is cached); table 5.2 at the thesis' scale took 42 min on shared cores, and the `paper` sweep would take about 40 hours on two cores |
 #
-# The library chapters take seconds each under `make book` (00_core 5 s … 03_cpfs 36 s; `python tools/book.py
-# --table` lists them all); of the measured chapters, [06_dissect](06_dissect.ipynb) takes 1 min 34 s with its two
-# networks and pre-images cached (its first run trains CPFS-CE for 391 s and the supervised network for 489 s:
-# 20 min 28 s on shared cores) and [07_reversed](07_reversed.ipynb) 1 min 7 s with its networks and table 7.1 cached
-# (18 min 39 s under `make book` when the table's 19 rows of 500 GrabCut segmentations were redone, 4 Dec 2026).
+# Two chapters also measure something and cost more on a first run: [06_dissect](06_dissect.ipynb) trains CPFS-CE
+# (391 s) and the supervised network (489 s) when the runs folder lacks them (20 min 28 s in all on shared cores),
+# and [07_reversed](07_reversed.ipynb) took 18 min 39 s under `make book` when the 19 rows of 500 GrabCut
+# segmentations of table 7.1 were redone (4 Dec 2026). The other chapter notebooks (00–07 without a suffix) have no
+# parameters besides 01_flow's frame choice and 06_dissect's preset; their heavy cells carry nbdev's `slow` flag
+# and show saved results.
 #
-# The chapter notebooks (00–07 without a suffix) have no parameters; their heavy cells carry nbdev's
-# `slow` flag and show saved results.
+# Every notebook's default run under `make book`, with the runs folder of earlier runs (the line under each
+# title; this table is generated from those lines):
+#
+# <!-- runtimes:begin -->
+# *Generated by `python tools/book.py --runtimes` from the runtime line under each notebook's title (`make book`'s measurement, with the runs folder of earlier runs); edit those, not this table.*
+#
+# | notebook | default run (`make book`) |
+# |---|---|
+# | 00_core | 15 s |
+# | 01_flow | 20 s |
+# | 02a_data | 10 s |
+# | 02b_models | 22 s |
+# | 02c_learner | 23 s |
+# | 02d_flowdata | 8 s |
+# | 02e_voc | 7 s |
+# | 02f_cli | 1 min 41 s |
+# | 03_cpfs | 26 s |
+# | 03_cpfs_ambiguity | 3 s |
+# | 03_cpfs_train | 37 s |
+# | 03_cpfs_transfer | 3 s |
+# | 03b_transfer | 9 s |
+# | 04_s3 | 27 s |
+# | 04_s3_train | 7 s |
+# | 04_s3_train_seeds | 5 s |
+# | 05_features_fast | 19 s |
+# | 05a_features | 22 s |
+# | 05b_preimage | 37 s |
+# | 05c_preimage_experiments | 1 min 20 s |
+# | 05d_author_nets | 11 s |
+# | 06_dissect | 1 min 34 s |
+# | 07_reversed | 1 min 14 s |
+# | 07b_attribution | 15 s |
+# | **all chapters** | **11 min 15 s** |
+# <!-- runtimes:end -->
 
 # %% [markdown]
 # ## Every figure of the thesis

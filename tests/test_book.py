@@ -152,5 +152,30 @@ def test_a_chapter_over_the_limit_runs_again(monkeypatch, tmp_path):
         return times[nb.name].pop(0)
     monkeypatch.setattr(book, "NBS", tmp_path)
     monkeypatch.setattr(book, "run", fake_run)
+    monkeypatch.setattr(book, "write_runtimes", lambda: calls.append("runtimes") or [])
     assert book.main(["slow", "quick"]) == 0
-    assert calls == ["slow.ipynb", "slow.ipynb", "quick.ipynb"]
+    assert calls == ["slow.ipynb", "slow.ipynb", "quick.ipynb", "runtimes"]   # then the README's and index's tables
+
+
+def _runtimes_text(path: Path) -> str:
+    if path.suffix != ".ipynb": return path.read_text()
+    return "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+
+
+@pytest.mark.parametrize("path", book.runtime_files(), ids=lambda p: p.name)
+def test_runtime_tables_show_what_the_notebooks_record(path):
+    "The README's and the index's runtimes are generated from the line under each notebook's title, never typed."
+    blocks = book.RUNTIMES_BLOCK.findall(_runtimes_text(path))
+    assert len(blocks) == 1, f"{path.name}: expected one block between {book.RUNTIMES_BEGIN} and {book.RUNTIMES_END}"
+    assert blocks[0] == book.runtimes_block(), f"{path.name}'s runtimes differ from the notebooks' (python tools/book.py --runtimes)"
+
+
+def test_runtimes_block_replaces_only_the_block():
+    text = f"before\n{book.RUNTIMES_BEGIN}\n| old | 1 s |\n{book.RUNTIMES_END}\nafter\n"
+    new = book.with_runtimes(text, "x.md")
+    assert new.startswith("before\n") and new.endswith("\nafter\n") and book.runtimes_block() in new
+    assert book.with_runtimes(new, "x.md") == new
+    for bad in ("no block", text + text):
+        with pytest.raises(ValueError, match="x.md: expected one block"): book.with_runtimes(bad, "x.md")
+    seconds = [book.runtime_seconds(nbformat.read(p, as_version=4)) for p in CHAPTERS]
+    assert f"**{book.format_runtime(sum(s for s in seconds if s is not None))}**" in book.runtimes_block()
