@@ -9,7 +9,7 @@
 # > GPUs with mixed precision, DDP under `torchrun`, and a command line.
 
 # %% [markdown]
-# *Default run: **7 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **23 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Every model of the book is trained the same way (section 3.3.3): Adam with $\beta_1 = 0.9$,
@@ -511,7 +511,8 @@ test_fail(lambda: _Toy.from_preset(lr_rate=1.0), contains="unknown setting(s) ['
 # again with the same `out_dir` loads the result (a rerun notebook returns at once).
 #
 # The loop is a small class whose methods are the steps of a run: `_resume`, `_one_step`,
-# `_check_finite`, `_log_train`, `_validate`, `_after_validation`, `_save` and `_finish`. Under DDP the
+# `_check_finite`, `_log_train`, `_validate`, `_after_validation`, `_save` and `_finish`, grouped by concern
+# into four small classes it inherits (devices and processes, checkpoints, metrics, validation). Under DDP the
 # parameters agree across processes after every step, but each process updates its batch-norm
 # statistics on its own shard; before validating, saving and finishing they are set to rank 0's (as
 # DDP itself does at the next forward pass), and `_finish` checks that every process ends with
@@ -555,32 +556,18 @@ def _weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-# %%
-#| export
-class Learner:
-    "One training run of `model` on `train_data` with `loss_fn` under a `TrainConfig`; `fit()` runs it."
-    def __init__(self, model: nn.Module, train_data: Dataset, loss_fn, valid_data: Dataset = None,
-                 config: TrainConfig = None, collate_fn=None):
-        self.cfg, self.model, self.loss_fn, self.collate_fn = config or TrainConfig(), model, loss_fn, collate_fn
-        self.train_data, self.valid_data = train_data, valid_data
-        self.rank, self.world = _world()
-        _check_data(train_data, self.cfg.batch_size, self.world)
-        self.per_rank = self.cfg.batch_size // self.world
-        self.device = self._device()
-        self.amp = resolve_amp(self.cfg.amp, self.device)
-        self.net = self._wrap()
-        c, n = self.cfg, self.cfg.num_iters
-        # a model may ask for parameter groups with their own settings (e.g. a learned bandwidth's learning rate)
-        params = model.optimizer_groups() if hasattr(model, "optimizer_groups") else model.parameters()
-        self.opt = torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: LR_SCHEDULES[c.lr_schedule](min(s, n) / n))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        self.out = Path(c.out_dir) if c.out_dir is not None else None
-        self.stored_config = {**c.to_dict(), "world_size": self.world, "train_size": len(train_data)}
-        self.step = self.epoch = self.pos = 0
-        self.best, self.best_step, self.bad, self.stopped, self.best_state = math.inf, None, 0, False, None
-        self._window, self._sums, self._count, self._t0 = [], {}, 0, time.time()
+# %% [markdown]
+# Each piece of the run is a small class that `Learner` inherits, so that each reads on one screen; they share
+# the state `Learner.__init__` sets (`cfg`, `model`, `net`, `opt`, `device`, `rank`, `world`, ...).
+#
+# **Devices and processes.** The configured device, or this process's GPU under torchrun; the model wrapped in
+# DDP (and SyncBatchNorm when asked); autocast for `amp`; and rank 0's batch-norm statistics given to every
+# process before validating, saving and finishing.
 
+# %%
+#| exporti
+class _Devices:
+    "Part of `Learner`: where the run computes (device, `amp` autocast) and how the processes of a torchrun agree."
     def _device(self) -> torch.device:
         "The configured device; under torchrun on GPUs, this process's GPU."
         if self.world > 1 and torch.cuda.is_available() and self.cfg.device in (None, "auto", "cuda"):
@@ -601,6 +588,22 @@ class Learner:
         if self.amp == "off": return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
 
+    def _sync_buffers(self):
+        "Give every process rank 0's buffers (batch-norm statistics), as DDP does at the start of each forward pass."
+        if self.world == 1: return
+        for b in self.model.buffers(): dist.broadcast(b, 0)
+
+
+# %% [markdown]
+# **Checkpoints.** Resuming reads `last.pt` (or a given path), checks that the configuration computes the same
+# thing, and restores weights, optimiser, scaler, position, early stopping and every random state; saving
+# writes all of that atomically from rank 0; finishing restores the best weights and checks that every process
+# holds the same ones.
+
+# %%
+#| exporti
+class _Checkpoints:
+    "Part of `Learner`: resume from a checkpoint, write one atomically, and end with the best weights on every process."
     def _resume_path(self):
         r = self.cfg.resume
         if isinstance(r, (str, Path)): return Path(r)
@@ -621,6 +624,37 @@ class Learner:
                                                              ckpt["stopped_early"])
         _set_rng_state(ckpt["rng"][self.rank])
 
+    def _save(self, path: Path):
+        "An atomic checkpoint of everything a bit-exact resume needs (rank 0 writes; all ranks' random states)."
+        rngs = _all_gather(_rng_state())
+        if self.rank != 0: return
+        atomic_save({"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                     "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
+                     "epoch": self.epoch, "batch_in_epoch": self.pos, "rng": rngs, "best_valid_loss": self.best,
+                     "best_step": self.best_step, "bad_validations": self.bad, "stopped_early": self.stopped,
+                     "config": self.stored_config}, path)
+
+    def _finish(self):
+        "Restore the best weights (if asked) and check that every process ends with the same weights."
+        _barrier()  # rank 0 may still be writing best.pt
+        self._sync_buffers()  # a run stopped early, or resumed when finished, has not synchronised them yet
+        if self.cfg.restore_best:
+            if self.best_state is not None: self.model.load_state_dict(self.best_state)
+            elif self.best_step is not None and self.out is not None and (self.out / "best.pt").exists():
+                _load_model_state(self.model, load_checkpoint(self.out / "best.pt")["model"], self.out / "best.pt")
+        self.digests = _all_gather(_weights_digest(self.model))
+        if len(set(self.digests)) > 1: raise RuntimeError(f"the processes ended with different weights: {self.digests}")
+
+
+# %% [markdown]
+# **Metrics.** A resumed run keeps the metrics lines up to its checkpoint; the losses of the steps since the
+# last check are read in one synchronisation, a non-finite one stops the run with its step, and their means go
+# to `metrics.jsonl`.
+
+# %%
+#| exporti
+class _Metrics:
+    "Part of `Learner`: the metrics file, with losses read from the device only when they are logged or checked."
     def _start_metrics(self, resumed: bool):
         "Keep the metrics lines up to the checkpoint's step (a killed run may have logged past it)."
         if self.out is None or self.rank != 0: return
@@ -632,25 +666,6 @@ class Learner:
     def _log(self, rec: dict):
         if self.out is not None and self.rank == 0:
             with open(self.out / "metrics.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
-
-    def _batches(self):
-        "Training batches from the current position on, epoch after epoch."
-        while True:
-            yield from _epoch_loader(self.train_data, self.epoch, self.pos, self.cfg.seed, self.rank, self.world, self.per_rank,
-                                     self.cfg.num_workers, self.collate_fn)
-            self.epoch, self.pos = self.epoch + 1, 0
-
-    def _one_step(self, batch):
-        "Forward (under autocast when `amp` is on), backward, Adam and schedule steps; the loss stays on the device."
-        with self._autocast():
-            loss, extra = _split_loss(self.loss_fn(self.net, _to_device(batch, self.device)))
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.sched.step()
-        self.step, self.pos = self.step + 1, self.pos + 1
-        self._window.append({"train_loss": loss.detach(), **extra})
 
     def _check_finite(self):
         "Read the losses of the steps since the last check (one synchronisation) and stop at a non-finite one."
@@ -675,6 +690,15 @@ class Learner:
         self._log(rec); bar.set_postfix(loss=f"{rec['train_loss']:.4g}", refresh=False)   # text progress keeps its 20 s interval
         self._sums, self._count = {}, 0
 
+
+# %% [markdown]
+# **Validation.** The mean validation loss under a fixed seed in a forked random state, and the early-stopping
+# bookkeeping that keeps the best weights.
+
+# %%
+#| exporti
+class _Validation:
+    "Part of `Learner`: the validation loss under a fixed seed, and early stopping on it."
     @torch.no_grad()
     def _validate(self) -> float:
         "Mean validation loss, under a fixed seed in a forked random state (so that validating changes nothing)."
@@ -704,20 +728,55 @@ class Learner:
         if self.out is not None: self._save(self.out / "best.pt")
         else: self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    def _save(self, path: Path):
-        "An atomic checkpoint of everything a bit-exact resume needs (rank 0 writes; all ranks' random states)."
-        rngs = _all_gather(_rng_state())
-        if self.rank != 0: return
-        atomic_save({"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                     "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
-                     "epoch": self.epoch, "batch_in_epoch": self.pos, "rng": rngs, "best_valid_loss": self.best,
-                     "best_step": self.best_step, "bad_validations": self.bad, "stopped_early": self.stopped,
-                     "config": self.stored_config}, path)
 
-    def _sync_buffers(self):
-        "Give every process rank 0's buffers (batch-norm statistics), as DDP does at the start of each forward pass."
-        if self.world == 1: return
-        for b in self.model.buffers(): dist.broadcast(b, 0)
+# %% [markdown]
+# **The loop.** `Learner` itself: the optimiser and schedule, the batches from the current position on, one
+# step, what happens after it at its intervals, and `fit`, which strings them together.
+
+# %%
+#| export
+class Learner(_Devices, _Checkpoints, _Metrics, _Validation):
+    "One training run of `model` on `train_data` with `loss_fn` under a `TrainConfig`; `fit()` runs it."
+    def __init__(self, model: nn.Module, train_data: Dataset, loss_fn, valid_data: Dataset = None,
+                 config: TrainConfig = None, collate_fn=None):
+        self.cfg, self.model, self.loss_fn, self.collate_fn = config or TrainConfig(), model, loss_fn, collate_fn
+        self.train_data, self.valid_data = train_data, valid_data
+        self.rank, self.world = _world()
+        _check_data(train_data, self.cfg.batch_size, self.world)
+        self.per_rank = self.cfg.batch_size // self.world
+        self.device = self._device()
+        self.amp = resolve_amp(self.cfg.amp, self.device)
+        self.net = self._wrap()
+        c, n = self.cfg, self.cfg.num_iters
+        # a model may ask for parameter groups with their own settings (e.g. a learned bandwidth's learning rate)
+        params = model.optimizer_groups() if hasattr(model, "optimizer_groups") else model.parameters()
+        self.opt = torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: LR_SCHEDULES[c.lr_schedule](min(s, n) / n))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.out = Path(c.out_dir) if c.out_dir is not None else None
+        self.stored_config = {**c.to_dict(), "world_size": self.world, "train_size": len(train_data)}
+        self.step = self.epoch = self.pos = 0
+        self.best, self.best_step, self.bad, self.stopped, self.best_state = math.inf, None, 0, False, None
+        self._window, self._sums, self._count, self._t0 = [], {}, 0, time.time()
+
+    def _batches(self):
+        "Training batches from the current position on, epoch after epoch."
+        while True:
+            yield from _epoch_loader(self.train_data, self.epoch, self.pos, self.cfg.seed, self.rank, self.world, self.per_rank,
+                                     self.cfg.num_workers, self.collate_fn)
+            self.epoch, self.pos = self.epoch + 1, 0
+
+    def _one_step(self, batch):
+        "Forward (under autocast when `amp` is on), backward, Adam and schedule steps; the loss stays on the device."
+        with self._autocast():
+            loss, extra = _split_loss(self.loss_fn(self.net, _to_device(batch, self.device)))
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.step, self.pos = self.step + 1, self.pos + 1
+        self._window.append({"train_loss": loss.detach(), **extra})
 
     def _after_step(self, bar):
         "Check, log, validate and checkpoint at their intervals."
@@ -731,17 +790,6 @@ class Learner:
         if log: self._log_train(bar)
         if validate: self._after_validation(self._validate())
         if self.out is not None and (save or self.stopped): self._save(self.out / "last.pt")
-
-    def _finish(self):
-        "Restore the best weights (if asked) and check that every process ends with the same weights."
-        _barrier()  # rank 0 may still be writing best.pt
-        self._sync_buffers()  # a run stopped early, or resumed when finished, has not synchronised them yet
-        if self.cfg.restore_best:
-            if self.best_state is not None: self.model.load_state_dict(self.best_state)
-            elif self.best_step is not None and self.out is not None and (self.out / "best.pt").exists():
-                _load_model_state(self.model, load_checkpoint(self.out / "best.pt")["model"], self.out / "best.pt")
-        self.digests = _all_gather(_weights_digest(self.model))
-        if len(set(self.digests)) > 1: raise RuntimeError(f"the processes ended with different weights: {self.digests}")
 
     def fit(self) -> dict:
         "Train until `num_iters` steps or early stopping; returns a summary (steps, best validation loss and step, ...)."

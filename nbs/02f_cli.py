@@ -7,7 +7,7 @@
 # > `motion_nbs_train --task module:function --name value ...`: a chapter's training function run from a shell, a cluster job or torchrun.
 
 # %% [markdown]
-# *Default run: **21 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **1 min 41 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %%
 #| export
