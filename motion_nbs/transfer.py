@@ -494,7 +494,8 @@ def labelled_frames(world: str,  # a renderer preset with an object in every fra
         try: return torch.load(path, weights_only=True)
         except Exception as e: raise ValueError(f"{path}: not a readable frames file (delete it to render again): {type(e).__name__}: {e}") from None
     ds = SceneDataset(world, length=num, seed=seed, size=(size, size))
-    items = [ds[i] for i in tqdm(range(num), desc=f"render {num} {world} frames", leave=False, disable=not progress)]
+    keep = lambda it: {"image": it["image"], "categories": it["categories"]}   # not the flow, depth, ... (a frame's other maps: 5x more)
+    items = [keep(ds[i]) for i in tqdm(range(num), desc=f"render {num} {world} frames", leave=False, disable=not progress)]
     cats = torch.stack([it["categories"] for it in items])
     if (cats.flatten(1).max(1).values == 0).any(): raise ValueError(f"a {world} frame without an object: its category is undefined")
     areas = torch.stack([(cats == c).flatten(1).sum(1) for c in range(1, len(CATEGORIES))], 1)   # (N, 3) pixels per category

@@ -25,7 +25,7 @@ worlds = None           # renderer worlds to run (None: the preset's); the full 
 phases = None           # "main", "extension", "budget" (None: all three, in that order)
 num_threads = None      # torch CPU threads (None: torch's default)
 device = None           # "cpu", "cuda", ...; None: CUDA if present, else MPS, else the CPU
-max_hours = None        # stop starting new runs after this many hours (the records keep every finished run)
+max_hours = None        # stop starting new runs after this many hours (the records keep every finished run); 0: only analyse the records
 runs_dir = None         # pre-training runs and frames; None: _runs/cpfs_ambiguity (full) or _runs/cpfs_ambiguity_tiny
 records_dir = None      # one JSON file of finished runs per world; None: nbs/03_cpfs_ambiguity_records (full), {runs_dir}/records (tiny)
 results_path = None     # results JSON (+ .png); None: nbs/03_cpfs_ambiguity_results.json (full), {runs_dir}/results.json (tiny)
@@ -267,12 +267,12 @@ if run:
     size = CPFSConfig.from_preset("cpu", image_size=cfg["image_size"]).image_size
     t_start, stopped = time.time(), False
     for world in cfg["worlds"]:
-        frames = world_frames(world, size, cfg["num_train"], cfg["num_valid"], cfg["num_test"], cache_dir=runs)
-        records = load_records(world)
+        records, frames = load_records(world), None
         while True:
-            if max_hours is not None and time.time() - t_start > 3600 * max_hours: stopped = True; break
+            if max_hours is not None and time.time() - t_start >= 3600 * max_hours: stopped = True; break
             s, _ = next_spec(world, records)
             if s is None: break
+            if frames is None: frames = world_frames(world, size, cfg["num_train"], cfg["num_valid"], cfg["num_test"], cache_dir=runs)
             rec = run_spec(s, frames)
             records[key(s)] = rec
             save_records(world, records)   # complete, or the previous file
@@ -430,6 +430,36 @@ def forest_plot(results: dict, metrics=None):
     return fig
 
 
+def sweep_figure(results: dict):
+    "The worlds' ambiguity (two manipulation statistics) and the validation scores of the pre-training rates tried so far."
+    ws = results["worlds"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    names = [w["name"] for w in ws]
+    for ax, stat, label in ((axes[0], "relative_motion_under_1px", "frames whose dominant object moves < 1 px (share)"),
+                            (axes[1], "figure_ground_entropy_share", "share of flow-class entropy explained by figure/ground")):
+        ax.barh(range(len(ws)), [w["manipulation"][stat] for w in ws], color="C0")
+        ax.set_yticks(range(len(ws)), names, fontsize=8); ax.set_xlabel(label, fontsize=8); ax.invert_yaxis()
+    axes[0].set_title("(a) still objects", fontsize=9); axes[1].set_title("(b) does the flow class say 'object'?", fontsize=9)
+    ax, sel_seeds = axes[2], results["settings"]["selection_seeds"]
+    chosen = {(c["world"], c["arm"]): c["chosen"] for c in results["lr_selection"]}
+    tried = {}   # (world, arm) -> {lr: [validation scores of the selection seeds]}, the thesis' sigma^2 (CPFS) as in the grid
+    for r in results["runs"]:
+        if r["phase"] == "main" and r["arm"] in PRETRAINED and r["seed"] in sel_seeds and r["sigma2"] in (None, THESIS_SIGMA2):
+            tried.setdefault((r["world"], r["arm"]), {}).setdefault(r["lr"], []).append(100 * float(np.mean(list(r["valid"].values()))))
+    for i, ((w, arm), pts) in enumerate(sorted(tried.items())):
+        lrs = sorted(pts)
+        ax.plot(lrs, [np.mean(pts[lr]) for lr in lrs], "o-", color=f"C{i % 10}", label=f"{w} {arm}")
+        if (w, arm) in chosen: ax.plot([chosen[(w, arm)]], [np.mean(pts[chosen[(w, arm)]])], "*", ms=12, color=f"C{i % 10}")
+    for r in results["runs"]:
+        if r["arm"] == "random" and r["seed"] in sel_seeds:
+            ax.axhline(100 * float(np.mean(list(r["valid"].values()))), color="k", ls=":", lw=0.8)
+    ax.set_xscale("log"); ax.set_xlabel("pre-training learning rate"); ax.set_ylabel("validation score (%)")
+    ax.set_title("(c) validation score per rate (star: chosen; dotted: random init)", fontsize=9)
+    if tried: ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
 # %%
 if run:
     # every world with records (several sweeps may run side by side, each on its own worlds), in the sweep's order
@@ -439,15 +469,13 @@ if run:
     results = dict(preset=preset, settings=dict(cfg, priors=priors, eval_seed_offset=10_000), **analyse(all_records, dict(cfg, priors=priors)))
     out_json.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_json) as tmp: tmp.write_text(json.dumps(results, indent=1))
-    if any(c["family"] == "cpfs_vs_flow_cls" for c in results["comparisons"]):
-        fig = forest_plot(results)
-        fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches="tight")
-elif SAVED.exists():
-    results = json.loads(SAVED.read_text())
-    if SAVED.with_suffix(".png").exists(): display(Image(str(SAVED.with_suffix(".png"))))
-else:
-    results = None
-    print("no saved results yet: run the sweep with -p preset full")
+elif SAVED.exists(): results = json.loads(SAVED.read_text())
+else: results = None; print("no saved results yet: run the sweep with -p preset full")
+if results and any(c["family"] == "cpfs_vs_flow_cls" for c in results["comparisons"]):
+    fig = forest_plot(results)
+    if run: fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches="tight")
+    plt.show()
+if results: fig = sweep_figure(results)
 
 
 # %% [markdown]

@@ -51,7 +51,7 @@ def test_cpfs_training_notebook_rejects_bad_parameters(tmp_path):
                             cwd=NBS, progress_bar=False)
 
 
-@pytest.mark.parametrize("notebook", ["01_flow", "03_cpfs_train", "03_cpfs_transfer", "04_s3_train", "04_s3_train_seeds",
+@pytest.mark.parametrize("notebook", ["01_flow", "03_cpfs_train", "03_cpfs_transfer", "03_cpfs_ambiguity", "04_s3_train", "04_s3_train_seeds",
                                       "05c_preimage_experiments", "06_dissect"])
 def test_experiment_notebooks_reject_parameters_they_do_not_define(tmp_path, notebook):
     "`-p lr 0.1` on a notebook without `lr` stops in the cell after the parameters, naming the valid ones, before any work."
@@ -90,3 +90,28 @@ def test_transfer_experiment_killed_resumes_to_the_same_records(tmp_path):
     after = records(killed)
     assert after[:len(before)] == before                       # finished arms kept as they were
     assert metrics(after) == metrics(records(clean))           # and the result equals the uninterrupted run's
+
+
+def test_ambiguity_sweep_runs_every_phase_and_resumes_without_training_again(tmp_path):
+    """03_cpfs_ambiguity's tiny sweep: every phase runs, the results carry the keys the book reads (manipulation statistics,
+    selections, Holm-corrected comparisons, trend); run again on the same records it trains nothing and gives the same results."""
+    import json
+    runs = tmp_path / "runs"
+    params = dict(preset="tiny", runs_dir=str(runs), num_threads=1)
+    pm.execute_notebook(NBS / "03_cpfs_ambiguity.ipynb", tmp_path / "a.ipynb", parameters=params, cwd=NBS, progress_bar=False)
+    res = json.loads((runs / "results.json").read_text())
+    assert {"worlds", "runs", "lr_selection", "sigma_selection", "comparisons", "trend"} <= set(res)
+    assert [w["name"] for w in res["worlds"]] == ["objects", "objects_ambiguous"]
+    man = {w["name"]: w["manipulation"] for w in res["worlds"]}
+    assert man["objects_ambiguous"]["figure_ground_entropy_share"] < man["objects"]["figure_ground_entropy_share"]
+    assert {r["phase"] for r in res["runs"]} == {"main", "extension", "budget"}
+    assert {(s["world"], s["arm"]) for s in res["sigma_selection"]} == {(w, a) for w in man for a in ("kta", "ce")}
+    fam = [c for c in res["comparisons"] if c["family"] == "cpfs_vs_flow_cls"]
+    assert len(fam) == 2 * 2 * 3 and all(c["p"] <= c["p_holm"] <= 1 for c in fam)           # 2 worlds x 2 pairs x 3 metrics
+    assert {t["statistic"] for t in res["trend"]} == {"figure_ground_entropy_share", "relative_motion_under_1px"}
+    records = {f.name: f.read_text() for f in (runs / "records").iterdir()}
+    runs_before = sorted(p.name for p in runs.iterdir())
+    pm.execute_notebook(NBS / "03_cpfs_ambiguity.ipynb", tmp_path / "b.ipynb", parameters=params, cwd=NBS, progress_bar=False)
+    assert {f.name: f.read_text() for f in (runs / "records").iterdir()} == records      # nothing run again
+    assert sorted(p.name for p in runs.iterdir()) == runs_before
+    assert json.loads((runs / "results.json").read_text())["comparisons"] == res["comparisons"]
