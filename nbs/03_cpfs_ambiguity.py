@@ -290,7 +290,10 @@ if run:
 # and metric — segmentation mIoU after fine-tuning (`seg_1000`), the conv3 probe (`probe_relu3`),
 # classification top-1 after fine-tuning (`cls_1000`) — the per-seed paired difference: mean, 95 % CI, paired
 # $t$-test, and the p-value Holm-corrected over the family of all CPFS-vs-flow-classification comparisons.
-# The verdict uses the corrected p-value. The **trend**: the per-seed differences of all worlds regressed on
+# The verdict uses the corrected p-value. Beside each comparison, the smallest true difference that a paired
+# $t$-test with its $n$ and spread would detect 80 % of the time: where it is larger than the differences that
+# matter (a few points), a "not resolved" says the comparison is underpowered, not that the arms are equal —
+# classification after fine-tuning had a paired SD of 10.5 points in `03_cpfs_transfer`. The **trend**: the per-seed differences of all worlds regressed on
 # the world's manipulation statistic (least squares; slope, its 95 % CI and p-value): does CPFS gain on flow
 # classification as the motion gets more ambiguous?
 
@@ -375,6 +378,10 @@ def analyse(all_records: dict, settings: dict) -> dict:
                     d = [test_metrics(ce5[s])[m] - test_metrics(fc5[s])[m] for s in common]
                     comps.append(dict(world=world, pair="ce - flow_cls", metric=m, family=f"budget_{settings['budget_iters']}", n=len(d),
                                       seeds=common, mean=float(np.mean(d)), ci95=None, p=None, differences=d))
+    for c in comps:   # the smallest true difference a paired t-test of this n and spread detects 80 % of the time (5 % level)
+        d = c["differences"]
+        c["detectable_80"] = (float((stats.t.ppf(0.975, len(d) - 1) + stats.t.ppf(0.8, len(d) - 1)) * np.std(d, ddof=1) / np.sqrt(len(d)))
+                              if len(d) > 1 else None)
     fam = [c for c in comps if c["family"] == "cpfs_vs_flow_cls"]
     for c, ph in zip(fam, holm([c["p"] for c in fam])): c["p_holm"] = ph
     for c in comps:
@@ -497,15 +504,39 @@ def worlds_table(results) -> str:
 
 def comparisons_table(results, families=("cpfs_vs_flow_cls", "extension", "floor")) -> str:
     fmt = lambda v: "" if v is None else f"{v:.3g}"
-    lines = ["| world | pair | metric | n | mean (95 % CI) | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| world | pair | metric | n | mean (95 % CI) | detectable (80 %) | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for c in results["comparisons"]:
         if c["family"] not in families: continue
         ci = f"({c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f})" if c["ci95"] else ""
-        lines.append(f"| {c['world']} | {c['pair']} | {c['metric']} | {c['n']} | {c['mean']:+.1f} {ci} | {fmt(c['p'])} | "
+        det = "" if c.get("detectable_80") is None else f"{c['detectable_80']:.1f}"
+        lines.append(f"| {c['world']} | {c['pair']} | {c['metric']} | {c['n']} | {c['mean']:+.1f} {ci} | {det} | {fmt(c['p'])} | "
                      f"{fmt(c.get('p_holm'))} | {c['verdict']} |")
     return "\n".join(lines)
 
+def answer(results) -> str:
+    "The answer so far, in sentences generated from the results: per world the CPFS − flow classification verdicts, then the trend."
+    fam = [c for c in results["comparisons"] if c["family"] == "cpfs_vs_flow_cls"]
+    done = sorted({c["world"] for c in fam})
+    if not done:
+        return ("**No world has finished its comparisons yet**: the sweep is under way (its progress is listed below); the table of "
+                "worlds and the validation scores of the rates tried so far are shown, nothing is concluded.")
+    fg = {w["name"]: w["manipulation"]["figure_ground_entropy_share"] for w in results["worlds"]}
+    out = []
+    for w in sorted(done, key=lambda w: -fg[w]):
+        parts = [f"{c['pair'].replace(' - ', ' − ')} on {c['metric']} {c['mean']:+.1f} (CI {c['ci95'][0]:+.1f} to {c['ci95'][1]:+.1f}, "
+                 f"Holm p = {c['p_holm']:.2g}: {c['verdict']})" for c in fam if c["world"] == w and not c["metric"].startswith("cls")]
+        out.append(f"- **{w}** (figure/ground explains {100 * fg[w]:.1f} % of the flow-class entropy): " + "; ".join(parts) + ".")
+    for t in results["trend"]:
+        if t["statistic"] == "figure_ground_entropy_share" and not t["metric"].startswith("cls"):
+            out.append(f"- Trend of {t['pair'].replace(' - ', ' − ')} on {t['metric']} against the figure/ground share: slope "
+                       f"{t['slope']:+.0f} points per unit (CI {t['ci95'][0]:+.0f} to {t['ci95'][1]:+.0f}, p = {t['p']:.2g}, {t['worlds']} worlds); "
+                       "a negative slope means CPFS gains on flow classification as the motion gets more ambiguous.")
+    missing = [p["world"] for p in results["progress"] if p["world"] not in done]
+    if missing: out.append(f"- Not yet compared (sweep under way): {', '.join(missing)}.")
+    return "\n".join(out)
+
 if results:
+    display(Markdown(answer(results)))
     display(Markdown(worlds_table(results)))
     for p in results["progress"]:
         nxt = p["next"]
