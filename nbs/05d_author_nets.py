@@ -7,7 +7,7 @@
 # > HOG and dense SIFT as the thesis' author built them (`hog_net.m`, `dsift_net.m`), which are not VLFeat: labelled variants beside the VLFeat-equal modules of `motion_nbs.features`.
 
 # %% [markdown]
-# *Default run: **11 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **51 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 05a builds HOG, HOGb and dense SIFT equal to VLFeat, as section 5.3.1 says the thesis' networks
@@ -88,9 +88,12 @@ def author_tent_kernel(bin_size: int,  # b: pixels per cell or spatial bin
                        dtype=torch.float64
                       ) -> torch.Tensor:
     "The author's bilinear pooling filter $a a^T$, `(2b,2b)`, $a_p = 1 - |p - (2b+1)/2|/b$, $p = 1..2b$."
-    p = torch.arange(1, 2 * bin_size + 1, dtype=dtype)
-    a = 1 - ((p - (2 * bin_size + 1) / 2) / bin_size).abs()
+    a = _tent(bin_size, dtype)
     return a[:, None] * a[None]
+
+def _tent(b, dtype=torch.float64):
+    p = torch.arange(1, 2 * b + 1, dtype=dtype)
+    return 1 - ((p - (2 * b + 1) / 2) / b).abs()
 
 
 # %%
@@ -157,6 +160,71 @@ test_close(author_orientation_binning(x, False).flatten()[:2].tolist(), [2.0, 0.
 
 
 # %% [markdown]
+# **The same, cheaper.** Materialising $2K$ projections and their arccosines per pixel makes the backward pass
+# several passes over $2K$ full-size maps. The modules below compute the same histograms from the gradient's angle
+# $\theta$: under the bilinear rule only the two directions around $\theta$ get weight, $1 - f$ and $f$ with
+# $f = \theta/\Delta - \lfloor\theta/\Delta\rfloor$, $\Delta = 2\pi/2K$ (since $\arccos\cos(\theta - t_i)$ is the angle
+# between them); under the hard rule the direction with the largest projection is the nearest one, $\lfloor\theta/\Delta\rceil$
+# (half way between two, the first, as MATLAB's `max`); the magnitude is $\|\nabla I\|$; the derivatives are
+# differences of shifted images. The tent pooling, a
+# separable filter with stride $b$, is two small matrix products, $P_y\,h\,P_x^T$, whose rows hold the tent
+# (zero padding drops its taps beyond the image). The loop references below check the modules, so both routes
+# are tested.
+
+# %%
+#| exporti
+def _tent_matrix(n: int, cells: int, b: int, pad: int, dtype, device):
+    "`(cells, n)`: row i holds the tent $a_p$ at pixel $y = ib + p - $ pad (taps in the zero padding dropped)."
+    p = torch.arange(n, device=device)[None] + pad - b * torch.arange(cells, device=device)[:, None]
+    a = _tent(b, dtype).to(device)
+    return torch.where((p >= 0) & (p < 2 * b), a[p.clamp(0, 2 * b - 1)], torch.zeros((), dtype=dtype, device=device))
+
+def _halved_gradients(x, padding: int):
+    "The halved central differences $(g_x, g_y)$ of `(B,1,H,W)` images, zero-padded by `padding` (0 or 1)."
+    if padding: x = F.pad(x, (1, 1, 1, 1))
+    return (x[..., 1:-1, 2:] - x[..., 1:-1, :-2]) / 2, (x[..., 2:, 1:-1] - x[..., :-2, 1:-1]) / 2
+
+def _binned_gradients(gx, gy, num_directions: int, bilinear: bool):
+    "`author_orientation_binning` of the projections of (gx, gy), from the angle: `(B,1,H,W)` → `(B,2K,H,W)`."
+    D = num_directions
+    r2 = gx * gx + gy * gy
+    pos = r2 > 0
+    n = _safe_sqrt(r2)
+    gx, gy = torch.where(pos, gx, 1), torch.where(pos, gy, 0)   # angle 0 where n = 0
+    with torch.no_grad():
+        theta = torch.atan2(gy, gx)
+        u = torch.where(theta < 0, theta + 2 * math.pi, theta) * (D / (2 * math.pi))   # in [0, D]
+        k = torch.floor(u).clamp_(max=D - 1)
+        k0 = k.long()
+        k1 = torch.where(k0 == D - 1, 0, k0 + 1)
+    hist = torch.zeros(gx.shape[0], D, *gx.shape[-2:], dtype=gx.dtype, device=gx.device)
+    if not bilinear:   # the nearest direction; half way between two, the first (MATLAB's max of the projections)
+        f = u - k
+        tie = (f - 0.5).abs() < 1e-9
+        return hist.scatter_(1, torch.where(tie, torch.minimum(k0, k1), torch.where(f < 0.5, k0, k1)), n)
+    theta = torch.atan2(gy, gx)
+    f = torch.where(theta < 0, theta + 2 * math.pi, theta) * (D / (2 * math.pi)) - k
+    return hist.scatter_add_(1, k0, n * (1 - f)).scatter_add_(1, k1, n * f)
+
+def _pool_tent(hist, b: int, pad: int, cells):
+    "Bilinear spatial pooling with stride b and zero padding `pad`, as two matrix products."
+    H, W = hist.shape[-2:]
+    Py = _tent_matrix(H, cells[0], b, pad, hist.dtype, hist.device)
+    Px = _tent_matrix(W, cells[1], b, pad, hist.dtype, hist.device)
+    return Py @ hist @ Px.T
+
+
+# %%
+x = torch.rand(2, 1, 20, 24, dtype=torch.float64)
+bank = author_derivative_bank(18)
+gx, gy = _halved_gradients(x, 1)
+proj = F.conv2d(x, bank, padding=1)
+for bil in (False, True): test_close(_binned_gradients(gx, gy, 18, bil), author_orientation_binning(proj, bil), eps=1e-9)
+h = torch.rand(1, 3, 20, 24, dtype=torch.float64)
+test_close(_pool_tent(h, 4, 2, (5, 6)), F.conv2d(h, author_tent_kernel(4).expand(3, 1, 8, 8), stride=4, padding=2, groups=3), eps=1e-12)
+
+
+# %% [markdown]
 # ## The author's HOG
 #
 # `hog_net.m`: derivatives (zero padding 1), orientation binning, tent pooling (stride $b$, zero padding
@@ -187,8 +255,6 @@ class AuthorHOG(nn.Module):
             raise ValueError(f"num_orientations must be an int >= 2, got {num_orientations!r}")
         self.cell_size, self.num_orientations, self.bilinear_orientations = cell_size, num_orientations, bool(bilinear_orientations)
         self.input_scale = float(input_scale)
-        self.register_buffer("derivatives", author_derivative_bank(2 * num_orientations), persistent=False)
-        self.register_buffer("tent", author_tent_kernel(cell_size), persistent=False)
 
     @property
     def dimension(self) -> int: return 3 * self.num_orientations
@@ -205,9 +271,8 @@ class AuthorHOG(nn.Module):
             raise ValueError(f"AuthorHOG needs at least 2x2 cells (one block) of {self.cell_size} pixels; got {H}x{W}, "
                              f"which gives {self.cells(H, W)} cells")
         K, b = self.num_orientations, self.cell_size
-        x = F.conv2d(image * self.input_scale, self.derivatives.to(image.dtype), padding=1)
-        x = author_orientation_binning(x, self.bilinear_orientations)
-        hist = F.conv2d(x, self.tent.to(image.dtype).expand(2 * K, 1, 2 * b, 2 * b), stride=b, padding=b // 2, groups=2 * K)
+        hist = _binned_gradients(*_halved_gradients(image * self.input_scale, 1), 2 * K, self.bilinear_orientations)
+        hist = _pool_tent(hist, b, b // 2, self.cells(H, W))
         und = hist[:, :K] + hist[:, K:]
         comp = torch.cat([hist, und], 1)                                              # (B,3K,h,w)
         blocks = F.avg_pool2d((und * und).sum(1, keepdim=True), 2, stride=1, divisor_override=1)   # (B,1,h-1,w-1)
@@ -222,7 +287,7 @@ class AuthorHOG(nn.Module):
 
 # %% [markdown]
 # **Exact values.** An independent loop over pixels, cells and blocks, written from `hog_net.m`'s definitions in
-# float64 NumPy, gives the same features to rounding on a random image (and on a flat one, whose only
+# float64 NumPy (the hard rule's ties, half way between two directions, to the first), gives the same features to rounding on a random image (and on a flat one, whose only
 # gradients are the zero padding's border, up to the rounding of the filters' sums: the author's HOG sees an edge
 # around every image).
 
@@ -239,7 +304,7 @@ def hog_loops(I, b=8, K=9, bilinear=False):
             proj = np.cos(t) * gx[y, x] + np.sin(t) * gy[y, x]
             n = np.sqrt((proj ** 2).sum() / K)
             if bilinear: hist[:, y, x] = n * np.maximum(0, 1 - K / np.pi * np.arccos(np.clip(proj / max(n, 1e-10), -1, 1)))
-            else: hist[np.argmax(proj), y, x] = n
+            else: hist[np.argmax(np.round(proj, 9)), y, x] = n   # exact ties (rounding noise removed) go to the first
     a = 1 - np.abs((np.arange(1, 2 * b + 1) - (2 * b + 1) / 2) / b)
     Hp = np.pad(hist, ((0, 0), (b // 2, b // 2), (b // 2, b // 2)))
     h, w = (H + 2 * (b // 2) - 2 * b) // b + 1, (W + 2 * (b // 2) - 2 * b) // b + 1
@@ -315,8 +380,6 @@ class AuthorDenseSIFT(nn.Module):
         if not sigma > 0: raise ValueError(f"sigma must be > 0, got {sigma!r}")
         self.bin_size, self.num_orientations, self.step_bins, self.sigma = bin_size, num_orientations, step_bins, float(sigma)
         self.input_scale = float(input_scale)
-        self.register_buffer("derivatives", author_derivative_bank(num_orientations), persistent=False)
-        self.register_buffer("tent", author_tent_kernel(bin_size), persistent=False)
         c = torch.arange(1, 5, dtype=torch.float64) - 2.5
         g = torch.exp(-0.5 * (c[:, None] ** 2 + c[None] ** 2) / sigma ** 2)              # (4,4) weight per bin
         D = num_orientations
@@ -342,9 +405,8 @@ class AuthorDenseSIFT(nn.Module):
             raise ValueError(f"AuthorDenseSIFT needs 4x4 bins of {self.bin_size} pixels after the derivatives, "
                              f"i.e. H, W >= {5 * self.bin_size + 2}; got {H}x{W}")
         D, b = self.num_orientations, self.bin_size
-        x = F.conv2d(image * self.input_scale, self.derivatives.to(image.dtype))
-        x = author_orientation_binning(x, bilinear=True)
-        cells = F.conv2d(x, self.tent.to(image.dtype).expand(D, 1, 2 * b, 2 * b), stride=b, groups=D)
+        hist = _binned_gradients(*_halved_gradients(image * self.input_scale, 0), D, True)
+        cells = _pool_tent(hist, b, 0, ((H - 2 - 2 * b) // b + 1, (W - 2 - 2 * b) // b + 1))
         d = F.conv2d(cells, self.blocks.to(image.dtype), stride=self.step_bins)
         d = d / torch.sqrt(1e-6 + (d * d).sum(1, keepdim=True))       # MatConvNet's LRN [256, 1e-6, 1, 0.5]
         return d.clamp(max=0.2)
