@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO_NB ?= nbs/03_cpfs_train.ipynb
 DEMO_ARGS ?= -p loss kta
 
-.PHONY: demo test lab bench install references browser sync docs book
+.PHONY: demo test lab bench install references browser sync docs book dist-check
 
 # OpenMP threads spin-wait after each parallel region (libgomp's default: 300,000 rounds). On a 2-core machine that
 # is also doing something else, that spinning made the pre-image solver 3-4x slower; a short spin keeps the idle
@@ -54,6 +54,12 @@ test: $(VENV)/.installed references browser
 	$(BIN)/pytest -q tests/test_repo.py
 	$(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/pytest -q --ignore=tests/test_repo.py tests
+
+# What `pip install motion_nbs` gives a user (CI runs it after `make test`; tools/dist_check.sh says how): the wheel and
+# the sdist from `python -m build`, each installed into a clean virtual environment with the core requirements only,
+# the README's quickstart run there, and numba's cache checked in the installed package.
+dist-check: $(VENV)/.installed
+	PY=$(abspath $(PY)) tools/dist_check.sh
 
 lab: $(VENV)/.installed
 	$(BIN)/jupyter lab $$( [ "$$(id -u)" = "0" ] && echo --allow-root )

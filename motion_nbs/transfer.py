@@ -8,8 +8,8 @@ __all__ = ['PROBE_LAYERS', 'PROBE_FEATURES', 'PROBE_WEIGHT_DECAYS', 'SEGMENTATIO
            'extract_features', 'fit_linear_probe', 'linear_probes', 'linear_probe', 'confusion_matrix',
            'iou_from_confusion', 'segmentation_probe', 'calibrate_batchnorm', 'voc07_classification',
            'voc12_segmentation', 'labelled_frames', 'fine_tune_classifier', 'fine_tune_segmenter', 'paired_comparison',
-           'holm', 'world_frames', 'fine_tune_best', 'evaluate_transfer', 'supervised_ceiling', 'summarize_transfer',
-           'transfer_table', 'plot_transfer']
+           'holm', 'world_frames', 'fine_tune_best', 'evaluate_transfer', 'supervised_ceiling', 'thesis_number',
+           'forest_plot']
 
 # %% ../nbs/03b_transfer.ipynb #ae27f979
 import copy
@@ -700,52 +700,29 @@ THESIS_TABLE_3_2 = {  # ILSVRC-12 linear probes, top-1 %, conv1..conv5
     "flow_cls": (14.0, 23.0, 26.4, 26.7, 24.8), "ce_rev": (15.3, 24.8, 27.7, 27.8, 26.3),
     "kta": (14.8, 24.6, 29.2, 29.5, 28.1), "ce": (14.9, 25.0, 29.5, 30.1, 29.1)}
 
-def summarize_transfer(records: list  # dicts: arm, seed, probe {layer: {accuracy, ...}}, segmentation {miou, ...}
-                      ) -> dict:
-    "Mean and sample standard deviation over seeds, per arm: `{arm: {metric: (mean, std, n)}}` (metrics in %)."
-    out = {}
-    for arm in dict.fromkeys(r["arm"] for r in records):
-        rs = [r for r in records if r["arm"] == arm]
-        vals = {f"{l}_{k}": [100 * r["probe"][l][k] for r in rs] for l in rs[0]["probe"] for k in ("accuracy", "balanced_accuracy")}
-        vals["seg_miou"] = [100 * r["segmentation"]["miou"] for r in rs]
-        out[arm] = {k: (sum(v) / len(v), float(torch.tensor(v).std()) if len(v) > 1 else 0.0, len(v)) for k, v in vals.items()}
-    return out
+def thesis_number(arm: str,  # an arm name (`TRANSFER_ARMS`; 'ce@0.001' counts as 'ce')
+                  metric: str  # 'seg_*' (VOC12 seg. mIoU), 'cls_*' (VOC07 cls. mAP), 'probe_reluK' (ILSVRC conv K top-1)
+                 ):
+    "The thesis' number that stands beside one of ours (tables 3.1 and 3.2), or None where it has none."
+    arm = arm.split("@")[0]
+    if metric.startswith("probe_relu"): row = THESIS_TABLE_3_2.get(arm); return row[int(metric[-1]) - 1] if row else None
+    key = {"seg": "seg", "cls": "cls"}.get(metric.split("_")[0])
+    return THESIS_TABLE_3_1[arm][key] if key and arm in THESIS_TABLE_3_1 else None
 
-def transfer_table(summary: dict, layers=PROBE_LAYERS, metric: str = "accuracy") -> str:
-    "A markdown table: per arm, linear-probe % per layer and segmentation mIoU (mean ± std), the thesis' numbers beside."
-    head = [f"conv{i + 1}" for i in range(len(layers))]
-    lines = ["| arm | seeds | " + " | ".join(head) + " | seg. mIoU | thesis conv1..5 (ILSVRC top-1) | thesis VOC12 seg. |",
-             "|---|---|" + "---|" * len(layers) + "---|---|---|"]
-    for arm, s in summary.items():
-        cells = [f"{s[f'{l}_{metric}'][0]:.1f} ± {s[f'{l}_{metric}'][1]:.1f}" for l in layers]
-        seg = f"{s['seg_miou'][0]:.1f} ± {s['seg_miou'][1]:.1f}"
-        t2 = " / ".join(f"{v:.1f}" for v in THESIS_TABLE_3_2[arm]) if arm in THESIS_TABLE_3_2 else "–"
-        t1 = f"{THESIS_TABLE_3_1[arm]['seg']:.1f}" if arm in THESIS_TABLE_3_1 else "–"
-        lines.append(f"| {ARM_LABELS.get(arm, arm)} | {s['seg_miou'][2]} | " + " | ".join(cells) + f" | {seg} | {t2} | {t1} |")
-    return "\n".join(lines)
-
-def plot_transfer(summary: dict, layers=PROBE_LAYERS, metric: str = "accuracy", chance: float = None):
-    "Bar chart: ours (mean ± std over seeds) per layer and segmentation mIoU, and the thesis' tables 3.2 / 3.1 beside. Returns the figure."
+def forest_plot(rows: list,  # dicts: label, mean, ci95 [lo, hi], group (rows of one group share a colour)
+                ax=None, xlabel: str = "paired difference", title: str = None):
+    """Paired differences with their 95 % CIs, one row each, top to bottom, and a line at 0: the figure for a conclusion
+    that is a paired difference (not bars of means). Returns the axes."""
     import matplotlib.pyplot as plt
-    arms = list(summary)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw=dict(width_ratios=[len(layers), 1.3, len(layers)]))
-    width = 0.8 / len(arms)
-    colours = {a: plt.cm.tab10(i) for i, a in enumerate(TRANSFER_ARMS)}
-    for i, arm in enumerate(arms):
-        s, c = summary[arm], colours.get(arm)
-        xs = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(layers))]
-        axes[0].bar(xs, [s[f"{l}_{metric}"][0] for l in layers], width, yerr=[s[f"{l}_{metric}"][1] for l in layers],
-                    color=c, label=ARM_LABELS.get(arm, arm), capsize=2)
-        axes[1].bar(i, s["seg_miou"][0], yerr=s["seg_miou"][1], color=c, capsize=3)
-        if arm in THESIS_TABLE_3_2: axes[2].bar(xs, THESIS_TABLE_3_2[arm], width, color=c)
-    if chance is not None: axes[0].axhline(chance, color="k", ls=":", lw=1, label="majority class")
-    ticks = [f"conv{i + 1}" for i in range(len(layers))]
-    axes[0].set_xticks(range(len(layers)), ticks); axes[2].set_xticks(range(len(layers)), ticks)
-    lo = min(summary[a][f"{l}_{metric}"][0] for a in arms for l in layers)
-    axes[0].set_ylim(max(0, lo - 10), None)
-    axes[0].set_title(f"ours: linear probe, dominant category ({metric.replace('_', ' ')} %)"); axes[0].legend(fontsize=7, ncol=3, loc="upper left", bbox_to_anchor=(0, -0.1))
-    axes[1].set_xticks(range(len(arms)), [ARM_LABELS.get(a, a) for a in arms], rotation=45, ha="right", fontsize=8)
-    axes[1].set_title("ours: segmentation mIoU %")
-    axes[2].set_title("thesis table 3.2: ILSVRC-12 linear probe top-1 %")
-    fig.tight_layout()
-    return fig
+    if ax is None: ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1.2))[1]
+    groups = list(dict.fromkeys(r.get("group") for r in rows))
+    for i, r in enumerate(rows):
+        c = f"C{groups.index(r.get('group')) % 10}"
+        lo, hi = r["ci95"]
+        ax.errorbar(r["mean"], i, xerr=[[r["mean"] - lo], [hi - r["mean"]]], fmt="o", color=c, capsize=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlabel(xlabel)
+    if title: ax.set_title(title, fontsize=9)
+    return ax

@@ -300,7 +300,7 @@ if run:
 # %%
 from scipy import stats
 from motion_nbs.data import manipulation_statistics
-from motion_nbs.transfer import SPLIT_SEEDS, holm, labelled_frames, paired_comparison
+from motion_nbs.transfer import SPLIT_SEEDS, forest_plot, holm, labelled_frames, paired_comparison
 import matplotlib.pyplot as plt
 
 
@@ -409,33 +409,23 @@ def trends(comps, worlds_out, min_worlds: int, metrics) -> list:
 
 
 # %%
-def forest_plot(results: dict, metrics=None):
-    "Paired differences CPFS − flow classification per world (mean and 95 % CI), one panel per metric; worlds ordered by ambiguity."
+def ambiguity_forest(results: dict, metrics=None):
+    "Paired differences CPFS − flow classification per world (mean and 95 % CI), one panel per metric; the least ambiguous world on top."
     metrics = metrics or metric_names(results["settings"])[:2]
     comps = [c for c in results["comparisons"] if c["family"] in ("cpfs_vs_flow_cls", "extension") and c["pair"].endswith("flow_cls")]
     fg = {w["name"]: w["manipulation"]["figure_ground_entropy_share"] for w in results["worlds"]}
     worlds_ = sorted({c["world"] for c in comps}, key=lambda w: -fg[w])
-    labels = {"seg": "segmentation mIoU, fine-tuned (points)", "probe": "conv3 linear probe top-1 (points)",
-              "cls": "classification top-1, fine-tuned (points)"}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.55 * max(3, 2 * len(worlds_)) + 1.4), sharey=True, squeeze=False)
-    pairs = sorted({c["pair"] for c in comps})
+    labels = {"seg": "segmentation mIoU, fine-tuned", "probe": "conv3 linear probe top-1", "cls": "classification top-1, fine-tuned"}
+    n = sum(1 for c in comps if c["metric"] == metrics[0])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.32 * n + 1.6), sharey=True, squeeze=False)
     for ax, m in zip(axes[0], metrics):
-        for j, pair in enumerate(pairs):
-            for i, w in enumerate(worlds_):
-                c = next((c for c in comps if c["world"] == w and c["pair"] == pair and c["metric"] == m), None)
-                if c is None: continue
-                y = i + (j - (len(pairs) - 1) / 2) * 0.25
-                ax.errorbar(c["mean"], y, xerr=[[c["mean"] - c["ci95"][0]], [c["ci95"][1] - c["mean"]]], fmt="o", color=f"C{j}", capsize=3,
-                            label=pair if i == 0 or not ax.get_legend_handles_labels()[1].count(pair) else None)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_xlabel(f"{labels[m.split('_')[0]]}: CPFS − flow cls.")
-        ax.set_yticks(range(len(worlds_)), [f"{w}\n(FG share {fg[w]:.3f})" for w in worlds_], fontsize=8)
-    axes[0][0].set_ylabel("world (less ambiguous at the top)")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle("Paired differences over seeds, 95 % CIs (right of 0: CPFS better)", fontsize=10)
+        rows = [dict(label=f"{w} (FG {fg[w]:.3f}): {c['pair'].replace(' - ', ' − ')}", mean=c["mean"], ci95=c["ci95"], group=c["pair"])
+                for w in worlds_ for c in comps if c["world"] == w and c["metric"] == m]
+        forest_plot(rows, ax=ax, xlabel=f"{labels[m.split('_')[0]]}: CPFS − flow cls. (points)")
+    axes[0][0].set_title("paired over seeds, 95 % CIs; right of 0: CPFS better; FG: figure/ground share of the flow-class entropy",
+                         fontsize=8, loc="left")
     fig.tight_layout()
     return fig
-
 
 def sweep_figure(results: dict):
     "The worlds' ambiguity (two manipulation statistics) and the validation scores of the pre-training rates tried so far."
@@ -479,7 +469,7 @@ if run:
 elif SAVED.exists(): results = json.loads(SAVED.read_text())
 else: results = None; print("no saved results yet: run the sweep with -p preset full")
 if results and any(c["family"] == "cpfs_vs_flow_cls" for c in results["comparisons"]):
-    fig = forest_plot(results)
+    fig = ambiguity_forest(results)
     if run: fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches="tight")
     plt.show()
 if results: fig = sweep_figure(results)
