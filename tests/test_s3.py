@@ -185,3 +185,46 @@ def test_training_step_reaches_the_backbone(name):
     assert torch.isfinite(loss)
     g = model.backbone.conv1_1.weight.grad
     assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kmeans_baselines_recover_two_regions(seed):
+    "Colour k-means on a two-colour image and flow k-means on a two-motion flow find the regions exactly (mIoU 1)."
+    from motion_nbs.s3 import colour_kmeans_segments, flow_kmeans_segments, object_oracle_segments
+    g = torch.Generator().manual_seed(seed)
+    h, w = 16, 20
+    gt = torch.zeros(2, h, w, dtype=torch.long)
+    for b in range(2):
+        t, l = torch.randint(0, h - 4, (1,), generator=g).item(), torch.randint(0, w - 4, (1,), generator=g).item()
+        gt[b, t:t + 4, l:l + 5] = 1
+    colours = torch.rand(2, 3, generator=g)
+    image = colours[gt].permute(0, 3, 1, 2)
+    assert matched_miou(colour_kmeans_segments(image, 2, seed), gt) == 1.0
+    flow = (torch.randn(2, 2, generator=g) * 3)[gt].permute(0, 3, 1, 2)
+    assert matched_miou(flow_kmeans_segments(flow, 2, seed), gt) == 1.0
+    assert torch.equal(object_oracle_segments(gt * 3), gt)
+
+
+def test_oracle_on_parts_is_the_silhouette():
+    "The object/background oracle scored against parts: background IoU 1, the silhouette matched to one part."
+    from motion_nbs.s3 import object_oracle_segments
+    parts = torch.zeros(1, 4, 4, dtype=torch.long); parts[0, :2, 2:] = 1; parts[0, 2:, 2:] = 2   # two faces of 4 px each
+    inst = (parts > 0).long()
+    assert matched_miou(object_oracle_segments(inst), parts) == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_score_init_breaks_the_symmetry():
+    "Zero score layers: identical scores for every segment; normal init: seeds give different, non-symmetric scores."
+    from motion_nbs.s3 import S3Config, s3_model
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    z = s3_model(num_segments=4, output_stride=2, score_init="zero").backbone(x)
+    assert (z == z[:, :1]).all()
+    nets = []
+    for seed in (0, 1, 0):
+        torch.manual_seed(seed)
+        nets.append(s3_model(num_segments=4, output_stride=2, score_init="normal", score_std=1e-3).backbone(x))
+    assert not torch.equal(nets[0], nets[1]) and torch.equal(nets[0], nets[2])
+    assert not (nets[0] == nets[0][:, :1]).all()
+    assert "score_init" not in S3Config.from_preset().to_dict()
+    assert S3Config.from_preset(score_init="normal", score_std=0.01).to_dict()["score_std"] == 0.01
