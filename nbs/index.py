@@ -43,7 +43,11 @@
 # ```python
 # from motion_nbs import flow, cpfs
 # from motion_nbs.reversed import guided_backprop
+# from motion_nbs.attribution import GuidedBackprop   # Captum's call: GuidedBackprop(model).attribute(x, target=c)
 # ```
+#
+# `pip install motion_nbs` installs the core (what the numerical modules import); the extras `book`, `video`, `models`,
+# `fast` (numba) and `all` add the rest, and the README's quickstart shows the library in a few lines.
 
 # %% [markdown]
 # ## The experiment notebooks
