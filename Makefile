@@ -34,13 +34,14 @@ references: $(VENV)/.installed
 		echo "references: installed VLFeat and cyvlfeat"; \
 	else echo "references: not root, VLFeat reference tests will skip"; fi
 
-# Debian's chromium and chromium-driver: tests/test_docs.py opens the built pages in them. Same rules as
-# the references: without them those tests skip, or fail when MOTION_NBS_REQUIRE_REFERENCES=1.
+# Debian's chromium and chromium-driver: tests/test_docs.py opens the built pages in them; and libjs-mathjax, which
+# `make docs` copies into the preview so that its equations typeset offline. Same rules as the references:
+# without them those tests skip, or fail when MOTION_NBS_REQUIRE_REFERENCES=1.
 browser:
-	@if dpkg -s chromium chromium-driver >/dev/null 2>&1; then echo "browser: chromium present"; \
+	@if dpkg -s chromium chromium-driver libjs-mathjax >/dev/null 2>&1; then echo "browser: chromium and MathJax present"; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null && \
-		echo "browser: installed chromium and chromium-driver"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver libjs-mathjax >/dev/null && \
+		echo "browser: installed chromium, chromium-driver and libjs-mathjax"; \
 	else echo "browser: not root (or no apt-get), the headless-browser docs tests will skip"; fi
 
 demo: $(VENV)/.installed

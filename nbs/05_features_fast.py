@@ -7,7 +7,7 @@
 # > The compiled (numba) passes behind `features.HOG` and `features.DenseSIFT` on the CPU: HOG's cell histograms and block normalisation with their gradients, DenseSIFT's pooling and normalisation.
 
 # %% [markdown]
-# *Default run: **19 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **34 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 5a defines HOG and dense SIFT plainly, as derivative filters, an orientation activation, tent
@@ -36,7 +36,9 @@ from torch.autograd.function import once_differentiable
 
 # %%
 #| hide
+import matplotlib.pyplot as plt
 from fastcore.test import test_close, test_eq
+from matplotlib.colors import hsv_to_rgb
 
 from motion_nbs.core import sample_image
 
@@ -418,9 +420,6 @@ test_eq(_sift_pool_compiled(bins, torch.ones(1, 1), 0, 1, 5, 7), bins)
 # cell (hue, half a turn for the nine undirected orientations) and its strength (brightness).
 
 # %%
-import matplotlib.pyplot as plt
-from matplotlib.colors import hsv_to_rgb
-
 image = sample_image("astronaut")[None]
 H, W = image.shape[-2:]
 cells = (H // 8, W // 8)

@@ -94,18 +94,18 @@
 # | 03_cpfs_train | 37 s |
 # | 03_cpfs_transfer | 3 s |
 # | 03b_transfer | 9 s |
-# | 04_s3 | 27 s |
+# | 04_s3 | 49 s |
 # | 04_s3_train | 7 s |
 # | 04_s3_train_seeds | 5 s |
-# | 05_features_fast | 19 s |
+# | 05_features_fast | 34 s |
 # | 05a_features | 22 s |
-# | 05b_preimage | 37 s |
+# | 05b_preimage | 9 s |
 # | 05c_preimage_experiments | 1 min 20 s |
-# | 05d_author_nets | 11 s |
+# | 05d_author_nets | 51 s |
 # | 06_dissect | 1 min 34 s |
 # | 07_reversed | 1 min 14 s |
 # | 07b_attribution | 15 s |
-# | **all chapters** | **11 min 15 s** |
+# | **all chapters** | **12 min 4 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]

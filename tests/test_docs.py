@@ -1,6 +1,8 @@
 """The book as readers see it: the website preview that `make docs` builds without Quarto
 (tools/build_preview.py), opened in a real headless Chromium over a local http server and from disk.
-Pages load every image, show their notebook's headings, and the sidebar's links lead to the chapters."""
+Pages load every image, show their notebook's headings, and the sidebar's links lead to the chapters; equations are
+typeset offline (MathJax copied into the site), API entries show their source link as a link, not Quarto's attribute
+text, and docstring `Shape:` lists stay lists."""
 import base64
 import functools
 import http.server
@@ -13,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
+import os
 import png
 import pytest
 import yaml
@@ -25,7 +28,12 @@ import build_preview  # noqa: E402
 NBS = ROOT / "nbs"
 PAGES_CHECKED = ["index.ipynb", "05a_features.ipynb", "07_reversed.ipynb"]
 IMAGES_JS = "return [...document.images].map(i => [i.getAttribute('src').slice(0, 60), i.complete, i.naturalWidth])"
-HEADINGS_JS = "return [...document.querySelectorAll('main h1, main h2')].map(h => h.innerText)"
+# A heading's text with any equation MathJax typeset put back as its TeX source (`$...$`), typeset yet or not.
+HEADINGS_JS = """return [...document.querySelectorAll('main h1, main h2')].map(h => {
+  const c = h.cloneNode(true);
+  c.querySelectorAll('.MathJax_Preview, .MathJax_CHTML, .mjx-chtml').forEach(e => e.remove());
+  c.querySelectorAll('script[type^="math/tex"]').forEach(s => s.replaceWith('$' + s.textContent + '$'));
+  return c.textContent; })"""
 SIDEBAR_JS = "return [...document.querySelectorAll('nav.preview-sidebar li a')].map(a => [a.textContent, a.getAttribute('href')])"
 
 
@@ -208,3 +216,60 @@ def test_figures_and_image_files_load(mini_book, browser):
         images = browser.execute_script(IMAGES_JS)
     assert [(done, width) for _, done, width in images] == [(True, 40), (True, 24)], \
         f"{figure.href}: images {images}; expected the 40-pixel figure output and the 24-pixel gradient.png, both loaded"
+
+
+def test_quarto_link_attributes_become_html():
+    md = '---\n\n[source](https://h/f.py#L3){target="_blank" style="float:right; font-size:smaller"}\n\n### f'
+    assert build_preview.quarto_link_attributes(md) == (
+        '---\n\n<p><a href="https://h/f.py#L3" target="_blank" style="float:right; font-size:smaller">source</a></p>\n\n### f')
+    assert build_preview.quarto_link_attributes("[a](b.html){.c #d}") == '<p><a href="b.html" id="d" class="c">a</a></p>'
+    assert build_preview.quarto_link_attributes("x [a](b.html){.c} y") == "x [a](b.html) y"   # inside a line: the link alone
+    assert build_preview.quarto_link_attributes("[plain](x.html) and {braces}") == "[plain](x.html) and {braces}"
+
+
+def test_docstring_lists_become_lists():
+    md = "*Doc.*\n\nShape:\n    - input: `(B,C,H,W)`\n    - output: `(B,K,h,w)` with\n      more\nAfter."
+    assert build_preview.docstring_lists(md) == "*Doc.*\n\nShape:\n\n- input: `(B,C,H,W)`\n- output: `(B,K,h,w)` with\n  more\n\nAfter."
+    assert build_preview.docstring_lists("Text:\n\n    code") == "Text:\n\n    code"   # an indented block that is no list
+
+
+def require_mathjax():
+    "MathJax 2 from Debian's libjs-mathjax (`make browser` installs it) or skip; CI fails instead."
+    if any((d / "MathJax.js").exists() for d in build_preview.MATHJAX_DIRS): return
+    msg = "MathJax missing: Debian's libjs-mathjax (run `make test` as root: `make browser` installs it)"
+    if os.environ.get("MOTION_NBS_REQUIRE_REFERENCES") == "1": pytest.fail(f"{msg}; required because MOTION_NBS_REQUIRE_REFERENCES=1")
+    pytest.skip(msg)
+
+
+# The page's visible text outside code (code may hold `$` or braces), and what a reader would see of an untypeset
+# equation or an unrendered Quarto attribute.
+VISIBLE_TEXT_JS = """const main = document.querySelector('main').cloneNode(true);
+main.querySelectorAll('pre, code, script, .jp-CodeCell .jp-InputArea').forEach(e => e.remove());
+return main.innerText;"""
+RAW = ["$$", "\\(", "\\[", "$\\", "{target=", 'style="float']
+
+
+def test_equations_typeset_and_api_entries_render(book, browser):
+    require_mathjax()
+    from selenium.webdriver.support.ui import WebDriverWait
+    out, pages, _ = book
+    page = _page(pages, "05a_features.ipynb")
+    assert (out / "mathjax" / "MathJax.js").exists(), "the preview did not copy MathJax into the site"
+    for url in (None, (out / page.href).as_uri()):   # over http and from disk
+        with serve(out) as base:
+            browser.get(url or base + page.href)
+            typeset = "return window.MathJax && MathJax.Hub && MathJax.Hub.queue.pending === 0 && document.querySelectorAll('.MathJax_CHTML').length"
+            try: WebDriverWait(browser, 60).until(lambda d: d.execute_script(typeset))
+            except Exception: pytest.fail(f"{browser.current_url}: MathJax did not typeset the equations (MathJax loaded: "
+                                          f"{browser.execute_script('return !!window.MathJax')})")
+            text = browser.execute_script(VISIBLE_TEXT_JS)
+            raw = [r for r in RAW if r in text]
+            assert not raw, f"{browser.current_url}: raw text a reader should not see: {raw}"
+            errors = browser.execute_script("return document.querySelectorAll('.MathJax_CHTML merror, .mjx-merror').length")
+            assert errors == 0, f"{browser.current_url}: {errors} equations MathJax could not typeset"
+            sources = browser.execute_script("return [...document.querySelectorAll('main a')].filter(a => a.textContent == 'source')"
+                                             ".map(a => [a.target, a.style.cssFloat])")
+            assert sources and all(s == ["_blank", "right"] for s in sources), f"source links {sources[:3]}"
+            shapes = browser.execute_script("return [...document.querySelectorAll('main li')].map(li => li.innerText)"
+                                            ".filter(t => t.startsWith('input:') || t.startsWith('output:'))")
+            assert len(shapes) >= 4, f"{page.href}: docstring Shape: items as list items {shapes}; expected HOG's and DenseSIFT's"

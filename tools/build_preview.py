@@ -7,6 +7,12 @@ frontmatter's `output-file`, e.g. `features.html`), with a sidebar in the order 
 `website.sidebar.contents`. Links are relative and images are embedded, so the pages work opened from
 disk or from a local http server. README.md is never written.
 
+What Quarto would do and nbconvert does not is done to the markdown first: nbdev's link attributes
+(`[source](url){target="_blank" style=...}`, Quarto syntax) become the link's HTML attributes, and a docstring's
+indented `Shape:` (or `Args:`, `Returns:`) list under its heading becomes a markdown list. Equations are typeset by
+MathJax 2 copied into `_docs/mathjax/` from Debian's `libjs-mathjax` (`make browser` installs it; `MATHJAX_DIRS`),
+so pages typeset offline; without it they load MathJax from its CDN, as nbconvert does.
+
     python tools/build_preview.py [--root .] [--out _docs]
 
 nbdev's `nbdev_proc_nbs` command is not called: it first installs Quarto when it is absent (a download)
@@ -15,6 +21,7 @@ and rewrites `motion_nbs/_modidx.py`; its per-notebook step (`nbdev.serve_drv.ma
 """
 import argparse
 import configparser
+import html
 import os
 import re
 import shutil
@@ -67,6 +74,14 @@ div.description { font-style: italic; font-size: 1.2em; opacity: 0.7; }
 {% if p.description %}<div class="description">{{ p.description | markdown2html }}</div>{% endif %}
 {%- endblock body_header -%}
 """
+
+# MathJax 2 as Debian's libjs-mathjax installs it (first found), the parts a CommonHTML page with TeX input loads,
+# and the URL the pages load it from (nbconvert's lab template configures MathJax 2 for `$...$` and `$$...$$`).
+MATHJAX_DIRS = [Path(os.environ["MOTION_NBS_MATHJAX"])] if os.environ.get("MOTION_NBS_MATHJAX") else \
+    [Path("/usr/share/javascript/mathjax"), Path("/usr/share/mathjax")]
+MATHJAX_PARTS = ["MathJax.js", "config/TeX-AMS_CHTML-full.js", "config/Safe.js", "extensions", "jax/input/TeX",
+                 "jax/element", "jax/output/CommonHTML", "fonts/HTML-CSS/TeX/woff"]
+MATHJAX_URL = "mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
 
 # Quarto cell options (`#| echo: false`) as the tags nbconvert's TagRemovePreprocessor acts on.
 DIRECTIVE_TAGS = {("echo", "false"): "remove_input", ("output", "false"): "remove_output",
@@ -160,11 +175,55 @@ def _rewrite_links(text: str, pages: dict[str, Page], site_url: str) -> str:
     return re.sub(r"(?<=\]\()([\w.-]+\.ipynb)", href, text)
 
 
+LINK_ATTRIBUTES = re.compile(r"\[([^\]]*)\]\(([^)\s]+)\)\{([^}]*)\}")
+ATTRIBUTE = re.compile(r'([\w-]+)="([^"]*)"|([.#])([\w-]+)')
+
+
+def quarto_link_attributes(text: str) -> str:
+    """Quarto's `[text](url){key="value" .class #id}`, which nbconvert would show as text: alone on its line (nbdev's
+    `[source](...)` of every API entry) an HTML paragraph holding the link with those attributes (markdown passes an
+    HTML block through whole; an inline tag it would split), inside a line the plain link."""
+    def html_link(m):
+        attrs, classes = {"href": m[2]}, []
+        for a in ATTRIBUTE.finditer(m[3]):
+            if a[1]: attrs[a[1]] = a[2]
+            elif a[3] == ".": classes.append(a[4])
+            else: attrs["id"] = a[4]
+        if classes: attrs["class"] = " ".join(classes)
+        return "<p><a " + " ".join(f'{k}="{html.escape(v)}"' for k, v in attrs.items()) + f">{html.escape(m[1])}</a></p>"
+    lines = [html_link(m) if (m := LINK_ATTRIBUTES.fullmatch(line.strip())) else LINK_ATTRIBUTES.sub(r"[\1](\2)", line)
+             for line in text.split("\n")]
+    return "\n".join(lines)
+
+
+def docstring_lists(text: str) -> str:
+    """A docstring section heading (`Shape:`, `Args:`, ...) followed by an indented `- ` list, as markdown reads a list:
+    a blank line before it and the items at the margin (indented, markdown runs them into the heading's paragraph)."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        out.append(lines[i])
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if re.fullmatch(r"[A-Z][\w ]*:", lines[i].strip()) and re.match(r"\s+- ", nxt):
+            indent = len(nxt) - len(nxt.lstrip())
+            out.append("")
+            while i + 1 < len(lines) and lines[i + 1].startswith(" " * indent) and lines[i + 1].strip():
+                i += 1
+                out.append(lines[i][indent:])
+            out.append("")
+        i += 1
+    return "\n".join(out)
+
+
+def prepare_markdown(text: str, pages: dict[str, Page], site_url: str) -> str:
+    return docstring_lists(quarto_link_attributes(_rewrite_links(text, pages, site_url)))
+
+
 def prepare_cells(nb, pages: dict[str, Page], site_url: str):
-    "The frontmatter goes (the page header shows it), Quarto's cell options become nbconvert tags, links relative."
+    """The frontmatter goes (the page header shows it), Quarto's cell options become nbconvert tags, links relative,
+    link attributes HTML and docstring lists markdown lists."""
     nb.cells = [c for c in nb.cells if not _is_frontmatter(c)]
     for cell in nb.cells:
-        if cell.cell_type == "markdown": cell.source = _rewrite_links(cell.source, pages, site_url)
+        if cell.cell_type == "markdown": cell.source = prepare_markdown(cell.source, pages, site_url)
         if cell.cell_type != "code": continue
         lines = cell.source.splitlines()
         options = [DIRECTIVE.match(l) for l in lines]
@@ -173,14 +232,27 @@ def prepare_cells(nb, pages: dict[str, Page], site_url: str):
         cell.source = "\n".join(l for l, m in zip(lines, options) if not m).strip("\n")
         for out in cell.get("outputs", []):
             if "text/markdown" in out.get("data", {}):
-                out.data["text/markdown"] = _rewrite_links(out.data["text/markdown"], pages, site_url)
+                out.data["text/markdown"] = prepare_markdown(out.data["text/markdown"], pages, site_url)
     return nb
 
 
-def make_exporter() -> HTMLExporter:
+def copy_mathjax(out: Path) -> bool:
+    "Copy MathJax (`MATHJAX_PARTS` of the first of `MATHJAX_DIRS` that has it) into `out/mathjax`; False when none has it."
+    src = next((d for d in MATHJAX_DIRS if (d / "MathJax.js").exists()), None)
+    if src is None: return False
+    for part in MATHJAX_PARTS:
+        if (src / part).is_dir(): shutil.copytree(src / part, out / "mathjax" / part, dirs_exist_ok=True)
+        else:
+            (out / "mathjax" / part).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src / part, out / "mathjax" / part)
+    return True
+
+
+def make_exporter(mathjax_url: str | None = None) -> HTMLExporter:
     "nbconvert's lab HTML with our sidebar; output images are data URIs, markdown images embedded too."
     exporter = HTMLExporter(template_name="lab", embed_images=True, exclude_input_prompt=True,
                             exclude_output_prompt=True, extra_loaders=[jinja2.DictLoader({"preview.html.j2": PAGE_TEMPLATE})])
+    if mathjax_url: exporter.mathjax_url = mathjax_url
     exporter.template_file = "preview.html.j2"
     exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={"remove_cell"}, remove_input_tags={"remove_input"},
                                                          remove_all_outputs_tags={"remove_output"}), enabled=True)
@@ -188,14 +260,14 @@ def make_exporter() -> HTMLExporter:
 
 
 def render_pages(pages: dict[str, Page], sections: list[dict], nbs: Path, proc: Path, out: Path,
-                 site_title: str, site_url: str):
+                 site_title: str, site_url: str, mathjax_url: str | None = None):
     "Write one HTML file per built page into `out`; markdown images are read relative to `nbs`."
     nav = [{"title": s["title"], "pages": [pages[f] for f in s["files"] if f in pages]} for s in sections]
     listed = {p.source for s in nav for p in s["pages"]}
     unlisted = [p for name, p in pages.items() if name not in listed]  # Quarto renders them too
     if unlisted: nav.append({"title": "Other pages", "pages": unlisted})
     home = next((p.href for s in nav for p in s["pages"] if p.href), "index.html")
-    exporter = make_exporter()
+    exporter = make_exporter(mathjax_url)
     for page in pages.values():
         if not page.href: continue
         nb = prepare_cells(read_processed(proc / page.source), pages, site_url)
@@ -217,8 +289,11 @@ def build_preview(root: Path, out: Path | None = None) -> dict[str, Page]:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     site = quarto.get("website", {})
+    mathjax = copy_mathjax(out)
+    if not mathjax: print("docs: MathJax is not installed here (Debian's libjs-mathjax; `make browser` installs it): "
+                          "the pages load it from its CDN and need the network for equations", file=sys.stderr)
     render_pages(pages, sidebar_sections(site.get("sidebar", {}).get("contents", [])), nbs, root / "_proc", out,
-                 str(site.get("title", root.name)), site_url)
+                 str(site.get("title", root.name)), site_url, MATHJAX_URL if mathjax else None)
     return pages
 
 
