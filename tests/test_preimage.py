@@ -219,8 +219,8 @@ def test_jitter_and_finetune_schedule():
     assert r.images.shape == (2, 3, 20, 20) and r.history["energy"].shape == (5, 2)   # no fine-tuning stage
 
 
-def test_finetuning_starts_without_momentum(monkeypatch):
-    "Algorithm 1's momentum is reset when the fine-tuning stage begins (the author's nnpreimage.m); G is kept."
+def test_finetuning_restarts_algorithm1(monkeypatch):
+    "The fine-tuning stage restarts Algorithm 1: G = 0 and mu = 0 (a second nnpreimage.m call in the author's exp_inversion.m)."
     import motion_nbs.preimage as P
     seen, real = [], P.prepare_update
     def recording(*args, **kwargs):
@@ -233,7 +233,35 @@ def test_finetuning_starts_without_momentum(monkeypatch):
     invert(lambda im: im.mean((2, 3)), _rand(1, 3, 20, 20, seed=6, dtype=torch.float32), jitter=4, num_iters=7, finetune_iters=3, C=100)
     assert len(seen) == 10 and seen[7][2] == seen[6][2] / 10                      # the fine-tuning stage, at lr/10
     assert seen[6][0] > 0 and seen[7][0] == 0 and seen[8][0] > 0                 # momentum: carried, reset, rebuilt
-    assert seen[7][1] > 0                                                        # the accumulated G is not reset
+    assert seen[6][1] > 0 and seen[7][1] == 0 and seen[8][1] > 0                 # the accumulated G likewise
+
+
+def test_eta0_scale_is_the_author_option():
+    "eta_0 = eta0_scale B^2/alpha: 0.01 (the thesis) by default, AUTHOR_ETA0_SCALE = 0.05 (get_defaults.m); lr= overrides both."
+    from motion_nbs.preimage import AUTHOR_ETA0_SCALE, PreimageParams
+    assert PreimageParams().lr0 == pytest.approx(0.01 * 80 ** 2 / 6)
+    assert preimage_params(eta0_scale=AUTHOR_ETA0_SCALE).lr0 == pytest.approx(0.05 * 80 ** 2 / 6)
+    assert preimage_params(eta0_scale=AUTHOR_ETA0_SCALE, B=40).lr0 == pytest.approx(0.05 * 40 ** 2 / 6)
+    with pytest.raises(ValueError, match="> 0"): preimage_params(eta0_scale=0.0)
+    x0 = _rand(1, 3, 16, 16, seed=3, dtype=torch.float32)
+    a = invert(lambda im: im.mean((2, 3)), x0, num_iters=3, eta0_scale=AUTHOR_ETA0_SCALE)
+    b = invert(lambda im: im.mean((2, 3)), x0, num_iters=3, lr=0.05 * 80 ** 2 / 6)
+    c = invert(lambda im: im.mean((2, 3)), x0, num_iters=3)
+    torch.testing.assert_close(a.images, b.images)
+    assert (a.images - c.images).abs().max() > 1e-4
+
+
+def test_convergence_share_of_the_fall():
+    from motion_nbs.preimage import convergence
+    e = torch.cat([torch.linspace(10, 1, 251), torch.full((50,), 1.0)])[:, None]   # falls for 250 iterations, then flat
+    share, ok = convergence(e)
+    assert share.item() == 0 and ok.item()
+    share, ok = convergence(torch.linspace(10, 1, 301)[:, None])                      # a straight line: 50/300 of its fall
+    assert share.item() == pytest.approx(50 / 300, rel=1e-5) and not ok.item()
+    share, ok = convergence(torch.cat([torch.linspace(10, 1, 251), torch.linspace(1, 2, 50)])[:, None])   # climbs back
+    assert share.item() == pytest.approx(1 / 8, rel=1e-5) and not ok.item()
+    share, ok = convergence(torch.tensor([1.0] * 260 + [2.0] * 41)[:, None])          # never fell, moved in the window
+    assert share.item() == math.inf and not ok.item()
 
 
 def test_non_differentiable_phi_and_bad_images_are_refused():
