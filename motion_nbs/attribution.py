@@ -6,6 +6,8 @@
 __all__ = ['ReversedAttribution', 'Saliency', 'GuidedBackprop', 'Deconvolution']
 
 # %% ../nbs/07b_attribution.ipynb #23260674
+import numbers
+
 import torch
 from torch import nn
 
@@ -32,9 +34,9 @@ def _targets(target, batch: int, name: str):
         if target.numel() != batch:
             raise ValueError(f"{name}: target has {target.numel()} entries for {batch} input(s); give one class per image or one int")
         return target.long()
-    if isinstance(target, bool) or not isinstance(target, int):
+    if isinstance(target, bool) or not isinstance(target, numbers.Integral):
         raise ValueError(f"{name}: target must be an int, a list or tensor of ints, or None; got {type(target).__name__}")
-    return target
+    return int(target)   # numpy integers too
 
 class _Checked(nn.Module):
     "The caller's model, its output checked inside `reverse`'s forward pass (shape against `target`, finite values)."

@@ -7,7 +7,7 @@
 # > `GuidedBackprop`, `Saliency` and `Deconvolution` called the way Captum calls them, `Method(model).attribute(inputs, target=...)`, computed by chapter 7's reversed networks.
 
 # %% [markdown]
-# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 5 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **43 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 7 builds every "deconvolutional" visualisation from one function, `reversed.reverse(model, x,
@@ -45,6 +45,8 @@
 
 # %%
 #| export
+import numbers
+
 import torch
 from torch import nn
 
@@ -85,9 +87,9 @@ def _targets(target, batch: int, name: str):
         if target.numel() != batch:
             raise ValueError(f"{name}: target has {target.numel()} entries for {batch} input(s); give one class per image or one int")
         return target.long()
-    if isinstance(target, bool) or not isinstance(target, int):
+    if isinstance(target, bool) or not isinstance(target, numbers.Integral):
         raise ValueError(f"{name}: target must be an int, a list or tensor of ints, or None; got {type(target).__name__}")
-    return target
+    return int(target)   # numpy integers too
 
 class _Checked(nn.Module):
     "The caller's model, its output checked inside `reverse`'s forward pass (shape against `target`, finite values)."
@@ -216,6 +218,8 @@ test_eq(Saliency(_net).attribute((_x,), target=0)[0].shape, _x.shape)           
 _cls = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)).train()
 _im = torch.rand(2, 3, 8, 8)
 test_eq(GuidedBackprop(_cls).attribute(_im, target=[1, 4]).shape, (2, 3, 8, 8))
+import numpy as np
+test_eq(Saliency(_cls.eval()).attribute(_im, target=np.int64(3)), Saliency(_cls).attribute(_im, target=3)); _cls.train()
 test_fail(lambda: GuidedBackprop(_cls).attribute(_im.masked_fill(_im > 0.9, float("nan")), target=1), contains="NaN or infinite value(s); expected finite images")
 test_fail(lambda: Saliency(_cls).attribute(torch.rand(2, 1, 8, 8), target=1), contains="inputs have 1 channel(s), Sequential's first convolution takes 3")
 test_fail(lambda: Saliency(_cls).attribute(_im, target=5), contains="target 5 is outside the model's 5 classes (0..4)")

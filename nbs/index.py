@@ -104,8 +104,8 @@
 # | 05d_author_nets | 51 s |
 # | 06_dissect | 1 min 34 s |
 # | 07_reversed | 1 min 14 s |
-# | 07b_attribution | 15 s |
-# | **all chapters** | **12 min 4 s** |
+# | 07b_attribution | 43 s |
+# | **all chapters** | **12 min 32 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]

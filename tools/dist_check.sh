@@ -8,9 +8,12 @@
 #     replaces the first, and the README runs again;
 #  4. the `fast` extra (numba) is added: HOG runs in two processes, and the second must find numba's cache of the
 #     compiled loops inside the installed package (or numba's user-wide cache where site-packages is read-only).
-# Torch is most of the install (about 3 GB with its CUDA libraries from PyPI, 3-4 minutes here); set DIST_CHECK_TORCH
-# to pip arguments that install a smaller build first, e.g. DIST_CHECK_TORCH="--index-url
-# https://download.pytorch.org/whl/cpu torch torchvision" (CI does), and the wheel's requirements find it installed.
+# Torch is most of the install (about 3 GB with its CUDA libraries from PyPI; 8 min to download and unpack on two busy
+# cores). pip's own cache stays empty where the registry forbids caching, so the wheels the requirements resolve to
+# are kept in a wheelhouse (DIST_CHECK_WHEELHOUSE, default ~/.cache/motion_nbs/wheelhouse): `pip download` resolves
+# against the registry every run but fetches only what the wheelhouse lacks, and the clean environment installs
+# from it. Or set DIST_CHECK_TORCH to pip arguments that install a smaller torch first, e.g. DIST_CHECK_TORCH=
+# "--index-url https://download.pytorch.org/whl/cpu torch torchvision" (the GitHub workflow does).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PY:-$ROOT/.venv/bin/python}"
@@ -42,7 +45,12 @@ if [ -n "${DIST_CHECK_TORCH:-}" ]; then
     # shellcheck disable=SC2086
     pipq install $DIST_CHECK_TORCH
 fi
-pipq install "$WHEEL"
+WHEELHOUSE="${DIST_CHECK_WHEELHOUSE:-$HOME/.cache/motion_nbs/wheelhouse}"
+mkdir -p "$WHEELHOUSE"
+pipq download --dest "$WHEELHOUSE" --find-links "$WHEELHOUSE" "motion_nbs[fast] @ file://$WHEEL"   # fast: used below
+rm -f "$WHEELHOUSE"/motion_nbs-*   # the package itself is always the one just built
+step "installing from the wheelhouse"
+pipq install --no-index --find-links "$WHEELHOUSE" "$WHEEL"
 "$VPY" -m pip show motion_nbs >/dev/null
 mkdir "$WORK/run" && cd "$WORK/run"
 "$VPY" - "$version" <<'PY'
@@ -68,7 +76,7 @@ step "the README's python blocks, sdist install"
 "$VPY" "$ROOT/tools/readme_blocks.py" "$ROOT/README.md"
 
 step "the fast extra: numba's compiled HOG and its cache in the installed package"
-pipq install "motion_nbs[fast] @ file://$(ls "$WORK"/from_sdist/*.whl)"
+pipq install --no-index --find-links "$WHEELHOUSE" "motion_nbs[fast] @ file://$(ls "$WORK"/from_sdist/*.whl)"
 hog='import time, torch; t = time.perf_counter(); from motion_nbs.features import HOG; from motion_nbs.core import sample_image
 HOG()(sample_image("astronaut")[None]); print(f"{time.perf_counter() - t:.1f}")'
 first="$("$VPY" -c "$hog")"; second="$("$VPY" -c "$hog")"
