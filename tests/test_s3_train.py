@@ -45,6 +45,10 @@ def test_s3_seeds_experiment_tiny_and_resumed(tmp_path):
     r0 = res["runs"][0]
     assert r0["steps"] == 2 and r0["test_num_frames"] == 32 and 0 <= r0["test_miou"] <= 1 and r0["valid_miou"] != r0["test_miou"]
     assert res["summary"]["single_cube+affine"]["target"] == 0.7 and (runs / "results.png").exists()
+    assert len(r0["test_miou_frames"]) == 32 and r0["final_loss"] is not None and r0["final_loss"] > 0
+    assert {(b["name"], b["data"]) for b in res["baselines"]} == {(n, d) for n in ("colour_kmeans", "flow_kmeans", "object_oracle", "grid")
+                                                                for d in ("single_cube", "multi_cube")}
+    assert all(c["paired_over"] == "test frames" and c["n"] == 32 for c in res["comparisons"]) and len(res["comparisons"]) == 8
     pm.execute_notebook(NBS / "04_s3_train_seeds.ipynb", tmp_path / "b.ipynb", **kw)
     assert json.loads((runs / "results.json").read_text())["runs"] == res["runs"]   # nothing retrained or lost
 
@@ -53,3 +57,20 @@ def test_s3_seeds_experiment_rejects_bad_settings(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="expected 'data\\+loss'"):
         pm.execute_notebook(NBS / "04_s3_train_seeds.ipynb", tmp_path / "bad.ipynb", parameters=dict(configs="cube+affine"), cwd=NBS,
                             progress_bar=False)
+
+
+def test_saved_s3_results_hold_baselines_on_the_runs_frames():
+    "The saved full run: every baseline for each data and seed, the grid's per-seed mean equal to each run's test_miou_grid, comparisons for all."
+    res = json.loads((NBS / "04_s3_train_results.json").read_text())
+    names = ("colour_kmeans", "flow_kmeans", "object_oracle", "grid")
+    for r in res["runs"]:
+        bs = {b["name"]: b for b in res["baselines"] if b["data"] == r["data"]}
+        assert set(bs) == set(names)
+        for b in bs.values():
+            i = b["seeds"].index(r["seed"])
+            assert len(b["test_miou_frames"][i]) == r["test_num_frames"] == b["num_frames"]
+            assert abs(sum(b["test_miou_frames"][i]) / len(b["test_miou_frames"][i]) - b["test_miou_seeds"][i]) < 1e-9
+        assert abs(bs["grid"]["test_miou_seeds"][bs["grid"]["seeds"].index(r["seed"])] - r["test_miou_grid"]) < 1e-5
+    settings = {r["setting"] for r in res["runs"]}
+    assert {(c["setting"], c["baseline"]) for c in res["comparisons"]} == {(s, n) for s in settings for n in names}
+    assert all(c["ci95"][0] <= c["difference"] <= c["ci95"][1] and c["p"] <= c["p_holm"] <= 1 for c in res["comparisons"])
