@@ -345,9 +345,10 @@ for case in ("static", "empty", "planar"):
 # rigid fits need accurate flow; on YFCC100m clips with automatically computed flow "the affine and rigid
 # models failed in preliminary experiments", and the histogram entropy of the flow *magnitude* is the one
 # that worked (sections 4.1 and 4.4.2: the YFCC100m-150k model of fig 4.4b and the network transferred in
-# table 4.1). On the rendered `multi_cube` frames it is the weakest of the three (`04_s3_train_seeds`:
-# below colour k-means), which is no verdict on its use there; `S3Config(data="videos")` trains it on the
-# sample clips with DIS flow, the setting it was made for.
+# table 4.1). On the rendered `multi_cube` frames it is the weakest of the three (`04_s3_train_seeds`: 0.354
+# over three seeds, level with colour k-means' 0.353 and below the object/background oracle's 0.406), which
+# is no verdict on its use there; `S3Config(data="videos")` trains it on the sample clips with DIS flow, the
+# setting it was made for.
 
 # %%
 #| export
@@ -1068,6 +1069,12 @@ assert _truth < _untrained
 # - `S3Model` turns an FCN-8s' scores into soft masks with the bounded, high-temperature head of
 #   section 4.3.2; `train` runs an experiment and `04_s3_train.ipynb` shows its results: segments on
 #   held-out frames and their Hungarian-matched mIoU beside a fixed-grid baseline.
+# - The baselines a reviewer would try first — colour k-means, k-means on the true flow, the
+#   object/background oracle, the grid — are scored frame by frame on the runs' own held-out frames
+#   (`baseline_scores`) and set beside the runs with paired statistics (`baseline_comparisons`);
+#   `04_s3_train_seeds` shows them.
+# - FCN's zero-initialised score layers make a symmetric saddle whose gradient is rounding noise;
+#   `score_init="normal"` breaks the symmetry (the thesis' zero init stays the default).
 
 # %%
 #| hide
