@@ -7,7 +7,7 @@
 # > Synthetic moving scenes with exact optical flow, instance, part, category and texture masks.
 
 # %% [markdown]
-# *Default run: **10 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **3 min 57 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # The thesis learns from motion in two kinds of data. Chapter 3 trains on 1.6M frame/flow pairs cut from
@@ -909,11 +909,11 @@ def manipulation_statistics(preset: str,  # one of `PRESETS`
 
 
 # %% [markdown]
-# Each variant moves the statistic it was built to move. On 200 frames of each `objects` world (the table
-# is printed by the cell below, from the renderer itself):
+# Each variant moves the statistic it was built to move. On 100 frames of each `objects` world (the table
+# is printed by the cell below, from the renderer itself; chapter `03_cpfs_ambiguity` saves them on 200):
 
 # %%
-_man = {w: manipulation_statistics(w, 200, size=(128, 128)) for w in OBJECT_WORLDS}
+_man = {w: manipulation_statistics(w, 100, size=(128, 128)) for w in OBJECT_WORLDS}
 print(f"{'world':18s} rel<1px  all<1px  FG share of H(C)  H(C) bits  centre  |flow| obj / bg px")
 for w, m in _man.items():
     print(f"{w:18s} {m['relative_motion_under_1px']:7.2f}  {m['all_objects_under_1px']:7.2f}  {m['figure_ground_entropy_share']:16.3f}  "
