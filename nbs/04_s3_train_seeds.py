@@ -4,7 +4,7 @@
 # > Chapter 4's targets measured as an experiment should be: several seeds per setting, presets chosen on validation frames, numbers reported on test frames nobody tuned on.
 
 # %% [markdown]
-# *Default run: **18 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # `04_s3_train.ipynb` trains one network and shows it. This notebook asks whether its targets hold
@@ -176,6 +176,16 @@ def summary_table(summary: dict, baselines: list) -> str:
         lines.append(f"| {s} | {len(v['seeds'])} | {f(v['test'])} | {f(v['valid'])} | " + " | ".join(cells) + f" | {target} | {met} |")
     return "\n".join(lines)
 
+def runs_table(records: list, baselines: list) -> str:
+    "Every run: test and validation mIoU, colour k-means on the same seed's test frames, the final training loss, the steps."
+    lines = ["| setting | seed | test mIoU | validation mIoU | colour k-means (test) | final training loss | steps |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["setting"], r["seed"])):
+        b = baseline_of(baselines, r["data"], "colour_kmeans")
+        loss = "—" if r.get("final_loss") is None else f"{r['final_loss']:.4g}"
+        lines.append(f"| {r['setting']} | {r['seed']} | {r['test_miou']:.3f} | {r['valid_miou']:.3f} | "
+                     f"{b['test_miou_seeds'][b['seeds'].index(r['seed'])]:.3f} | {loss} | {r['steps']} |")
+    return "\n".join(lines)
+
 def comparison_table(comparisons: list) -> str:
     "S3 − baseline per setting: mean difference, 95% CI, p, Holm-adjusted p, what it was paired over, verdict."
     lines = ["| setting | baseline | S3 − baseline | 95 % CI | p | p (Holm) | paired over | verdict |", "|---|---|---|---|---|---|---|---|"]
@@ -223,7 +233,10 @@ else:
 # each baseline of its data: paired over test frames when the runs kept per-frame scores, otherwise over
 # seeds (the saved `full` run: 3 seeds, so a t-test with 2 degrees of freedom), Holm-corrected over the
 # family. A run computes them after training; showing the saved results computes them once when the saved
-# file lacks them (about 2 minutes on a shared core) and saves them into it.
+# file lacks them (about 2 minutes on a shared core) and saves them into it. Below the figure: the summary
+# per setting, the comparisons, and every run with its final training loss (the mean of its last 10 logged
+# values; "—" for the saved runs, which predate it), so that a low mIoU can be told apart as an optimisation
+# failure (a high final loss) or an objective that does not match the task (a low one).
 
 # %%
 from motion_nbs.s3 import S3_BASELINES, baseline_comparisons, baseline_scores
@@ -265,6 +278,7 @@ if new_baselines: fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches=
 plt.show()
 display(Markdown(summary_table(results["summary"], results["baselines"])))
 display(Markdown(comparison_table(results["comparisons"])))
+display(Markdown(runs_table(results["runs"], results["baselines"])))
 
 # %% [markdown]
 # ## What came out
