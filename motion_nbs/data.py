@@ -38,8 +38,7 @@ OBJECT_WORLDS = {  # chapter 3's labelled worlds: objects near the camera, and t
     "objects_camera": dict(num_objects=1, p_static=0.0, camera="pan", shift=0.1, spread=0.3, depth=(3.2, 4.5)),
     "objects_k3": dict(num_objects=3, p_static=0.0, camera="small", shift=1.0, spread=0.7, depth=(4.5, 6.5)),
     "objects_ambiguous": dict(num_objects=3, p_static=0.5, camera="pan", shift=0.1, spread=0.7, depth=(4.5, 6.5)),
-    "objects_anywhere": dict(num_objects=1, p_static=0.0, camera="small", shift=1.0, spread=0.7, depth=(3.2, 4.5)),
-}
+    "objects_anywhere": dict(num_objects=1, p_static=0.0, camera="small", shift=1.0, spread=0.7, depth=(3.2, 4.5))}
 PRESETS = ("single_cube", "multi_cube", "shapes", *OBJECT_WORLDS)  # appended in this order: a preset's scenes never change
 CATEGORIES = ("background", "cube", "sphere", "cylinder")
 NUM_FACES = {1: 6, 2: 1, 3: 3}  # faces (parts) per category
@@ -381,8 +380,7 @@ def sample_scene(preset: str,  # one of `PRESETS`
         direction = rng.uniform(0, 2 * math.pi)
         dT = np.array([math.cos(direction) * speed, math.sin(direction) * speed, 0 if ortho else rng.uniform(-0.15, 0.15)])
         dR = _rotation(_unit(rng) * math.radians(rng.uniform(6, 15) if ortho else rng.uniform(1, 4)))
-        if world and world["p_static"] > 0 and rng.random() < world["p_static"]:  # this object does not move
-            dT, dR = np.zeros(3), np.eye(3)
+        if world and world["p_static"] > 0 and rng.random() < world["p_static"]: dT, dR = np.zeros(3), np.eye(3)  # it keeps still
         kinds.append(kind); dims.append(dim); R0.append(R); T0.append((T, radius)); R1.append(dR @ R); T1.append(T + dT)
     plane_R, plane_T = np.eye(3), np.array([0.0, 0.0, bg_depth])
     tile = 64 * px * (1 if ortho else bg_depth) * rng.uniform(1.0, 1.5)  # one texture tile ≈ 64–96 px
@@ -483,10 +481,6 @@ def label_to_rgb(labels,  # `(H,W)` long; 0 is drawn black
     return palette[labels].permute(2, 0, 1)
 
 # %% ../nbs/02a_data.ipynb #fb533ec2
-def _entropy(counts: torch.Tensor) -> float:
-    p = counts[counts > 0].double() / counts.sum()
-    return float(-(p * p.log()).sum())
-
 def manipulation_statistics(preset: str,  # one of `PRESETS`
                             num: int = 200,  # frames
                             seed: int = 0,  # the `SceneDataset` seed
@@ -495,31 +489,27 @@ def manipulation_statistics(preset: str,  # one of `PRESETS`
                             min_pixels: int = 20  # an object smaller than this in a frame is not counted
                            ) -> dict:
     "How ambiguous the motion of a world is, measured on `num` rendered frames (see above)."
+    from scipy.stats import entropy
     ds = SceneDataset(preset, check_int("num", num, 1), seed, size)
-    dominant, every, centre, joint = [], [], [], torch.zeros(2, num_bins * num_bins, dtype=torch.long)
-    mag_obj, mag_bg = [], []
+    dominant, every, centre, mag_obj, mag_bg, joint = [], [], [], [], [], torch.zeros(2, num_bins ** 2, dtype=torch.long)
     for i in range(num):
         r = ds[i]
         flow, inst = r["flow"], r["instances"]
         bg = flow[:, inst == 0].mean(1) if (inst == 0).any() else torch.zeros(2)
         ids, counts = inst[inst > 0].unique(return_counts=True)
         rel = {int(j): float((flow[:, inst == j].mean(1) - bg).norm()) for j, c in zip(ids, counts) if c >= min_pixels}
-        if rel:
-            every += list(rel.values())
-            dominant.append(rel[max(rel, key=lambda j: int(counts[ids == j]))])
+        if rel: every += list(rel.values()); dominant.append(rel[max(rel, key=lambda j: int(counts[ids == j]))])
         centre.append(bool(inst[size[0] // 2, size[1] // 2] > 0))
-        cls = flow_to_classes(flow, num_bins)
+        cls, fg = flow_to_classes(flow, num_bins), (inst > 0).flatten()
         c = (cls[0] * num_bins + cls[1]).flatten()
-        fg = (inst > 0).flatten().long()
-        joint += torch.stack([torch.bincount(c[fg == g], minlength=num_bins ** 2) for g in (0, 1)])
-        mag = flow.norm(dim=0)
-        mag_obj.append(mag[inst > 0]); mag_bg.append(mag[inst == 0])
-    h_c = _entropy(joint.sum(0))
-    h_c_given_g = sum(float(joint[g].sum()) / float(joint.sum()) * _entropy(joint[g]) for g in (0, 1))
+        joint += torch.stack([torch.bincount(c[fg == g], minlength=num_bins ** 2) for g in (False, True)])
+        mag_obj.append(flow.norm(dim=0)[inst > 0]); mag_bg.append(flow.norm(dim=0)[inst == 0])
+    h_c = entropy(joint.sum(0).numpy())   # H(C) and H(C | G) in nats, from the flow-class x figure/ground counts
+    h_c_given_g = sum(float(joint[g].sum() / joint.sum()) * entropy(joint[g].numpy()) for g in (0, 1) if joint[g].sum() > 0)
     share = lambda xs: float(np.mean(np.asarray(xs) < 1.0)) if xs else float("nan")
     return dict(relative_motion_under_1px=share(dominant), all_objects_under_1px=share(every),
-                figure_ground_entropy_share=(h_c - h_c_given_g) / h_c if h_c > 0 else 0.0,
-                flow_class_entropy_bits=h_c / math.log(2), centre_coverage=float(np.mean(centre)),
+                figure_ground_entropy_share=float((h_c - h_c_given_g) / h_c) if h_c > 0 else 0.0,
+                flow_class_entropy_bits=float(h_c / math.log(2)), centre_coverage=float(np.mean(centre)),
                 flow_magnitude_object=float(torch.cat(mag_obj).median()), flow_magnitude_background=float(torch.cat(mag_bg).median()),
                 frames=num, seed=seed, size=list(size))
 

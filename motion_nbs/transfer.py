@@ -7,9 +7,8 @@ __all__ = ['PROBE_LAYERS', 'PROBE_FEATURES', 'PROBE_WEIGHT_DECAYS', 'SEGMENTATIO
            'TRANSFER_ARMS', 'ARM_LABELS', 'THESIS_TABLE_3_1', 'THESIS_TABLE_3_2', 'labelled_tensors', 'probe_size',
            'extract_features', 'fit_linear_probe', 'linear_probes', 'linear_probe', 'confusion_matrix',
            'iou_from_confusion', 'segmentation_probe', 'calibrate_batchnorm', 'voc07_classification',
-           'voc12_segmentation', 'labelled_frames', 'fine_tune_classifier', 'fine_tune_segmenter', 'paired_comparison',
-           'holm', 'world_frames', 'fine_tune_best', 'evaluate_transfer', 'supervised_ceiling', 'thesis_number',
-           'forest_plot']
+           'voc12_segmentation', 'labelled_frames', 'fine_tune_classifier', 'fine_tune_segmenter', 'world_frames',
+           'fine_tune_best', 'evaluate_transfer', 'supervised_ceiling', 'thesis_number']
 
 # %% ../nbs/03b_transfer.ipynb #ae27f979
 import copy
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from .cpfs import SparseHypercolumn, dense_embedding, gather_pixels, sample_features, sample_pixels
 from .core import atomic_save, check_int, runs_dir, tqdm
+from .compare import forest_plot, holm, paired_comparison   # re-exported: chapter 3's experiments import them from here
 from .data import CATEGORIES, SceneDataset
 from .models import layer_names, layer_outputs
 # the PASCAL VOC readers and metric (chapter 02e), importable from here as before
@@ -594,33 +594,6 @@ class _FineTuneMode:
         return self.model
     def __exit__(self, *exc): self.model.train(self.was)
 
-# %% ../nbs/03b_transfer.ipynb #40f94b06
-def paired_comparison(a, b  # the metric of two arms, one value per seed, in the same seed order
-                     ) -> dict:
-    "The paired difference a − b: mean, 95% CI, paired t-test p-value, verdict ('holds', 'not resolved', 'reversed')."
-    from scipy import stats
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
-        raise ValueError(f"paired_comparison needs two equally long lists of at least 2 values, got {a.shape} and {b.shape}")
-    d = a - b
-    mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
-    half = float(stats.t.ppf(0.975, len(d) - 1) * se)
-    p = float(stats.ttest_rel(a, b).pvalue) if se > 0 else (0.0 if mean != 0 else 1.0)
-    verdict = "not resolved" if not p < 0.05 else "holds" if mean > 0 else "reversed"
-    return dict(mean_difference=mean, ci95=[mean - half, mean + half], p=p, n=len(d), verdict=verdict)
-
-# %% ../nbs/03b_transfer.ipynb #4b9d9237
-def holm(pvalues  # the family's p-values, in any order
-        ) -> list:
-    "Holm-adjusted p-values, in the order given."
-    p = np.asarray(pvalues, dtype=float)
-    if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)): raise ValueError(f"holm needs a list of p-values in [0, 1], got {pvalues!r}")
-    order = np.argsort(p, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
-    out = np.empty_like(p)
-    out[order] = adjusted
-    return out.tolist()
-
 # %% ../nbs/03b_transfer.ipynb #4dcb5bd1
 SPLIT_SEEDS = {"train": 7_000_001, "valid": 7_000_003, "test": 7_000_002}  # `SceneDataset` seeds of the labelled splits
 
@@ -708,21 +681,3 @@ def thesis_number(arm: str,  # an arm name (`TRANSFER_ARMS`; 'ce@0.001' counts a
     if metric.startswith("probe_relu"): row = THESIS_TABLE_3_2.get(arm); return row[int(metric[-1]) - 1] if row else None
     key = {"seg": "seg", "cls": "cls"}.get(metric.split("_")[0])
     return THESIS_TABLE_3_1[arm][key] if key and arm in THESIS_TABLE_3_1 else None
-
-def forest_plot(rows: list,  # dicts: label, mean, ci95 [lo, hi], group (rows of one group share a colour)
-                ax=None, xlabel: str = "paired difference", title: str = None):
-    """Paired differences with their 95 % CIs, one row each, top to bottom, and a line at 0: the figure for a conclusion
-    that is a paired difference (not bars of means). Returns the axes."""
-    import matplotlib.pyplot as plt
-    if ax is None: ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1.2))[1]
-    groups = list(dict.fromkeys(r.get("group") for r in rows))
-    for i, r in enumerate(rows):
-        c = f"C{groups.index(r.get('group')) % 10}"
-        lo, hi = r["ci95"]
-        ax.errorbar(r["mean"], i, xerr=[[r["mean"] - lo], [hi - r["mean"]]], fmt="o", color=c, capsize=3)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
-    ax.set_ylim(len(rows) - 0.5, -0.5)
-    ax.set_xlabel(xlabel)
-    if title: ax.set_title(title, fontsize=9)
-    return ax
