@@ -7,7 +7,7 @@
 # > HOG and dense SIFT as the thesis' author built them (`hog_net.m`, `dsift_net.m`), which are not VLFeat: labelled variants beside the VLFeat-equal modules of `motion_nbs.features`.
 
 # %% [markdown]
-# *Default run: **51 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **18 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 05a builds HOG, HOGb and dense SIFT equal to VLFeat, as section 5.3.1 says the thesis' networks
@@ -333,11 +333,12 @@ test_fail(lambda: AuthorHOG()(torch.rand(1, 1, 12, 40)), contains="at least 2x2 
 
 # %% [markdown]
 # Beside VLFeat's HOG on a photograph: the first 27 of VLFeat's 31 components against the author's 27, inner
-# cells. The two agree in pattern; the author's normalisation, its border and its lack of VLFeat's $10^{-4}$ make
-# them differ by a few per cent of the feature's norm.
+# cells, and both as glyphs. The two agree in pattern; the author's normalisation, its border (the zero padding's
+# edge lights the outer cells) and its lack of VLFeat's $10^{-4}$ make them differ by about a tenth of the feature's norm.
 
 # %%
-from motion_nbs.features import HOG
+from motion_nbs.core import show_images
+from motion_nbs.features import HOG, hog_glyphs
 
 # %%
 im = sample_image("astronaut").mean(0, keepdim=True)[None, :, 96:224, 160:288]
@@ -345,6 +346,8 @@ a, v = AuthorHOG()(im), HOG(8)(im)[:, :27]
 rel = ((a - v)[..., 1:-1, 1:-1].norm() / v[..., 1:-1, 1:-1].norm()).item()
 print(f"author vs VLFeat HOG, inner cells: relative difference {rel:.3f}")
 assert rel < 0.2
+glyphs = [hog_glyphs(f)[0][None] for f in (HOG(8)(im), torch.cat([a, torch.zeros_like(a[:, :4])], 1))]   # no texture: zeros
+fig = show_images([im[0], *glyphs, (glyphs[1] - glyphs[0]).abs()], titles=["image", "VLFeat HOG", "author's HOG", "|difference|"], size=2.5)
 
 
 # %% [markdown]
