@@ -501,7 +501,8 @@ for net, side in ((AuthorHOG(), 32), (AuthorHOG(bilinear_orientations=True), 32)
 #   do not explain the gap between the book's table 5.2 and the thesis': on the 8 photographs at full resolution the
 #   author's HOG gives 38.9 ± 3.8 % (scored as DPM's `features`, as the author did), HOGb 13.5 ± 2.5 %, DSIFT 9.8 ± 2.8 %
 #   (thesis 36.6 ± 3.4, 11.6 ± 0.9, 9.4 ± 1.7), and paired with the VLFeat-equal modules on the same probes they are
-#   slightly worse (HOG +1.0 ± 0.4 points, HOGb +0.4 ± 0.4). The probes are what matters (05c, "Where the gap comes from").
+#   slightly worse (HOG +1.0 ± 0.4 points, HOGb +0.4 ± 0.4) or no different (DSIFT −1.1 ± 1.2). The probes are what matters
+#   (05c, "Where the gap comes from").
 
 # %%
 #| hide
