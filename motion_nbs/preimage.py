@@ -23,10 +23,8 @@ from torch import nn
 from .core import IMAGE_SUFFIXES, check_choice, check_image, check_int, frozen, natural_images, tqdm
 from .models import layer_outputs, receptive_fields
 
-try:
-    import numba
-except ImportError:  # the tensor code path below does the same work without it
-    numba = None
+try: import numba
+except ImportError: numba = None  # the tensor code path below does the same work without it
 
 # %% ../nbs/05b_preimage.ipynb #038c5636
 @dataclass(frozen=True)
@@ -298,14 +296,12 @@ def initial_noise(shape,  # (B,C,H,W)
     "I.i.d. uniform noise whose magnitude has its 95% quantile at $B/\\sqrt3$, drawn on the CPU (same bytes on any device)."
     return (torch.rand(shape, generator=generator) * 2 - 1) * (B / math.sqrt(3) / 0.95)
 
-# %% ../nbs/05b_preimage.ipynb #7642006d
 def _all_finite(v) -> bool:
     "Whether a few numbers (numpy array or tensor) are all finite; small CPU tensors go through numpy (cheaper)."
     if isinstance(v, np.ndarray): return bool(np.isfinite(v).all())
     if v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64): return bool(np.isfinite(v.numpy()).all())
     return bool(torch.isfinite(v).all())
 
-# %% ../nbs/05b_preimage.ipynb #0533fd51
 def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) loss ℓ
                    x: torch.Tensor,  # (B,C,H+T-1,W+T-1) initial canvas in thesis units (not modified)
                    params: PreimageParams | None = None,  # `preimage_params(...)`; None: the thesis' set
@@ -408,7 +404,6 @@ def _setup(shape, params, mean, seed, x_init=None):
         x = F.pad(x, (lo, p.jitter - 1 - lo, lo, p.jitter - 1 - lo), mode="replicate") if p.jitter > 1 else x
     return p, gen, m, x
 
-# %% ../nbs/05b_preimage.ipynb #512ddbd8
 def invert(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...)
            x0: torch.Tensor | None = None,  # (B,C,H,W) probe images; or give `target` and `shape`
            target: torch.Tensor | None = None,  # (B,...) codes Φ_0 to invert (instead of x0)
@@ -468,7 +463,6 @@ def _unit_index(unit, code_shape):
         raise ValueError(f"unit {unit!r} is out of range for codes of shape {tuple(code_shape)} (per image)")
     return idx
 
-# %% ../nbs/05b_preimage.ipynb #408a5bf7
 def unit_maximum(phi,  # module or callable from images to codes
                  units,  # a unit or a list of units (see `maximize`)
                  images: torch.Tensor  # (N,C,H,W) probe images, e.g. `natural_images`

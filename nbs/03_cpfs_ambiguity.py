@@ -17,7 +17,7 @@
 # results say which runs are done, and the figure shows only the worlds whose comparisons are complete.
 
 # %% [markdown]
-# *Default run: **3 s** on 2 CPU cores with the default parameters (measured by `make book` on 5 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% tags=["parameters"]
 preset = "saved"        # "saved" (show the saved results), "tiny" (a smoke run of the whole sweep), "full" (the sweep; resumes)
@@ -115,7 +115,7 @@ if isinstance(phases, str): phases = [p.strip() for p in phases.split(",")]
 if phases is not None and (not phases or any(p not in PHASES for p in phases)):
     raise ValueError(f"phases={phases!r}; expected names from: {', '.join(PHASES)}")
 if num_threads is not None: check_int("num_threads", num_threads, 1)
-if max_hours is not None: check_number("max_hours", max_hours)
+if max_hours is not None: check_number("max_hours", max_hours, 0.0, inclusive=True)
 dev = resolve_device(device)  # a device this machine lacks fails here, naming the ones it has
 
 # %%

@@ -7,7 +7,7 @@
 # > Paired differences over seeds with their confidence intervals and a verdict, Holm's correction for a family of comparisons, and the forest plot that shows them: how the book decides the thesis' orderings.
 
 # %% [markdown]
-# *Default run: **3 s** on 2 CPU cores with the default parameters (measured by `make book` on 5 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # The thesis' claims are orderings: CPFS transfers better than direct flow classification (chapter 3), S3

@@ -7,7 +7,7 @@
 # > Section 3.3.5 of the thesis: frozen-backbone probes (per-layer linear classifiers, a per-pixel segmentation head) and the PASCAL VOC protocols, on data the user provides.
 
 # %% [markdown]
-# *Default run: **1 min 12 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # A self-supervised network is not useful for its proxy task — predicting which pixels move together —

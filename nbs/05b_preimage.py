@@ -7,7 +7,7 @@
 # > One regularised energy and one optimiser for inversion, activation maximisation and caricaturisation of any differentiable representation (thesis sections 5.2, 5.4–5.6).
 
 # %% [markdown]
-# *Default run: **37 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **13 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 5 of the thesis visualises a representation $\Phi$ — HOG, dense SIFT, a layer of a CNN — by
@@ -45,10 +45,8 @@ from torch import nn
 from motion_nbs.core import IMAGE_SUFFIXES, check_choice, check_image, check_int, frozen, natural_images, tqdm
 from motion_nbs.models import layer_outputs, receptive_fields
 
-try:
-    import numba
-except ImportError:  # the tensor code path below does the same work without it
-    numba = None
+try: import numba
+except ImportError: numba = None  # the tensor code path below does the same work without it
 
 # %%
 #| hide
@@ -588,26 +586,12 @@ def initial_noise(shape,  # (B,C,H,W)
     "I.i.d. uniform noise whose magnitude has its 95% quantile at $B/\\sqrt3$, drawn on the CPU (same bytes on any device)."
     return (torch.rand(shape, generator=generator) * 2 - 1) * (B / math.sqrt(3) / 0.95)
 
-
-# %%
-n = initial_noise((2, 3, 64, 64), generator=torch.Generator().manual_seed(0))
-test_close(n.abs().flatten().quantile(0.95).item(), 80 / math.sqrt(3), eps=1.0)
-test_eq(image_mean(3).flatten().tolist(), list(torch.tensor(IMAGENET_MEAN).tolist()))
-test_eq(image_mean(1, 0.5).shape, (1, 1, 1, 1))
-test_fail(lambda: image_mean(3, (0.1, 0.2)), contains="2 values for images with 3 channels")
-
-
-# %%
-#| exporti
 def _all_finite(v) -> bool:
     "Whether a few numbers (numpy array or tensor) are all finite; small CPU tensors go through numpy (cheaper)."
     if isinstance(v, np.ndarray): return bool(np.isfinite(v).all())
     if v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64): return bool(np.isfinite(v.numpy()).all())
     return bool(torch.isfinite(v).all())
 
-
-# %%
-#| export
 def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) loss ℓ
                    x: torch.Tensor,  # (B,C,H+T-1,W+T-1) initial canvas in thesis units (not modified)
                    params: PreimageParams | None = None,  # `preimage_params(...)`; None: the thesis' set
@@ -672,6 +656,13 @@ def solve_preimage(data_loss,  # callable: (B,C,H,W) book-unit images -> (B,) lo
     out = dict(energy=out["alpha"] + out["tv"] + p.C * out["loss"] + out["extra"], **out)
     return x, out
 
+
+# %%
+n = initial_noise((2, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+test_close(n.abs().flatten().quantile(0.95).item(), 80 / math.sqrt(3), eps=1.0)
+test_eq(image_mean(3).flatten().tolist(), list(torch.tensor(IMAGENET_MEAN).tolist()))
+test_eq(image_mean(1, 0.5).shape, (1, 1, 1, 1))
+test_fail(lambda: image_mean(3, (0.1, 0.2)), contains="2 values for images with 3 channels")
 
 # %% [markdown]
 # **An identity representation** is the simplest check of the whole loop: with $\Phi(\mathbf{x}) = \mathbf{x}$
@@ -749,7 +740,7 @@ test_fail(lambda: convergence(torch.ones(50, 1)), contains="needs more than 50 r
 # returned image without jitter.
 
 # %%
-#| exporti
+#| export
 def _codes(phi, image, name="phi"):
     out = phi(image)
     if not torch.is_tensor(out): raise ValueError(f"{name} must return a tensor, got {type(out).__name__}")
@@ -770,9 +761,6 @@ def _setup(shape, params, mean, seed, x_init=None):
         x = F.pad(x, (lo, p.jitter - 1 - lo, lo, p.jitter - 1 - lo), mode="replicate") if p.jitter > 1 else x
     return p, gen, m, x
 
-
-# %%
-#| export
 def invert(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...)
            x0: torch.Tensor | None = None,  # (B,C,H,W) probe images; or give `target` and `shape`
            target: torch.Tensor | None = None,  # (B,...) codes Φ_0 to invert (instead of x0)
@@ -866,7 +854,7 @@ fig = show_images([x0[0], res.images[0].clamp(0, 1)], titles=["x0", f"HOG pre-im
 # or a full index into one code (`(c, y, x)`); a list of units is solved as one batch, one image each.
 
 # %%
-#| exporti
+#| export
 def _unit_index(unit, code_shape):
     "Index tuple of `unit` (an int channel, taken at the map's centre, or a full index) into one code of `code_shape`."
     if isinstance(unit, int) and not isinstance(unit, bool):
@@ -877,17 +865,6 @@ def _unit_index(unit, code_shape):
         raise ValueError(f"unit {unit!r} is out of range for codes of shape {tuple(code_shape)} (per image)")
     return idx
 
-
-# %%
-test_eq(_unit_index(5, (10, 7, 9)), (5, 3, 4))
-test_eq(_unit_index((1, 0, 2), (10, 7, 9)), (1, 0, 2))
-test_eq(_unit_index(3, (10,)), (3,))
-test_fail(lambda: _unit_index(10, (10, 7, 9)), contains="out of range for codes of shape (10, 7, 9)")
-test_fail(lambda: _unit_index((1, 2), (10, 7, 9)), contains="out of range")
-
-
-# %%
-#| export
 def unit_maximum(phi,  # module or callable from images to codes
                  units,  # a unit or a list of units (see `maximize`)
                  images: torch.Tensor  # (N,C,H,W) probe images, e.g. `natural_images`
@@ -942,6 +919,14 @@ def maximize(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,.
     x, hist = solve_preimage(lambda im: inner_product_loss(phi(im), phi0, Z), x.to(codes.device), p, mean.to(codes.device),
                              regularizers, generator=gen, progress=progress)
     return Preimage(jitter(x, p.jitter) / p.scale + mean.to(x.device), hist)
+
+
+# %%
+test_eq(_unit_index(5, (10, 7, 9)), (5, 3, 4))
+test_eq(_unit_index((1, 0, 2), (10, 7, 9)), (1, 0, 2))
+test_eq(_unit_index(3, (10,)), (3,))
+test_fail(lambda: _unit_index(10, (10, 7, 9)), contains="out of range for codes of shape (10, 7, 9)")
+test_fail(lambda: _unit_index((1, 2), (10, 7, 9)), contains="out of range")
 
 
 # %% [markdown]

@@ -62,6 +62,7 @@
 # | [01_flow](01_flow.ipynb) | none: `video`, `frame`, `gap` and `method` choose the frame pair of the figures | the same |
 # | [03_cpfs_train](03_cpfs_train.ipynb) | `cpu` (600 steps of the quarter-width AlexNet on rendered `shapes` frames); `paper` (the thesis' settings of section 3.3.3, for a GPU) | 1 min 42 s training CE from nothing (`make book`, 4 Dec 2026); `make demo` (`-p loss kta`): 1 min 59 s on idle cores, 5 min 25 s on one shared thread |
 # | [03_cpfs_transfer](03_cpfs_transfer.ipynb) | `saved` (shows `nbs/03_cpfs_transfer_results.json`, the full run's); `tiny` (a smoke run whose numbers mean nothing); `full` (5 seeds, 1,000 pre-training steps per arm; CE and KTA also at a pre-training rate of 10⁻³, flow classification at 10⁻⁴, each loss's rate chosen on validation frames) | `full`: about an hour per seed on one shared CPU thread (6–15 min per arm) |
+# | [03_cpfs_ambiguity](03_cpfs_ambiguity.ipynb) | `saved` (shows `nbs/03_cpfs_ambiguity_results.json` and the sweep's progress); `tiny` (a smoke run of every phase); `full` (five worlds, validation-chosen rate and σ², 5 seeds, extension and budget phases; resumes from its records) | `full`: 10–20 CPU-hours on two cores (about 8–15 min per run; two workers side by side with `-p worlds`) |
 # | [04_s3_train](04_s3_train.ipynb) | `cpu` (`fcn8s_small`, 96-px crops, 12,000 steps; 24,000 for `rigid`); `paper` (the thesis' FCN-8s on VGG-16 and optimiser, for a GPU) | 17 min training it from nothing on two cores; `multi_cube` + rigid: 62 min on one thread |
 # | [04_s3_train_seeds](04_s3_train_seeds.ipynb) | `saved` (shows `nbs/04_s3_train_results.json`, the full run's); `tiny`; `full` (3 seeds of the `cpu` preset for each of three settings) | `full`: 4 h 21 min of training on one shared CPU thread |
 # | [05c_preimage_experiments](05c_preimage_experiments.ipynb) | `fast` (small images, 2 CNN probes, 2 initialisations); `paper` (100 probes, 24 initialisations, 224 px, for a GPU) | the same (nothing is cached); table 5.2 at the thesis' scale took 42 min on shared cores, and the `paper` sweep would take about 40 hours on two cores |
@@ -83,29 +84,30 @@
 # |---|---|
 # | 00_core | 15 s |
 # | 01_flow | 20 s |
-# | 02a_data | 10 s |
+# | 02a_data | 38 s |
 # | 02b_models | 22 s |
 # | 02c_learner | 23 s |
 # | 02d_flowdata | 8 s |
 # | 02e_voc | 7 s |
 # | 02f_cli | 1 min 41 s |
-# | 03_cpfs | 26 s |
-# | 03_cpfs_ambiguity | 3 s |
+# | 03_cpfs | 27 s |
+# | 03_cpfs_ambiguity | 8 s |
 # | 03_cpfs_train | 37 s |
-# | 03_cpfs_transfer | 3 s |
-# | 03b_transfer | 9 s |
-# | 04_s3 | 49 s |
+# | 03_cpfs_transfer | 5 s |
+# | 03a_compare | 8 s |
+# | 03b_transfer | 15 s |
+# | 04_s3 | 43 s |
 # | 04_s3_train | 7 s |
-# | 04_s3_train_seeds | 5 s |
+# | 04_s3_train_seeds | 15 s |
 # | 05_features_fast | 34 s |
 # | 05a_features | 22 s |
-# | 05b_preimage | 9 s |
-# | 05c_preimage_experiments | 1 min 20 s |
-# | 05d_author_nets | 51 s |
+# | 05b_preimage | 13 s |
+# | 05c_preimage_experiments | 4 min 40 s |
+# | 05d_author_nets | 18 s |
 # | 06_dissect | 1 min 34 s |
 # | 07_reversed | 1 min 14 s |
 # | 07b_attribution | 43 s |
-# | **all chapters** | **12 min 32 s** |
+# | **all chapters** | **16 min 17 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
