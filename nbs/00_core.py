@@ -7,7 +7,7 @@
 # > Paths, seeding, devices, images, the offline sample images and videos, atomic file writes.
 
 # %% [markdown]
-# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 5 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **9 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Every later chapter builds on these few helpers. They fix the book's conventions once: images are
@@ -475,7 +475,7 @@ def optional_import(module: str,  # the module to import, e.g. "matplotlib.pyplo
 from unittest import mock
 
 test_eq(optional_import("math").sqrt(4), 2)
-with mock.patch.dict(sys.modules, {"matplotlib": None}):   # as if matplotlib were not installed
+with mock.patch.dict(sys.modules, {"matplotlib": None, "matplotlib.pyplot": None}):   # as if matplotlib were not installed (even if imported)
     test_fail(lambda: optional_import("matplotlib.pyplot", "show_images"),
               contains="show_images needs matplotlib, which motion_nbs's `book` extra installs: pip install 'motion_nbs[book]'")
 test_fail(lambda: optional_import("no_such_module_here"), contains="No module named 'no_such_module_here'")  # not optional: as it was

@@ -82,7 +82,7 @@
 #
 # | notebook | default run (`make book`) |
 # |---|---|
-# | 00_core | 15 s |
+# | 00_core | 9 s |
 # | 01_flow | 20 s |
 # | 02a_data | 38 s |
 # | 02b_models | 22 s |
@@ -107,7 +107,7 @@
 # | 06_dissect | 1 min 34 s |
 # | 07_reversed | 1 min 14 s |
 # | 07b_attribution | 43 s |
-# | **all chapters** | **16 min 17 s** |
+# | **all chapters** | **16 min 11 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
