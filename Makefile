@@ -56,7 +56,7 @@ test: $(VENV)/.installed references browser
 	$(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/pytest -q --ignore=tests/test_repo.py tests
 
-# What `pip install motion_nbs` gives a user (CI runs it after `make test`; tools/dist_check.sh says how): the wheel and
+# What `pip install motion_nbs` gives a user (the GitHub workflow runs it after `make test`; tools/dist_check.sh says how): the wheel and
 # the sdist from `python -m build`, each installed into a clean virtual environment with the core requirements only,
 # the README's quickstart run there, and numba's cache checked in the installed package.
 dist-check: $(VENV)/.installed

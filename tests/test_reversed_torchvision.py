@@ -24,7 +24,7 @@ torchvision = pytest.importorskip("torchvision")
 MODELS = torchvision.models.list_models(module=torchvision.models)
 SIZE = {"alexnet": 64, "inception_v3": 80, "maxvit_t": 224, "vit_h_14": 28}   # the smallest inputs the architectures take; else 32
 KWARGS = {name: dict(image_size=28 if "_14" in name else 32) for name in MODELS if name.startswith("vit_")}
-RTOL = 1e-6
+RTOL = 1e-5   # float32 through up to ~300 layers: the summation order (threads, torch build) moves the last bits; measured up to 1.2e-6 (5 Dec 2026)
 _RELUS = {F.relu, torch.relu, torch.Tensor.relu, F.relu_, torch.relu_, torch.Tensor.relu_}
 _OTHER = {F.relu6, F.hardtanh, F.silu, F.gelu, F.hardswish, F.elu, F.leaky_relu, F.mish, F.softplus, F.selu, F.layer_norm,
           F.group_norm, F.local_response_norm}
