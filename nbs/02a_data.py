@@ -914,6 +914,12 @@ assert _man["objects_camera"]["flow_magnitude_background"] > 2 * _man["objects"]
 assert _man["objects_anywhere"]["centre_coverage"] < _man["objects"]["centre_coverage"] - 0.3
 
 # %% [markdown]
+# Still objects (`objects_static`) move the first statistic, the panning camera (`objects_camera`) the second, and
+# `objects_ambiguous` both; `objects_k3` moves neither — three objects make the labels harder, not the motion more
+# ambiguous — so chapter 3 reads it as a world of several objects, not as an ambiguous one. `objects_anywhere`
+# differs from `objects` in the centre coverage only.
+
+# %% [markdown]
 # The statistics are exact on a scene whose object does not move and whose camera is still: every
 # object pixel's flow is zero, like the background's.
 
