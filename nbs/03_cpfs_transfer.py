@@ -4,7 +4,7 @@
 # > Chapter 3's claim tested so that it could come out either way: a labelled world with a supervised ceiling and a random floor, five arms pre-trained with one budget over several seeds, frozen linear probes and fine-tuning on few labels, paired statistics on test frames.
 
 # %% [markdown]
-# *Default run: **5 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **10 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # The claim under test (section 3.3.6, tables 3.1 and 3.2): *the CPFS losses (CE, KTA, CE-rev) transfer
@@ -355,9 +355,9 @@ def comparisons_table(comps: list) -> str:
                      f"{c['p']:.3f} | {c['verdict']} |")
     return "\n".join(lines)
 
-def plot_results(comps: list, metrics=("seg_1000", "probe_relu3", "cls_1000")):
+def plot_results(comps: list, records: list, metrics=("seg_1000", "probe_relu3", "cls_1000")):
     "The paired differences over seeds with 95 % CIs (a forest plot), one panel per metric: the orderings the thesis states."
-    pairs = [(a, b) for a, b in dict.fromkeys(ORDERINGS + chosen_orderings(records_shown))]
+    pairs = list(dict.fromkeys(ORDERINGS + chosen_orderings(records)))
     labels = {"seg_1000": "segmentation mIoU, fine-tuned on 1,000", "probe_relu3": "conv3 linear probe top-1", "cls_1000": "top-1, fine-tuned on 1,000"}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.32 * len(pairs) + 1.6), sharey=True)
     for ax, m in zip(axes, metrics):
@@ -379,8 +379,7 @@ if run:
     with atomic_write(out_json) as tmp: tmp.write_text(json.dumps(results, indent=1))
 else:
     results = json.loads(SAVED.read_text())
-records_shown = results["records"]
-fig = plot_results(results["comparisons"])
+fig = plot_results(results["comparisons"], results["records"])
 if run: fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches="tight")
 plt.show()
 display(Markdown(results_table(results["summary"], results["ceiling"])))

@@ -93,7 +93,7 @@
 # | 03_cpfs | 27 s |
 # | 03_cpfs_ambiguity | 8 s |
 # | 03_cpfs_train | 37 s |
-# | 03_cpfs_transfer | 5 s |
+# | 03_cpfs_transfer | 10 s |
 # | 03a_compare | 8 s |
 # | 03b_transfer | 15 s |
 # | 04_s3 | 43 s |
@@ -107,7 +107,7 @@
 # | 06_dissect | 1 min 34 s |
 # | 07_reversed | 1 min 14 s |
 # | 07b_attribution | 43 s |
-# | **all chapters** | **16 min 11 s** |
+# | **all chapters** | **16 min 16 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
