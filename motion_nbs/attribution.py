@@ -12,13 +12,9 @@ import torch
 from torch import nn
 
 from .core import check_image
-from .reversed import deconvnet, guided_backprop, saliency
+from .reversed import _channels_error, deconvnet, guided_backprop, saliency
 
 # %% ../nbs/07b_attribution.ipynb #bde3067d
-def _first_conv(model: nn.Module):
-    "The first convolution the model registers (usually the first it applies), or None."
-    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
-
 def _targets(target, batch: int, name: str):
     "Captum's `target` as `reverse`'s selector: None, an int, or a `(B,)` long tensor."
     if target is None: return None
@@ -47,11 +43,7 @@ class _Checked(nn.Module):
     def forward(self, x):
         try: y = self.model(x, *self.extra_args)
         except RuntimeError as e:
-            conv = _first_conv(self.model)
-            if conv is not None and x.shape[1] != conv.in_channels:
-                raise ValueError(f"{self.name}: inputs have {x.shape[1]} channel(s), {type(self.model).__name__}'s first "
-                                 f"convolution takes {conv.in_channels}: expected shape (B,{conv.in_channels},H,W), "
-                                 f"got {tuple(x.shape)}") from e
+            _channels_error(self.name, self.model, x, e)
             raise
         if not torch.is_tensor(y): raise ValueError(f"{self.name}: the model returned a {type(y).__name__}, expected a tensor")
         per_image = y.reshape(len(y), -1).shape[1] if y.ndim else 0

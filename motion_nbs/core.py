@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['EXTRAS', 'SAMPLE_IMAGES', 'SAMPLE_VIDEOS', 'IMAGE_SUFFIXES', 'data_dir', 'repo_root', 'runs_dir', 'seed_everything',
            'default_device', 'available_devices', 'resolve_device', 'full_precision', 'frozen', 'check_choice',
-           'check_int', 'check_number', 'check_values', 'check_image', 'reject_unknown_parameters', 'missing_extra',
-           'optional_import', 'image_from_array', 'image_to_array', 'load_image', 'sample_image', 'sample_video',
-           'video_info', 'read_video_frames', 'atomic_write', 'atomic_save', 'load_model_file', 'tqdm',
+           'check_int', 'check_number', 'check_values', 'check_image', 'reject_unknown_parameters', 'renamed',
+           'missing_extra', 'optional_import', 'image_from_array', 'image_to_array', 'load_image', 'sample_image',
+           'sample_video', 'video_info', 'read_video_frames', 'atomic_write', 'atomic_save', 'load_model_file', 'tqdm',
            'natural_images', 'show_images']
 
 # %% ../nbs/00_core.ipynb #fa5f66ed
@@ -19,6 +19,7 @@ import os
 import random
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,25 @@ def reject_unknown_parameters(inputs=None  # the kernel's executed cell sources 
     allowed, given = _assigned_names(inputs[i - 1]), _assigned_names(inputs[i])
     unknown = sorted(given - allowed)
     if unknown: raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for this notebook; valid: {', '.join(sorted(allowed))}")
+
+# %% ../nbs/00_core.ipynb #a6c72cdf
+def renamed(**old  # old keyword -> new keyword, or -> (new keyword, function converting the old value to the new)
+           ):
+    "Decorator: accept deprecated keyword names, passed on under their new names with a `DeprecationWarning`."
+    rules = {k: (v, None) if isinstance(v, str) else tuple(v) for k, v in old.items()}
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for name, (new, convert) in rules.items():
+                if name not in kwargs: continue
+                if new in kwargs: raise TypeError(f"{fn.__name__}() got both {name}= (deprecated) and {new}=; give {new}= only")
+                warnings.warn(f"{fn.__name__}({name}=...) is deprecated: use {new}=" + (" (see the docs: its meaning differs)" if convert else ""),
+                              DeprecationWarning, stacklevel=2)
+                value = kwargs.pop(name)
+                kwargs[new] = convert(value) if convert else value
+            return fn(*args, **kwargs)
+        return wrapper
+    return decorate
 
 # %% ../nbs/00_core.ipynb #0dae5766
 EXTRAS = {"matplotlib": ("matplotlib", "book"), "papermill": ("papermill", "book"), "ipywidgets": ("ipywidgets", "book"),

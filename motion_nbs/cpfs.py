@@ -24,11 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check_image, check_int,
-                             check_number, check_values, full_precision, load_model_file, runs_dir, seed_everything)
+                             check_number, check_values, full_precision, load_model_file, renamed, runs_dir, seed_everything)
 from .data import PRESETS as RENDER_PRESETS
 from .data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, rendered_pool,
                              split_heldout, video_flow_pairs)
-from .flow import flow_to_classes, flow_to_rgb, normalize_flow_log
+from .flow import add_flow_key, flow_to_classes, flow_to_rgb, normalize_flow_log
 from .learner import ExperimentConfig, fit, init_distributed, is_main_process, process_share
 from .models import create_model, fold_batchnorm, layer_outputs, receptive_fields
 
@@ -150,11 +150,12 @@ def _check_pair(emb, flow):
         raise ValueError(f"emb {tuple(emb.shape)} and flow {tuple(flow.shape)} differ in batch size or number of pixels")
     check_values("flow", flow)
 
+@renamed(sigma=("sigma2", lambda s: s ** 2))  # σ until 0.1.0
 @full_precision
 def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
               flow: torch.Tensor,  # `(B,N,2)` flow at the same pixels, in pixels (or normalised: see `normalize`)
               kind: str = "ce",  # "kta" (eq 3.3), "ce" (eq 3.4) or "ce_rev" (eq 3.7)
-              sigma=math.sqrt(THESIS_SIGMA2),  # RBF bandwidth σ on the normalised flow (float or tensor)
+              sigma2=THESIS_SIGMA2,  # σ² of the RBF kernel on the normalised flow (float or tensor; the thesis' 0.0036)
               normalize: bool = True,  # apply eq 3.8 (M = 56) to `flow` first
               max_flow: float = 56.0,  # M of eq 3.8
               fused: bool = True,  # gradient written out (`_KernelLoss`); False: autograd through the lines below
@@ -165,8 +166,9 @@ def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
     Shape: `(B,N,D)`, `(B,N,2)` → `()`."""
     check_choice("kind", kind, CPFS_LOSSES)
     _check_pair(emb, flow)
-    if not torch.is_tensor(sigma): check_number("sigma", sigma)
-    elif sigma.device.type == "cpu" and not (sigma > 0).all(): raise ValueError(f"sigma={sigma}; expected σ > 0")
+    if not torch.is_tensor(sigma2): sigma = math.sqrt(check_number("sigma2", sigma2))
+    elif sigma2.device.type == "cpu" and not (sigma2 > 0).all(): raise ValueError(f"sigma2={sigma2}; expected σ² > 0")
+    else: sigma = sigma2.sqrt()
     if normalize: flow = normalize_flow_log(flow.transpose(-1, -2)[..., None], max_flow)[..., 0].transpose(-1, -2)
     check_number("temperature", temperature)
     if temperature != 1 and kind == "kta": raise ValueError(f"temperature={temperature}: KTA (eq 3.3) is invariant to the kernel's scale; use 1")
@@ -201,7 +203,7 @@ class CPFSLoss(nn.Module):
 
     def forward(self, emb, flow):
         "Shape: `(B,N,D)`, `(B,N,2)` flow in pixels → `()`."
-        return cpfs_loss(emb, flow, self.kind, sigma=self.log_sigma.exp(), temperature=self.temperature)
+        return cpfs_loss(emb, flow, self.kind, sigma2=self.log_sigma.mul(2).exp(), temperature=self.temperature)
 
     def extra_repr(self):
         return (f"kind={self.kind!r}, sigma2={self.sigma2:.4g}, learned={isinstance(self.log_sigma, nn.Parameter)}"
@@ -597,16 +599,17 @@ def show_embeddings(model: SparseHypercolumn, frames: dict, num_images: int = 4,
     axes[3, 0].set_ylabel("instances")
     for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
+    add_flow_key(fig)
     return fig
 
 def show_kernel_rows(model: SparseHypercolumn, frames: dict, sigma2: float = THESIS_SIGMA2, num_images: int = 2, seed: int = 0):
-    "Fig 3.2: for three pixels p, the rows K_f(p,·) (flow kernel) and K_φ(p,·) (embedding kernel) as images."
+    "Fig 3.2: for three pixels p, the rows K_f(p,·) and K_φ(p,·) as images, on fixed scales (K_f in [0, 1], K_φ in [−¼, ¼])."
     import matplotlib.pyplot as plt
     n = min(num_images, len(frames["image"]))
     emb = dense_embedding(model.eval(), frames["image"][:n])                    # (n, D, H, W)
     h, w = emb.shape[-2:]
     g = torch.Generator().manual_seed(seed)
-    fig, axes = plt.subplots(2 * n, 4, figsize=(10, 5 * n), squeeze=False)
+    fig, axes = plt.subplots(2 * n, 5, figsize=(10.6, 5 * n), squeeze=False, gridspec_kw=dict(width_ratios=[1, 1, 1, 1, 0.06]))
     for i in range(n):
         fn = normalize_flow_log(frames["flow"][i]).flatten(1).T                  # (HW, 2)
         e = emb[i].flatten(1).T                                                   # (HW, D)
@@ -615,10 +618,12 @@ def show_kernel_rows(model: SparseHypercolumn, frames: dict, sigma2: float = THE
         for j, p in enumerate(torch.randint(0, h * w, (3,), generator=g).tolist()):
             kf = rbf_kernel(torch.cat([fn[p:p + 1], fn])[None], math.sqrt(sigma2))[0, 0, 1:].view(h, w)
             kp = cosine_kernel(torch.cat([e[p:p + 1], e])[None])[0, 0, 1:].view(h, w)
-            for r, (k, name) in enumerate(((kf, "$K_f$"), (kp, "$K_\\phi$"))):
+            for r, (k, name, lim) in enumerate(((kf, "$K_f$", (0, 1)), (kp, "$K_\\phi$", (-0.25, 0.25)))):
                 ax = axes[2 * i + r, j + 1]
-                ax.imshow(k.numpy(), cmap="viridis"); ax.plot([p % w], [p // w], "r+", ms=12, mew=2)
+                im = ax.imshow(k.numpy(), cmap="viridis", vmin=lim[0], vmax=lim[1]); ax.plot([p % w], [p // w], "r+", ms=12, mew=2)
                 ax.set_title(f"{name}(p{j + 1}, ·)")
-    for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
+                if j == 0: fig.colorbar(im, cax=axes[2 * i + r, 4], label=name)
+    for ax in axes[:, :4].flat: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
+    add_flow_key(fig)
     return fig

@@ -6,7 +6,7 @@
 __all__ = ['FLO_MAGIC', 'KITTI_SCALE', 'KITTI_OFFSET', 'KITTI_MAX_FLOW', 'DIS_PRESETS', 'read_flo', 'write_flo',
            'encode_kitti_flow', 'decode_kitti_flow', 'write_kitti_flow', 'read_kitti_flow', 'normalize_flow_log',
            'denormalize_flow_log', 'log_flow_magnitude', 'flow_to_classes', 'classes_to_flow', 'estimate_flow', 'warp',
-           'photometric_error', 'flow_to_rgb', 'flow_wheel']
+           'photometric_error', 'flow_to_rgb', 'flow_wheel', 'add_flow_key']
 
 # %% ../nbs/01_flow.ipynb #7923e78d
 from pathlib import Path
@@ -289,3 +289,22 @@ def flow_wheel(size: int = 129  # side of the square image
     ys, xs = torch.meshgrid(r, r, indexing="ij")
     flow = torch.stack([xs, ys]) * ((xs**2 + ys**2) <= 1)
     return flow_to_rgb(flow)
+
+# %% ../nbs/01_flow.ipynb #f774a92a
+def add_flow_key(fig,  # a figure laid out by `plt.subplots` (and `tight_layout`), showing `flow_to_rgb` images
+                 side: float = 1.0,  # the key's side in inches (at most 60 % of the figure's height)
+                 label: str = "flow key"  # the key's title
+                ):
+    "Draw the flow colour wheel as a key at the right of `fig`, its panels keeping their size and place. Returns the key's axes."
+    w, h = fig.get_size_inches()
+    side = min(side, 0.6 * h)
+    extra = side + 0.5
+    sp = fig.subplotpars
+    fig.set_size_inches(w + extra, h)
+    fig.subplots_adjust(left=sp.left * w / (w + extra), right=sp.right * w / (w + extra))
+    ax = fig.add_axes([(w + 0.25) / (w + extra), 0.5 - 0.5 * side / h, side / (w + extra), side / h])
+    ax.imshow(flow_wheel(101).permute(1, 2, 0).numpy())
+    ax.set_xticks([]); ax.set_yticks([])
+    ax.set_title(label, fontsize=8)
+    ax.set_xlabel("hue: direction\nsaturation: length\n(1 = the largest shown)", fontsize=7)
+    return ax

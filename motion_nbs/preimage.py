@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # the book's natural images (`natural_images`, chapter 00) are importable from here as before
-from .core import IMAGE_SUFFIXES, check_choice, check_image, check_int, frozen, natural_images, tqdm
+from .core import IMAGE_SUFFIXES, check_choice, check_image, check_int, frozen, natural_images, renamed, tqdm
 from .models import layer_outputs, receptive_fields
 
 try: import numba
@@ -57,8 +57,7 @@ def preimage_params(base: PreimageParams | None = None,  # parameters to start f
                     **overrides  # any field of `PreimageParams`
                    ) -> PreimageParams:
     "The thesis' parameter set with `overrides`; unknown names and out-of-range values raise `ValueError`."
-    valid = [f.name for f in fields(PreimageParams)]
-    unknown = sorted(set(overrides) - set(valid))
+    valid = [f.name for f in fields(PreimageParams)]; unknown = sorted(set(overrides) - set(valid))
     if unknown: raise ValueError(f"unknown pre-image parameter(s) {unknown}; valid: {', '.join(valid)}")
     p = replace(base or PreimageParams(), **overrides)
     positive = dict(alpha=p.alpha, B=p.B, bound=p.bound, V=p.tv_scale, lr=p.lr0, scale=p.scale, beta=p.beta)
@@ -94,8 +93,7 @@ def tv_beta(x: torch.Tensor,  # (B,C,H,W) images in thesis units
 
     Shape: `(B,C,H,W)` → `(B,)`."""
     H, W = x.shape[-2:]
-    dx = F.pad(x.diff(dim=-1), (0, 1))
-    dy = F.pad(x.diff(dim=-2), (0, 0, 0, 1))
+    dx, dy = F.pad(x.diff(dim=-1), (0, 1)), F.pad(x.diff(dim=-2), (0, 0, 0, 1))
     return _safe_pow(dx.square() + dy.square(), beta / 2).flatten(1).sum(1) / (H * W * V ** beta)
 
 # %% ../nbs/05b_preimage.ipynb #a0c12d45
@@ -127,8 +125,7 @@ def regularizer_terms(x: torch.Tensor,  # (B,C,H,W) images in thesis units
             rtv = (torch.linalg.vecdot(dx.flatten(1), dx.flatten(1)) + torch.linalg.vecdot(dy.flatten(1), dy.flatten(1))) * (c / 2)
         else:
             d = torch.zeros_like(x)
-            d[..., :-1] += dx * dx
-            d[..., :-1, :] += dy * dy
+            d[..., :-1] += dx * dx; d[..., :-1, :] += dy * dy
             rtv = _safe_pow(d, beta / 2).flatten(1).sum(1) * (c / 2)
             q = _safe_pow(d, beta / 2 - 1) * (beta / 2)
             dx, dy = dx * q[..., :-1], dy * q[..., :-1, :]
@@ -384,8 +381,8 @@ def convergence(energy: torch.Tensor,  # (T,B) energies per iteration and image 
     return share, share <= tol
 
 # %% ../nbs/05b_preimage.ipynb #cd94cd64
-def _codes(phi, image, name="phi"):
-    out = phi(image)
+def _codes(model, image, name="the model"):
+    out = model(image)
     if not torch.is_tensor(out): raise ValueError(f"{name} must return a tensor, got {type(out).__name__}")
     if out.shape[0] != image.shape[0]:
         raise ValueError(f"{name} must return one code per image: {image.shape[0]} images gave shape {tuple(out.shape)}")
@@ -404,7 +401,8 @@ def _setup(shape, params, mean, seed, x_init=None):
         x = F.pad(x, (lo, p.jitter - 1 - lo, lo, p.jitter - 1 - lo), mode="replicate") if p.jitter > 1 else x
     return p, gen, m, x
 
-def invert(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...)
+@renamed(phi="model")  # phi until 0.1.0
+def invert(model,  # the representation Φ: a module or callable, (B,C,H,W) images in [0,1] -> codes (B,...)
            x0: torch.Tensor | None = None,  # (B,C,H,W) probe images; or give `target` and `shape`
            target: torch.Tensor | None = None,  # (B,...) codes Φ_0 to invert (instead of x0)
            mask: torch.Tensor | None = None,  # binary mask broadcastable to the codes (eq 5.3)
@@ -420,9 +418,9 @@ def invert(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...
     Shape: x0 `(B,C,H,W)` or target `(B,...)` with shape `(C,H,W)` → images `(B,C,H,W)`, error `(B,)`."""
     if x0 is not None:
         check_image("x0", x0)
-        with torch.no_grad(): computed = _codes(phi, x0).detach()
+        with torch.no_grad(): computed = _codes(model, x0).detach()
         if target is not None and target.shape != computed.shape:
-            raise ValueError(f"target has shape {tuple(target.shape)} but phi(x0) has shape {tuple(computed.shape)}")
+            raise ValueError(f"target has shape {tuple(target.shape)} but model(x0) has shape {tuple(computed.shape)}")
         target = computed if target is None else target.detach()
         shape = tuple(x0.shape)
     elif target is None: raise ValueError("invert needs x0 (probe images) or target (codes) with shape=(C,H,W)")
@@ -433,11 +431,11 @@ def invert(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...
     p, gen, mean, x = _setup(shape, params, mean, seed)
     device = target.device
     x, mean = x.to(device), mean.to(device)
-    with torch.no_grad(): probe = _codes(phi, jitter(x, p.jitter) / p.scale + mean)
+    with torch.no_grad(): probe = _codes(model, jitter(x, p.jitter) / p.scale + mean)
     if probe.shape != target.shape:
-        raise ValueError(f"target has shape {tuple(target.shape)}, but phi gives codes of shape {tuple(probe.shape)} "
+        raise ValueError(f"target has shape {tuple(target.shape)}, but the model gives codes of shape {tuple(probe.shape)} "
                          f"for images of shape {tuple(shape)}")
-    if not torch.isfinite(target).all(): raise ValueError("the target codes contain NaN or inf (does phi return NaN for x0?)")
+    if not torch.isfinite(target).all(): raise ValueError("the target codes contain NaN or inf (does the model return NaN for x0?)")
     if mask is not None:
         mask = torch.as_tensor(mask, dtype=target.dtype, device=device)
         try: torch.broadcast_shapes(mask.shape, target.shape)
@@ -446,10 +444,10 @@ def invert(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...
     if (denom == 0).any():
         raise ValueError(f"the target code of image(s) {(denom == 0).nonzero().flatten().tolist()} is all zeros (under the mask): "
                          "the normalised loss of eq 5.2 is undefined")
-    x, hist = solve_preimage(lambda im: normalized_error(phi(im), target, mask), x, p, mean, regularizers,
+    x, hist = solve_preimage(lambda im: normalized_error(model(im), target, mask), x, p, mean, regularizers,
                              finetune=True, generator=gen, progress=progress)
     images = jitter(x, p.jitter) / p.scale + mean
-    with torch.no_grad(): err = normalized_error(phi(images), target, mask)
+    with torch.no_grad(): err = normalized_error(model(images), target, mask)
     return Preimage(images, hist, err)
 
 # %% ../nbs/05b_preimage.ipynb #4fdb0c6d
@@ -463,13 +461,14 @@ def _unit_index(unit, code_shape):
         raise ValueError(f"unit {unit!r} is out of range for codes of shape {tuple(code_shape)} (per image)")
     return idx
 
-def unit_maximum(phi,  # module or callable from images to codes
-                 units,  # a unit or a list of units (see `maximize`)
+@renamed(phi="model", units="selectors")
+def unit_maximum(model,  # the representation Φ: a module or callable from images to codes
+                 selectors,  # a neuron selector or a list of them (see `maximize`)
                  images: torch.Tensor  # (N,C,H,W) probe images, e.g. `natural_images`
                 ) -> torch.Tensor:
     "M of eq 5.9: the largest value of each unit over `images` (its magnitude if it is never positive), `(len(units),)`."
-    units = units if isinstance(units, list) else [units]
-    with torch.no_grad(): codes = _codes(phi, images)
+    units = selectors if isinstance(selectors, list) else [selectors]
+    with torch.no_grad(): codes = _codes(model, images)
     idx = [_unit_index(u, codes.shape[1:]) for u in units]
     vals = torch.stack([codes[(slice(None),) + i] for i in idx], 1)   # (N, units)
     m = vals.amax(0)
@@ -488,8 +487,9 @@ def _am_normaliser(phi, M, scaling: str, rho, shape) -> float:
         rho = phi.field_size(shape[1:])
     return M * float(rho) ** 2 * AM_SCALINGS[scaling]
 
-def maximize(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...)
-             unit,  # int channel (centre location), index tuple, or a list of them (one pre-image each)
+@renamed(phi="model", unit="selector")
+def maximize(model,  # the representation Φ: a module or callable, (B,C,H,W) images in [0,1] -> codes (B,...)
+             selector,  # the neuron selector e: an int channel (centre location), index tuple, or a list of them (one pre-image each)
              shape=(3, 224, 224),  # (C,H,W) of the pre-images
              M=None,  # typical maximum of the unit(s) (number or (B,)); None: `unit_maximum` over 8 natural images
              scaling: str = "author",  # Z: "author" M ρ²/10⁴ (exp_maximization.m), "thesis" M ρ² (eq 5.9), "unit" M
@@ -504,22 +504,23 @@ def maximize(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,.
     """Activation maximisation (eq 5.4 with $\\Phi_0 = e_i$, by default the author's $Z = M\\rho^2/10^4$), from random noise.
 
     Shape: `len(units)` pre-images `(B,*shape)`."""
-    units = list(unit) if isinstance(unit, list) else [unit]
+    units = list(selector) if isinstance(selector, list) else [selector]
     if len(shape) != 3: raise ValueError(f"shape must be (C,H,W), got {shape!r}")
     p, gen, mean, x = _setup((len(units), *shape), params, mean, seed)
-    with torch.no_grad(): codes = _codes(phi, jitter(x, p.jitter) / p.scale + mean)
+    with torch.no_grad(): codes = _codes(model, jitter(x, p.jitter) / p.scale + mean)
     phi0 = torch.zeros_like(codes)
     for b, u in enumerate(units): phi0[(b,) + _unit_index(u, codes.shape[1:])] = 1.0
     if Z is None:
-        if M is None: M = unit_maximum(phi, units, natural_images(8, max(shape[1:]), shape[0])[..., :shape[1], :shape[2]])
-        Z = _am_normaliser(phi, torch.as_tensor(M, dtype=codes.dtype), scaling, rho, shape)
+        if M is None: M = unit_maximum(model, units, natural_images(8, max(shape[1:]), shape[0])[..., :shape[1], :shape[2]])
+        Z = _am_normaliser(model, torch.as_tensor(M, dtype=codes.dtype), scaling, rho, shape)
     Z = torch.as_tensor(Z, dtype=codes.dtype, device=codes.device)
-    x, hist = solve_preimage(lambda im: inner_product_loss(phi(im), phi0, Z), x.to(codes.device), p, mean.to(codes.device),
+    x, hist = solve_preimage(lambda im: inner_product_loss(model(im), phi0, Z), x.to(codes.device), p, mean.to(codes.device),
                              regularizers, generator=gen, progress=progress)
     return Preimage(jitter(x, p.jitter) / p.scale + mean.to(x.device), hist)
 
 # %% ../nbs/05b_preimage.ipynb #40cbf56f
-def caricature(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B,...)
+@renamed(phi="model")
+def caricature(model,  # the representation Φ: a module or callable, (B,C,H,W) images in [0,1] -> codes (B,...)
                x0: torch.Tensor,  # (B,C,H,W) probe images; the optimisation starts from them
                mean=None,  # image mean (see `image_mean`); None: ImageNet's
                regularizers=(),  # extra regularisers
@@ -531,12 +532,12 @@ def caricature(phi,  # module or callable: (B,C,H,W) images in [0,1] -> codes (B
 
     Shape: `(B,C,H,W)` → images `(B,C,H,W)`."""
     check_image("x0", x0)
-    with torch.no_grad(): phi0 = F.relu(_codes(phi, x0)).detach()
+    with torch.no_grad(): phi0 = F.relu(_codes(model, x0)).detach()
     Z = phi0.square().flatten(1).sum(1)
-    if (Z == 0).any(): raise ValueError(f"phi(x0) has no positive component for image(s) {(Z == 0).nonzero().flatten().tolist()}: nothing to caricature")
+    if (Z == 0).any(): raise ValueError(f"model(x0) has no positive component for image(s) {(Z == 0).nonzero().flatten().tolist()}: nothing to caricature")
     p, gen, mean, x = _setup(tuple(x0.shape), params, mean, seed, x_init=x0)
     x, mean = x.to(x0.device), mean.to(x0.device)
-    x, hist = solve_preimage(lambda im: inner_product_loss(phi(im), phi0, Z), x, p, mean, regularizers,
+    x, hist = solve_preimage(lambda im: inner_product_loss(model(im), phi0, Z), x, p, mean, regularizers,
                              generator=gen, progress=progress)
     return Preimage(jitter(x, p.jitter) / p.scale + mean, hist)
 

@@ -238,6 +238,17 @@ def _selector_tensor(selector, y: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(flat).scatter_(1, idx[:, None].long(), 1.0).view_as(y)
 
 # %% ../nbs/07_reversed.ipynb #a555309c
+def _first_conv(model: nn.Module):
+    "The first convolution the model registers (usually the first it applies), or None."
+    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+
+def _channels_error(name: str, model: nn.Module, x: torch.Tensor, error: Exception):
+    "A `ValueError` naming the expected shape when a forward pass failed because `x` has the wrong number of channels."
+    conv = _first_conv(model)
+    if conv is not None and x.shape[1] != conv.in_channels:
+        raise ValueError(f"{name}: inputs have {x.shape[1]} channel(s), {type(model).__name__}'s first convolution takes "
+                         f"{conv.in_channels}: expected shape (B,{conv.in_channels},H,W), got {tuple(x.shape)}") from error
+
 def reverse(model: nn.Module,  # the forward network φ: any module (torchvision's classifiers included)
             x: torch.Tensor,  # `(B,C,H,W)` input x0
             selector,  # p: an int unit, an integer tensor (B,), "max", `Channel(c)`, or a float tensor of the layer's shape
@@ -251,7 +262,7 @@ def reverse(model: nn.Module,  # the forward network φ: any module (torchvision
 
     Shape: x `(B,C,H,W)` → `(B,C,H,W)`."""
     _check_rules(relu, pool, lrn, norm)
-    check_image("reverse", x)
+    check_image("reverse", x, values=True)   # a NaN image would give NaN scores, and "max" an arbitrary unit
     modules = dict(model.named_modules()) if layer is not None else {}
     if layer is not None and (not layer or layer not in modules):
         raise ValueError(f"unknown layer {layer!r} for {type(model).__name__}; valid names: {', '.join(layer_names(model))}")
@@ -273,9 +284,15 @@ def reverse(model: nn.Module,  # the forward network φ: any module (torchvision
                 plain = (relu, pool, lrn, norm) == ("saliency", "switches", "bp", "bp")
                 with contextlib.nullcontext() if plain else _Reverser(relu, pool, lrn, norm): out["y"] = model(x)
             except _Done: pass
+            except RuntimeError as e:
+                _channels_error("reverse", model, x, e)
+                raise
             y = out["y"]
             if not torch.is_tensor(y) or not y.requires_grad:
                 raise ValueError(f"reverse: the output of {layer or 'the model'} is not a tensor that depends on the input")
+            if not torch.isfinite(y.detach()).all():
+                raise ValueError(f"reverse: the output of {layer or 'the model'} has {int((~torch.isfinite(y.detach())).sum())} "
+                                 "NaN or infinite value(s) for finite inputs; its reversal would be meaningless")
             p = _selector_tensor(selector, y)
             return torch.autograd.grad(y, x, grad_outputs=p)[0]
     finally:

@@ -27,7 +27,7 @@ from .core import (atomic_save, atomic_write, check_choice, check_image, check_i
                              check_values, frozen, full_precision, load_model_file, optional_import, runs_dir, seed_everything)
 from .data import (ImageFlowSamples, PairedAugment, SceneDataset, label_to_rgb, paired_centre_crop,
                              rendered_pool, video_flow_pairs)
-from .flow import flow_to_rgb, log_flow_magnitude
+from .flow import add_flow_key, flow_to_rgb, log_flow_magnitude
 from .learner import ExperimentConfig, fit, init_distributed, is_main_process, process_share, read_metrics
 from .models import create_model
 
@@ -549,4 +549,5 @@ def show_segments(model: S3Model, frames: dict, num_images: int = 4):
         axes[r, 0].set_ylabel(name)
     for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
+    add_flow_key(fig)
     return fig

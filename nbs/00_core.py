@@ -24,6 +24,7 @@ import os
 import random
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -435,6 +436,49 @@ test_eq(check_number("lr", 1e-4), 1e-4)
 test_fail(lambda: check_number("lr", 0), contains="lr=0; expected a finite number > 0")
 test_fail(lambda: check_number("lr", float("nan")), contains="lr=nan")
 test_eq(check_number("decay", 0, inclusive=True), 0.0)
+
+
+# %% [markdown]
+# ## Renamed parameters
+#
+# One concept has one name across the package (the network is `model`, the neuron selector $e$ of
+# sections 5.3 and 7.3 is `selector`, the flow kernel's bandwidth is given as `sigma2` = σ²). Where an
+# earlier release spelled a parameter otherwise, `renamed` keeps the old keyword working for a while: it
+# passes it on under the new name (converted where the old one meant another quantity, e.g. σ → σ²) and
+# warns with a `DeprecationWarning` naming the new spelling.
+
+# %%
+#| export
+def renamed(**old  # old keyword -> new keyword, or -> (new keyword, function converting the old value to the new)
+           ):
+    "Decorator: accept deprecated keyword names, passed on under their new names with a `DeprecationWarning`."
+    rules = {k: (v, None) if isinstance(v, str) else tuple(v) for k, v in old.items()}
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for name, (new, convert) in rules.items():
+                if name not in kwargs: continue
+                if new in kwargs: raise TypeError(f"{fn.__name__}() got both {name}= (deprecated) and {new}=; give {new}= only")
+                warnings.warn(f"{fn.__name__}({name}=...) is deprecated: use {new}=" + (" (see the docs: its meaning differs)" if convert else ""),
+                              DeprecationWarning, stacklevel=2)
+                value = kwargs.pop(name)
+                kwargs[new] = convert(value) if convert else value
+            return fn(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+# %%
+@renamed(phi="model", sigma=("sigma2", lambda s: s ** 2))
+def _f(model, sigma2=1.0): return model, sigma2
+test_eq(_f(1, sigma2=4.0), (1, 4.0))
+with warnings.catch_warnings(record=True) as _w:
+    warnings.simplefilter("always")
+    test_eq(_f(phi=2, sigma=3.0), (2, 9.0))
+test_eq([(w.category, str(w.message)) for w in _w],
+        [(DeprecationWarning, "_f(phi=...) is deprecated: use model="),
+         (DeprecationWarning, "_f(sigma=...) is deprecated: use sigma2= (see the docs: its meaning differs)")])
+test_fail(lambda: _f(1, phi=2), contains="got both phi= (deprecated) and model=")
 
 # %% [markdown]
 # ## Optional dependencies
@@ -896,6 +940,7 @@ fig = show_images([sample_image(n) for n in ("astronaut", "chelsea", "coffee", "
 # - Images are `(3,H,W)` float tensors in $[0,1]$: `load_image`, `sample_image`, `image_from_array`,
 #   `image_to_array`; videos are read with OpenCV: `sample_video`, `video_info`, `read_video_frames`.
 # - `atomic_write` / `atomic_save` never leave a partial file under the final name.
+# - `renamed(old="new")` keeps a deprecated keyword working, with a `DeprecationWarning`.
 # - `optional_import` imports a package of an extra, or says which `pip install 'motion_nbs[extra]'` brings it.
 
 # %%

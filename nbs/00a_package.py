@@ -7,7 +7,7 @@
 # > What `import motion_nbs` does: the version, and parameter docs that `help()` shows.
 
 # %% [markdown]
-# *Default run: **1 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **5 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # `import motion_nbs` is cheap: it imports no chapter (and not torch). Each chapter is its own module,

@@ -513,6 +513,44 @@ wheel = flow_wheel(65)
 test_eq(wheel.shape, (3, 65, 65))
 assert wheel[0, 32, 64] > 0.9 and wheel[2, 32, 64] < 0.3             # rightward motion is red
 
+
+# %% [markdown]
+# A figure of colour-coded flow carries the wheel as its key: `add_flow_key(fig)` widens the figure and
+# draws the wheel to the right of its panels, so the key covers none of them.
+
+# %%
+#| export
+def add_flow_key(fig,  # a figure laid out by `plt.subplots` (and `tight_layout`), showing `flow_to_rgb` images
+                 side: float = 1.0,  # the key's side in inches (at most 60 % of the figure's height)
+                 label: str = "flow key"  # the key's title
+                ):
+    "Draw the flow colour wheel as a key at the right of `fig`, its panels keeping their size and place. Returns the key's axes."
+    w, h = fig.get_size_inches()
+    side = min(side, 0.6 * h)
+    extra = side + 0.5
+    sp = fig.subplotpars
+    fig.set_size_inches(w + extra, h)
+    fig.subplots_adjust(left=sp.left * w / (w + extra), right=sp.right * w / (w + extra))
+    ax = fig.add_axes([(w + 0.25) / (w + extra), 0.5 - 0.5 * side / h, side / (w + extra), side / h])
+    ax.imshow(flow_wheel(101).permute(1, 2, 0).numpy())
+    ax.set_xticks([]); ax.set_yticks([])
+    ax.set_title(label, fontsize=8)
+    ax.set_xlabel("hue: direction\nsaturation: length\n(1 = the largest shown)", fontsize=7)
+    return ax
+
+
+# %%
+import matplotlib.pyplot as plt
+_fig, _axes = plt.subplots(1, 2, figsize=(4, 2))
+_fig.tight_layout()
+_before = [a.get_position().bounds for a in _axes]
+_key = add_flow_key(_fig)
+test_eq(tuple(_fig.get_size_inches()), (5.5, 2.0))                          # 1.0 in (capped at 0.6 × 2 = 1.2) + 0.5
+for _a, _b in zip(_axes, _before):                                          # the panels keep their size in inches, left of the key
+    test_close(_a.get_position().width * 5.5, _b[2] * 4, eps=1e-9)
+    assert _a.get_position().x1 < _key.get_position().x0
+plt.close(_fig)
+
 # %% [markdown]
 # ## A real frame pair
 #
@@ -527,6 +565,7 @@ err, inside = photometric_error(pair[0], pair[1], flow, reduction="none")
 fig = show_images([pair[0], pair[1], flow_to_rgb(flow), err.clamp(0, 0.3) / 0.3],
                   titles=[f"frame {frame}", f"frame {frame + gap}", f"{method} flow", "|I0 - warp(I1)|"],
                   ncols=2, size=4)
+add_flow_key(fig)
 print(f"mean photometric error: with flow {float(photometric_error(pair[0], pair[1], flow)):.4f}, "
       f"without {float(photometric_error(pair[0], pair[1], torch.zeros_like(flow))):.4f}")
 

@@ -54,7 +54,7 @@ import tempfile
 from fastcore.test import test_close, test_eq, test_fail
 
 from motion_nbs.core import sample_video, show_images
-from motion_nbs.flow import flow_to_rgb
+from motion_nbs.flow import add_flow_key, flow_to_rgb
 
 # %% [markdown]
 # ## Labels and textures
@@ -830,7 +830,9 @@ def show_scenes(preset, seeds, size=(128, 128)):
         r = render_scene(preset, s, size)
         ims += [r["image"], r["next_image"], flow_to_rgb(r["flow"]), label_to_rgb(r["instances"]), label_to_rgb(r["parts"])]
         titles += [f"{preset} {s}: t", "t+1", f"flow (max {r['flow'].norm(dim=0).max():.1f} px)", "instances", "parts"]
-    return show_images(ims, titles, ncols=5, size=2.4)
+    fig = show_images(ims, titles, ncols=5, size=2.4)
+    add_flow_key(fig)
+    return fig
 
 for preset in PRESETS: fig = show_scenes(preset, [0, 1])
 

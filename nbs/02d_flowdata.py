@@ -487,15 +487,16 @@ test_fail(lambda: video_flow_pairs(["carphone"], 0), contains="short_side must b
 # colour jitter leaves it alone.
 
 # %%
-from motion_nbs.flow import flow_to_rgb
+from motion_nbs.flow import add_flow_key, flow_to_rgb
 
 # %%
 _pair = video_flow_pairs(["bikes"], 144, pairs_per_video=1, seed=3)[0]
 _augs = [PairedAugment(crop_size=112)(_pair, torch.Generator().manual_seed(k)) for k in range(4)]
 for _x in _augs: test_eq(_x["flow"].shape, (2, 112, 112))
-show_images([_pair["image"]] + [x["image"] for x in _augs] + [flow_to_rgb(_pair["flow"])] + [flow_to_rgb(x["flow"]) for x in _augs],
-            titles=["frame t"] + [f"augmented {k + 1}" for k in range(4)] + ["its DIS flow"] + [f"flow {k + 1}" for k in range(4)],
-            ncols=5, size=2.4);
+_fig = show_images([_pair["image"]] + [x["image"] for x in _augs] + [flow_to_rgb(_pair["flow"])] + [flow_to_rgb(x["flow"]) for x in _augs],
+                   titles=["frame t"] + [f"augmented {k + 1}" for k in range(4)] + ["its DIS flow"] + [f"flow {k + 1}" for k in range(4)],
+                   ncols=5, size=2.4)
+add_flow_key(_fig);
 
 # %% [markdown]
 # ## Making it fast: the dataset builder

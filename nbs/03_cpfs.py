@@ -7,7 +7,7 @@
 # > Chapter 3 of the thesis: learn per-pixel embeddings whose similarities match the similarities of the pixels' optical flow.
 
 # %% [markdown]
-# *Default run: **27 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **28 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Predicting the optical flow of a single frame is ambiguous: a parked car *can* move but usually does
@@ -43,11 +43,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from motion_nbs.core import (SAMPLE_VIDEOS, atomic_save, atomic_write, check_choice, check_image, check_int,
-                             check_number, check_values, full_precision, load_model_file, runs_dir, seed_everything)
+                             check_number, check_values, full_precision, load_model_file, renamed, runs_dir, seed_everything)
 from motion_nbs.data import PRESETS as RENDER_PRESETS
 from motion_nbs.data import (FlowPairDataset, ImageFlowSamples, PairedAugment, SceneDataset, paired_centre_crop, rendered_pool,
                              split_heldout, video_flow_pairs)
-from motion_nbs.flow import flow_to_classes, flow_to_rgb, normalize_flow_log
+from motion_nbs.flow import add_flow_key, flow_to_classes, flow_to_rgb, normalize_flow_log
 from motion_nbs.learner import ExperimentConfig, fit, init_distributed, is_main_process, process_share
 from motion_nbs.models import create_model, fold_batchnorm, layer_outputs, receptive_fields
 
@@ -56,6 +56,7 @@ from motion_nbs.models import create_model, fold_batchnorm, layer_outputs, recep
 # %%
 #| hide
 import tempfile
+import warnings
 
 from fastcore.test import test_close, test_eq, test_fail
 
@@ -242,11 +243,12 @@ def _check_pair(emb, flow):
         raise ValueError(f"emb {tuple(emb.shape)} and flow {tuple(flow.shape)} differ in batch size or number of pixels")
     check_values("flow", flow)
 
+@renamed(sigma=("sigma2", lambda s: s ** 2))  # σ until 0.1.0
 @full_precision
 def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
               flow: torch.Tensor,  # `(B,N,2)` flow at the same pixels, in pixels (or normalised: see `normalize`)
               kind: str = "ce",  # "kta" (eq 3.3), "ce" (eq 3.4) or "ce_rev" (eq 3.7)
-              sigma=math.sqrt(THESIS_SIGMA2),  # RBF bandwidth σ on the normalised flow (float or tensor)
+              sigma2=THESIS_SIGMA2,  # σ² of the RBF kernel on the normalised flow (float or tensor; the thesis' 0.0036)
               normalize: bool = True,  # apply eq 3.8 (M = 56) to `flow` first
               max_flow: float = 56.0,  # M of eq 3.8
               fused: bool = True,  # gradient written out (`_KernelLoss`); False: autograd through the lines below
@@ -257,8 +259,9 @@ def cpfs_loss(emb: torch.Tensor,  # `(B,N,D)` pixel embeddings
     Shape: `(B,N,D)`, `(B,N,2)` → `()`."""
     check_choice("kind", kind, CPFS_LOSSES)
     _check_pair(emb, flow)
-    if not torch.is_tensor(sigma): check_number("sigma", sigma)
-    elif sigma.device.type == "cpu" and not (sigma > 0).all(): raise ValueError(f"sigma={sigma}; expected σ > 0")
+    if not torch.is_tensor(sigma2): sigma = math.sqrt(check_number("sigma2", sigma2))
+    elif sigma2.device.type == "cpu" and not (sigma2 > 0).all(): raise ValueError(f"sigma2={sigma2}; expected σ² > 0")
+    else: sigma = sigma2.sqrt()
     if normalize: flow = normalize_flow_log(flow.transpose(-1, -2)[..., None], max_flow)[..., 0].transpose(-1, -2)
     check_number("temperature", temperature)
     if temperature != 1 and kind == "kta": raise ValueError(f"temperature={temperature}: KTA (eq 3.3) is invariant to the kernel's scale; use 1")
@@ -302,8 +305,8 @@ for kind in CPFS_LOSSES: assert cpfs_loss(good, fl, kind) < cpfs_loss(rand, fl, 
 test_fail(lambda: cpfs_loss(good, fl, "mse"), contains="valid: kta, ce, ce_rev")
 test_fail(lambda: cpfs_loss(good, fl[:, :5], "ce"), contains="differ in batch size or number of pixels")
 test_fail(lambda: cpfs_loss(good, fl.masked_fill(fl > 5, float("nan")), "ce"), contains="NaN")
-test_fail(lambda: cpfs_loss(good, fl, "ce", sigma=0.0), contains="sigma=0.0; expected a finite number > 0")
-test_fail(lambda: cpfs_loss(good, fl, "kta", sigma=torch.tensor(-1.0)), contains="expected σ > 0")
+test_fail(lambda: cpfs_loss(good, fl, "ce", sigma2=0.0), contains="sigma2=0.0; expected a finite number > 0")
+test_fail(lambda: cpfs_loss(good, fl, "kta", sigma2=torch.tensor(-1.0)), contains="expected σ² > 0")
 
 # %% [markdown]
 # `cpfs_loss` computes the loss of the lines above, but differentiates it with the gradients written out
@@ -323,12 +326,12 @@ _e, _fl = torch.randn(2, 24, 5, generator=_g, dtype=torch.float64), torch.randn(
 for _kind in CPFS_LOSSES:
     _grads = []
     for _fused in (True, False):
-        _ee, _s = _e.clone().requires_grad_(True), torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
-        _v = cpfs_loss(_ee, _fl, _kind, sigma=_s, fused=_fused); _v.backward()
+        _ee, _s = _e.clone().requires_grad_(True), torch.tensor(0.04, dtype=torch.float64, requires_grad=True)
+        _v = cpfs_loss(_ee, _fl, _kind, sigma2=_s, fused=_fused); _v.backward()
         _grads.append((_v.detach(), _ee.grad, _s.grad))
     for _a, _b in zip(*_grads): test_close(_a, _b, eps=1e-10)
-    assert torch.autograd.gradcheck(lambda e, s: cpfs_loss(e, _fl[:, :8], _kind, sigma=s),
-                                    (_e[:, :8].clone().requires_grad_(True), torch.tensor(0.3, dtype=torch.float64, requires_grad=True)))
+    assert torch.autograd.gradcheck(lambda e, s: cpfs_loss(e, _fl[:, :8], _kind, sigma2=s),
+                                    (_e[:, :8].clone().requires_grad_(True), torch.tensor(0.09, dtype=torch.float64, requires_grad=True)))
 test_close(cpfs_loss(e2, f2, "ce", fused=False), math.log(2), eps=1e-6)
 
 
@@ -378,7 +381,7 @@ class CPFSLoss(nn.Module):
 
     def forward(self, emb, flow):
         "Shape: `(B,N,D)`, `(B,N,2)` flow in pixels → `()`."
-        return cpfs_loss(emb, flow, self.kind, sigma=self.log_sigma.exp(), temperature=self.temperature)
+        return cpfs_loss(emb, flow, self.kind, sigma2=self.log_sigma.mul(2).exp(), temperature=self.temperature)
 
     def extra_repr(self):
         return (f"kind={self.kind!r}, sigma2={self.sigma2:.4g}, learned={isinstance(self.log_sigma, nn.Parameter)}"
@@ -401,7 +404,7 @@ _idx = torch.randperm(128 * 128, generator=torch.Generator().manual_seed(0))[:25
 _f = torch.stack([s["flow"].flatten(1)[:, _idx].T for s in _sc])                       # (4, 256, 2)
 _ids = torch.stack([s["instances"].flatten()[_idx] for s in _sc])
 _onehot, _collapsed = F.one_hot(_ids, 16).float(), torch.ones(4, 256, 16)
-_kta = {s2: (float(cpfs_loss(_onehot, _f, "kta", sigma=math.sqrt(s2))), float(cpfs_loss(_collapsed, _f, "kta", sigma=math.sqrt(s2))))
+_kta = {s2: (float(cpfs_loss(_onehot, _f, "kta", sigma2=s2)), float(cpfs_loss(_collapsed, _f, "kta", sigma2=s2)))
         for s2 in (0.0036, 0.01, 0.04, 0.1, 0.36, 36.0)}
 for s2, (oh, co) in _kta.items(): print(f"sigma^2 {s2:7g}: -KTA one-hot instances {oh:.3f}, collapsed {co:.3f}")
 assert min(co for _, co in _kta.values()) < min(oh for oh, _ in _kta.values())   # the collapse wins under KTA
@@ -422,18 +425,22 @@ assert min(co for _, co in _kta.values()) < min(oh for oh, _ in _kta.values())  
 # %%
 _n = _f.shape[1]
 for tau in (1.0, 0.1, 0.02):
-    oh, co = (float(cpfs_loss(e, _f, "ce", sigma=math.sqrt(THESIS_SIGMA2), temperature=tau)) for e in (_onehot, _collapsed))
+    oh, co = (float(cpfs_loss(e, _f, "ce", temperature=tau)) for e in (_onehot, _collapsed))
     print(f"temperature {tau:4g}: CE / ln N = {oh / math.log(_n):.4f} (one-hot instances), {co / math.log(_n):.4f} (collapsed)")
 _g = torch.Generator().manual_seed(3)
 _e, _fl = torch.randn(2, 32, 8, generator=_g, dtype=torch.float64), 4 * torch.randn(2, 32, 2, generator=_g, dtype=torch.float64)
 _fn = normalize_flow_log(_fl.transpose(-1, -2)[..., None])[..., 0].transpose(-1, -2)
 _sf = kernel_log_softmax(rbf_kernel(_fn, 0.1)).exp()
 _ref = -(_sf * kernel_log_softmax(cosine_kernel(_e) / 0.05)).sum(-1).mean()      # eq 3.4 with K_phi / 0.05
-test_close(cpfs_loss(_e, _fl, "ce", sigma=0.1, temperature=0.05), _ref, eps=1e-10)
-test_close(cpfs_loss(_e, _fl, "ce", sigma=0.1, temperature=0.05, fused=False), _ref, eps=1e-10)
+test_close(cpfs_loss(_e, _fl, "ce", sigma2=0.01, temperature=0.05), _ref, eps=1e-10)
+test_close(cpfs_loss(_e, _fl, "ce", sigma2=0.01, temperature=0.05, fused=False), _ref, eps=1e-10)
 _e.requires_grad_(True)
-assert torch.autograd.gradcheck(lambda e: cpfs_loss(e, _fl, "ce", sigma=0.1, temperature=0.05), (_e,))
-test_eq(float(cpfs_loss(_e, _fl, "ce", sigma=0.1, temperature=1.0)), float(cpfs_loss(_e, _fl, "ce", sigma=0.1)))
+assert torch.autograd.gradcheck(lambda e: cpfs_loss(e, _fl, "ce", sigma2=0.01, temperature=0.05), (_e,))
+test_eq(float(cpfs_loss(_e, _fl, "ce", sigma2=0.01, temperature=1.0)), float(cpfs_loss(_e, _fl, "ce", sigma2=0.01)))
+with warnings.catch_warnings(record=True) as _w:   # until 0.1.0 the bandwidth was given as sigma = σ: still accepted, squared, with a warning
+    warnings.simplefilter("always")
+    test_eq(float(cpfs_loss(_e, _fl, "ce", sigma=0.1)), float(cpfs_loss(_e, _fl, "ce", sigma2=0.1 ** 2)))
+test_eq([w.category for w in _w], [DeprecationWarning])
 test_fail(lambda: cpfs_loss(_e, _fl, "kta", temperature=0.5), contains="invariant")
 
 
@@ -1042,16 +1049,17 @@ def show_embeddings(model: SparseHypercolumn, frames: dict, num_images: int = 4,
     axes[3, 0].set_ylabel("instances")
     for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
+    add_flow_key(fig)
     return fig
 
 def show_kernel_rows(model: SparseHypercolumn, frames: dict, sigma2: float = THESIS_SIGMA2, num_images: int = 2, seed: int = 0):
-    "Fig 3.2: for three pixels p, the rows K_f(p,·) (flow kernel) and K_φ(p,·) (embedding kernel) as images."
+    "Fig 3.2: for three pixels p, the rows K_f(p,·) and K_φ(p,·) as images, on fixed scales (K_f in [0, 1], K_φ in [−¼, ¼])."
     import matplotlib.pyplot as plt
     n = min(num_images, len(frames["image"]))
     emb = dense_embedding(model.eval(), frames["image"][:n])                    # (n, D, H, W)
     h, w = emb.shape[-2:]
     g = torch.Generator().manual_seed(seed)
-    fig, axes = plt.subplots(2 * n, 4, figsize=(10, 5 * n), squeeze=False)
+    fig, axes = plt.subplots(2 * n, 5, figsize=(10.6, 5 * n), squeeze=False, gridspec_kw=dict(width_ratios=[1, 1, 1, 1, 0.06]))
     for i in range(n):
         fn = normalize_flow_log(frames["flow"][i]).flatten(1).T                  # (HW, 2)
         e = emb[i].flatten(1).T                                                   # (HW, D)
@@ -1060,12 +1068,14 @@ def show_kernel_rows(model: SparseHypercolumn, frames: dict, sigma2: float = THE
         for j, p in enumerate(torch.randint(0, h * w, (3,), generator=g).tolist()):
             kf = rbf_kernel(torch.cat([fn[p:p + 1], fn])[None], math.sqrt(sigma2))[0, 0, 1:].view(h, w)
             kp = cosine_kernel(torch.cat([e[p:p + 1], e])[None])[0, 0, 1:].view(h, w)
-            for r, (k, name) in enumerate(((kf, "$K_f$"), (kp, "$K_\\phi$"))):
+            for r, (k, name, lim) in enumerate(((kf, "$K_f$", (0, 1)), (kp, "$K_\\phi$", (-0.25, 0.25)))):
                 ax = axes[2 * i + r, j + 1]
-                ax.imshow(k.numpy(), cmap="viridis"); ax.plot([p % w], [p // w], "r+", ms=12, mew=2)
+                im = ax.imshow(k.numpy(), cmap="viridis", vmin=lim[0], vmax=lim[1]); ax.plot([p % w], [p // w], "r+", ms=12, mew=2)
                 ax.set_title(f"{name}(p{j + 1}, ·)")
-    for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
+                if j == 0: fig.colorbar(im, cax=axes[2 * i + r, 4], label=name)
+    for ax in axes[:, :4].flat: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
+    add_flow_key(fig)
     return fig
 
 

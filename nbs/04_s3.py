@@ -47,7 +47,7 @@ from motion_nbs.core import (atomic_save, atomic_write, check_choice, check_imag
                              check_values, frozen, full_precision, load_model_file, optional_import, runs_dir, seed_everything)
 from motion_nbs.data import (ImageFlowSamples, PairedAugment, SceneDataset, label_to_rgb, paired_centre_crop,
                              rendered_pool, video_flow_pairs)
-from motion_nbs.flow import flow_to_rgb, log_flow_magnitude
+from motion_nbs.flow import add_flow_key, flow_to_rgb, log_flow_magnitude
 from motion_nbs.learner import ExperimentConfig, fit, init_distributed, is_main_process, process_share, read_metrics
 from motion_nbs.models import create_model
 
@@ -1062,6 +1062,7 @@ def show_segments(model: S3Model, frames: dict, num_images: int = 4):
         axes[r, 0].set_ylabel(name)
     for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
+    add_flow_key(fig)
     return fig
 
 

@@ -43,7 +43,7 @@ def test_equals_loop_reference(kind, B, N, D, sigma):
     g = torch.Generator().manual_seed(B * 100 + N)
     emb = torch.randn(B, N, D, generator=g, dtype=torch.float64)
     flow = torch.randn(B, N, 2, generator=g, dtype=torch.float64) * 20
-    ours = cpfs_loss(emb, flow, kind, sigma=sigma)
+    ours = cpfs_loss(emb, flow, kind, sigma2=sigma ** 2)
     fn = normalize_flow_log(flow.transpose(1, 2)[..., None])[..., 0].transpose(1, 2)
     assert abs(ours.item() - loop_reference(emb, fn, kind, sigma)) < 1e-10
 
@@ -54,8 +54,8 @@ def test_gradcheck(kind):
     emb = torch.randn(2, 6, 4, generator=g, dtype=torch.float64, requires_grad=True)
     flow = torch.randn(2, 6, 2, generator=g, dtype=torch.float64) * 0.4
     flow.requires_grad_(True)
-    sigma = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda e, f, s: cpfs_loss(e, f, kind, sigma=s, normalize=False), (emb, flow, sigma))
+    sigma2 = torch.tensor(0.09, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda e, f, s: cpfs_loss(e, f, kind, sigma2=s, normalize=False), (emb, flow, sigma2))
 
 
 @settings(max_examples=30, deadline=None)
@@ -70,7 +70,7 @@ def test_permuting_pixels_leaves_loss_unchanged(kind, n, seed):
 
 def _finite_loss_and_grads(kind, emb, flow, sigma=0.06):
     emb = emb.clone().requires_grad_(True)
-    loss = cpfs_loss(emb, flow, kind, sigma=sigma)
+    loss = cpfs_loss(emb, flow, kind, sigma2=sigma ** 2)
     loss.backward()
     return torch.isfinite(loss).item() and torch.isfinite(emb.grad).all().item()
 

@@ -170,3 +170,37 @@ def test_version_and_license_metadata():
     assert f"## [{motion_nbs.__version__}]" in (ROOT / "CHANGELOG.md").read_text()
     manifest = (ROOT / "MANIFEST.in").read_text()
     for f in ("settings.ini", "README.md", "LICENSE", "CHANGELOG.md"): assert f in manifest, f
+
+
+def test_help_shows_every_documented_parameter():
+    "Every public function and class whose parameters carry comments shows them in `help()` (a `Parameters` section)."
+    import importlib, inspect, pydoc
+    import motion_nbs
+    text = pydoc.render_doc(importlib.import_module("motion_nbs.cpfs").cpfs_loss, renderer=pydoc.plaintext)
+    assert "sigma2\n        σ² of the RBF kernel on the normalised flow" in text, text
+    names = sorted(p.stem for p in (ROOT / "motion_nbs").glob("*.py") if not p.stem.startswith("_"))
+    checked = 0
+    for name in names:
+        mod = importlib.import_module(f"motion_nbs.{name}")
+        found = motion_nbs._param_comments(inspect.getsource(mod))
+        for sym in getattr(mod, "__all__", []):
+            obj = getattr(mod, sym)
+            if sym not in found or not found[sym] or getattr(obj, "__module__", None) != mod.__name__: continue
+            doc = obj.__doc__ or ""
+            missing = [k for k in found[sym] if f"\n{k}\n    " not in doc]
+            assert not missing, f"motion_nbs.{name}.{sym}: help() lacks {missing}"
+            checked += 1
+    assert checked > 150, checked
+
+
+def test_renamed_parameters_still_work_with_a_warning():
+    from motion_nbs.cpfs import cpfs_loss
+    from motion_nbs.preimage import unit_maximum
+    emb, flow = torch.randn(1, 6, 4, dtype=torch.float64), torch.randn(1, 6, 2, dtype=torch.float64)
+    with pytest.warns(DeprecationWarning, match=r"cpfs_loss\(sigma=...\) is deprecated: use sigma2="):
+        old = cpfs_loss(emb, flow, "kta", sigma=0.3)
+    assert old == cpfs_loss(emb, flow, "kta", sigma2=0.09)
+    model, images = nn.Conv2d(3, 2, 3), torch.rand(2, 3, 8, 8)
+    with pytest.warns(DeprecationWarning, match="use model="):
+        old = unit_maximum(phi=model, selectors=1, images=images)
+    assert torch.equal(old, unit_maximum(model, 1, images))

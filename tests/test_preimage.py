@@ -284,7 +284,7 @@ def test_clear_errors():
         return im * float("nan") if len(calls) > 3 else im
     with pytest.raises(ValueError, match="not finite at iteration 1"):
         invert(breaks_later, x0, num_iters=5)
-    with pytest.raises(ValueError, match=r"target has shape \(1, 31, 3, 3\), but phi gives codes of shape \(1, 31, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"target has shape \(1, 31, 3, 3\), but the model gives codes of shape \(1, 31, 4, 4\)"):
         invert(HOG(8), target=torch.rand(1, 31, 3, 3), shape=(1, 32, 32), num_iters=1)
     with pytest.raises(ValueError, match="give shape"):
         invert(HOG(8), target=torch.rand(1, 31, 4, 4), num_iters=1)

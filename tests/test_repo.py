@@ -102,7 +102,8 @@ def test_quarto_config():
 
 def test_notebook_names_say_library_chapter_or_experiment():
     """The naming convention (README, "The book"): a library chapter is `NN[a-z]_<module>.ipynb`, named after the one
-    module its `default_exp` writes; an experiment exports nothing and its name after the number is not a module's."""
+    module its `default_exp` writes (the package's `__init__` is `NN[a-z]_package`); an experiment exports nothing and its
+    name after the number is not a module's."""
     modules = {p.stem for p in (ROOT / "motion_nbs").glob("*.py") if not p.stem.startswith("_")}
     for name in NOTEBOOKS:
         if name == "index.ipynb": continue
@@ -110,7 +111,8 @@ def test_notebook_names_say_library_chapter_or_experiment():
         assert m, f"{name}: notebook names are NN[a-z]_words.ipynb"
         text = (NBS / name).read_text()
         exp = re.search(r"#\|\s*default_exp\s+([\w.]+)", text)
-        if exp: assert m.group(2) == exp.group(1), f"{name} exports motion_nbs.{exp.group(1)}: a library chapter is named after its module"
+        if exp and exp.group(1) == "__init__": assert m.group(2) == "package", f"{name} writes motion_nbs/__init__.py: name it NN[a-z]_package"
+        elif exp: assert m.group(2) == exp.group(1), f"{name} exports motion_nbs.{exp.group(1)}: a library chapter is named after its module"
         else: assert m.group(2) not in modules, f"{name} exports nothing but is named like the module {m.group(2)}"
 
 

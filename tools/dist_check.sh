@@ -64,6 +64,8 @@ for absent in ("numba", "matplotlib", "papermill", "ipywidgets", "timm", "skvide
     try: __import__(absent)
     except ImportError: continue
     raise SystemExit(f"the core install pulled {absent}, which belongs to an extra")
+import motion_nbs.cpfs as cpfs   # help() shows the parameter comments in the installed package too
+assert "Parameters\n----------\nemb\n    `(B,N,D)` pixel embeddings" in cpfs.cpfs_loss.__doc__, cpfs.cpfs_loss.__doc__
 print("installed", motion_nbs.__file__, "version", motion_nbs.__version__)
 PY
 step "the README's python blocks, wheel install"
