@@ -440,7 +440,7 @@ for loss, sel in results.get("lr_selection", {}).items():
 # $10^{-3}$ and flow classification at $10^{-4}$, 5 seeds each, and each loss's rate chosen on the validation
 # frames (section above): $10^{-3}$ for all three (mean validation score of the fine-tunings: CE 47.2 vs 44.8,
 # KTA 49.3 vs 43.6, flow classification 52.7 vs 45.7). At the faster rate the CPFS losses transfer better
-# (CE: +2.3 mIoU, CI 1.9 to 2.8; KTA: +6.0, CI 4.2 to 7.8; segmentation mIoU 47.9 and 50.2), but flow
+# (CE: +2.3 mIoU, CI 1.8 to 2.8; KTA: +6.0, CI 4.2 to 7.8; segmentation mIoU 47.9 and 50.2), but flow
 # classification at its own chosen rate stays ahead: CE − flow classification −5.6 mIoU (CI −6.9 to −4.3,
 # p = 0.0003) and −2.9 on the conv3 probe (p = 0.014); KTA − flow classification −3.3 mIoU (CI −5.1 to −1.6,
 # p = 0.006); accuracy after fine-tuning on 1,000 frames is again undecided (−9.5 and −8.8, CIs spanning 0).

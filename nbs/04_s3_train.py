@@ -74,8 +74,9 @@ result = train(config)
 print({k: v for k, v in result.items() if k not in ("model", "heldout", "weights_sha256")})
 
 # %% [markdown]
-# Training speed on this machine, from the metrics file (and, on a GPU, the memory peak). On two CPU
-# cores the `cpu` preset trains at about 200 images/s with the affine loss. The `paper` preset has not
+# Training speed on this machine, from the metrics file (and, on a GPU, the memory peak). On one shared CPU
+# thread the `cpu` preset trained at 70–73 images/s with the affine loss (the seeds experiment's three runs:
+# 12,000 steps of 8 images in 22–23 min each). The `paper` preset has not
 # yet been run on a GPU by the book's developers (none was available); the line below reports it where
 # it runs.
 

@@ -312,11 +312,12 @@ display(Markdown(runs_table(results["runs"], results["baselines"])))
 #   against 0.415 / 0.455 / 0.469), and above the oracle and even k-means on the true flow — the affine
 #   model separates faces whose flows differ by an affine map, which clustering the flow vectors cannot.
 #   But paired over three seeds the margin over colour k-means (+0.208, 95 % CI −0.123 to +0.540,
-#   p = 0.11) is not resolved; seed 1 is only 0.055 above it.
+#   p = 0.11) is not resolved; seed 1 is only 0.054 above it.
 # - **The objects, rigid:** two seeds are well above every appearance baseline, seed 0 (0.341) is below
 #   colour k-means (0.376) and the oracle (0.401) on its frames; over seeds +0.159 against colour k-means and
 #   +0.106 against the oracle, neither resolved. Grouping the true flow gives 0.838: the flow holds the
-#   objects, and the network recovers about 60 % of that from one frame in its good seeds.
+#   objects, and in its good seeds the network recovers 69–74 % of that from one frame (0.620 and 0.574 against
+#   0.839 and 0.826 on their frames).
 # - **The objects, entropy:** level with colour k-means (+0.001) and below the object oracle (−0.052): on
 #   rendered frames with exact flow, the entropy loss's segments are no better than what the colours give.
 #   It is the thesis' loss for real video with computed flow (`04_s3`), not for these worlds.

@@ -901,7 +901,7 @@ else: print(f"no saved results at {SAVED_DISSECTION}")
 # | supervised, calibrated threshold | **4/24** | 0/64 | 1/96 | 3/96 | **7/64** |
 # | 5 random networks, calibrated: mean [95 % interval] | 0.4 [0, 2.1] | 0.8 [0, 3.3] | 1.0 [0, 3.2] | 1.0 [0, 4.7] | 0.8 [0, 3.3] |
 #
-# (bold: above the null's interval). What this shows:
+# (bold: above the null's interval; relu1's null at 0.04 is the single point 1, so no count there is bold). What this shows:
 #
 # - **The 0.04 criterion is below the null here.** The random networks' 99th-percentile unit IoU is 0.055,
 #   0.093, 0.083, 0.079 and 0.058 at relu1..relu5, and at 0.04 the five random networks already show 3–10
