@@ -10,7 +10,7 @@
 # *together*. `03_cpfs_transfer` found flow classification ahead of every CPFS loss — in the `objects` world,
 # whose one object always moves and whose camera barely does. Does the ordering change when the premise holds?
 #
-# **The answer so far** is printed by the cell after the figure, from the saved results
+# **The answer so far** is printed below, with its figure, from the saved results
 # (`nbs/03_cpfs_ambiguity_results.json`): per world, the paired difference CPFS − flow classification on
 # segmentation mIoU and on the conv3 linear probe, with 95 % CIs and Holm-corrected p-values, and the slope of
 # that difference against the worlds' ambiguity. The sweep is long (10–20 CPU-hours on two cores); the saved
@@ -18,6 +18,129 @@
 
 # %% [markdown]
 # *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+
+# %%
+#| code-fold: true
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import Markdown, display
+
+from motion_nbs import core
+from motion_nbs.cpfs import THESIS_SIGMA2
+from motion_nbs.transfer import forest_plot
+
+# %%
+#| code-fold: true
+ROOT = core.repo_root() or Path.cwd()   # the checkout (the saved results live in its nbs/)
+SAVED = ROOT / "nbs" / "03_cpfs_ambiguity_results.json"
+PRETRAINED = ("flow_cls", "kta", "ce")
+
+def metric_names(settings: dict) -> tuple:
+    "The compared metrics: segmentation mIoU and classification top-1 fine-tuned on the most labels, and the conv3 probe."
+    n = max(settings["budgets"])
+    return (f"seg_{n}", "probe_relu3", f"cls_{n}")
+def ambiguity_forest(results: dict, metrics=None):
+    "Paired differences CPFS − flow classification per world (mean and 95 % CI), one panel per metric; the least ambiguous world on top."
+    metrics = metrics or metric_names(results["settings"])[:2]
+    comps = [c for c in results["comparisons"] if c["family"] in ("cpfs_vs_flow_cls", "extension") and c["pair"].endswith("flow_cls")]
+    fg = {w["name"]: w["manipulation"]["figure_ground_entropy_share"] for w in results["worlds"]}
+    worlds_ = sorted({c["world"] for c in comps}, key=lambda w: -fg[w])
+    labels = {"seg": "segmentation mIoU, fine-tuned", "probe": "conv3 linear probe top-1", "cls": "classification top-1, fine-tuned"}
+    n = sum(1 for c in comps if c["metric"] == metrics[0])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.32 * n + 1.6), sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        rows = [dict(label=f"{w} (FG {fg[w]:.3f}): {c['pair'].replace(' - ', ' − ')}", mean=c["mean"], ci95=c["ci95"], group=c["pair"])
+                for w in worlds_ for c in comps if c["world"] == w and c["metric"] == m]
+        forest_plot(rows, ax=ax, xlabel=f"{labels[m.split('_')[0]]}: CPFS − flow cls. (points)")
+    axes[0][0].set_title("paired over seeds, 95 % CIs; right of 0: CPFS better; FG: figure/ground share of the flow-class entropy",
+                         fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig
+
+def sweep_figure(results: dict):
+    "The worlds' ambiguity (two manipulation statistics) and the validation scores of the pre-training rates tried so far."
+    ws = results["worlds"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    names = [w["name"] for w in ws]
+    for ax, stat, label in ((axes[0], "relative_motion_under_1px", "frames whose dominant object moves < 1 px (share)"),
+                            (axes[1], "figure_ground_entropy_share", "share of flow-class entropy explained by figure/ground")):
+        ax.barh(range(len(ws)), [w["manipulation"][stat] for w in ws], color="C0")
+        ax.set_yticks(range(len(ws)), names, fontsize=8); ax.set_xlabel(label, fontsize=8); ax.invert_yaxis()
+    axes[0].set_title("(a) still objects", fontsize=9); axes[1].set_title("(b) does the flow class say 'object'?", fontsize=9)
+    ax, sel_seeds = axes[2], results["settings"]["selection_seeds"]
+    chosen = {(c["world"], c["arm"]): c["chosen"] for c in results["lr_selection"]}
+    tried = {}   # (world, arm) -> {lr: [validation scores of the selection seeds]}, the thesis' sigma^2 (CPFS) as in the grid
+    for r in results["runs"]:
+        if r["phase"] == "main" and r["arm"] in PRETRAINED and r["seed"] in sel_seeds and r["sigma2"] in (None, THESIS_SIGMA2):
+            tried.setdefault((r["world"], r["arm"]), {}).setdefault(r["lr"], []).append(100 * float(np.mean(list(r["valid"].values()))))
+    for i, ((w, arm), pts) in enumerate(sorted(tried.items())):
+        lrs = sorted(pts)
+        ax.plot(lrs, [np.mean(pts[lr]) for lr in lrs], "o-", color=f"C{i % 10}", label=f"{w} {arm}")
+        if (w, arm) in chosen: ax.plot([chosen[(w, arm)]], [np.mean(pts[chosen[(w, arm)]])], "*", ms=12, color=f"C{i % 10}")
+    for r in results["runs"]:
+        if r["arm"] == "random" and r["seed"] in sel_seeds:
+            ax.axhline(100 * float(np.mean(list(r["valid"].values()))), color="k", ls=":", lw=0.8)
+    ax.set_xscale("log"); ax.set_xlabel("pre-training learning rate"); ax.set_ylabel("validation score (%)")
+    ax.set_title("(c) validation score per rate (star: chosen; dotted: random init)", fontsize=9)
+    if tried: ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+def worlds_table(results) -> str:
+    lines = ["| world | frames with dominant object < 1 px | FG share of flow-class entropy | ceiling top-1 | ceiling mIoU | majority class |",
+             "|---|---|---|---|---|---|"]
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f} %"
+    for w in results["worlds"]:
+        m = w["manipulation"]
+        lines.append(f"| {w['name']} | {100 * m['relative_motion_under_1px']:.1f} % | {m['figure_ground_entropy_share']:.3f} | "
+                     f"{pct(w['ceiling_accuracy'])} | {pct(w['ceiling_miou'])} | {pct(w['prior'])} |")
+    return "\n".join(lines)
+
+def comparisons_table(results, families=("cpfs_vs_flow_cls", "extension", "floor")) -> str:
+    fmt = lambda v: "" if v is None else f"{v:.3g}"
+    lines = ["| world | pair | metric | n | mean (95 % CI) | detectable (80 %) | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in results["comparisons"]:
+        if c["family"] not in families: continue
+        ci = f"({c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f})" if c["ci95"] else ""
+        det = "" if c.get("detectable_80") is None else f"{c['detectable_80']:.1f}"
+        lines.append(f"| {c['world']} | {c['pair']} | {c['metric']} | {c['n']} | {c['mean']:+.1f} {ci} | {det} | {fmt(c['p'])} | "
+                     f"{fmt(c.get('p_holm'))} | {c['verdict']} |")
+    return "\n".join(lines)
+
+def answer(results) -> str:
+    "The answer so far, in sentences generated from the results: per world the CPFS − flow classification verdicts, then the trend."
+    fam = [c for c in results["comparisons"] if c["family"] == "cpfs_vs_flow_cls"]
+    done = sorted({c["world"] for c in fam})
+    if not done:
+        return ("**No world has finished its comparisons yet**: the sweep is under way (its progress is listed below); the table of "
+                "worlds and the validation scores of the rates tried so far are shown, nothing is concluded.")
+    fg = {w["name"]: w["manipulation"]["figure_ground_entropy_share"] for w in results["worlds"]}
+    out = []
+    for w in sorted(done, key=lambda w: -fg[w]):
+        parts = [f"{c['pair'].replace(' - ', ' − ')} on {c['metric']} {c['mean']:+.1f} (CI {c['ci95'][0]:+.1f} to {c['ci95'][1]:+.1f}, "
+                 f"Holm p = {c['p_holm']:.2g}: {c['verdict']})" for c in fam if c["world"] == w and not c["metric"].startswith("cls")]
+        out.append(f"- **{w}** (figure/ground explains {100 * fg[w]:.1f} % of the flow-class entropy): " + "; ".join(parts) + ".")
+    for t in results["trend"]:
+        if t["statistic"] == "figure_ground_entropy_share" and not t["metric"].startswith("cls"):
+            out.append(f"- Trend of {t['pair'].replace(' - ', ' − ')} on {t['metric']} against the figure/ground share: slope "
+                       f"{t['slope']:+.0f} points per unit (CI {t['ci95'][0]:+.0f} to {t['ci95'][1]:+.0f}, p = {t['p']:.2g}, {t['worlds']} worlds); "
+                       "a negative slope means CPFS gains on flow classification as the motion gets more ambiguous.")
+    missing = [p["world"] for p in results["progress"] if p["world"] not in done]
+    if missing: out.append(f"- Not yet compared (sweep under way): {', '.join(missing)}.")
+    return "\n".join(out)
+
+
+# %%
+#| echo: false
+saved = json.loads(SAVED.read_text()) if SAVED.exists() else None
+if saved:
+    display(Markdown(answer(saved)))
+    if any(c["family"] == "cpfs_vs_flow_cls" for c in saved["comparisons"]): ambiguity_forest(saved); plt.show()
+    else: sweep_figure(saved); plt.show()
+else: print(f"no saved results yet ({SAVED}): run the sweep with -p preset full")
 
 # %% tags=["parameters"]
 preset = "saved"        # "saved" (show the saved results), "tiny" (a smoke run of the whole sweep), "full" (the sweep; resumes)
@@ -85,10 +208,12 @@ reject_unknown_parameters()  # a -p name this notebook does not define stops the
 # pre-training from its checkpoint in `runs_dir`.
 
 # %%
+#| code-fold: true
 from motion_nbs.core import check_choice, check_int, check_number, resolve_device
 from motion_nbs.data import OBJECT_WORLDS
 
 # %%
+#| code-fold: true
 SWEEP_WORLDS = ("objects_ambiguous", "objects", "objects_static", "objects_camera", "objects_k3")
 PHASES = ("main", "extension", "budget")
 PRESETS = {
@@ -131,8 +256,6 @@ from motion_nbs import core
 from motion_nbs.core import atomic_write
 
 # %%
-ROOT = core.repo_root() or Path.cwd()   # the checkout (the saved results live in its nbs/)
-SAVED = ROOT / "nbs" / "03_cpfs_ambiguity_results.json"
 run = preset != "saved"
 if run:
     cfg = dict(PRESETS[preset])
@@ -157,9 +280,8 @@ from motion_nbs.cpfs import THESIS_SIGMA2, CPFSConfig, build_cpfs_model, finishe
 from motion_nbs.models import fold_batchnorm
 from motion_nbs.transfer import calibrate_batchnorm, evaluate_transfer, supervised_ceiling, world_frames
 
-# %%
-PRETRAINED = ("flow_cls", "kta", "ce")
 
+# %%
 def spec(world, arm, seed, lr=None, sigma2=None, temperature=1.0, steps=None, phase="main") -> dict:
     return dict(world=world, arm=arm, seed=seed, lr=lr, sigma2=sigma2, temperature=temperature, steps=steps, phase=phase)
 
@@ -303,12 +425,7 @@ from motion_nbs.data import manipulation_statistics
 from motion_nbs.transfer import SPLIT_SEEDS, forest_plot, holm, labelled_frames, paired_comparison
 import matplotlib.pyplot as plt
 
-
 # %%
-def metric_names(settings: dict) -> tuple:
-    "The compared metrics: segmentation mIoU and classification top-1 fine-tuned on the most labels, and the conv3 probe."
-    n = max(settings["budgets"])
-    return (f"seg_{n}", "probe_relu3", f"cls_{n}")
 PAIRS = (("ce", "flow_cls"), ("kta", "flow_cls"))
 FLOORS = (("flow_cls", "random"), ("ce", "random"), ("kta", "random"))
 THESIS = "thesis (tables 3.1, 3.2): CE − flow cls. +2.6 VOC12 seg mIoU, +1.0 VOC07 cls mAP, +3.1 conv3 ImageNet probe"
@@ -409,55 +526,6 @@ def trends(comps, worlds_out, min_worlds: int, metrics) -> list:
 
 
 # %%
-def ambiguity_forest(results: dict, metrics=None):
-    "Paired differences CPFS − flow classification per world (mean and 95 % CI), one panel per metric; the least ambiguous world on top."
-    metrics = metrics or metric_names(results["settings"])[:2]
-    comps = [c for c in results["comparisons"] if c["family"] in ("cpfs_vs_flow_cls", "extension") and c["pair"].endswith("flow_cls")]
-    fg = {w["name"]: w["manipulation"]["figure_ground_entropy_share"] for w in results["worlds"]}
-    worlds_ = sorted({c["world"] for c in comps}, key=lambda w: -fg[w])
-    labels = {"seg": "segmentation mIoU, fine-tuned", "probe": "conv3 linear probe top-1", "cls": "classification top-1, fine-tuned"}
-    n = sum(1 for c in comps if c["metric"] == metrics[0])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.32 * n + 1.6), sharey=True, squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        rows = [dict(label=f"{w} (FG {fg[w]:.3f}): {c['pair'].replace(' - ', ' − ')}", mean=c["mean"], ci95=c["ci95"], group=c["pair"])
-                for w in worlds_ for c in comps if c["world"] == w and c["metric"] == m]
-        forest_plot(rows, ax=ax, xlabel=f"{labels[m.split('_')[0]]}: CPFS − flow cls. (points)")
-    axes[0][0].set_title("paired over seeds, 95 % CIs; right of 0: CPFS better; FG: figure/ground share of the flow-class entropy",
-                         fontsize=8, loc="left")
-    fig.tight_layout()
-    return fig
-
-def sweep_figure(results: dict):
-    "The worlds' ambiguity (two manipulation statistics) and the validation scores of the pre-training rates tried so far."
-    ws = results["worlds"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
-    names = [w["name"] for w in ws]
-    for ax, stat, label in ((axes[0], "relative_motion_under_1px", "frames whose dominant object moves < 1 px (share)"),
-                            (axes[1], "figure_ground_entropy_share", "share of flow-class entropy explained by figure/ground")):
-        ax.barh(range(len(ws)), [w["manipulation"][stat] for w in ws], color="C0")
-        ax.set_yticks(range(len(ws)), names, fontsize=8); ax.set_xlabel(label, fontsize=8); ax.invert_yaxis()
-    axes[0].set_title("(a) still objects", fontsize=9); axes[1].set_title("(b) does the flow class say 'object'?", fontsize=9)
-    ax, sel_seeds = axes[2], results["settings"]["selection_seeds"]
-    chosen = {(c["world"], c["arm"]): c["chosen"] for c in results["lr_selection"]}
-    tried = {}   # (world, arm) -> {lr: [validation scores of the selection seeds]}, the thesis' sigma^2 (CPFS) as in the grid
-    for r in results["runs"]:
-        if r["phase"] == "main" and r["arm"] in PRETRAINED and r["seed"] in sel_seeds and r["sigma2"] in (None, THESIS_SIGMA2):
-            tried.setdefault((r["world"], r["arm"]), {}).setdefault(r["lr"], []).append(100 * float(np.mean(list(r["valid"].values()))))
-    for i, ((w, arm), pts) in enumerate(sorted(tried.items())):
-        lrs = sorted(pts)
-        ax.plot(lrs, [np.mean(pts[lr]) for lr in lrs], "o-", color=f"C{i % 10}", label=f"{w} {arm}")
-        if (w, arm) in chosen: ax.plot([chosen[(w, arm)]], [np.mean(pts[chosen[(w, arm)]])], "*", ms=12, color=f"C{i % 10}")
-    for r in results["runs"]:
-        if r["arm"] == "random" and r["seed"] in sel_seeds:
-            ax.axhline(100 * float(np.mean(list(r["valid"].values()))), color="k", ls=":", lw=0.8)
-    ax.set_xscale("log"); ax.set_xlabel("pre-training learning rate"); ax.set_ylabel("validation score (%)")
-    ax.set_title("(c) validation score per rate (star: chosen; dotted: random init)", fontsize=9)
-    if tried: ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    return fig
-
-
-# %%
 if run:
     # every world with records (several sweeps may run side by side, each on its own worlds), in the sweep's order
     all_records = {w: load_records(w) for w in OBJECT_WORLDS if w in cfg["worlds"] or (recs_dir / f"{w}.json").exists()}
@@ -468,12 +536,11 @@ if run:
     with atomic_write(out_json) as tmp: tmp.write_text(json.dumps(results, indent=1))
 elif SAVED.exists(): results = json.loads(SAVED.read_text())
 else: results = None; print("no saved results yet: run the sweep with -p preset full")
-if results and any(c["family"] == "cpfs_vs_flow_cls" for c in results["comparisons"]):
+if run and any(c["family"] == "cpfs_vs_flow_cls" for c in results["comparisons"]):   # this run's answer (the saved one opens the page)
     fig = ambiguity_forest(results)
-    if run: fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches="tight")
+    fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches="tight")
     plt.show()
 if results: fig = sweep_figure(results)
-
 
 # %% [markdown]
 # ## What came out
@@ -482,51 +549,8 @@ if results: fig = sweep_figure(results)
 # made on validation frames, the comparisons and the trend, and how far the sweep has got.
 
 # %%
-def worlds_table(results) -> str:
-    lines = ["| world | frames with dominant object < 1 px | FG share of flow-class entropy | ceiling top-1 | ceiling mIoU | majority class |",
-             "|---|---|---|---|---|---|"]
-    pct = lambda v: "—" if v is None else f"{100 * v:.1f} %"
-    for w in results["worlds"]:
-        m = w["manipulation"]
-        lines.append(f"| {w['name']} | {100 * m['relative_motion_under_1px']:.1f} % | {m['figure_ground_entropy_share']:.3f} | "
-                     f"{pct(w['ceiling_accuracy'])} | {pct(w['ceiling_miou'])} | {pct(w['prior'])} |")
-    return "\n".join(lines)
-
-def comparisons_table(results, families=("cpfs_vs_flow_cls", "extension", "floor")) -> str:
-    fmt = lambda v: "" if v is None else f"{v:.3g}"
-    lines = ["| world | pair | metric | n | mean (95 % CI) | detectable (80 %) | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
-    for c in results["comparisons"]:
-        if c["family"] not in families: continue
-        ci = f"({c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f})" if c["ci95"] else ""
-        det = "" if c.get("detectable_80") is None else f"{c['detectable_80']:.1f}"
-        lines.append(f"| {c['world']} | {c['pair']} | {c['metric']} | {c['n']} | {c['mean']:+.1f} {ci} | {det} | {fmt(c['p'])} | "
-                     f"{fmt(c.get('p_holm'))} | {c['verdict']} |")
-    return "\n".join(lines)
-
-def answer(results) -> str:
-    "The answer so far, in sentences generated from the results: per world the CPFS − flow classification verdicts, then the trend."
-    fam = [c for c in results["comparisons"] if c["family"] == "cpfs_vs_flow_cls"]
-    done = sorted({c["world"] for c in fam})
-    if not done:
-        return ("**No world has finished its comparisons yet**: the sweep is under way (its progress is listed below); the table of "
-                "worlds and the validation scores of the rates tried so far are shown, nothing is concluded.")
-    fg = {w["name"]: w["manipulation"]["figure_ground_entropy_share"] for w in results["worlds"]}
-    out = []
-    for w in sorted(done, key=lambda w: -fg[w]):
-        parts = [f"{c['pair'].replace(' - ', ' − ')} on {c['metric']} {c['mean']:+.1f} (CI {c['ci95'][0]:+.1f} to {c['ci95'][1]:+.1f}, "
-                 f"Holm p = {c['p_holm']:.2g}: {c['verdict']})" for c in fam if c["world"] == w and not c["metric"].startswith("cls")]
-        out.append(f"- **{w}** (figure/ground explains {100 * fg[w]:.1f} % of the flow-class entropy): " + "; ".join(parts) + ".")
-    for t in results["trend"]:
-        if t["statistic"] == "figure_ground_entropy_share" and not t["metric"].startswith("cls"):
-            out.append(f"- Trend of {t['pair'].replace(' - ', ' − ')} on {t['metric']} against the figure/ground share: slope "
-                       f"{t['slope']:+.0f} points per unit (CI {t['ci95'][0]:+.0f} to {t['ci95'][1]:+.0f}, p = {t['p']:.2g}, {t['worlds']} worlds); "
-                       "a negative slope means CPFS gains on flow classification as the motion gets more ambiguous.")
-    missing = [p["world"] for p in results["progress"] if p["world"] not in done]
-    if missing: out.append(f"- Not yet compared (sweep under way): {', '.join(missing)}.")
-    return "\n".join(out)
-
 if results:
-    display(Markdown(answer(results)))
+    if run: display(Markdown(answer(results)))
     display(Markdown(worlds_table(results)))
     for p in results["progress"]:
         nxt = p["next"]

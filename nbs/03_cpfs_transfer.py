@@ -7,6 +7,154 @@
 # *Default run: **10 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
+# **The question** (section 3.3.6, tables 3.1 and 3.2): do the CPFS losses transfer better than direct flow
+# classification, which transfers better than random initialisation?
+#
+# **The answer** in the `objects` world, from the saved full run (`nbs/03_cpfs_transfer_results.json`): the figure
+# shows each ordering as the paired difference over the 5 seeds with its 95 % CI (right of 0: the first arm
+# transfers better), and the lines under it say, for each CPFS loss at its chosen learning rate against flow
+# classification at its own, what came out. How it was measured follows; the numbers in full are under
+# "Results" and "What came out".
+
+# %%
+#| code-fold: true
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import Markdown, display
+
+from motion_nbs import core
+from motion_nbs.core import atomic_write
+from motion_nbs.transfer import forest_plot, paired_comparison, thesis_number
+
+# %%
+#| code-fold: true
+ROOT = core.repo_root() or Path.cwd()   # the checkout (the saved results live in its nbs/)
+SAVED = ROOT / "nbs" / "03_cpfs_transfer_results.json"
+
+def split_arm(arm: str):
+    "'ce@0.001' -> ('ce', 0.001); 'ce' -> ('ce', None): an arm and the pre-training learning rate it overrides."
+    base, at, lr = str(arm).partition("@")
+    if not at: return base, None
+    try: lr = float(lr)
+    except ValueError: lr = -1.0
+    return base, lr
+
+def metrics_of(rec: dict) -> dict:
+    "One record's metrics, in %: probe_relu1..probe_relu5 (top-1) and the fine-tunings (cls_n top-1, seg_n mIoU)."
+    out = {f"probe_{l}": 100 * v["accuracy"] for l, v in rec["probe"].items()}
+    out.update({k: 100 * v["test"] for k, v in rec["fine_tune"].items()})
+    return out
+
+def summarize(records: list) -> dict:
+    "{arm: {metric: (mean, std, n)}}."
+    out = {}
+    for arm in dict.fromkeys(r["arm"] for r in records):
+        ms = [metrics_of(r) for r in records if r["arm"] == arm]
+        out[arm] = {k: (float(torch.tensor([m[k] for m in ms]).mean()), float(torch.tensor([m[k] for m in ms]).std()) if len(ms) > 1 else 0.0,
+                        len(ms)) for k in ms[0]}
+    return out
+
+ORDERINGS = [(a, "flow_cls") for a in ("ce", "kta", "ce_rev")] + [("flow_cls", "random")] + [(a, "random") for a in ("ce", "kta", "ce_rev")]
+
+def lr_orderings(records: list) -> list:
+    "For each arm pre-trained at another learning rate ('ce@0.001'): against flow classification and against its loss's default."
+    return [o for arm in dict.fromkeys(r["arm"] for r in records) if split_arm(arm)[1] is not None
+            for o in ((arm, "flow_cls"), (arm, split_arm(arm)[0]))]
+
+def lr_selection(records: list) -> dict:
+    """For each loss pre-trained at several learning rates: the mean validation score of each rate's fine-tunings (over
+    seeds and the four fine-tunings, in %) and the rate chosen on it. Test frames play no part in the choice."""
+    by_loss = {}
+    for arm in dict.fromkeys(r["arm"] for r in records): by_loss.setdefault(split_arm(arm)[0], []).append(arm)
+    out = {}
+    for loss, arms_ in by_loss.items():
+        if len(arms_) < 2: continue
+        valid = {a: 100 * float(torch.tensor([v["valid"] for r in records if r["arm"] == a for v in r["fine_tune"].values()]).mean())
+                 for a in arms_}
+        out[loss] = dict(valid=valid, chosen=max(valid, key=valid.get))
+    return out
+
+def chosen_orderings(records: list) -> list:
+    "Each CPFS loss against flow classification, each at the pre-training rate chosen on the validation frames (`lr_selection`)."
+    sel = lr_selection(records)
+    pick = lambda loss: sel[loss]["chosen"] if loss in sel else loss
+    return [(pick(a), pick("flow_cls")) for a in ("ce", "kta", "ce_rev")] + [(pick("flow_cls"), "random")]
+
+def comparisons(records: list) -> list:
+    """Each ordering and metric (the fixed ones, those of arms at other learning rates, then the arms at their chosen
+    rates): the paired comparison over the seeds both arms share."""
+    out = []
+    for a, b in dict.fromkeys(ORDERINGS + lr_orderings(records) + chosen_orderings(records)):
+        ra = {r["seed"]: metrics_of(r) for r in records if r["arm"] == a}
+        rb = {r["seed"]: metrics_of(r) for r in records if r["arm"] == b}
+        common = sorted(set(ra) & set(rb))
+        if len(common) < 2: continue
+        for m in ra[common[0]]:
+            out.append(dict(better=a, worse=b, metric=m, seeds=common,
+                            **paired_comparison([ra[s][m] for s in common], [rb[s][m] for s in common])))
+    return out
+
+def results_table(summary: dict, ceiling: dict) -> str:
+    "Per arm, mean ± std over seeds of every metric, and the thesis' number beside it (tables 3.1, 3.2; VOC and ILSVRC, not this world)."
+    metrics = list(next(iter(summary.values())))
+    th = lambda arm, m: "" if thesis_number(arm, m) is None else f" [{thesis_number(arm, m):.1f}]"
+    lines = ["| arm | seeds | " + " | ".join(m.replace("probe_relu", "probe conv") for m in metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for arm, s in summary.items():
+        lines.append(f"| {arm} | {s[metrics[0]][2]} | " + " | ".join(f"{s[m][0]:.1f} ± {s[m][1]:.1f}{th(arm, m)}" for m in metrics) + " |")
+    lines.append(f"\nIn brackets: the thesis' number for the same arm and protocol — ILSVRC-12 linear probes (table 3.2), VOC07 "
+                 f"classification mAP and VOC12 segmentation mIoU after fine-tuning (table 3.1) — on real data, so only the orderings "
+                 f"compare. Ceiling (end to end on the labels): accuracy {100 * ceiling['accuracy']:.1f}%, mIoU {100 * ceiling['miou']:.1f}%; "
+                 f"majority class {100 * ceiling['prior']:.1f}%.")
+    return "\n".join(lines)
+
+def comparisons_table(comps: list) -> str:
+    lines = ["| ordering | metric | mean difference (95% CI) | p | verdict |", "|---|---|---|---|---|"]
+    for c in comps:
+        lines.append(f"| {c['better']} > {c['worse']} | {c['metric']} | {c['mean_difference']:+.2f} ({c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}) | "
+                     f"{c['p']:.3f} | {c['verdict']} |")
+    return "\n".join(lines)
+
+def plot_results(comps: list, records: list, metrics=("seg_1000", "probe_relu3", "cls_1000")):
+    "The paired differences over seeds with 95 % CIs (a forest plot), one panel per metric: the orderings the thesis states."
+    pairs = list(dict.fromkeys(ORDERINGS + chosen_orderings(records)))
+    labels = {"seg_1000": "segmentation mIoU, fine-tuned on 1,000", "probe_relu3": "conv3 linear probe top-1", "cls_1000": "top-1, fine-tuned on 1,000"}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.32 * len(pairs) + 1.6), sharey=True)
+    for ax, m in zip(axes, metrics):
+        rows = [dict(label=f"{a} − {b}", mean=c["mean_difference"], ci95=c["ci95"], group="vs random" if b == "random" else "vs flow_cls")
+                for a, b in pairs for c in comps if c["better"] == a and c["worse"] == b and c["metric"] == m]
+        forest_plot(rows, ax=ax, xlabel=f"{labels[m]} (points)")
+    axes[0].set_title("right of 0: the first arm transfers better; 95 % CIs over 5 seeds", fontsize=9, loc="left")
+    fig.tight_layout()
+    return fig
+
+def answer_lines(results: dict, metrics=("seg_1000", "probe_relu3", "cls_1000")) -> str:
+    "One line per CPFS loss (at its chosen learning rate) against flow classification (at its own): each metric's paired difference."
+    names = {"seg_1000": "segmentation mIoU", "probe_relu3": "conv3 probe", "cls_1000": "top-1 after fine-tuning"}
+    comps = {(c["better"], c["worse"], c["metric"]): c for c in results["comparisons"]}
+    lines = []
+    for a, b in chosen_orderings(results["records"]):
+        parts = [f"{names[m]} {c['mean_difference']:+.1f} (95 % CI {c['ci95'][0]:+.1f} to {c['ci95'][1]:+.1f}, p = {c['p']:.2g}): "
+                 f"**{c['verdict']}**" for m in metrics for c in [comps.get((a, b, m))] if c]
+        if parts: lines.append(f"- **{a} − {b}**: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+# %%
+#| echo: false
+saved = json.loads(SAVED.read_text()) if SAVED.exists() else None
+if saved:
+    plot_results(saved["comparisons"], saved["records"]); plt.show()
+    display(Markdown(answer_lines(saved)))
+else: print(f"no saved results yet ({SAVED}): run the full preset")
+
+# %% [markdown]
+# ## The design
+#
 # The claim under test (section 3.3.6, tables 3.1 and 3.2): *the CPFS losses (CE, KTA, CE-rev) transfer
 # better than direct flow classification, which transfers better than random initialisation*. The thesis
 # shows it on ImageNet and PASCAL VOC, which cannot be downloaded here. This notebook tests the same
@@ -64,11 +212,13 @@ from motion_nbs.core import reject_unknown_parameters
 reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
 
 # %%
+#| code-fold: true
 from motion_nbs.core import check_choice, check_int, resolve_device
 from motion_nbs.cpfs import CPFS_TRAIN_LOSSES
 from motion_nbs.data import PRESETS as WORLDS
 
 # %%
+#| code-fold: true
 ALL_ARMS = ("random", *CPFS_TRAIN_LOSSES, "supervised")
 PRESETS = {
     "tiny": dict(seeds=[0, 1], num_iters=2, batch_size=4, num_pixels=32, image_size=64, pool_size=8, num_train=24, num_probe=24,
@@ -79,14 +229,6 @@ PRESETS = {
 }
 check_choice("preset", preset, ("saved", *PRESETS))
 if isinstance(arms, str): arms = [a.strip() for a in arms.split(",")]
-
-def split_arm(arm: str):
-    "'ce@0.001' -> ('ce', 0.001); 'ce' -> ('ce', None): an arm and the pre-training learning rate it overrides."
-    base, at, lr = str(arm).partition("@")
-    if not at: return base, None
-    try: lr = float(lr)
-    except ValueError: lr = -1.0
-    return base, lr
 
 def _valid_arm(arm) -> bool:
     base, lr = split_arm(arm)
@@ -114,18 +256,6 @@ dev = resolve_device(device)  # a device this machine lacks fails here, naming t
 # numbers. They are rendered once and kept in `runs_dir`.
 
 # %%
-import hashlib
-import json
-import time
-from pathlib import Path
-import torch
-from IPython.display import Markdown, display
-from motion_nbs import core
-from motion_nbs.core import atomic_write
-
-# %%
-ROOT = core.repo_root() or Path.cwd()   # the checkout (the saved results live in its nbs/)
-SAVED = ROOT / "nbs" / "03_cpfs_transfer_results.json"
 run = preset != "saved" or not SAVED.exists()
 mode = ("tiny" if preset == "saved" else preset) if run else "saved"
 if run:
@@ -267,7 +397,7 @@ if run:
 # %% [markdown]
 # ## Results
 #
-# The figure shows the orderings the thesis states as paired differences over the seeds with their 95 % CIs (a
+# The figure (the saved run's opens the page; a new run draws its own here) shows the orderings the thesis states as paired differences over the seeds with their 95 % CIs (a
 # forest plot: right of 0, the first arm transfers better): each CPFS loss against flow classification, each
 # pre-training against random initialisation, and the arms at the learning rates chosen on validation frames.
 # The table gives every arm's mean ± standard deviation over seeds, in % on the test frames — the linear
@@ -275,99 +405,6 @@ if run:
 # frames — with the thesis' number in brackets; the ceiling and the majority class below it.
 
 # %%
-from motion_nbs.transfer import forest_plot, paired_comparison, thesis_number
-import matplotlib.pyplot as plt
-
-
-# %%
-def metrics_of(rec: dict) -> dict:
-    "One record's metrics, in %: probe_relu1..probe_relu5 (top-1) and the fine-tunings (cls_n top-1, seg_n mIoU)."
-    out = {f"probe_{l}": 100 * v["accuracy"] for l, v in rec["probe"].items()}
-    out.update({k: 100 * v["test"] for k, v in rec["fine_tune"].items()})
-    return out
-
-def summarize(records: list) -> dict:
-    "{arm: {metric: (mean, std, n)}}."
-    out = {}
-    for arm in dict.fromkeys(r["arm"] for r in records):
-        ms = [metrics_of(r) for r in records if r["arm"] == arm]
-        out[arm] = {k: (float(torch.tensor([m[k] for m in ms]).mean()), float(torch.tensor([m[k] for m in ms]).std()) if len(ms) > 1 else 0.0,
-                        len(ms)) for k in ms[0]}
-    return out
-
-ORDERINGS = [(a, "flow_cls") for a in ("ce", "kta", "ce_rev")] + [("flow_cls", "random")] + [(a, "random") for a in ("ce", "kta", "ce_rev")]
-
-def lr_orderings(records: list) -> list:
-    "For each arm pre-trained at another learning rate ('ce@0.001'): against flow classification and against its loss's default."
-    return [o for arm in dict.fromkeys(r["arm"] for r in records) if split_arm(arm)[1] is not None
-            for o in ((arm, "flow_cls"), (arm, split_arm(arm)[0]))]
-
-def lr_selection(records: list) -> dict:
-    """For each loss pre-trained at several learning rates: the mean validation score of each rate's fine-tunings (over
-    seeds and the four fine-tunings, in %) and the rate chosen on it. Test frames play no part in the choice."""
-    by_loss = {}
-    for arm in dict.fromkeys(r["arm"] for r in records): by_loss.setdefault(split_arm(arm)[0], []).append(arm)
-    out = {}
-    for loss, arms_ in by_loss.items():
-        if len(arms_) < 2: continue
-        valid = {a: 100 * float(torch.tensor([v["valid"] for r in records if r["arm"] == a for v in r["fine_tune"].values()]).mean())
-                 for a in arms_}
-        out[loss] = dict(valid=valid, chosen=max(valid, key=valid.get))
-    return out
-
-def chosen_orderings(records: list) -> list:
-    "Each CPFS loss against flow classification, each at the pre-training rate chosen on the validation frames (`lr_selection`)."
-    sel = lr_selection(records)
-    pick = lambda loss: sel[loss]["chosen"] if loss in sel else loss
-    return [(pick(a), pick("flow_cls")) for a in ("ce", "kta", "ce_rev")] + [(pick("flow_cls"), "random")]
-
-def comparisons(records: list) -> list:
-    """Each ordering and metric (the fixed ones, those of arms at other learning rates, then the arms at their chosen
-    rates): the paired comparison over the seeds both arms share."""
-    out = []
-    for a, b in dict.fromkeys(ORDERINGS + lr_orderings(records) + chosen_orderings(records)):
-        ra = {r["seed"]: metrics_of(r) for r in records if r["arm"] == a}
-        rb = {r["seed"]: metrics_of(r) for r in records if r["arm"] == b}
-        common = sorted(set(ra) & set(rb))
-        if len(common) < 2: continue
-        for m in ra[common[0]]:
-            out.append(dict(better=a, worse=b, metric=m, seeds=common,
-                            **paired_comparison([ra[s][m] for s in common], [rb[s][m] for s in common])))
-    return out
-
-def results_table(summary: dict, ceiling: dict) -> str:
-    "Per arm, mean ± std over seeds of every metric, and the thesis' number beside it (tables 3.1, 3.2; VOC and ILSVRC, not this world)."
-    metrics = list(next(iter(summary.values())))
-    th = lambda arm, m: "" if thesis_number(arm, m) is None else f" [{thesis_number(arm, m):.1f}]"
-    lines = ["| arm | seeds | " + " | ".join(m.replace("probe_relu", "probe conv") for m in metrics) + " |", "|---|---|" + "---|" * len(metrics)]
-    for arm, s in summary.items():
-        lines.append(f"| {arm} | {s[metrics[0]][2]} | " + " | ".join(f"{s[m][0]:.1f} ± {s[m][1]:.1f}{th(arm, m)}" for m in metrics) + " |")
-    lines.append(f"\nIn brackets: the thesis' number for the same arm and protocol — ILSVRC-12 linear probes (table 3.2), VOC07 "
-                 f"classification mAP and VOC12 segmentation mIoU after fine-tuning (table 3.1) — on real data, so only the orderings "
-                 f"compare. Ceiling (end to end on the labels): accuracy {100 * ceiling['accuracy']:.1f}%, mIoU {100 * ceiling['miou']:.1f}%; "
-                 f"majority class {100 * ceiling['prior']:.1f}%.")
-    return "\n".join(lines)
-
-def comparisons_table(comps: list) -> str:
-    lines = ["| ordering | metric | mean difference (95% CI) | p | verdict |", "|---|---|---|---|---|"]
-    for c in comps:
-        lines.append(f"| {c['better']} > {c['worse']} | {c['metric']} | {c['mean_difference']:+.2f} ({c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}) | "
-                     f"{c['p']:.3f} | {c['verdict']} |")
-    return "\n".join(lines)
-
-def plot_results(comps: list, records: list, metrics=("seg_1000", "probe_relu3", "cls_1000")):
-    "The paired differences over seeds with 95 % CIs (a forest plot), one panel per metric: the orderings the thesis states."
-    pairs = list(dict.fromkeys(ORDERINGS + chosen_orderings(records)))
-    labels = {"seg_1000": "segmentation mIoU, fine-tuned on 1,000", "probe_relu3": "conv3 linear probe top-1", "cls_1000": "top-1, fine-tuned on 1,000"}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.32 * len(pairs) + 1.6), sharey=True)
-    for ax, m in zip(axes, metrics):
-        rows = [dict(label=f"{a} − {b}", mean=c["mean_difference"], ci95=c["ci95"], group="vs random" if b == "random" else "vs flow_cls")
-                for a, b in pairs for c in comps if c["better"] == a and c["worse"] == b and c["metric"] == m]
-        forest_plot(rows, ax=ax, xlabel=f"{labels[m]} (points)")
-    axes[0].set_title("right of 0: the first arm transfers better; 95 % CIs over 5 seeds", fontsize=9, loc="left")
-    fig.tight_layout()
-    return fig
-
 if run:
     records = [r for r in records if r["arm"] in cfg["arms"] and r["seed"] in cfg["seeds"]]
     summary = summarize(records)
@@ -377,11 +414,11 @@ if run:
                    test_counts=torch.bincount(frames["test"]["label"], minlength=3).tolist())
     out_json.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_json) as tmp: tmp.write_text(json.dumps(results, indent=1))
+    fig = plot_results(results["comparisons"], results["records"])   # this run's figure (the saved run's opens the page)
+    fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches="tight")
+    plt.show()
 else:
-    results = json.loads(SAVED.read_text())
-fig = plot_results(results["comparisons"], results["records"])
-if run: fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches="tight")
-plt.show()
+    results = saved
 display(Markdown(results_table(results["summary"], results["ceiling"])))
 
 # %% [markdown]

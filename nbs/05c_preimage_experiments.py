@@ -15,7 +15,7 @@
 # papermill nbs/05c_preimage_experiments.ipynb _runs/05c_alexnet.ipynb -p network alexnet -p experiments cnn
 # ```
 #
-# The `fast` preset finishes in minutes on a 2-core CPU (1 min 15–23 s measured; small images, few probes and initialisations);
+# The `fast` preset finishes in minutes on a 2-core CPU (its time is the runtime line above; small images, few probes and initialisations);
 # `paper` uses the thesis' scale (100 probe images, 24 initialisations for the spread, 224-pixel images
 # for the CNN) and wants a GPU. Probe images are the book's offline natural images (scikit-image photos,
 # then frames of the sample videos) instead of the first 100 ILSVRC validation images; `probe_dir` takes the
@@ -625,8 +625,8 @@ if "explorer" in chosen:
 # %% [markdown]
 # ## What came out
 #
-# Measured on 4 Dec 2026 with the defaults (`preset="fast"`, one torch thread), on 2 CPU cores: **1 min 24 s**
-# wall, 1 min 18 s user. (With torch's default 2 threads on a loaded machine a second thread made one small
+# Measured with the defaults (`preset="fast"`, one torch thread) on 2 CPU cores, in the time the runtime line under the
+# title states (`make book` re-runs it with the saved experiments). (With torch's default 2 threads on a loaded machine a second thread made one small
 # inversion 60–100× slower, so `num_threads = 1` is the default.) Saved in `nbs/05c_preimage_results.json` and
 # shown below. The scale is tiny: table 5.2 uses **8 grey probes at 128 px** (the eight scikit-image photos,
 # not the first 100 ILSVRC validation images); the CNN sweep uses **2 probes (astronaut, chelsea) at 64 px,
