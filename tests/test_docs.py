@@ -233,6 +233,25 @@ def test_docstring_lists_become_lists():
     assert build_preview.docstring_lists("Text:\n\n    code") == "Text:\n\n    code"   # an indented block that is no list
 
 
+def test_code_fold_and_echo_false_render_as_quarto_would():
+    "`#| code-fold: true` folds the cell's code under a 'Code' disclosure; `#| echo: false` shows the output only."
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("#| code-fold: true\nfolded_value = 1", outputs=[]),
+        nbformat.v4.new_code_cell("#| echo: false\nhidden_value = 2", outputs=[nbformat.v4.new_output("stream", text="the output")]),
+        nbformat.v4.new_code_cell("shown_value = 3", outputs=[])])
+    nb = build_preview.prepare_cells(nb, {}, "")
+    assert [c.metadata.get("tags", []) for c in nb.cells] == [["code_fold"], ["remove_input"], []]
+    assert "#|" not in "".join(c.source for c in nb.cells)
+    resources = {"metadata": {"name": "t", "path": "."}, "preview": {"sections": [], "href": "t.html", "home": "t.html",
+                                                                   "site_title": "s", "title": "t", "description": ""}}
+    html, _ = build_preview.make_exporter().from_notebook_node(nb, resources=resources)
+    fold = html.index('<details class="code-fold"><summary>Code</summary>')
+    assert fold < html.index("folded_value") < html.index("</details>", fold)
+    assert "hidden_value" not in html and "the output" in html
+    assert html.count("<details") == 1 and "shown_value" in html
+
+
 def require_mathjax():
     "MathJax 2 from Debian's libjs-mathjax (`make browser` installs it) or skip; CI fails instead."
     if any((d / "MathJax.js").exists() for d in build_preview.MATHJAX_DIRS): return

@@ -53,7 +53,13 @@ nav.preview-sidebar a[aria-current=page] { font-weight: bold; }
 main { flex: 1 1 auto; min-width: 0; padding: 1rem 2rem; font-family: var(--jp-content-font-family); }
 div.description { font-style: italic; font-size: 1.2em; opacity: 0.7; }
 </style>
+details.code-fold > summary { cursor: pointer; font: 13px/1.6 sans-serif; opacity: 0.7; }
 {% endblock extra_css %}
+{% block input_group -%}
+{%- if 'code_fold' in cell.metadata.get('tags', []) -%}
+<details class="code-fold"><summary>Code</summary>{{ super() }}</details>
+{%- else -%}{{ super() }}{%- endif -%}
+{%- endblock input_group %}
 {%- block body_header -%}
 <body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">
 {%- set p = resources.preview %}
@@ -83,9 +89,10 @@ MATHJAX_PARTS = ["MathJax.js", "config/TeX-AMS_CHTML-full.js", "config/Safe.js",
                  "jax/element", "jax/output/CommonHTML", "fonts/HTML-CSS/TeX/woff"]
 MATHJAX_URL = "mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
 
-# Quarto cell options (`#| echo: false`) as the tags nbconvert's TagRemovePreprocessor acts on.
+# Quarto cell options (`#| echo: false`) as the tags nbconvert's TagRemovePreprocessor acts on, and `#| code-fold: true`
+# as the tag the page template folds the cell's code under (Quarto's "Code" disclosure).
 DIRECTIVE_TAGS = {("echo", "false"): "remove_input", ("output", "false"): "remove_output",
-                  ("include", "false"): "remove_cell"}
+                  ("include", "false"): "remove_cell", ("code-fold", "true"): "code_fold"}
 DIRECTIVE = re.compile(r"^#\|\s*([\w-]+)\s*:\s*(.*?)\s*$")
 
 
