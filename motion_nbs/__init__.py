@@ -57,10 +57,12 @@ def _add_param_docs(module) -> None:
 
 class _ParamDocs(_abc.MetaPathFinder):
     "Documents `motion_nbs`' own modules as they are imported (`_add_param_docs`); every other import is left alone."
+    package = __name__
     def find_spec(self, name, path, target=None):
-        if not name.startswith(__name__ + ".") or name.endswith("._modidx"): return None
-        for finder in _sys.meta_path:
-            spec = None if finder is self or not hasattr(finder, "find_spec") else finder.find_spec(name, path, target)
+        if not name.startswith(self.package + ".") or name.endswith("._modidx"): return None
+        for finder in _sys.meta_path:   # the real finder (never another of ours: a reloaded package must not recurse)
+            if type(finder).__name__ == "_ParamDocs" or not hasattr(finder, "find_spec"): continue
+            spec = finder.find_spec(name, path, target)
             if spec is not None: break
         else: return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"): spec.loader = _Documenting(spec.loader)
@@ -74,4 +76,5 @@ class _Documenting(_abc.Loader):
         self._loader.exec_module(module)
         _add_param_docs(module)
 
-if not any(isinstance(f, _ParamDocs) for f in _sys.meta_path): _sys.meta_path.insert(0, _ParamDocs())
+if not any(type(f).__name__ == "_ParamDocs" and getattr(f, "package", None) == __name__ for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _ParamDocs())

@@ -78,10 +78,12 @@ def _add_param_docs(module) -> None:
 
 class _ParamDocs(_abc.MetaPathFinder):
     "Documents `motion_nbs`' own modules as they are imported (`_add_param_docs`); every other import is left alone."
+    package = __name__
     def find_spec(self, name, path, target=None):
-        if not name.startswith(__name__ + ".") or name.endswith("._modidx"): return None
-        for finder in _sys.meta_path:
-            spec = None if finder is self or not hasattr(finder, "find_spec") else finder.find_spec(name, path, target)
+        if not name.startswith(self.package + ".") or name.endswith("._modidx"): return None
+        for finder in _sys.meta_path:   # the real finder (never another of ours: a reloaded package must not recurse)
+            if type(finder).__name__ == "_ParamDocs" or not hasattr(finder, "find_spec"): continue
+            spec = finder.find_spec(name, path, target)
             if spec is not None: break
         else: return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"): spec.loader = _Documenting(spec.loader)
@@ -95,7 +97,8 @@ class _Documenting(_abc.Loader):
         self._loader.exec_module(module)
         _add_param_docs(module)
 
-if not any(isinstance(f, _ParamDocs) for f in _sys.meta_path): _sys.meta_path.insert(0, _ParamDocs())
+if not any(type(f).__name__ == "_ParamDocs" and getattr(f, "package", None) == __name__ for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _ParamDocs())
 
 # %%
 #| hide
@@ -141,6 +144,18 @@ assert _n > 20, _n
 assert "Parameters\n----------\nmodel\n    the caller's network" in _core.frozen.__doc__, _core.frozen.__doc__
 print(f"{_n} parameter comments agree with docments; help(frozen) shows:\n")
 print(_core.frozen.__doc__)
+
+# %% [markdown]
+# Reloading the package (`importlib.reload`) installs no second finder, and a module imported afterwards is
+# documented as before:
+
+# %%
+import importlib, sys
+importlib.reload(motion_nbs)
+test_eq(sum(type(f).__name__ == "_ParamDocs" and getattr(f, "package", None) == "motion_nbs" for f in sys.meta_path), 1)
+sys.modules.pop("motion_nbs.compare", None)
+import motion_nbs.compare
+assert "\nParameters\n----------\n" in motion_nbs.compare.paired_comparison.__doc__
 
 # %% [markdown]
 # ## Summary
