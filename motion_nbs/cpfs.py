@@ -8,8 +8,8 @@ __all__ = ['THESIS_SIGMA2', 'NEUTRAL_SIGMA2', 'MIN_EXPONENT', 'CPFS_LOSSES', 'AL
            'kernel_log_softmax', 'kernel_alignment', 'cpfs_loss', 'CPFSLoss', 'sample_pixels', 'gather_pixels',
            'sample_features', 'SparseHypercolumn', 'dense_embedding', 'FlowClassificationBaseline',
            'flow_classification_loss', 'grouping_auc', 'embedding_to_rgb', 'CPFSObjective', 'CPFSConfig', 'CPFSTrainer',
-           'train_data', 'build_cpfs_model', 'heldout_scenes', 'train', 'load_cpfs', 'finished_run', 'show_embeddings',
-           'show_kernel_rows']
+           'ShuffledFlow', 'train_data', 'build_cpfs_model', 'heldout_scenes', 'train', 'load_cpfs', 'finished_run',
+           'show_embeddings', 'show_kernel_rows']
 
 # %% ../nbs/03_cpfs.ipynb #f658964e
 import copy
@@ -420,6 +420,7 @@ class CPFSConfig(ExperimentConfig):
     sigma_lr: float = 1e-2  # Adam's learning rate for log σ (the network's is `lr`)
     temperature: float = 1.0  # CE / CE-rev: softmax over K_φ / temperature; 1 is the thesis (K_φ in [-¼, ¼]), below 1 an extension
     render_size: int = 160  # side of rendered scenes, before the augmentation rescales and crops them
+    shuffle_flow: bool = False  # a null control (chapter 6): each training frame gets another frame's flow (`ShuffledFlow`); validation keeps its own
     out_dir: str | None = field(default_factory=lambda: str(runs_dir("cpfs", create=False)))  # checkpoints, metrics, model.pt, results.json (None: no files); default `core.runs_dir("cpfs")`
 
     PRESETS: ClassVar[dict] = CPFS_PRESETS
@@ -444,6 +445,13 @@ class CPFSConfig(ExperimentConfig):
         check_number("sigma_init", self.sigma_init); check_number("sigma_lr", self.sigma_lr); check_number("temperature", self.temperature)
         if self.temperature != 1 and self.loss not in ("ce", "ce_rev"):
             raise ValueError(f"temperature={self.temperature} with loss={self.loss!r}: a temperature applies to the CE and CE-rev softmaxes only")
+        if not isinstance(self.shuffle_flow, bool): raise ValueError(f"shuffle_flow={self.shuffle_flow!r}; valid: True, False")
+
+    def to_dict(self) -> dict:
+        "As `ExperimentConfig.to_dict`, without `shuffle_flow` when it is off: runs saved before the option resume and compare equal."
+        d = super().to_dict()
+        if not self.shuffle_flow: d.pop("shuffle_flow")
+        return d
 
     @classmethod
     def _derived(cls, values: dict, given: dict) -> dict:
@@ -476,6 +484,20 @@ class CPFSTrainer(nn.Module):
         xy = sample_pixels(b, self.num_pixels, h, w, device=image.device)
         return self.crit(self.net(image, xy), gather_pixels(flow, xy))
 
+class ShuffledFlow(torch.utils.data.Dataset):
+    """A null control for "learned from motion": item i's frames with the flow of item π(i), π a fixed permutation
+    without fixed points (one cycle through all items, drawn from `seed`). The flow keeps its statistics; what it
+    says about *this* frame is gone."""
+    def __init__(self, base,  # a data set (or list) of dicts with `image` and `flow` of one size
+                 seed: int = 0):
+        if len(base) < 2: raise ValueError(f"ShuffledFlow needs at least 2 items to give each another's flow, got {len(base)}")
+        order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed))
+        self.base, self.partner = base, torch.empty_like(order)
+        self.partner[order] = order.roll(-1)   # order[k] takes the flow of order[k + 1]
+    def __len__(self): return len(self.base)
+    def __getitem__(self, i):
+        return {**self.base[i], "flow": self.base[int(self.partner[i])]["flow"]}
+
 def _heldout_pairs(pairs, cfg, progress: bool, crop: bool = True):
     "The validation view of held-out pairs (centre crops), this process's share read once, up front, and cached."
     view = ImageFlowSamples(pairs, (lambda s: paired_centre_crop(s, cfg.image_size)) if crop else None, cache=True)
@@ -484,17 +506,18 @@ def _heldout_pairs(pairs, cfg, progress: bool, crop: bool = True):
 def train_data(cfg: CPFSConfig):
     "(training set, validation set) of a `CPFSConfig`."
     aug, r, show = PairedAugment(crop_size=cfg.image_size, colour=True), cfg.render_size, cfg.progress and is_main_process()
+    null = (lambda ds: ShuffledFlow(ds, cfg.seed + 4_000_003)) if cfg.shuffle_flow else (lambda ds: ds)
     if cfg.data == "synthetic":
         if cfg.pool_size is not None: pool = rendered_pool(cfg.world, cfg.pool_size, cfg.seed, (r, r), cfg.num_workers, show)
         else: pool = SceneDataset(cfg.world, length=cfg.num_iters * cfg.batch_size, seed=cfg.seed, size=(r, r))   # fresh scenes
         valid = SceneDataset(cfg.world, length=cfg.num_valid, seed=cfg.seed + 1_000_003, size=(cfg.image_size,) * 2)
-        return ImageFlowSamples(pool, aug), _heldout_pairs(valid, cfg, show, crop=False)
+        return ImageFlowSamples(null(pool), aug), _heldout_pairs(valid, cfg, show, crop=False)
     if cfg.data == "videos":
         pairs = video_flow_pairs(SAMPLE_VIDEOS, r, cfg.seed)
         if len(pairs) <= cfg.num_valid: raise ValueError(f"num_valid={cfg.num_valid}; the sample videos give only {len(pairs)} pairs")
-        return ImageFlowSamples(pairs[:-cfg.num_valid], aug), _heldout_pairs(pairs[-cfg.num_valid:], cfg, show)
+        return ImageFlowSamples(null(pairs[:-cfg.num_valid]), aug), _heldout_pairs(pairs[-cfg.num_valid:], cfg, show)
     train, valid = split_heldout(FlowPairDataset(cfg.data), cfg.num_valid)
-    return ImageFlowSamples(train, aug), _heldout_pairs(valid, cfg, show)
+    return ImageFlowSamples(null(train), aug), _heldout_pairs(valid, cfg, show)
 
 def build_cpfs_model(cfg: CPFSConfig) -> CPFSTrainer:
     "The network and loss of a `CPFSConfig` (seeded, so every objective starts from the same weights)."
