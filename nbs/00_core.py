@@ -7,7 +7,7 @@
 # > Paths, seeding, devices, images, the offline sample images and videos, atomic file writes.
 
 # %% [markdown]
-# *Default run: **9 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Every later chapter builds on these few helpers. They fix the book's conventions once: images are
@@ -478,7 +478,7 @@ with warnings.catch_warnings(record=True) as _w:
 test_eq([(w.category, str(w.message)) for w in _w],
         [(DeprecationWarning, "_f(phi=...) is deprecated: use model="),
          (DeprecationWarning, "_f(sigma=...) is deprecated: use sigma2= (see the docs: its meaning differs)")])
-test_fail(lambda: _f(1, phi=2), contains="got both phi= (deprecated) and model=")
+test_fail(lambda: _f(model=1, phi=2), contains="got both phi= (deprecated) and model=")
 
 # %% [markdown]
 # ## Optional dependencies

@@ -7,7 +7,7 @@
 # > Optical flow as the supervisory signal: file formats, the thesis' normalisations, discretisation, estimation, warping and colour coding.
 
 # %% [markdown]
-# *Default run: **20 s** on 2 CPU cores with the default parameters (measured by `make book` on 5 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **13 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Both self-supervised methods of the thesis learn from pairs of a video frame and its *optical flow*:

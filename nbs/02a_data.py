@@ -7,7 +7,7 @@
 # > Synthetic moving scenes with exact optical flow, instance, part, category and texture masks.
 
 # %% [markdown]
-# *Default run: **38 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **40 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # The thesis learns from motion in two kinds of data. Chapter 3 trains on 1.6M frame/flow pairs cut from

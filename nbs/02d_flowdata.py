@@ -7,7 +7,7 @@
 # > Frame pairs from real videos without scene cuts, flow-pair files and resumable tar shards, and image/flow augmentation.
 
 # %% [markdown]
-# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **14 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 3 of the thesis trains on frame/flow pairs cut from real videos (section 3.3.2, fig 3.3). This

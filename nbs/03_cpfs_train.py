@@ -4,7 +4,7 @@
 # > Train the appendix-A AlexNet with a sparse hypercolumn head on (frame, flow) pairs with a CPFS loss or the direct flow-classification baseline, then look at what it learned.
 
 # %% [markdown]
-# *Default run: **37 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **2 min 24 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Run it from the command line with any parameter of the next cell, e.g.

@@ -4,7 +4,7 @@
 # > Chapter 3's claim tested so that it could come out either way: a labelled world with a supervised ceiling and a random floor, five arms pre-trained with one budget over several seeds, frozen linear probes and fine-tuning on few labels, paired statistics on test frames.
 
 # %% [markdown]
-# *Default run: **10 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **6 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # **The question** (section 3.3.6, tables 3.1 and 3.2): do the CPFS losses transfer better than direct flow

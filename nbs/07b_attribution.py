@@ -7,7 +7,7 @@
 # > `GuidedBackprop`, `Saliency` and `Deconvolution` called the way Captum calls them, `Method(model).attribute(inputs, target=...)`, computed by chapter 7's reversed networks.
 
 # %% [markdown]
-# *Default run: **43 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **9 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 7 builds every "deconvolutional" visualisation from one function, `reversed.reverse(model, x,

@@ -4,6 +4,9 @@
 # > A runnable book of A. Mahendran, *Self-Supervised Learning Using Motion and Visualizing Convolutional Neural Networks* (Oxford, 2018).
 
 # %% [markdown]
+# *Default run: **1 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+
+# %% [markdown]
 # This book turns one PhD thesis into notebooks you can read, run and check. Each chapter explains a
 # piece of the thesis with its equations, defines the code (exported to the `motion_nbs` package),
 # tests it, and draws its figures. Experiment notebooks are parameterised for
@@ -82,32 +85,33 @@
 #
 # | notebook | default run (`make book`) |
 # |---|---|
-# | 00_core | 9 s |
-# | 01_flow | 20 s |
-# | 02a_data | 38 s |
+# | 00_core | 8 s |
+# | 00a_package | 5 s |
+# | 01_flow | 13 s |
+# | 02a_data | 40 s |
 # | 02b_models | 22 s |
 # | 02c_learner | 23 s |
-# | 02d_flowdata | 8 s |
+# | 02d_flowdata | 14 s |
 # | 02e_voc | 7 s |
 # | 02f_cli | 1 min 41 s |
-# | 03_cpfs | 27 s |
+# | 03_cpfs | 31 s |
 # | 03_cpfs_ambiguity | 8 s |
-# | 03_cpfs_train | 37 s |
-# | 03_cpfs_transfer | 10 s |
+# | 03_cpfs_train | 2 min 24 s |
+# | 03_cpfs_transfer | 6 s |
 # | 03a_compare | 8 s |
 # | 03b_transfer | 15 s |
-# | 04_s3 | 43 s |
+# | 04_s3 | 17 s |
 # | 04_s3_train | 7 s |
-# | 04_s3_train_seeds | 15 s |
+# | 04_s3_train_seeds | 11 s |
 # | 05_features_fast | 34 s |
 # | 05a_features | 22 s |
-# | 05b_preimage | 13 s |
+# | 05b_preimage | 14 s |
 # | 05c_preimage_experiments | 4 min 40 s |
 # | 05d_author_nets | 18 s |
 # | 06_dissect | 1 min 34 s |
-# | 07_reversed | 1 min 14 s |
-# | 07b_attribution | 43 s |
-# | **all chapters** | **16 min 16 s** |
+# | 07_reversed | 3 min 5 s |
+# | 07b_attribution | 9 s |
+# | **all chapters** | **18 min 56 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
@@ -166,5 +170,5 @@
 # | 7.7 | the finite support of a neuron | [07_reversed](07_reversed.ipynb) "Neuron support (fig 7.7)" |
 # | 7.8 | foreground selectivity of the three methods (VGG-VD pool5, fc8) | partial: a number, not the picture: the share of each saliency map's mass on the objects, in [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)", classifiers trained on the `objects` world, with random-weight controls |
 # | 7.9 | the analogy with the phase of the Fourier transform | [07_reversed](07_reversed.ipynb) "Phase and bottleneck (fig 7.9)" |
-# | 7.10 | Guided Backprop with LRN reversed as the identity or by BP | [07_reversed](07_reversed.ipynb) "LRN (fig 7.10)"; the appendix-A AlexNet (with LRN) trained on the `objects` world to 90.6 % |
+# | 7.10 | Guided Backprop with LRN reversed as the identity or by BP | [07_reversed](07_reversed.ipynb) "LRN (fig 7.10)"; the appendix-A AlexNet (with LRN) trained on the `objects` world |
 # | 7.11 | saliency maps and the GrabCut segmentations they seed | [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)"; 500 `objects` frames instead of ImageNet's segmentation set |
