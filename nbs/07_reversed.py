@@ -7,7 +7,7 @@
 # > Chapter 7 of the thesis: one construction for all "deconvolutional" visualisations — eight reversed networks, what their output depends on, and saliency-seeded GrabCut.
 
 # %% [markdown]
-# *Default run: **3 min 5 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **2 min 0 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # A CNN $\phi = \phi_L \circ \dots \circ \phi_1$ (eq 7.1) maps an image $\mathbf{x}_0$ to activations. Three
@@ -1283,9 +1283,15 @@ results = dict(world="objects", num_test_scenes=N_TEST, classifiers={n: scores[n
                         "background below the 30th); random weights: seeded initialisation, batch norm calibrated on 512 training frames")
 with atomic_write(Path.cwd() / "07_grabcut_results.json") as tmp: tmp.write_text(json.dumps(results, indent=1))
 
-
 # %% [markdown]
 # What the controls decide, written from the saved results (so the sentences and the table cannot disagree):
+
+# %%
+import json
+from pathlib import Path
+
+from IPython.display import Markdown, display
+
 
 # %%
 #| code-fold: true

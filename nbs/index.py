@@ -109,9 +109,9 @@
 # | 05c_preimage_experiments | 4 min 40 s |
 # | 05d_author_nets | 18 s |
 # | 06_dissect | 1 min 34 s |
-# | 07_reversed | 3 min 5 s |
+# | 07_reversed | 2 min 0 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **18 min 57 s** |
+# | **all chapters** | **17 min 52 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
