@@ -86,7 +86,7 @@
 # | notebook | default run (`make book`) |
 # |---|---|
 # | 00_core | 8 s |
-# | 00a_package | 5 s |
+# | 00a_package | 8 s |
 # | 01_flow | 13 s |
 # | 02a_data | 40 s |
 # | 02b_models | 22 s |
@@ -111,7 +111,7 @@
 # | 06_dissect | 1 min 34 s |
 # | 07_reversed | 2 min 0 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **17 min 52 s** |
+# | **all chapters** | **17 min 55 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
