@@ -17,7 +17,7 @@
 # results say which runs are done, and the figure shows only the worlds whose comparisons are complete.
 
 # %% [markdown]
-# *Default run: **9 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %%
 #| code-fold: true
@@ -244,15 +244,8 @@ if max_hours is not None: check_number("max_hours", max_hours, 0.0, inclusive=Tr
 dev = resolve_device(device)  # a device this machine lacks fails here, naming the ones it has
 
 # %%
-import hashlib
-import json
-import math
 import time
-from pathlib import Path
-import numpy as np
 import torch
-from IPython.display import Image, Markdown, display
-from motion_nbs import core
 from motion_nbs.core import atomic_write
 
 # %%
@@ -276,7 +269,7 @@ else: print(f"showing the saved results: {SAVED}")
 # as soon as they exist; `next_spec` gives the first one not yet recorded.
 
 # %%
-from motion_nbs.cpfs import THESIS_SIGMA2, CPFSConfig, build_cpfs_model, finished_run, load_cpfs, train
+from motion_nbs.cpfs import CPFSConfig, build_cpfs_model, finished_run, load_cpfs, train
 from motion_nbs.models import fold_batchnorm
 from motion_nbs.transfer import calibrate_batchnorm, evaluate_transfer, supervised_ceiling, world_frames
 
@@ -422,8 +415,7 @@ if run:
 # %%
 from scipy import stats
 from motion_nbs.data import manipulation_statistics
-from motion_nbs.transfer import SPLIT_SEEDS, forest_plot, holm, labelled_frames, paired_comparison
-import matplotlib.pyplot as plt
+from motion_nbs.transfer import SPLIT_SEEDS, holm, labelled_frames, paired_comparison
 
 # %%
 PAIRS = (("ce", "flow_cls"), ("kta", "flow_cls"))

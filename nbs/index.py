@@ -95,7 +95,7 @@
 # | 02e_voc | 7 s |
 # | 02f_cli | 1 min 41 s |
 # | 03_cpfs | 31 s |
-# | 03_cpfs_ambiguity | 9 s |
+# | 03_cpfs_ambiguity | 8 s |
 # | 03_cpfs_train | 2 min 24 s |
 # | 03_cpfs_transfer | 6 s |
 # | 03a_compare | 8 s |
@@ -111,7 +111,7 @@
 # | 06_dissect | 1 min 34 s |
 # | 07_reversed | 2 min 0 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **17 min 55 s** |
+# | **all chapters** | **17 min 54 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
