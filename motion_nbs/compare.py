@@ -61,7 +61,8 @@ def holm(pvalues  # the family's p-values, in any order
 
 # %% ../nbs/03a_compare.ipynb #a59a9ca4
 def forest_plot(rows: list,  # dicts: label, mean, ci95 [lo, hi], group (rows of one group share a colour)
-                ax=None, xlabel: str = "paired difference", title: str = None):
+                ax=None, xlabel: str = "paired difference", title: str = None,
+                ylabel: str = "comparison"):
     """Paired differences with their 95 % CIs, one row each, top to bottom, and a line at 0: the figure for a conclusion
     that is a paired difference (not bars of means). Returns the axes."""
     plt = optional_import("matplotlib.pyplot", "forest_plot")
@@ -74,6 +75,6 @@ def forest_plot(rows: list,  # dicts: label, mean, ci95 [lo, hi], group (rows of
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.5)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(xlabel); ax.set_ylabel(ylabel)
     if title: ax.set_title(title, fontsize=9)
     return ax

@@ -9,7 +9,7 @@
 # > GPUs with mixed precision, DDP under `torchrun`, and a command line.
 
 # %% [markdown]
-# *Default run: **23 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **12 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Every model of the book is trained the same way (section 3.3.3): Adam with $\beta_1 = 0.9$,
@@ -997,7 +997,8 @@ def read_metrics(path  # a metrics.jsonl file or the run's out_dir
 
 def plot_metrics(path,  # a metrics.jsonl file or the run's out_dir
                  keys=("train_loss", "valid_loss"),  # which series to draw
-                 ax=None, logy: bool = False):
+                 ax=None, logy: bool = False,
+                 ylabel: str = None):  # the y axis' label; None: "loss" when every key is a loss, else "value"
     "Plot metric curves against the step; returns the matplotlib axes."
     import matplotlib.pyplot as plt
     recs = read_metrics(path)
@@ -1005,7 +1006,8 @@ def plot_metrics(path,  # a metrics.jsonl file or the run's out_dir
     for k in keys:
         pts = [(r["step"], r[k]) for r in recs if k in r]
         if pts: ax.plot(*zip(*pts), "o-" if len(pts) < 30 else "-", label=k, ms=3)
-    ax.set_xlabel("step"); ax.legend(); ax.grid(alpha=0.3)
+    ax.set_xlabel("step"); ax.set_ylabel(ylabel or ("loss" if all("loss" in k for k in keys) else "value"))
+    ax.legend(); ax.grid(alpha=0.3)
     if logy: ax.set_yscale("log")
     return ax
 

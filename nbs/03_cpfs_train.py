@@ -4,27 +4,21 @@
 # > Train the appendix-A AlexNet with a sparse hypercolumn head on (frame, flow) pairs with a CPFS loss or the direct flow-classification baseline, then look at what it learned.
 
 # %% [markdown]
-# *Default run: **2 min 24 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **31 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
-# Run it from the command line with any parameter of the next cell, e.g.
+# **The question** (section 3.2): a network sees one frame and is trained only to make pixels that *move together*
+# embed alike — the CPFS losses, or, as the baseline, to classify each pixel's flow. Does it learn which pixels belong
+# to the same object, which it was never told?
 #
-# ```bash
-# papermill nbs/03_cpfs_train.ipynb _runs/03_cpfs_train.ipynb -p loss kta
-# papermill nbs/03_cpfs_train.ipynb _runs/cpfs_paper.ipynb -p preset paper -p data /data/flow_shards
-# ```
-#
-# or, for several GPUs, `torchrun --nproc_per_node=8 $(which motion_nbs_train) --task motion_nbs.cpfs:train --loss ce ...`
-# with the same parameters. The `cpu` preset finishes in minutes on a 2-core laptop on the built-in
-# synthetic scenes; `paper` uses the thesis' hyper-parameters (section 3.3.3): batch 96, 512 pixels per
-# image, 224×224 crops, Adam at $10^{-4}$ (0.01 for the baseline), early stopping on a validation loss,
-# parameter-free batch normalisation folded into the convolutions after training.
-#
-# The training and figure cells carry nbdev's `slow` flag: the book's quick test (`nbdev_test`) checks
-# only the parameter validation here, while papermill, JupyterLab and the smoke test in
-# `tests/test_notebooks.py` run everything.
+# **The answer** for the run this notebook makes (by default the `cpu` preset with the CE loss on the synthetic
+# scenes) is the figure and the line after the training cell: the grouping ROC AUC on held-out frames — how well the
+# similarity of two pixels' embeddings says whether they lie on the same object instance (0.5 = chance) — for the
+# trained network against the same network at its random initialisation, the floor. Whether that grouping also
+# *transfers* to recognition is the question of `03_cpfs_transfer` and `03_cpfs_ambiguity`.
 
 # %% tags=["parameters"]
+#| code-fold: true
 loss = "ce"            # "ce", "kta", "ce_rev" (CPFS losses) or "flow_cls" (direct flow classification baseline)
 data = "synthetic"     # "synthetic" (the `shapes` scenes), "videos" (the sample videos), or a folder of flow-pair shards
 preset = "cpu"         # "cpu" (minutes on a laptop) or "paper" (the thesis' settings, for a GPU)
@@ -40,17 +34,21 @@ num_workers = 0        # data-loading processes (they also render the scene pool
 out_dir = None         # checkpoints, metrics and results; None: _runs/cpfs_{loss} (or cpfs_{data}_{loss}) at the checkout's root (`core.runs_dir`)
 
 # %%
+#| code-fold: true
 from motion_nbs.core import reject_unknown_parameters
 
 # %%
+#| code-fold: true
 reject_unknown_parameters()  # a -p name this notebook does not define stops the run here, listing the valid ones
 
 # %%
+#| code-fold: true
 from pathlib import Path
 from motion_nbs.core import runs_dir
 from motion_nbs.cpfs import CPFSConfig
 
 # %%
+#| code-fold: true
 tag = loss if data == "synthetic" else f"{Path(str(data)).name}_{loss}"
 out_dir = out_dir or str(runs_dir(f"cpfs_{tag}"))   # one folder per data and loss, wherever the notebook was started from
 config = CPFSConfig.from_preset(preset, loss=loss, data=data, num_iters=num_iters, batch_size=batch_size, num_pixels=num_pixels,
@@ -72,8 +70,50 @@ from motion_nbs.cpfs import train
 
 # %%
 #| slow
+#| code-fold: true
 result = train(config)
 print({k: v for k, v in result.items() if k not in ("model", "random_model", "heldout", "weights_sha256")})
+
+# %%
+#| slow
+import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
+
+# %%
+#| slow
+#| code-fold: true
+fig, ax = plt.subplots(figsize=(5, 1.8))
+ax.barh([1, 0], [result["auc_trained"], result["auc_random"]], color=["tab:blue", "tab:grey"])
+ax.axvline(0.5, color="k", ls="--", lw=1, label="chance")
+ax.set_yticks([1, 0], [f"trained ({loss})", "random init"]); ax.set_xlim(0.4, 1.0)
+ax.set_xlabel("grouping ROC AUC (same instance vs not)"); ax.set_ylabel("network")
+ax.legend(loc="lower right", fontsize=8); plt.show()
+gain = result["auc_trained"] - result["auc_random"]
+display(Markdown(f"**Answer for this run** ({config.num_iters} steps, {data} data): grouping AUC {result['auc_trained']:.3f} "
+                 f"trained against {result['auc_random']:.3f} at random initialisation — "
+                 + ("the embedding groups pixels by object better than the untrained network" if gain > 0.02 else
+                    "no clear gain over the untrained network" if gain > -0.02 else "worse than the untrained network")
+                 + f" ({gain:+.3f}; one seed: see `03_cpfs_transfer` for seeds and paired statistics)."))
+
+# %% [markdown]
+# ## Running it
+#
+# Run it from the command line with any parameter of the parameters cell at the top, e.g.
+#
+# ```bash
+# papermill nbs/03_cpfs_train.ipynb _runs/03_cpfs_train.ipynb -p loss kta
+# papermill nbs/03_cpfs_train.ipynb _runs/cpfs_paper.ipynb -p preset paper -p data /data/flow_shards
+# ```
+#
+# or, for several GPUs, `torchrun --nproc_per_node=8 $(which motion_nbs_train) --task motion_nbs.cpfs:train --loss ce ...`
+# with the same parameters. The `cpu` preset finishes in minutes on a 2-core laptop on the built-in
+# synthetic scenes; `paper` uses the thesis' hyper-parameters (section 3.3.3): batch 96, 512 pixels per
+# image, 224×224 crops, Adam at $10^{-4}$ (0.01 for the baseline), early stopping on a validation loss,
+# parameter-free batch normalisation folded into the convolutions after training.
+#
+# The training and figure cells carry nbdev's `slow` flag: the book's quick test (`nbdev_test`) checks
+# only the parameter validation here, while papermill, JupyterLab and the smoke test in
+# `tests/test_notebooks.py` run everything.
 
 # %% [markdown]
 # Training speed on this machine, from the metrics file (and, on a GPU, the memory peak). On two CPU
@@ -131,11 +171,7 @@ if loss != "flow_cls":
 # %% [markdown]
 # ## Grouping quality
 #
-# ROC AUC of embedding similarity for same-instance vs different-instance pixel pairs on held-out
-# frames (0.5 = chance), for the trained network and for the same network at its random
-# initialisation. The baseline's "embedding" is its last hidden representation... (for `flow_cls` the
-# score uses the predicted class probabilities as features).
-
-# %%
-#| slow
-print(f"grouping AUC: trained {result['auc_trained']:.3f}, random init {result['auc_random']:.3f}")
+# The measure of the answer under the training cell: ROC AUC of embedding similarity for same-instance vs
+# different-instance pixel pairs on held-out frames (0.5 = chance), for the trained network and for the same
+# network at its random initialisation (`cpfs.grouping_auc`). For `flow_cls` the score uses the predicted class
+# probabilities as features.

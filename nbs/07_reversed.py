@@ -7,7 +7,7 @@
 # > Chapter 7 of the thesis: one construction for all "deconvolutional" visualisations — eight reversed networks, what their output depends on, and saliency-seeded GrabCut.
 
 # %% [markdown]
-# *Default run: **2 min 0 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **1 min 58 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # A CNN $\phi = \phi_L \circ \dots \circ \phi_1$ (eq 7.1) maps an image $\mathbf{x}_0$ to activations. Three
@@ -62,6 +62,7 @@ from motion_nbs.models import layer_names
 #| hide
 import time
 import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
 from fastcore.test import test_close, test_eq, test_fail
 from motion_nbs.core import sample_image, show_images
 from motion_nbs.models import AlexNet, AlexNetCPFS, VGG16, alexnet_cpfs_small, efficientnet_lite0, load_pretrained
@@ -888,28 +889,26 @@ for i in (0, 1):
     fig.suptitle(f"VGG-16 pool5 ({vgg_weights}), {IMAGES[i]}", y=1.02)
 edges = {k: edge_correlation(r, images).mean().item() for k, r in eight.items()}
 edges_eff = {relu: edge_correlation(reverse(eff, x_eff, top, relu=relu), images).mean().item() for relu in RELU_RULES}
-print("edge content (mean correlation with the gradient magnitude)")
-print(f"{'':22s}" + "".join(f"{r:>10s}" for r in RELU_RULES))
-for pool in POOL_RULES: print(f"{'VGG-16 pool5, ' + pool:22s}" + "".join(f"{edges[r, pool]:10.3f}" for r in RELU_RULES))
-print(f"{'EfficientNet output':22s}" + "".join(f"{edges_eff[r]:10.3f}" for r in RELU_RULES))
+edge_rows = {f"VGG-16 pool5, {pool}": [edges[r, pool] for r in RELU_RULES] for pool in POOL_RULES}
+edge_rows["EfficientNet-Lite0 output"] = [edges_eff[r] for r in RELU_RULES]
+switches_ahead = sum(edges[r, "switches"] > edges[r, "center"] for r in RELU_RULES)
+display(Markdown("\n".join([
+    f"Measured (VGG-16: {vgg_weights}; edge content = mean correlation with the gradient magnitude):", "",
+    "| edge content | " + " | ".join(RELU_RULES) + " |", "|---|" + "---|" * len(RELU_RULES),
+    *[f"| {k} | " + " | ".join(f"{v:.3f}".replace("-", "−") for v in vs) + " |" for k, vs in edge_rows.items()], "",
+    f"Every correlation lies within ±{max(abs(v) for vs in edge_rows.values() for v in vs):.2f}; at VGG-16's pool5 the "
+    f"pooling switches give more edge content than unpooling to the centre for {switches_ahead} of the "
+    f"{len(RELU_RULES)} ReLU rules, and the backward ReLU rules rank "
+    + " > ".join(sorted(RELU_RULES, key=lambda r: -edges[r, "switches"])) + " with switches."])))
 
 # %% [markdown]
-# Measured (development machine, random VGG-16 weights):
-#
-# | edge content | guided | deconvnet | saliency | identity |
-# |---|---|---|---|---|
-# | VGG-16 pool5, switches | 0.071 | 0.041 | 0.053 | 0.022 |
-# | VGG-16 pool5, centre | −0.023 | 0.020 | 0.005 | −0.015 |
-# | EfficientNet-Lite0 output | 0.019 | 0.029 | −0.209 | 0.063 |
-#
 # **Deviation.** This measure does not reproduce the claim that a backward ReLU raises edge content: all
 # correlations are small, and the ordering is not the thesis'. Two reasons we can name: VGG-16 has random
 # weights here (the thesis' fig 7.4 uses the ImageNet model), and a pixel-wise correlation with the Sobel
 # magnitude is dominated by the response's envelope (the finite support of a pool5 unit) and by
-# pixel-level noise rather than by whether edges are reproduced. Pooling switches do help slightly
-# (top row above bottom row for every ReLU rule), as section 7.4.1 says. With a local high-pass or a
-# ratio to the local mean instead (tried while writing this chapter, not shown) the numbers stayed
-# small ($|r| \le 0.15$) and did not order the rules as the thesis does either. The figures show the
+# pixel-level noise rather than by whether edges are reproduced. Pooling switches help slightly (the count
+# above), as section 7.4.1 says. With a local high-pass or a ratio to the local mean instead (tried while
+# writing this chapter, not kept) the numbers stayed small and did not order the rules as the thesis does either. The figures show the
 # qualitative difference better than this number.
 
 # %% [markdown]
@@ -991,28 +990,37 @@ sel_alex, extra_alex, shown_alex = selectivity_table(alex, x_in, alex_layers, f"
 eff_layers = ["blocks.1", "blocks.3", "blocks.5", "classifier"]
 sel_eff, extra_eff, _ = selectivity_table(eff, x_eff, eff_layers, "EfficientNet-Lite0 (ImageNet weights)")
 
+
+# %%
+#| slow
+#| echo: false
+def _signed(v: float) -> str: return f"{v:.2f}".replace("-", "−")
+def _span(values) -> str:
+    lo, hi = _signed(min(values)), _signed(max(values))
+    return lo if lo == hi else f"{lo} to {hi}" if lo.startswith("−") else f"{lo}–{hi}"
+def _bottleneck(sel, layer): return [sel[layer, m][k] for m in ("deconvnet", "guided") for k in ("unit", "mixture")]
+sel_rows = [(f"AlexNet {l}", sel_alex, extra_alex, l) for l in alex_layers] + \
+           [(f"EfficientNet-Lite0 {l}", sel_eff, extra_eff, l) for l in eff_layers]
+saliency_all = [t[l, "saliency"][k] for _, s, e, l in sel_rows for t in (s, e) for k in ("unit", "mixture")]
+display(Markdown("\n".join([
+    "Measured correlations with $\\phi^\\dagger(\\mathbf{e}^*, \\mathbf{r})$ (mean over the four images), the thesis' "
+    f"protocol (neurons at the centre of the map, displayed maps) and, in brackets, the stricter extra (any unit, signed outputs); "
+    f"AlexNet: {alex_weights}, EfficientNet-Lite0: ImageNet weights:", "",
+    "| network, layer | deconvnet: unit / mixture | saliency: unit / mixture | guided: unit / mixture |", "|---|---|---|---|",
+    *[f"| {name} | " + " | ".join(f"{_signed(s[l, m]['unit'])} / {_signed(s[l, m]['mixture'])} "
+                                 f"({_signed(e[l, m]['unit'])} / {_signed(e[l, m]['mixture'])})"
+                                 for m in ("deconvnet", "saliency", "guided")) + " |" for name, s, e, l in sel_rows], "",
+    f"Under the thesis' protocol DeConvNet and Guided Backprop give {_span(_bottleneck(sel_alex, 'relu4'))} at AlexNet's relu4, "
+    f"{_span(_bottleneck(sel_alex, 'fc8'))} at its class output, {_span(_bottleneck(sel_eff, 'blocks.3'))} at EfficientNet's "
+    f"blocks.3, {_span(_bottleneck(sel_eff, 'blocks.5'))} at blocks.5 and {_span(_bottleneck(sel_eff, 'classifier'))} at its "
+    f"class output; at pool1/blocks.1 they range over {_span(_bottleneck(sel_alex, 'pool1') + _bottleneck(sel_eff, 'blocks.1'))}. "
+    f"Network Saliency's correlations lie in {_span(saliency_all)} under both measures, at every depth."])))
+
 # %% [markdown]
-# Measured correlations with $\phi^\dagger(\mathbf{e}^*, \mathbf{r})$ (mean over the four images), the thesis'
-# protocol (neurons at the centre of the map, displayed maps) and, after the slash, the stricter extra (any
-# unit, signed outputs):
-#
-# | network, layer | deconvnet: unit / mixture | saliency: unit / mixture | guided: unit / mixture |
-# |---|---|---|---|
-# | AlexNet (random) pool1 | 0.02 / 0.11 (0.00 / 0.01) | 0.02 / 0.11 (0.00 / 0.01) | 0.02 / 0.11 (0.00 / 0.01) |
-# | AlexNet (random) pool2 | 0.23 / 0.31 (0.07 / 0.15) | −0.00 / 0.11 (0.01 / 0.05) | 0.24 / 0.36 (0.08 / 0.18) |
-# | AlexNet (random) relu4 | 0.74 / 0.72 (0.23 / 0.45) | 0.02 / 0.08 (−0.01 / 0.11) | 0.87 / 0.87 (0.26 / 0.54) |
-# | AlexNet (random) pool5 | 0.65 / 0.73 (0.18 / 0.67) | 0.02 / 0.13 (−0.00 / 0.14) | 0.77 / 0.88 (0.17 / 0.78) |
-# | AlexNet (random) fc8 | 0.90 / 0.89 (0.91 / 0.91) | −0.03 / 0.04 (−0.04 / 0.04) | 0.99 / 0.99 (0.99 / 0.99) |
-# | EfficientNet-Lite0 blocks.1 | 0.37 / 0.45 (0.00 / 0.03) | 0.07 / 0.28 (0.00 / −0.00) | 0.48 / 0.55 (0.00 / 0.03) |
-# | EfficientNet-Lite0 blocks.3 | 0.84 / 0.83 (0.04 / 0.28) | −0.11 / 0.04 (0.00 / 0.00) | 0.84 / 0.89 (0.00 / 0.21) |
-# | EfficientNet-Lite0 blocks.5 | 0.99 / 1.00 (0.95 / 0.98) | 0.02 / 0.11 (0.17 / 0.02) | 1.00 / 1.00 (0.79 / 0.95) |
-# | EfficientNet-Lite0 classifier | 1.00 / 1.00 (1.00 / 1.00) | 0.20 / −0.18 (−0.09 / −0.00) | 1.00 / 1.00 (1.00 / 1.00) |
-#
 # For DeConvNet and Guided Backprop the claim of section 7.4.3 holds, in a random and in a trained
 # network, and under the thesis' protocol from the middle layers on: neurons at the same place give
-# nearly the same picture (0.74–0.87 at AlexNet's relu4, 0.84–0.89 at EfficientNet's blocks.3, 0.99–1.00
-# at blocks.5 and at the class output) — the bottleneck, not the selector, decides. At pool1/blocks.1 the
-# displayed maps of two centre units still differ (0.02–0.55): their fields are small, and which edges a
+# nearly the same picture (the ranges above) — the bottleneck, not the selector, decides. At pool1/blocks.1 the
+# displayed maps of two centre units still differ: their fields are small, and which edges a
 # unit picks up is still its own. The stricter extra measure, with units anywhere in the map, gives low
 # correlations in the middle layers (two distant units light up different places) and agrees at the
 # output. **Network Saliency differs from the thesis here** under both measures: its outputs stay
@@ -1052,12 +1060,14 @@ support = {"guided": reverse(vgg, x_in[:1], unit, "pool5", **ARCHITECTURES["guid
 show_images([to_display(support["guided"][0]), power_renormalize(support["guided"])[0],
              power_renormalize(support["no bottleneck"])[0], power_renormalize(support["no bottleneck, random filters"])[0]],
             titles=["guided", "guided, x^0.1", "no bottleneck, x^0.1", "random filters, x^0.1"], size=2.6)
-for k, r in support.items(): print(f"{k:32s} non-zero on {(saliency_map(r) > 0).float().mean().item():.1%} of the image")
+nonzero = {k: (saliency_map(r) > 0).float().mean().item() for k, r in support.items()}
+display(Markdown(f"Measured: the Guided Backprop output of the pool5 unit is non-zero on {nonzero['guided']:.1%} of the image, "
+                 f"the no-bottleneck output on {nonzero['no bottleneck']:.1%} and with random filters on "
+                 f"{nonzero['no bottleneck, random filters']:.1%}."))
 
 # %% [markdown]
-# Measured: the Guided Backprop output of the pool5 unit is non-zero on 50.5% of the image, the
-# no-bottleneck output on 58.1% — with trained or random filters alike: the support is set by the
-# architecture, as the thesis says; the plain visualisation shows only its centre.
+# The no-bottleneck support is the same with trained or random filters: it is set by the architecture, as the
+# thesis says; the plain visualisation shows only its centre.
 
 # %% [markdown]
 # ### Phase and bottleneck (fig 7.9)
@@ -1075,14 +1085,14 @@ phase = {"image": images[:1], "F^-1 F image": torch.fft.ifft2(torch.fft.fft2(ima
          "deconvnet, random p": reverse(vgg, x_in[:1], p_rand, "pool5", **ARCHITECTURES["deconvnet"])}
 show_images([phase["image"][0], phase["F^-1 F image"][0].clamp(0, 1)] + [to_display(phase[k][0]) for k in list(phase)[2:]],
             titles=list(phase), ncols=5, size=2.4)
-for k, v in phase.items():
-    print(f"{k:22s} edge content {edge_correlation(v - v.mean((2, 3), keepdim=True), images[:1]).item():.3f}")
+def _signed3(v: float) -> str: return f"{v:.3f}".replace("-", "−")
+phase_edges = {k: edge_correlation(v - v.mean((2, 3), keepdim=True), images[:1]).item() for k, v in phase.items()}
+display(Markdown("Measured edge content: " + "; ".join(f"{k}: {_signed3(v)}" for k, v in phase_edges.items()) + "."))
 
 # %% [markdown]
-# Measured edge content: image 0.060 (its own gradient magnitude correlates little with the raw
-# intensities), random amplitude 0.149, Guided Backprop from a random non-negative $\mathbf{p}$ 0.283,
-# DeConvNet from the same $\mathbf{p}$ 0.147: like the phase-only image, the reversed outputs driven by
-# an *uninformative* selector carry the image's edges, which can only come from the bottleneck.
+# The image's own gradient magnitude correlates little with its raw intensities; like the phase-only image, the
+# reversed outputs driven by an *uninformative* selector carry the image's edges, which can only come from the
+# bottleneck.
 
 # %% [markdown]
 # ### Salient object segmentation (section 7.4.6, table 7.1)
@@ -1375,17 +1385,18 @@ show_images([im for i in range(4) for im in row(i)], ncols=9, size=1.6,
 # %%
 #| slow
 x_s = test_images[:8]
+lrn_corr = {}
 for weights in ("trained", "random"):
     for layer in ("0.pool5", None):
         a = reverse(nets["AlexNet", weights], x_s, "max", layer, relu="guided", lrn="identity")
         b = reverse(nets["AlexNet", weights], x_s, "max", layer, relu="guided", lrn="bp")
-        print(f"{weights:8s} {layer or 'class output':12s} correlation identity vs BP LRN: "
-              f"{np.mean([correlation(u, v) for u, v in zip(a, b)]):.4f}")
+        lrn_corr[weights, layer or "class output"] = float(np.mean([correlation(u, v) for u, v in zip(a, b)]))
+display(Markdown("Measured correlation between identity and BP reverses of LRN: " +
+                 "; ".join(f"{w} AlexNet at {l}: {v:.4f}" for (w, l), v in lrn_corr.items()) + "."))
 show_images([to_display(a[0]), to_display(b[0]), test_images[0]], titles=["LRN identity (random)", "LRN BP (random)", "image"], size=2.4);
 
 # %% [markdown]
-# Measured (4 Dec 2026): correlation 1.0000 at pool5 and at the class output, for the trained AlexNet as
-# for its random-weight control. With appendix A's LRN parameters ($\alpha = 5\cdot10^{-4}$, $k = 1$, window 5)
+# With appendix A's LRN parameters ($\alpha = 5\cdot10^{-4}$, $k = 1$, window 5)
 # and this network's batch-normalised activations, $k + \alpha\sum a^2/5$ stays within a hair of 1, so LRN is
 # close to the identity and so is its reverse, whichever rule is chosen; the thesis' fig 7.10 (ImageNet AlexNet,
 # without batch norm) also found the difference small.

@@ -90,13 +90,13 @@
 # | 01_flow | 13 s |
 # | 02a_data | 40 s |
 # | 02b_models | 22 s |
-# | 02c_learner | 23 s |
+# | 02c_learner | 12 s |
 # | 02d_flowdata | 14 s |
 # | 02e_voc | 7 s |
 # | 02f_cli | 1 min 41 s |
 # | 03_cpfs | 31 s |
 # | 03_cpfs_ambiguity | 8 s |
-# | 03_cpfs_train | 2 min 24 s |
+# | 03_cpfs_train | 31 s |
 # | 03_cpfs_transfer | 6 s |
 # | 03a_compare | 8 s |
 # | 03b_transfer | 15 s |
@@ -106,12 +106,12 @@
 # | 05_features_fast | 34 s |
 # | 05a_features | 22 s |
 # | 05b_preimage | 14 s |
-# | 05c_preimage_experiments | 4 min 40 s |
+# | 05c_preimage_experiments | 2 min 53 s |
 # | 05d_author_nets | 18 s |
 # | 06_dissect | 1 min 34 s |
-# | 07_reversed | 2 min 0 s |
+# | 07_reversed | 1 min 58 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **17 min 54 s** |
+# | **all chapters** | **14 min 1 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
