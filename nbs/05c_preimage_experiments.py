@@ -4,7 +4,7 @@
 # > Table 5.2 and figures 5.2–5.20 of the thesis: inverting HOG, HOGb, DSIFT and CNN layers, activation maximisation, caricatures, and an interactive explorer.
 
 # %% [markdown]
-# *Default run: **2 min 53 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **6 min 57 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # **The question** (section 5.4.1, table 5.2): does the regularised pre-image of chapter 05b recover an image from
@@ -84,7 +84,8 @@ full_res_frames = 8      # table52_sources: frames of bikes and bigbuckbunny inv
 num_iters = 300          # iterations of Algorithm 1 (thesis: 300, +50 without jitter for inversion with jitter)
 cnn_images = None        # probe images for the CNN experiments (None: preset's)
 cnn_size = None          # side of the CNN pre-images (None: preset's; paper 224)
-cnn_iters = None         # iterations for the CNN experiments (None: preset's)
+cnn_iters = None         # iterations for the CNN inversions of figs 5.5 and 5.12 (None: preset's)
+am_iters = None          # iterations for activation maximisation and caricatures (None: preset's; 300, the thesis')
 num_inits = None         # random initialisations per image for the spread of the error (paper: 24)
 std_images = None        # the spread over initialisations uses the first std_images CNN probes (None: preset's, paper: 24)
 template_scenes = None   # synthetic scenes for the HOG template of fig 5.14 (None: preset's)
@@ -107,18 +108,19 @@ reject_unknown_parameters()  # a -p name this notebook does not define stops the
 
 # %%
 PRESETS = {"fast": dict(num_images=8, image_size=128, cnn_images=2, cnn_size=64, cnn_iters=40, num_inits=2, std_images=2,
-                        template_scenes=12),
+                        template_scenes=12, am_units=4, max_canvas=400, am_iters=300),
            "paper": dict(num_images=100, image_size=224, cnn_images=100, cnn_size=224, cnn_iters=300, num_inits=24, std_images=24,
-                         template_scenes=200)}
+                         template_scenes=200, am_units=25, max_canvas=None, am_iters=300)}
 EXPERIMENTS = ("table52", "fig52", "cnn", "window", "maximize", "template", "caricature", "explorer", "table52_sources")
 ALL = EXPERIMENTS[:-1]   # table52_sources runs only when named: hours on 2 cores
 check_choice("preset", preset, PRESETS)
 cfg = dict(PRESETS[preset])
 for k, v in dict(num_images=num_images, image_size=image_size, cnn_images=cnn_images, cnn_size=cnn_size,
-                 cnn_iters=cnn_iters, num_inits=num_inits, std_images=std_images, template_scenes=template_scenes).items():
+                 cnn_iters=cnn_iters, am_iters=am_iters, num_inits=num_inits, std_images=std_images, template_scenes=template_scenes).items():
     if v is not None: cfg[k] = v
 if std_images is None: cfg["std_images"] = min(cfg["std_images"], cfg["cnn_images"])
-for k, v in dict(num_iters=num_iters, full_res_frames=full_res_frames, **cfg).items(): check_int(k, v, 1)
+for k, v in dict(num_iters=num_iters, full_res_frames=full_res_frames, **cfg).items():
+    if k != "max_canvas" or v is not None: check_int(k, v, 1)   # max_canvas None: no limit (the author's mosaics)
 if cfg["image_size"] < 32 or cfg["cnn_size"] < 32: raise ValueError(f"image sizes must be >= 32 (HOG/DSIFT blocks, CNN), got {cfg}")
 if cfg["std_images"] > cfg["cnn_images"]:
     raise ValueError(f"std_images={cfg['std_images']} must be <= cnn_images={cfg['cnn_images']} (the spread uses the first CNN probes)")
@@ -184,9 +186,15 @@ def note_convergence(figure: str, r) -> None:
     row = dict(figure=figure, relative_fall_last_50=round(share, 4) if math.isfinite(share) else None,
                converged=bool(share <= 0.01), iterations=int(e.shape[0]))
     results["convergence"] = [c for c in results["convergence"] if c["figure"] != figure] + [row]
+    return row
+
+def mark(title: str, row: dict) -> str:
+    "A figure title, with '(not converged)' under it when `note_convergence`'s row says so."
+    return title if row["converged"] else f"{title}\n(not converged)"
 
 
 # %%
+from motion_nbs.author_nets import author_am_setup, author_maximize
 from motion_nbs.models import layer_names, load_pretrained
 
 # %%
@@ -508,10 +516,15 @@ if "window" in chosen:
 # %% [markdown]
 # ## Figs 5.15–5.18: activation maximisation
 #
-# The first channels of each convolutional layer (at the centre of the map) and four classes of the
-# classifier — "tree frog" (31), "goose" (99), "black swan" (100), "cheeseburger" (933) — with jitter
-# and $C = 1$; $Z = M\rho^2/10^4$, the author's scaling of eq 5.9 (chapter 5b), with $M$ each unit's maximum over
-# the natural images and $\rho$ its receptive-field size.
+# As the author ran it (`exp_maximization.m`, chapter 05d's `author_maximize`): the first channels of each convolutional
+# layer as one **mosaic** (the preset's `am_units`: 4 in `fast`, the author's 25 in `paper`), each unit at the centre
+# of its cell of about **1.1 receptive fields**, its weight divided by the number of units, with **jitter a quarter of
+# the layer's stride** (section 5.4.2) and $C = 1$; $Z = M\rho^2/10^4$, the author's scaling of eq 5.9 (chapter 5b),
+# with $M$ each unit's maximum over the natural images and $\rho$ its receptive-field size. Where the mosaic's canvas
+# would exceed the preset's `max_canvas` (400 px in `fast`; the author's rule for layers of more than 512 filters
+# is the same fallback) the first two units are drawn on canvases of their own. Then four classes of the
+# classifier — "tree frog" (31), "goose" (99), "black swan" (100), "cheeseburger" (933) — on the preset's image size
+# (the author used the network's input size), jitter a quarter of the classifier's stride.
 # Fig 5.17: the same unit from different initialisations.
 
 # %%
@@ -519,23 +532,34 @@ if "window" in chosen:
 if "maximize" in chosen:
     shape = (3, cfg["cnn_size"], cfg["cnn_size"])
     probes_m = natural_images(8, cfg["cnn_size"], folder=probe_dir).to(device)   # M of eq 5.9: the thesis takes ILSVRC's
-    ims, titles = [], []
+    ims, titles, results["maximize_canvas"] = [], [], {}
     for layer in [l for l in layers if l != net_cfg["scores"]][:3]:
-        units = [0, 1, 2]
-        r = maximize(cnn_phi(layer), units, shape, M=unit_maximum(cnn_phi(layer), units, probes_m), jitter=4,
-                     num_iters=cfg["cnn_iters"], seed=seed, mean=0.5)
-        ims += list(r.images.cpu().clamp(0, 1)); titles += [f"{layer} #{u}" for u in units]
-        note_convergence(f"figs 5.15-5.16: {layer} units {units}", r)
+        phi = cnn_phi(layer)
+        with torch.no_grad(): channels = phi(probes_m[:1]).shape[1]
+        units = list(range(min(cfg["am_units"], channels)))
+        setup = author_am_setup(phi, len(units))
+        if cfg["max_canvas"] and setup["side"] > cfg["max_canvas"]: groups = [[u] for u in units[:2]]   # too big a mosaic
+        else: groups = [units]
+        for g in groups:
+            r = author_maximize(phi, g, M=unit_maximum(phi, g, probes_m), num_iters=cfg["am_iters"], seed=seed, mean=0.5)
+            side = r.images.shape[-1]
+            ims.append(r.images[0].cpu().clamp(0, 1))
+            row = note_convergence(f"figs 5.15-5.16: {layer} units {g}", r)
+            titles.append(mark(f"{layer} #{','.join(map(str, g))}\n{side} px, T={author_am_setup(phi, len(g))['jitter']}", row))
+            results["maximize_canvas"][f"{layer}|{','.join(map(str, g))}"] = side
+    T_cls = author_am_setup(classifier)["jitter"]
     classes = {31: "tree frog", 99: "goose", 100: "black swan", 933: "cheeseburger"}
-    r = maximize(classifier, list(classes), shape, M=unit_maximum(classifier, list(classes), probes_m), jitter=4,
-                 num_iters=cfg["cnn_iters"], seed=seed, mean=0.5)
+    r = maximize(classifier, list(classes), shape, M=unit_maximum(classifier, list(classes), probes_m), jitter=T_cls,
+                 num_iters=cfg["am_iters"], seed=seed, mean=0.5)
     with torch.no_grad(): top = classifier(r.images).argmax(1).tolist()
-    results["maximize_top1"] = dict(zip(classes.values(), top)); note_convergence("fig 5.18: classes", r); save()
-    ims += list(r.images.cpu().clamp(0, 1)); titles += [f"{n} (top-1 {t})" for n, t in zip(classes.values(), top)]
-    r4 = maximize(classifier, [31] * 4, shape, M=unit_maximum(classifier, 31, probes_m), jitter=4, num_iters=cfg["cnn_iters"], seed=seed + 1, mean=0.5)
-    ims += list(r4.images.cpu().clamp(0, 1)); titles += [f"tree frog, init {i}" for i in range(4)]
-    note_convergence("fig 5.17 / fig 5.3: tree frog, jitter", r4); save()
-    fig = show_images(ims, titles=titles, ncols=4, size=2.2); fig.savefig(out / "fig5_15_18.png")
+    results["maximize_top1"] = dict(zip(classes.values(), top)); results["maximize_jitter_classes"] = T_cls
+    row = note_convergence("fig 5.18: classes", r); save()
+    ims += list(r.images.cpu().clamp(0, 1)); titles += [mark(f"{n} (top-1 {t})", row) for n, t in zip(classes.values(), top)]
+    r4 = maximize(classifier, [31] * 4, shape, M=unit_maximum(classifier, 31, probes_m), jitter=T_cls, num_iters=cfg["am_iters"],
+                  seed=seed + 1, mean=0.5)
+    row = note_convergence("fig 5.17 / fig 5.3: tree frog, jitter", r4); save()
+    ims += list(r4.images.cpu().clamp(0, 1)); titles += [mark(f"tree frog, init {i}", row) for i in range(4)]
+    fig = show_images(ims, titles=titles, ncols=4, size=2.4); fig.savefig(out / "fig5_15_18.png")
 
 
 # %% [markdown]
@@ -543,7 +567,8 @@ if "maximize" in chosen:
 #
 # The thesis maximises AlexNet's "tree frog" unit with and without jitter and finds that "jitter helps
 # recover larger and crisper image structures". Here: the same four initialisations as above (tree frog,
-# $C = 1$), with jitter $T = 4$ and without ($T = 1$). The size of the structures is measured by the
+# $C = 1$), with the author's jitter (a quarter of the classifier's stride: $T = 8$ for EfficientNet's 32) and without
+# ($T = 1$). The size of the structures is measured by the
 # energy-weighted mean spatial frequency of each pre-image's (grey, mean-removed) Fourier spectrum, in
 # cycles per pixel — lower means larger structures —, crispness by the RMS contrast of the grey image, and
 # the classifier's probability of the class tells whether the structures still serve the unit.
@@ -562,9 +587,9 @@ def mean_frequency(images):
 
 if "maximize" in chosen:
     r4_plain = maximize(classifier, [31] * 4, shape, M=unit_maximum(classifier, 31, probes_m), jitter=1,
-                        num_iters=cfg["cnn_iters"], seed=seed + 1, mean=0.5)
+                        num_iters=cfg["am_iters"], seed=seed + 1, mean=0.5)
     fig53 = {}
-    for name, rr in (("jitter T=4", r4), ("no jitter", r4_plain)):
+    for name, rr in (("jitter", r4), ("no jitter", r4_plain)):
         with torch.no_grad(): prob = classifier(rr.images).softmax(1)[:, 31]
         freq = mean_frequency(rr.images.clamp(0, 1))
         contrast = rr.images.clamp(0, 1).mean(1).std((-2, -1))
@@ -572,9 +597,11 @@ if "maximize" in chosen:
                            rms_contrast=contrast.mean().item(), p_tree_frog=prob.mean().item())
         print(f"{name}: mean spatial frequency {freq.mean():.3f} ± {freq.std():.3f} cycles/px, "
               f"RMS contrast {contrast.mean():.3f}, p(tree frog) {prob.mean():.2f}")
-    results["fig53"] = fig53; note_convergence("fig 5.3: tree frog, no jitter", r4_plain); save()
+    results["fig53"] = fig53; row_plain = note_convergence("fig 5.3: tree frog, no jitter", r4_plain); save()
+    row_jit = next(c for c in results["convergence"] if c["figure"] == "fig 5.17 / fig 5.3: tree frog, jitter")
     fig = show_images(list(r4.images.cpu().clamp(0, 1)) + list(r4_plain.images.cpu().clamp(0, 1)),
-                      titles=[f"T=4, init {i}" for i in range(4)] + [f"no jitter, init {i}" for i in range(4)], ncols=4, size=2.2)
+                      titles=[mark(f"T={T_cls}, init {i}", row_jit) for i in range(4)]
+                      + [mark(f"no jitter, init {i}", row_plain) for i in range(4)], ncols=4, size=2.2)
     fig.savefig(out / "fig5_3.png")
 
 # %% [markdown]
@@ -623,7 +650,8 @@ if "template" in chosen:
 # %% [markdown]
 # ## Figs 5.19–5.20: caricatures
 #
-# Started from the probe, $\Phi_0 = \max\{0, \Phi(\mathbf{x}_0)\}$, jitter; each layer exaggerates what it
+# Started from the probe, $\Phi_0 = \max\{0, \Phi(\mathbf{x}_0)\}$, jitter a quarter of each layer's stride (the author's
+# `get_preimage_opts.m`, 'enhance'); each layer exaggerates what it
 # responds to. Row 1 uses the thesis' $C = 1$, row 2 $C = 20$: at the probe the regularisers are far
 # from the "around unity" their normalisation aims at (for the cat at 64 px $\mathcal R_\alpha = 4.4$,
 # $\mathcal R_{TV} = 8.2$; at 224 px 6.3 and 3.4), so with $C = 1$ the solver spends itself on smoothing.
@@ -636,10 +664,11 @@ if "caricature" in chosen:
     for C in (1.0, 20.0):
         ims.append(x0[0].cpu()); titles.append("probe")
         for layer in layers:
-            r = caricature(cnn_phi(layer), x0, jitter=4, num_iters=cfg["cnn_iters"], seed=seed, mean=0.5, C=C)
-            ims.append(r.images[0].cpu().clamp(0, 1)); titles.append(f"{layer}, C={C:g}")
+            r = caricature(cnn_phi(layer), x0, jitter=author_am_setup(cnn_phi(layer))["jitter"], num_iters=cfg["am_iters"],
+                           seed=seed, mean=0.5, C=C)
+            row = note_convergence(f"fig 5.19: {layer}, C={C:g}", r)
+            ims.append(r.images[0].cpu().clamp(0, 1)); titles.append(mark(f"{layer}, C={C:g}", row))
             results["caricature_loss"][f"{layer}|{C:g}"] = round(float(r.history["loss"][-1, 0]), 3)   # -<Φ(x), Φ0>/|Φ0|², -1 at x0
-            note_convergence(f"fig 5.19: {layer}, C={C:g}", r)
     fig = show_images(ims, titles=titles, ncols=len(layers) + 1, size=2.2); fig.savefig(out / "fig5_19.png")
     save()
 
@@ -748,9 +777,11 @@ if "explorer" in chosen:
 #
 # **Convergence** (`convergence`, this page's default run of 6 Dec 2026, 05b's criterion: the last 50 iterations bring at
 # most 1 % of the objective's fall). Converged: table 5.2's HOGb and DSIFT (0.2 %), fig 5.2 except $C = 1000$ (1.7 %),
-# fig 5.14's template (0.1 %); table 5.2's HOG at 300 iterations is just short (1.5 %). Every CNN figure of the `fast`
-# preset — figs 5.3, 5.5, 5.12, 5.15–5.19 — runs 40 (+6) iterations and so is unconverged by definition; they show the
-# method's shape, not its result (the 300-iteration runs below are the ones to compare with the thesis). The CNN numbers
+# fig 5.14's template (0.1 %); table 5.2's HOG at 300 iterations is just short (1.5 %). The inversions of figs 5.5 and
+# 5.12 in the `fast` preset run 40 (+6) iterations and so are unconverged by definition; they show the method's shape,
+# not its result (the 300-iteration runs below are the ones to compare with the thesis). Activation maximisation and
+# caricatures (figs 5.3, 5.15–5.19) run 300 iterations in every preset: their convergence is below, under "Activation
+# maximisation and caricatures", and a figure's title says "not converged" where one of its images is not. The CNN numbers
 # quoted below were measured before the fine-tuning stage restarted Algorithm 1 (05b, 6 Dec 2026); the tables this page
 # prints from this run's `results.json` are after it.
 #
@@ -767,20 +798,8 @@ if "explorer" in chosen:
 # consistency is 0–0.5 (over 2 pre-images) except blocks.4 at C = 20 (1.0); gradient-histogram intersection
 # with the probe is 0.24–0.65, lowest at C = 1.
 #
-# **Figs 5.15–5.18, fast preset** (the author's $Z = M\rho^2/10^4$, chapter 05b): blocks.0 units are small
-# centred colour blobs, blocks.2 units oriented, textured patterns spreading over their 67-px fields, blocks.4
-# units faint patterns; the four class visualisations are nearly flat grey and none is its class's top-1
-# (794, 78, 87, 78). At 64 px EfficientNet's classifier has a theoretical receptive field of 883 px, so the
-# author's scaling divides its data term by $78M$: in 40 iterations the prior wins. (With $Z = M$, this
-# book's earlier default, three of the four were top-1 at 64 px in some runs.) Fig 5.3: tree frog with jitter
-# reaches probability 0.06, without 0.50, at RMS contrasts of 0.007 and 0.008 — at this scale the
-# visualisations are too weak to compare structure sizes.
-#
 # **Other figures** (fast preset): fig 5.12 (errors in the titles) and fig 5.14 (the HOG template fits its 47
-# crops — 9 spheres — perfectly, i.e. overfits; its maximisation shows no clear sphere). Caricatures (fig 5.19,
-# C = 1 and 20; final loss −0.35 to −1.25 at C = 1 and −0.66 to −1.35 at C = 20, against −1 at the probe): at
-# C = 1 they are blurred copies of the cat; at C = 20 blocks.0 saturates the fur's colours and strokes, blocks.2
-# and blocks.4 exaggerate the eyes and the fur, conv_head and the classifier cover the face with fine texture.
+# crops — 9 spheres — perfectly, i.e. overfits; its maximisation shows no clear sphere).
 #
 # **CNNs at the thesis' scale** (saved as `cnn_224px`: 4 probes at 224 px, 300 + 50 iterations, 2 initialisations of each;
 # fig `05c_preimage_fig5_5_224px.jpg`). Error (%) for C = 1 / 20 / 100 / 300: blocks.0 63.6 / 36.9 / 22.8 / 14.8;
@@ -794,15 +813,6 @@ if "explorer" in chosen:
 # their 16 values) — with 4 probes each value moves in steps of 0.25. Converged inversions matter: at 64 px with 300 instead of 40 iterations
 # (`cnn_300_iters`) the C = 300 errors fall to 15–20 % too, and the error decreases with C up to C = 100 at every
 # layer (from 100 to 300 it changes by less than 1 point at the three deepest), where at 40 iterations it rose.
-#
-# **Figs 5.15–5.18 and 5.3 with 300 iterations** (64 px, `maximize_top1_300_iters`, fig
-# `05c_preimage_fig5_15_18_300_iters.jpg`): with the author's scaling and enough iterations **all four class
-# visualisations are their class's top-1** (tree frog 31, goose 99, black swan 100, cheeseburger 933), and the tree
-# frog of fig 5.3 reaches probability 1.0 with and without jitter (RMS contrast 0.012 and 0.010). blocks.0 units
-# are centred colour blobs, blocks.2 units oriented stripes and radial textures filling their fields, blocks.4
-# units larger curved parts; the class images are low-contrast textures spread over the frame (at 64 px the
-# classifier's field is far larger than the image, so no object layout emerges). Caricature losses at 300
-# iterations: −0.39 to −1.27 at C = 1 and −0.71 to −1.44 at C = 20 (−1 at the probe).
 #
 # Left to do: the 224-px sweep with more probes and initialisations, figs 5.12 and 5.15–5.19 at 224 px, the
 # `paper` preset (100 probes, 24 initialisations of the first 24, 224 px, 300 + 50 iterations: 13,040 inversions
@@ -859,11 +869,52 @@ if SAVED.exists():
                          + source_table(saved.get("author_networks", []), "author's network")))
     for key in ("cnn", "cnn_300_iters", "cnn_224px", "cnn_224px_8_probes", "cnn_224px_8_inits"):
         if key in saved: display(Markdown(f"**{key}** ({saved['sweep_settings'][key]})\n\n" + sweep_table(saved[key])))
-    for key in ("maximize_top1_300_iters", "maximize_top1_224px", "fig53_300_iters", "fig53_224px", "caricature_300_iters", "caricature_224px"):
+    for key in ("maximize_top1_224px", "fig53_224px", "caricature_224px"):
         if key in saved: print(f"{key} ({saved['sweep_settings'][key]}):\n  {saved[key]}")
     for fig in sorted([*SAVED.parent.glob("05c_preimage_fig*.png"), *SAVED.parent.glob("05c_preimage_fig*.jpg")]):
         display(Image(str(fig)))
 else: print(f"no saved results at {SAVED}")
+
+
+# %% [markdown]
+# **Activation maximisation and caricatures, as the author ran them** (figs 5.15–5.19 and 5.3, the default preset:
+# 300 iterations, mosaics of `am_units` units on canvases of about 1.1 receptive fields, jitter a quarter of the stride; saved
+# figures `05c_preimage_fig5_15_18.jpg`, `05c_preimage_fig5_3.jpg`, `05c_preimage_fig5_19.jpg`). blocks.0's units are
+# colour blobs the size of their small fields; blocks.2's four units sit at the centres of their cells as oriented
+# stripes and radial textures filling their fields; blocks.4's are larger curved parts, each on a canvas of its own
+# (its mosaic would exceed the preset's limit). The class images are low-contrast textures spread over the frame with
+# parts of their classes (the black swan's red bill and neck, the goose's neck): at the `fast` preset's image size the
+# classifier's field is far larger than the image, so no object layout emerges. The numbers, from the saved results:
+
+# %%
+#| echo: false
+def am_prose(saved: dict) -> str:
+    "What the saved maximisations and caricatures measured, in sentences (from `nbs/05c_preimage_results.json`)."
+    top, f53, car = saved["maximize_top1"], saved["fig53"], saved["caricature_loss"]
+    want = {"tree frog": 31, "goose": 99, "black swan": 100, "cheeseburger": 933}
+    hits = [k for k, c in want.items() if top[k] == c]
+    am = [c for c in saved["convergence"] if c["figure"].startswith(("figs 5.15", "fig 5.17", "fig 5.18", "fig 5.3", "fig 5.19"))]
+    slow = [c["figure"] for c in am if not c["converged"]]
+    j, n = f53["jitter"], f53["no jitter"]
+    ranges = {C: [v for k, v in car.items() if k.endswith(f"|{C}")] for C in (1, 20)}
+    return "\n".join([
+        "- Canvases: " + "; ".join(f"{k.split('|')[0]} units {k.split('|')[1]}: {v} px" for k, v in saved["maximize_canvas"].items())
+        + f"; the classes at 64 px with jitter T = {saved['maximize_jitter_classes']}.",
+        f"- **{len(hits)} of the 4 class visualisations are their class's top-1** ("
+        + ", ".join(f"{k} {top[k]}" for k in want) + ").",
+        f"- Fig 5.3, the tree frog from four initialisations: with jitter probability {j['p_tree_frog']:.2f}, RMS contrast "
+        f"{j['rms_contrast']:.3f}, mean spatial frequency {j['mean_frequency']:.3f} ± {j['mean_frequency_std']:.3f} cycles/px; "
+        f"without {n['p_tree_frog']:.2f}, {n['rms_contrast']:.3f}, {n['mean_frequency']:.3f} ± {n['mean_frequency_std']:.3f}. "
+        + ("Jitter gives larger structures (a lower mean frequency), as the thesis found."
+           if j["mean_frequency"] + j["mean_frequency_std"] < n["mean_frequency"] - n["mean_frequency_std"] else
+           "Jitter does not give larger structures here (its mean frequency is not lower): the thesis' fig 5.3 is not reproduced "
+           "at 64 px on EfficientNet-lite0" + (", though it gives more contrast." if j["rms_contrast"] > n["rms_contrast"] else ".")),
+        "- Caricatures (fig 5.19, from the cat): final loss " + "; ".join(
+            f"{max(v):.2f} to {min(v):.2f} at C = {C}".replace("-", "−") for C, v in ranges.items()) + " (−1 at the probe).",
+        f"- Convergence (chapter 05b's criterion): {len(am) - len(slow)} of these {len(am)} pre-images converged"
+        + (f"; not: {', '.join(slow)}." if slow else ".")])
+
+if SAVED.exists(): display(Markdown(am_prose(json.loads(SAVED.read_text()))))
 
 # %% [markdown]
 # **Did this run's pre-images converge?** Every figure drawn above, by chapter 05b's criterion (`convergence`: the

@@ -4,10 +4,10 @@
 # %% [markdown]
 # # The author's HOG and DSIFT networks
 #
-# > HOG and dense SIFT as the thesis' author built them (`hog_net.m`, `dsift_net.m`), which are not VLFeat: labelled variants beside the VLFeat-equal modules of `motion_nbs.features`.
+# > HOG and dense SIFT as the thesis' author built them (`hog_net.m`, `dsift_net.m`), which are not VLFeat: labelled variants beside the VLFeat-equal modules of `motion_nbs.features`; and activation maximisation as the author ran it (`exp_maximization.m`).
 
 # %% [markdown]
-# *Default run: **18 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 05a builds HOG, HOGb and dense SIFT equal to VLFeat, as section 5.3.1 says the thesis' networks
@@ -487,6 +487,151 @@ for net, side in ((AuthorHOG(), 32), (AuthorHOG(bilinear_orientations=True), 32)
     flat = torch.full((1, 1, side, side), 0.5, requires_grad=True)
     net(flat).sum().backward()
     assert torch.isfinite(flat.grad).all()
+
+# %% [markdown]
+# ## The author's activation maximisation
+#
+# Figures 5.15–5.18 were drawn by the author's `exp_maximization.m` with the options of `get_preimage_opts.m`
+# (read in December 2026). Three of its choices are not in `preimage.maximize`'s defaults:
+#
+# - **Jitter** $T = \max(\operatorname{round}(\text{stride}/4), 1)$ with the stride of the visualised layer — the
+#   thesis' section 5.4.2 says the same ("the integer closest to a quarter of the stride").
+# - **A canvas of about 1.1 receptive fields per unit.** Each unit gets a cell of
+#   $r = \operatorname{round}(1.1\,\rho/\text{stride})$ feature locations per side ($r \ge 4$ in a mosaic, made odd)
+#   and sits at its centre; a mosaic of $k$ units tiles $\lceil\sqrt k\,\rceil$ cells per side, and the image side is
+#   the largest whose layer output has at most $r\lceil\sqrt k\,\rceil$ locations per side.
+# - **The weight of each unit is divided by $k$**: the target code's entries are
+#   $\frac{10^4}{\rho^2}\,\frac{1}{k}\,\frac{1}{M_u}$ (`innerWeight`), so the objective of a mosaic is the mean over its units of
+#   the author's normalisation $Z = M\rho^2/10^4$ — a mosaic of 25 filters weighs its data term like one unit.
+#
+# `author_am_setup` computes these for a `LayerPhi`; `author_maximize` draws one mosaic with them (one canvas, the units
+# at the centres of their cells). Where the layer has no spatial map (a classifier's output) the canvas is the size
+# given, as the author used the network's input size for the class units.
+
+# %%
+#| export
+from motion_nbs.models import receptive_fields
+from motion_nbs.preimage import Preimage, _setup, inner_product_loss, jitter, solve_preimage
+
+
+def _round_half_up(v: float) -> int: return int(math.floor(v + 0.5))   # MATLAB's round for v >= 0
+
+def _map_side(model, side: int, channels: int) -> int:
+    "Spatial side of `model`'s code for a blank `side`-px image (0 if the image is too small for it)."
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, channels, side, side, device=p.device if p is not None else None)
+    try:
+        with torch.no_grad(): out = model(x)
+    except (RuntimeError, ValueError): return 0   # too small for the network
+    return int(out.shape[-1]) if out.ndim == 4 else 0
+
+def author_am_setup(model,  # a `preimage.LayerPhi` (its layer's receptive field and stride are measured)
+                    num_units: int = 1,  # units in one canvas (a mosaic when more than one)
+                    channels: int = 3,  # colour channels of the canvas
+                    probe: int = 224,  # side of the blank image the receptive field is measured on
+                    max_side: int = 4096  # the largest canvas searched
+                   ) -> dict:
+    """The author's activation-maximisation set-up for `model`'s layer (`exp_maximization.m`, `get_preimage_opts.m`):
+    `jitter`, the cell size `reps` in feature locations, the mosaic's `grid` (cells per side), the canvas `side` in
+    pixels (None for a layer without a spatial map), the per-unit `weight` 1/k, the field `rho` and the `stride`."""
+    if num_units < 1: raise ValueError(f"num_units must be >= 1, got {num_units}")
+    fields = receptive_fields(model.model, (probe, probe), channels)
+    if model.layer not in fields: raise ValueError(f"no receptive field measured for layer {model.layer!r}")
+    rho, stride = max(fields[model.layer].size), max(fields[model.layer].stride)
+    reps = _round_half_up(1.1 * rho / stride)
+    if num_units > 1: reps = max(reps, 4)
+    reps += 1 - reps % 2
+    grid = math.ceil(math.sqrt(num_units))
+    side = None
+    if _map_side(model, probe, channels):   # a spatial map: the largest side whose map has at most reps * grid locations
+        lo, hi = 1, max_side
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if _map_side(model, mid, channels) <= reps * grid: lo = mid
+            else: hi = mid - 1
+        side = lo
+    return dict(jitter=max(_round_half_up(stride / 4), 1), reps=reps, grid=grid, side=side, weight=1 / num_units,
+                rho=float(rho), stride=int(stride))
+
+def author_maximize(model,  # a `preimage.LayerPhi`
+                    units: list,  # channels to visualise, one cell of the mosaic each (row by row)
+                    M,  # each unit's typical maximum (`preimage.unit_maximum`), a number or one per unit
+                    side: int | None = None,  # canvas side for a layer without a spatial map (the author: the network's input)
+                    mean=None,  # image mean (see `preimage.image_mean`); None: ImageNet's
+                    seed: int = 0,  # seeds the initial noise and the jitter
+                    progress: bool = False,  # show a tqdm bar
+                    **params  # overrides of `preimage.PreimageParams` (num_iters, C, ...); jitter defaults to the author's
+                   ) -> Preimage:
+    """Activation maximisation as `exp_maximization.m` ran it: the units of a mosaic in one canvas, each at the centre of
+    its cell of the layer's map, target entries $\\frac{10^4}{\\rho^2 k M_u}$, jitter a quarter of the stride.
+
+    Shape: one pre-image `(1,C,side,side)`."""
+    units = list(units)
+    if not units: raise ValueError("units is empty: give the channels to visualise")
+    setup = author_am_setup(model, len(units))
+    if setup["side"] is None and side is None:
+        raise ValueError(f"layer {model.layer!r} has no spatial map: give side= (the author used the network's input size)")
+    side = setup["side"] or side
+    M = torch.as_tensor(M, dtype=torch.float32).flatten().expand(len(units))
+    params = {"jitter": setup["jitter"], **params}
+    p, gen, mean, x = _setup((1, 3, side, side), params, mean, seed)
+    with torch.no_grad(): codes = model(jitter(x, p.jitter) / p.scale + mean)
+    phi0 = torch.zeros_like(codes)
+    for i, (u, m) in enumerate(zip(units, M)):
+        weight = 1e4 / setup["rho"] ** 2 * setup["weight"] / float(m)
+        if codes.ndim == 4:
+            r, c = divmod(i, setup["grid"])
+            at = [min(k * setup["reps"] + (setup["reps"] - 1) // 2, n - 1) for k, n in ((r, codes.shape[-2]), (c, codes.shape[-1]))]
+            phi0[0, u, at[0], at[1]] = weight
+        else: phi0[0, u] = weight
+    x, hist = solve_preimage(lambda im: inner_product_loss(model(im), phi0, 1.0), x.to(codes.device), p, mean.to(codes.device),
+                             (), generator=gen, progress=progress)
+    return Preimage(jitter(x, p.jitter) / p.scale + mean.to(x.device), hist)
+
+
+# %% [markdown]
+# Checked on small cases: a VGG-style stack whose field and stride are known by hand, and the thesis' rule for the
+# jitter on AlexNet's layers (table 5.1's strides 4, 8, 16: $T$ = 1, 2, 4).
+
+# %%
+from motion_nbs.models import AlexNet
+from motion_nbs.preimage import LayerPhi
+
+torch.manual_seed(0)
+_stack = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.Tanh(),
+                       nn.MaxPool2d(2)).eval()   # tanh, not ReLU: no unit is dead at a random init, so every named unit can rise
+# layer "5": field 3 -> 4 -> 8 -> 10, stride 4: reps = round(1.1 * 10 / 4) = 3 (odd); jitter round(4/4) = 1
+_s = author_am_setup(LayerPhi(_stack, "5", mean=(0, 0, 0), std=(1, 1, 1)))
+assert (_s["rho"], _s["stride"], _s["reps"], _s["grid"], _s["jitter"]) == (10.0, 4, 3, 1, 1), _s
+assert _s["side"] == 15 and _map_side(LayerPhi(_stack, "5", (0, 0, 0), (1, 1, 1)), 15, 3) == 3 \
+    and _map_side(LayerPhi(_stack, "5", (0, 0, 0), (1, 1, 1)), 16, 3) == 4
+# a mosaic of 5 units: reps at least 4, made odd (5); a 3 x 3 grid; 1/k each
+_m = author_am_setup(LayerPhi(_stack, "5", mean=(0, 0, 0), std=(1, 1, 1)), 5)
+assert (_m["reps"], _m["grid"], _m["weight"]) == (5, 3, 0.2) and _map_side(LayerPhi(_stack, "5", (0, 0, 0), (1, 1, 1)), _m["side"], 3) <= 15
+_alex = AlexNet().eval()
+assert [author_am_setup(LayerPhi(_alex, l))["jitter"] for l in ("relu1", "relu2", "relu3")] == [1, 2, 4]
+test_fail(lambda: author_am_setup(LayerPhi(_stack, "5"), 0), contains="num_units")
+
+# %% [markdown]
+# `author_maximize` puts each unit at the centre of its cell and weighs it $10^4/(\rho^2 k M_u)$: the mosaic's
+# energy starts from a data term of that size and rises the units it names, not others.
+
+# %%
+_phi = LayerPhi(_stack, "5", mean=(0, 0, 0), std=(1, 1, 1))
+def _at_centres(r, units=(0, 2, 5, 1, 3)):
+    "Each named unit's value at the centre of its cell (3 x 3 grid of 5-location cells)."
+    with torch.no_grad(): code = _phi(r.images)[0]
+    return torch.stack([code[u, r_ * 5 + 2, c * 5 + 2] for u, (r_, c) in zip(units, (divmod(i, 3) for i in range(5)))])
+
+_r = author_maximize(_phi, [0, 2, 5, 1, 3], M=1.0, num_iters=30, seed=0)
+_r0 = author_maximize(_phi, [0, 2, 5, 1, 3], M=1.0, num_iters=1, seed=0)   # the same start, one step
+assert _r.images.shape == (1, 3, _m["side"], _m["side"]) and torch.isfinite(_r.images).all()
+assert (_at_centres(_r) > _at_centres(_r0)).all(), (_at_centres(_r0), _at_centres(_r))   # every named unit rose
+assert _r.history["loss"][-1, 0] < _r.history["loss"][0, 0]   # the data term -<Φ, Φ0> fell
+with torch.no_grad(): _empty = _phi(_r.images)[0, [0, 2, 5, 1, 3], 12, 12] - _phi(_r0.images)[0, [0, 2, 5, 1, 3], 12, 12]
+assert (_at_centres(_r) - _at_centres(_r0) > _empty).all()   # each rose more in its own cell than in the empty ninth cell
+test_fail(lambda: author_maximize(LayerPhi(nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 3)), "2"), [0], 1.0),
+          contains="side=")
 
 # %% [markdown]
 # ## Summary

@@ -101,17 +101,17 @@
 # | 03a_compare | 8 s |
 # | 03b_transfer | 15 s |
 # | 04_s3 | 17 s |
-# | 04_s3_train | 7 s |
+# | 04_s3_train | 12 s |
 # | 04_s3_train_seeds | 11 s |
 # | 05_features_fast | 34 s |
 # | 05a_features | 22 s |
 # | 05b_preimage | 14 s |
-# | 05c_preimage_experiments | 2 min 53 s |
-# | 05d_author_nets | 18 s |
+# | 05c_preimage_experiments | 6 min 57 s |
+# | 05d_author_nets | 15 s |
 # | 06_dissect | 1 min 34 s |
 # | 07_reversed | 1 min 58 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **14 min 1 s** |
+# | **all chapters** | **18 min 7 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
