@@ -7,7 +7,7 @@
 # > Network dissection of the CPFS network against a random and a supervised network of the same architecture, and the chapter 5 visualisations applied to it.
 
 # %% [markdown]
-# *Default run: **1 min 34 s** on 2 CPU cores with the default parameters (measured by `make book` on 4 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **5 min 44 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 6 of the thesis looks inside the AlexNet trained with CPFS (chapter 3) in two ways. The
@@ -1178,7 +1178,7 @@ fig = show_images(ims, titles, ncols=len(ims) // len(nets), size=1.6)
 # ### Inversion from four initialisations (fig 6.6)
 #
 # Each panel holds the 4 pre-images of one layer (2×2), from 4 noise initialisations; the title gives
-# their mean normalised error (eq 5.2).
+# their mean normalised error $\|\Phi(x) - \Phi_0\|/\|\Phi_0\|$ in % (unsquared, the thesis' table 5.2 metric; eq 5.2 is its square).
 
 # %%
 #| slow
@@ -1186,13 +1186,15 @@ ims, titles = [], []
 for n in nets:
     ims.append(frames[0]); titles.append(f"{short(n)}: frame")
     for layer in INVERT_LAYERS:
-        ims.append(tile(pre[n]["inversions"][layer], 2)); titles.append(f"{layer}: err {float(pre[n]['inversion_error'][layer].mean()):.2f}")
+        ims.append(tile(pre[n]["inversions"][layer], 2))
+        titles.append(f"{layer}: err {100 * float(pre[n]['inversion_error'][layer].clamp_min(0).sqrt().mean()):.0f}%")
 fig = show_images(ims, titles, ncols=1 + len(INVERT_LAYERS), size=2.0)
+display(Markdown("Measured mean errors (unsquared, %), " + " → ".join(INVERT_LAYERS) + ": " + "; ".join(
+    f"{short(n)} " + ", ".join(f"{100 * float(pre[n]['inversion_error'][l].clamp_min(0).sqrt().mean()):.0f}" for l in INVERT_LAYERS)
+    for n in nets) + "."))
 
 # %% [markdown]
-# Measured mean errors (4 Dec run, to two decimals as the figure prints them), relu1 → relu5: CPFS 0.07, 0.04,
-# 0.02, 0.02, 0.03; random 0.09, 0.07, 0.09, 0.11, 0.09; supervised 0.00, 0.01, 0.04, 0.03, 0.04. The four
-# initialisations give nearly the same pre-image. Only the supervised network's relu1 reconstructs the frame
+# The four initialisations give nearly the same pre-image. Only the supervised network's relu1 reconstructs the frame
 # (the cat-textured plane and the object); from relu2 on its pre-images are blurred oriented textures,
 # the object's place still visible as a darker patch. The CPFS and random pre-images keep high-frequency
 # noise from the initialisation at every layer, with the object faintly visible at relu1. The random
