@@ -7,7 +7,7 @@
 # > Network dissection of the CPFS network against a random and a supervised network of the same architecture, and the chapter 5 visualisations applied to it.
 
 # %% [markdown]
-# *Default run: **5 min 44 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **2 min 9 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 6 of the thesis looks inside the AlexNet trained with CPFS (chapter 3) in two ways. The
@@ -873,6 +873,9 @@ print("saved", out_json)
 # The saved results (`nbs/06_dissection_results.json`), shown whether or not the cells above ran:
 
 # %%
+from IPython.display import Markdown, display
+
+# %%
 SAVED_DISSECTION = Path.cwd() / "06_dissection_results.json"   # nbs/, where the notebook runs
 if SAVED_DISSECTION.exists():
     _s = json.loads(SAVED_DISSECTION.read_text())
@@ -887,45 +890,70 @@ if SAVED_DISSECTION.exists():
             for l in DISSECT_LAYERS))
 else: print(f"no saved results at {SAVED_DISSECTION}")
 
+
 # %% [markdown]
-# **Measured** (4 Dec 2026, the run saved in `nbs/06_dissection_results.json`; 128 probe scenes). The
-# supervised AlexNet reaches **90.6 %** on the 500 test frames (validation 90.7 %, majority class 33.8 %): a
-# network that learned its task. Interpretable units / units per layer:
-#
-# | network | relu1 | relu2 | relu3 | relu4 | relu5 |
-# |---|---|---|---|---|---|
-# | CPFS-CE (objects motion), IoU > 0.04 | 2/24 | 6/64 | 10/96 | **21/96** | **19/64** |
-# | supervised (objects labels), IoU > 0.04 | 5/24 | 3/64 | 8/96 | **27/96** | **24/64** |
-# | 5 random networks, IoU > 0.04: mean [95 % interval] | 1.0 [1.0, 1.0] | 6.8 [0, 15.5] | 7.6 [0, 19.3] | 8.0 [1.5, 14.5] | 3.0 [0.8, 5.2] |
-# | CPFS-CE, calibrated threshold | 0/24 | 3/64 | **5/96** | **7/96** | **12/64** |
-# | supervised, calibrated threshold | **4/24** | 0/64 | 1/96 | 3/96 | **7/64** |
-# | 5 random networks, calibrated: mean [95 % interval] | 0.4 [0, 2.1] | 0.8 [0, 3.3] | 1.0 [0, 3.2] | 1.0 [0, 4.7] | 0.8 [0, 3.3] |
-#
-# (bold: above the null's interval; relu1's null at 0.04 is the single point 1, so no count there is bold). What this shows:
-#
-# - **The 0.04 criterion is below the null here.** The random networks' 99th-percentile unit IoU is 0.055,
-#   0.093, 0.083, 0.079 and 0.058 at relu1..relu5, and at 0.04 the five random networks already show 3–10
-#   "detectors" at relu2, 3–12 at relu3 and 5–10 at relu4. At relu1–relu3 neither trained network is clearly above the null at 0.04 (relu1's
-#   null is degenerate: all five random networks have exactly one detector).
-# - **Both trained networks have more detectors than random networks at relu4 and relu5**, at either
-#   threshold for CPFS (21 and 19 at 0.04 against a null of at most 14.5 and 5.2; 7 and 12 calibrated against
-#   at most 4.7 and 3.3), at 0.04 and at relu5 calibrated for the supervised network. Motion alone made the
-#   deep units of CPFS more concept-like than those of an untrained network.
-# - **The thesis' "semantic gap" is not reproduced in the counts**: at the calibrated threshold CPFS has
-#   *more* detectors than the supervised network from relu2 on (3 / 5 / 7 / 12 against 0 / 1 / 3 / 7), at
-#   0.04 somewhat fewer at relu4–relu5. It shows in *what* they detect: all eight strongest relu5 detectors
-#   of CPFS are `texture:checker` (IoU 0.07–0.12), while the supervised network's are `texture:checker` and
-#   `part:cube side` (0.06–0.07) — units for a part of the object it was taught to name. This is the
-#   thesis' qualitative finding (section 6.4): the motion-trained conv5 is dominated by textures.
-# - **The ImageNet EfficientNet-Lite0**, dissected on the same scenes at 0.04: blocks.1 0/24, blocks.2 3/40,
-#   blocks.4 2/112, blocks.6 84/320, last map 121/1280 — a real-image network finds many units for these
-#   synthetic concepts only in its last two stages. There is no null for its architecture here, so these
-#   counts are a reference, not a test.
+# **Measured**, written from the saved run (`nbs/06_dissection_results.json`) so that the table and the sentences cannot
+# disagree with it. Interpretable units / units per layer; bold: above the null's 95 % interval (a degenerate null
+# interval, a single point, makes no count bold):
+
+# %%
+#| echo: false
+def dissection_prose(s: dict) -> str:
+    "The saved dissection as a table and sentences: counts against the null, the thresholds, the networks compared."
+    L, C, S = DISSECT_LAYERS, "CPFS (CE, objects motion)", "supervised (objects labels)"
+    null, counts = s["null"], s["counts"]
+    iv = lambda k, l: null["interval95"][k][l]
+    above = lambda net, k, l: counts[net][l][k] > iv(k, l)[1] and iv(k, l)[1] > iv(k, l)[0]
+    cell = lambda net, k, l: (lambda t: f"**{t}**" if above(net, k, l) else t)(f"{counts[net][l][k]}/{counts[net][l]['units']}")
+    nrow = lambda k: " | ".join(f"{np.mean(null['counts'][k][l]):.1f} [{max(iv(k, l)[0], 0):.1f}, {iv(k, l)[1]:.1f}]".replace("[0.0,", "[0,")
+                                for l in L)
+    k_null = len(null["seeds"])
+    lines = ["| network | " + " | ".join(L) + " |", "|---|" + "---|" * len(L)]
+    for k, label in (("at_0.04", "IoU > 0.04"), ("calibrated", "calibrated threshold")):
+        lines += [f"| CPFS-CE (objects motion), {label} | " + " | ".join(cell(C, k, l) for l in L) + " |",
+                  f"| supervised (objects labels), {label} | " + " | ".join(cell(S, k, l) for l in L) + " |",
+                  f"| {k_null} random networks, {label}: mean [95 % interval] | " + nrow(k) + " |"]
+    sup = s["supervised"]
+    where = lambda net, k: [l for l in L if above(net, k, l)] or ["no layer"]
+    quiet = [l for l in L if not above(C, "at_0.04", l) and not above(S, "at_0.04", l)]
+    deep = L[-2:]
+    cpfs_deep = all(above(C, k, l) for k in ("at_0.04", "calibrated") for l in deep)
+    cmp = lambda k, ls: " / ".join(str(counts[C][l][k]) for l in ls) + " against " + " / ".join(str(counts[S][l][k]) for l in ls)
+    more_cal = all(counts[C][l]["calibrated"] > counts[S][l]["calibrated"] for l in L[1:])
+    fewer_04 = all(counts[C][l]["at_0.04"] < counts[S][l]["at_0.04"] for l in deep)
+    eff = {n: c for n, c in counts.items() if n not in (C, S, "random init")}
+    out = ["\n".join(lines), "",
+           f"The supervised AlexNet reaches {100 * sup['test_accuracy']:.1f} % on the test frames (validation "
+           f"{100 * sup['valid_accuracy']:.1f} %, majority class {100 * sup['prior']:.1f} %): a network that learned its task. "
+           f"{s['probe_scenes']} probe scenes. What this shows:", "",
+           "- **The 0.04 criterion is below the null here.** The random networks' 99th-percentile unit IoU is "
+           + ", ".join(f"{v:.3f}" for v in s["calibrated_thresholds"].values()) + " at " + "..".join((L[0], L[-1]))
+           + ", and at 0.04 the random networks already show " + ", ".join(
+               f"{min(null['counts']['at_0.04'][l])}–{max(null['counts']['at_0.04'][l])} \"detectors\" at {l}" for l in L[1:4])
+           + f". At {', '.join(quiet) or 'no layer'} neither trained network is above the null at 0.04.",
+           f"- **Above the random networks' interval**: CPFS at {', '.join(where(C, 'at_0.04'))} (0.04) and "
+           f"{', '.join(where(C, 'calibrated'))} (calibrated); the supervised network at {', '.join(where(S, 'at_0.04'))} (0.04) and "
+           f"{', '.join(where(S, 'calibrated'))} (calibrated)."
+           + (" Motion alone made the deep units of CPFS more concept-like than those of an untrained network." if cpfs_deep else ""),
+           "- **The thesis' \"semantic gap\" in the counts**: at the calibrated threshold CPFS has "
+           + ("*more*" if more_cal else "not uniformly more") + f" detectors than the supervised network from {L[1]} on "
+           f"({cmp('calibrated', L[1:])}); at 0.04 " + ("fewer" if fewer_04 else "not fewer") + f" at {deep[0]}–{deep[1]} ({cmp('at_0.04', deep)}).",
+           *[f"- **{n}**, dissected on the same scenes at 0.04: " + ", ".join(f"{l} {c[l]['at_0.04']}/{c[l]['units']}" for l in c)
+             + " — no null for its architecture here, so these counts are a reference, not a test." for n, c in eff.items()]]
+    return "\n".join(out)
+
+if SAVED_DISSECTION.exists(): display(Markdown(dissection_prose(json.loads(SAVED_DISSECTION.read_text()))))
+
+# %% [markdown]
+# What the counts do not say is *what* the units detect: the list of the strongest relu5 detectors (above) shows
+# that CPFS's are all `texture:checker`, while the supervised network's are `texture:checker` and `part:cube side` —
+# units for a part of the object it was taught to name. That is the thesis' qualitative finding (section 6.4): the
+# motion-trained conv5 is dominated by textures. A real-image network (EfficientNet-Lite0) finds many units for these
+# synthetic concepts only in its last two stages.
 #
 # Limits: one seed per trained network (a second seed of each is the next run to make), five null networks
-# (a t interval on 4 degrees of freedom is wide), 128 scenes, and the renderer's concepts rather than
-# Broden's. Times on two cores shared with two other jobs: CPFS-CE trained in 391 s, the supervised network
-# in 489 s, the dissection of eight networks in 233 s.
+# (a t interval on 4 degrees of freedom is wide), the probe scenes above, and the renderer's concepts rather than
+# Broden's; the times of the training and the dissection are printed by the cells above.
 
 # %% [markdown]
 # ## Activation maximisation, inversion and caricatures (figs 6.1–6.3, 6.6, 6.7)
@@ -1143,7 +1171,7 @@ fig = show_maxima(("conv1", "conv2", "conv3"))  # fig 6.2
 fig = show_maxima(("conv4", "conv5"))  # fig 6.1
 
 # %% [markdown]
-# In the measured `cpu` run (4 Dec 2026): conv1's maxima are small centred colour blobs in all three
+# In the measured `cpu` run (the figures above, re-read on 6 Dec 2026): conv1's maxima are small centred colour blobs in all three
 # networks (its 11-px receptive field); CPFS's look like the random network's, which is its initialisation
 # (same seed) — 1,000 steps at the CPFS learning rate moved conv1 little. The supervised network's conv1
 # units are distinct colour-opponent blobs and edges. From conv2 on the supervised units show oriented colour
@@ -1224,23 +1252,31 @@ for j, n in enumerate(nets):
     axes[0, j].set_title(f"{short(n)}: inversion error", fontsize=9); axes[1, j].set_title(f"{short(n)}: maximisation loss", fontsize=9)
     axes[1, j].set_xlabel("iteration")
 axes[0, -1].legend(fontsize=7); axes[1, -1].legend(fontsize=7, ncol=2); fig.tight_layout()
+all_falls = {}
 for n in nets:
     falls = {f"inv {l}": relative_fall(c, smooth=10) for l, c in pre[n]["curves"]["inversion"].items()}
     falls.update({f"max {l}": relative_fall(c, smooth=10, relative_to="total") for l, c in pre[n]["curves"]["maxima"].items()})
+    all_falls[n] = falls
     still = [k for k, v in falls.items() if v > 0.01]
     print(f"{short(n)}: fall over the last 50 iterations " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in falls.items()))
     print(f"   still falling by more than 1 %: {', '.join(still) or 'none'}")
+_span = lambda vs: f"{100 * min(vs):.0f}–{100 * max(vs):.0f} %"
+_conv = sum(v <= 0.01 for f in all_falls.values() for v in f.values())
+display(Markdown(
+    f"Measured (`{settings['preset']}` preset, {settings['inv_iters']} + {settings['finetune_iters']} iterations of inversion, "
+    f"{settings['max_iters']} of maximisation): **{_conv} of the {sum(len(f) for f in all_falls.values())} curves converged.** Over the "
+    "last 50 iterations the inversion errors fell by " + ", ".join(
+        f"{_span([v for k, v in f.items() if k.startswith('inv')])} ({short(n)})" for n, f in all_falls.items())
+    + " of their value, and the maximisations made " + ", ".join(
+        f"{_span([v for k, v in f.items() if k.startswith('max')])} ({short(n)})" for n, f in all_falls.items())
+    + " of their whole progress (a share above 100 % is a loss that rose again before falling)."))
 
 # %% [markdown]
-# Measured (the 4 Dec run, `cpu` preset): **none of the curves has converged at 80 iterations.** Over the last
-# 50 iterations the inversion errors fell by 32–80 % of their value (CPFS 39–53 %, random 32–57 %, supervised
-# 38–80 %; for relu2–relu5 the last 10 of them are the fine-tuning stage without jitter, where the error drops
-# sharply), and the maximisations made 17–95 % of their whole progress (conv1, whose loss flattens after
-# about 40 iterations, 22 % in all three networks; the deeper layers 44–78 %). The pre-images of this chapter
-# at the `cpu` preset are therefore snapshots of unfinished optimisations — the comparisons between networks
-# hold for equal budgets, not for converged solutions. Meeting the 1 % criterion needs the `paper` preset's
-# 300 + 50 iterations or more, which this machine's ten-minute budget does not allow; that run has not been
-# made here.
+# For relu2–relu5 the last 10 inversion iterations are the fine-tuning stage without jitter, where the error drops
+# sharply. The pre-images of this chapter at the `cpu` preset are therefore snapshots of unfinished optimisations —
+# the comparisons between networks hold for equal budgets, not for converged solutions. Meeting the 1 % criterion
+# needs the `paper` preset's 300 + 50 iterations or more, which this machine's ten-minute budget does not allow; that
+# run has not been made here.
 
 # %% [markdown]
 # ### Caricatures (fig 6.7)

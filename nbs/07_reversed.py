@@ -7,7 +7,102 @@
 # > Chapter 7 of the thesis: one construction for all "deconvolutional" visualisations — eight reversed networks, what their output depends on, and saliency-seeded GrabCut.
 
 # %% [markdown]
-# *Default run: **1 min 58 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **1 min 41 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+
+# %% [markdown]
+# **The question** (section 7.4.6, table 7.1): the thesis finds that the maps of Network Saliency and Guided Backprop,
+# handed to GrabCut, segment the salient object better than a centred Gaussian blob, and better than DeConvNet's. Is
+# that so, and is it because the network *learned* something (trained against random weights)?
+#
+# **The answer**, from the saved run (`nbs/07_grabcut_results.json`, 500 test frames of the `objects` world, networks
+# trained here on its labels): the figure shows each comparison as the paired difference of GrabCut's IoU over the
+# test frames with its 95 % CI (right of 0: the first method segments better), and the lines under it say what the
+# controls decide. How the reversed networks are built, what else they show (figs 7.2–7.10) and how table 7.1 was
+# measured follow.
+
+# %%
+#| code-fold: true
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
+
+from motion_nbs import core
+from motion_nbs.compare import forest_plot
+
+GRABCUT_RESULTS = (core.repo_root() or Path.cwd().parent) / "nbs" / "07_grabcut_results.json"
+
+
+# %%
+#| code-fold: true
+def controls_prose(r: dict) -> str:
+    "What the controls decide, in sentences generated from the saved results (IoU points, paired t-tests over the test frames)."
+    rows = {(x["method"], x["network"], x["weights"]): x for x in r["rows"]}
+    con = {(c["a"], c["b"]): c for c in r["contrasts"]}
+    short = {"Network Saliency": "saliency", "Guided Backprop": "guided backprop", "DeConvNet": "DeConvNet"}
+    nets = list(r["classifiers"])   # the networks trained here (AlexNet, VGG-16)
+    fmt = lambda c: f"{c['mean_difference']:+.1f} [{c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}]"
+    pair = lambda m, n, w, m2, w2: con[(f"{m} | {n} | {w}", f"{m2} | {n} | {w2}")]
+    prior = 100 * r["classifiers"][nets[0]]["prior"]
+    out = [f"The classifiers learned their task: " + ", ".join(f"{n} {100 * v['test_accuracy']:.1f} %" for n, v in r["classifiers"].items())
+           + f" top-1 on the {r['num_test_scenes']} test frames (majority class {prior:.1f} %). What the controls decide "
+           "(IoU points, mean difference [95 % CI], paired over the test frames):", ""]
+    tr = [pair(m, n, "trained", m, "random") for n in nets for m in short]
+    mass = lambda w: [rows[(m, n, w)]["mass_on_object"] for n in nets for m in short]
+    out.append(f"- **Trained above random weights** ({'holds for every method and network' if all(c['verdict'] == 'holds' for c in tr) else 'not everywhere'}): "
+               + "; ".join(f"{n} " + ", ".join(f"{short[m]} {fmt(pair(m, n, 'trained', m, 'random'))}" for m in short) for n in nets)
+               + f" (largest p = {max(c['p'] for c in tr):.2g}). A random network's maps put {min(mass('random')):.0f}–{max(mass('random')):.0f} % "
+               f"of their mass on the object, the trained networks' {min(mass('trained')):.0f}–{max(mass('trained')):.0f} %: the segmentation "
+               "comes from what the networks learned.")
+    dc = [(n, m, pair(m, n, "trained", "DeConvNet", "trained")) for n in nets for m in ("Network Saliency", "Guided Backprop")]
+    best = {n: max(short, key=lambda m: rows[(m, n, "trained")]["iou"]) for n in nets}
+    out.append("- **Network Saliency and Guided Backprop above DeConvNet** (the thesis' ordering), trained networks: "
+               + "; ".join(f"{n} {short[m]} {fmt(c)}, p = {c['p']:.2g} ({c['verdict']})" for n, m, c in dc)
+               + ". The best method: " + ", ".join(f"{short[best[n]]} with {n}" for n in nets) + " (the thesis found guided backprop "
+               "on a par with saliency).")
+    base = rows[("Baseline", "-", "-")]
+    vb = [v for v in r["orderings"] if v["network"] in nets and v["weights"] == "trained"]
+    kinds = sorted({v["verdict"] for v in vb})
+    out.append(f"- **Against the Gaussian baseline** ({base['iou']:.1f} % IoU here, {base['thesis'][1]:.1f} % in the thesis): the trained "
+               f"networks' methods minus the baseline range from {min(v['mean_difference'] for v in vb):+.1f} to {max(v['mean_difference'] for v in vb):+.1f} "
+               f"(verdicts: {', '.join(kinds)}; largest p = {max(v['p'] for v in vb):.2g})."
+               + (" In this world a centred blob is nearly the answer: its one object sits near the centre (chapter 02a's centre "
+                  "coverage), so the baseline is an oracle of the object's position and cannot test the thesis' \"above the baseline\"; "
+                  "`objects_anywhere` (02a) is the world that test needs." if kinds == ["reversed"] else ""))
+    eff = [n for n in {x["network"] for x in r["rows"]} if n not in nets and n != "-"]
+    for n in eff:
+        ce = [pair(m, n, "trained", m, "random") for m in short]
+        out.append(f"- **{n} with ImageNet weights against its own random weights** on these frames: " + ", ".join(
+            f"{short[m]} {fmt(c)} ({c['verdict']})" for m, c in zip(short, ce)) + (
+            ": ImageNet's training does not help it find rendered cubes and spheres." if all(c["verdict"] != "holds" for c in ce) else
+            ": ImageNet's training helps here." if all(c["verdict"] != "reversed" for c in ce) else
+            ": mixed — on these frames ImageNet's training helps one method and hurts another."))
+    return "\n".join(out)
+
+
+
+# %%
+#| code-fold: true
+def grabcut_forest(r: dict):
+    "The paired IoU differences of the saved table 7.1 run, one row per comparison, grouped by what they test."
+    nets = list(r["classifiers"])
+    short = {"Network Saliency": "saliency", "Guided Backprop": "guided BP", "DeConvNet": "DeConvNet"}
+    row = lambda label, c, group: dict(label=label, mean=c["mean_difference"], ci95=c["ci95"], group=group)
+    rows = [row(f"{o['network']}: {short[o['method']]} − baseline", o, "against the Gaussian baseline")
+            for o in r["orderings"] if o["network"] in nets and o["weights"] == "trained"]
+    con = {(c["a"], c["b"]): c for c in r["contrasts"]}
+    rows += [row(f"{n}: {short[m]} − DeConvNet", con[(f"{m} | {n} | trained", f"DeConvNet | {n} | trained")], "against DeConvNet")
+             for n in nets for m in ("Network Saliency", "Guided Backprop")]
+    rows += [row(f"{n}: {short[m]}, trained − random", con[(f"{m} | {n} | trained", f"{m} | {n} | random")], "trained against random weights")
+             for n in nets for m in short]
+    ax = forest_plot(rows, xlabel="GrabCut IoU difference (points), paired over the test frames")
+    ax.figure.set_size_inches(7, 0.32 * len(rows) + 1.2)
+    return ax
+
+_saved = json.loads(GRABCUT_RESULTS.read_text())
+grabcut_forest(_saved); plt.show()
+display(Markdown(controls_prose(_saved)))
 
 # %% [markdown]
 # A CNN $\phi = \phi_L \circ \dots \circ \phi_1$ (eq 7.1) maps an image $\mathbf{x}_0$ to activations. Three
@@ -61,8 +156,6 @@ from motion_nbs.models import layer_names
 # %%
 #| hide
 import time
-import matplotlib.pyplot as plt
-from IPython.display import Markdown, display
 from fastcore.test import test_close, test_eq, test_fail
 from motion_nbs.core import sample_image, show_images
 from motion_nbs.models import AlexNet, AlexNetCPFS, VGG16, alexnet_cpfs_small, efficientnet_lite0, load_pretrained
@@ -1136,11 +1229,7 @@ from motion_nbs.transfer import calibrate_batchnorm, paired_comparison
 
 # %%
 #| slow
-import json
-from pathlib import Path
-
 import timm
-from IPython.display import Markdown, display
 from scipy import stats
 
 # %%
@@ -1297,62 +1386,8 @@ with atomic_write(Path.cwd() / "07_grabcut_results.json") as tmp: tmp.write_text
 # What the controls decide, written from the saved results (so the sentences and the table cannot disagree):
 
 # %%
-import json
-from pathlib import Path
-
-from IPython.display import Markdown, display
-
-
-# %%
-#| code-fold: true
-def controls_prose(r: dict) -> str:
-    "What the controls decide, in sentences generated from the saved results (IoU points, paired t-tests over the test frames)."
-    rows = {(x["method"], x["network"], x["weights"]): x for x in r["rows"]}
-    con = {(c["a"], c["b"]): c for c in r["contrasts"]}
-    short = {"Network Saliency": "saliency", "Guided Backprop": "guided backprop", "DeConvNet": "DeConvNet"}
-    nets = list(r["classifiers"])   # the networks trained here (AlexNet, VGG-16)
-    fmt = lambda c: f"{c['mean_difference']:+.1f} [{c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}]"
-    pair = lambda m, n, w, m2, w2: con[(f"{m} | {n} | {w}", f"{m2} | {n} | {w2}")]
-    prior = 100 * r["classifiers"][nets[0]]["prior"]
-    out = [f"The classifiers learned their task: " + ", ".join(f"{n} {100 * v['test_accuracy']:.1f} %" for n, v in r["classifiers"].items())
-           + f" top-1 on the {r['num_test_scenes']} test frames (majority class {prior:.1f} %). What the controls decide "
-           "(IoU points, mean difference [95 % CI], paired over the test frames):", ""]
-    tr = [pair(m, n, "trained", m, "random") for n in nets for m in short]
-    mass = lambda w: [rows[(m, n, w)]["mass_on_object"] for n in nets for m in short]
-    out.append(f"- **Trained above random weights** ({'holds for every method and network' if all(c['verdict'] == 'holds' for c in tr) else 'not everywhere'}): "
-               + "; ".join(f"{n} " + ", ".join(f"{short[m]} {fmt(pair(m, n, 'trained', m, 'random'))}" for m in short) for n in nets)
-               + f" (largest p = {max(c['p'] for c in tr):.2g}). A random network's maps put {min(mass('random')):.0f}–{max(mass('random')):.0f} % "
-               f"of their mass on the object, the trained networks' {min(mass('trained')):.0f}–{max(mass('trained')):.0f} %: the segmentation "
-               "comes from what the networks learned.")
-    dc = [(n, m, pair(m, n, "trained", "DeConvNet", "trained")) for n in nets for m in ("Network Saliency", "Guided Backprop")]
-    best = {n: max(short, key=lambda m: rows[(m, n, "trained")]["iou"]) for n in nets}
-    out.append("- **Network Saliency and Guided Backprop above DeConvNet** (the thesis' ordering), trained networks: "
-               + "; ".join(f"{n} {short[m]} {fmt(c)}, p = {c['p']:.2g} ({c['verdict']})" for n, m, c in dc)
-               + ". The best method: " + ", ".join(f"{short[best[n]]} with {n}" for n in nets) + " (the thesis found guided backprop "
-               "on a par with saliency).")
-    base = rows[("Baseline", "-", "-")]
-    vb = [v for v in r["orderings"] if v["network"] in nets and v["weights"] == "trained"]
-    kinds = sorted({v["verdict"] for v in vb})
-    out.append(f"- **Against the Gaussian baseline** ({base['iou']:.1f} % IoU here, {base['thesis'][1]:.1f} % in the thesis): the trained "
-               f"networks' methods minus the baseline range from {min(v['mean_difference'] for v in vb):+.1f} to {max(v['mean_difference'] for v in vb):+.1f} "
-               f"(verdicts: {', '.join(kinds)}; largest p = {max(v['p'] for v in vb):.2g})."
-               + (" In this world a centred blob is nearly the answer: its one object sits near the centre (chapter 02a's centre "
-                  "coverage), so the baseline is an oracle of the object's position and cannot test the thesis' \"above the baseline\"; "
-                  "`objects_anywhere` (02a) is the world that test needs." if kinds == ["reversed"] else ""))
-    eff = [n for n in {x["network"] for x in r["rows"]} if n not in nets and n != "-"]
-    for n in eff:
-        ce = [pair(m, n, "trained", m, "random") for m in short]
-        out.append(f"- **{n} with ImageNet weights against its own random weights** on these frames: " + ", ".join(
-            f"{short[m]} {fmt(c)} ({c['verdict']})" for m, c in zip(short, ce)) + (
-            ": ImageNet's training does not help it find rendered cubes and spheres." if all(c["verdict"] != "holds" for c in ce) else
-            ": ImageNet's training helps here." if all(c["verdict"] != "reversed" for c in ce) else
-            ": mixed — on these frames ImageNet's training helps one method and hurts another."))
-    return "\n".join(out)
-
-
-# %%
 #| echo: false
-display(Markdown(controls_prose(json.loads((Path.cwd() / "07_grabcut_results.json").read_text()))))
+display(Markdown(controls_prose(json.loads(GRABCUT_RESULTS.read_text()))))
 
 # %% [markdown]
 # Qualitative results (fig 7.11): for four test frames, the maps of the trained AlexNet and their GrabCut
