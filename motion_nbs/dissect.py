@@ -39,7 +39,7 @@ from .preimage import (IMAGENET_MEAN, IMAGENET_STD, LayerPhi, caricature, invert
 
 # %% ../nbs/06_dissect.ipynb #ece80b58
 PREIMAGE_PRESETS = {
-    "cpu": dict(size=64, units=25, fc_units=3, inits=4, max_iters=80, inv_iters=80, finetune_iters=10, car_iters=80, car_C=20.0,
+    "cpu": dict(size=64, units=25, fc_units=3, inits=4, max_iters=300, inv_iters=300, finetune_iters=50, car_iters=300, car_C=20.0,
                 use_cache=True),
     "paper": dict(size=224, units=25, fc_units=3, inits=4, max_iters=300, inv_iters=300, finetune_iters=50, car_iters=300,
                   car_C=20.0, use_cache=False),
@@ -465,7 +465,7 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
     phi = lambda layer: LayerPhi(model, layer, mean=mean, std=std)
     rf = receptive_fields(model, S)
     T = {l: thesis_jitter(model, l, S, rf) for l in MAXIMIZE_LAYERS + INVERT_LAYERS + CARICATURE_LAYERS}
-    out = {"maxima": {}, "inversions": {}, "inversion_error": {}, "caricatures": {}, "curves": {"maxima": {}, "inversion": {}}}
+    out = {"maxima": {}, "inversions": {}, "inversion_error": {}, "caricatures": {}, "curves": {"maxima": {}, "inversion": {}, "caricature": {}}}
     for layer in MAXIMIZE_LAYERS:
         p = phi(layer)
         with torch.no_grad(): width = p(natural[:1]).shape[1]
@@ -484,6 +484,7 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
         r = caricature(phi(layer), frames, C=settings["car_C"], jitter=T[layer], num_iters=settings["car_iters"], seed=0,
                        progress=progress)
         out["caricatures"][layer] = r.images.detach().clamp(0, 1)
+        out["curves"]["caricature"][layer] = r.history["loss"].detach().mean(1)
     return out
 
 def network_fingerprint(model: nn.Module) -> str:
@@ -493,7 +494,7 @@ def network_fingerprint(model: nn.Module) -> str:
         h.update(k.encode()); h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
-PREIMAGE_SOLVER_VERSION = 3  # part of the cache key: 2 = the author's Z = Mρ²/1e4 and the momentum reset; 3 = with curves
+PREIMAGE_SOLVER_VERSION = 4  # part of the cache key: 2 = the author's Z = Mρ²/1e4 and the momentum reset; 3 = with curves; 4 = caricature curves
 
 def relative_fall(curve: torch.Tensor,  # `(T,)` a loss per iteration
                   window: int = 50,  # iterations looked back
