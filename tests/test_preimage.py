@@ -324,7 +324,7 @@ def test_texture_regulariser_synthesises_statistics():
 
 # ---- the experiments notebook -------------------------------------------------------------------------
 NB = ROOT / "nbs" / "05c_preimage_experiments.ipynb"
-SMOKE = dict(num_images=2, image_size=40, num_iters=4, cnn_images=1, cnn_size=48, cnn_iters=2, num_inits=2,
+SMOKE = dict(num_images=2, image_size=40, num_iters=4, cnn_images=1, cnn_size=48, cnn_iters=2, am_iters=2, num_inits=2,
              Cs="100", cnn_layers="blocks.1,classifier", template_scenes=1)
 
 
@@ -339,7 +339,9 @@ def test_experiments_notebook_smoke(tmp_path):
     assert all(v["error"] > 0 for v in res["table52"].values())
     assert "blocks.1|C=100" in res["cnn"] and 0 <= res["cnn"]["classifier|C=100"]["consistency"] <= 1
     assert (tmp_path / "run" / "fig5_4.png").exists()
-    assert set(res["fig53"]) == {"jitter T=4", "no jitter"} and (tmp_path / "run" / "fig5_3.png").exists()
+    assert set(res["fig53"]) == {"jitter", "no jitter"} and (tmp_path / "run" / "fig5_3.png").exists()
+    # the author's protocol: blocks.1 (field 19, stride 4) as one 4-unit mosaic, cells of 5 locations, 2 x 2; classes jittered by 32/4
+    assert list(res["maximize_canvas"]) == ["blocks.1|0,1,2,3"] and res["maximize_jitter_classes"] == 8
     assert all(0 < v["mean_frequency"] <= 0.71 and 0 <= v["p_tree_frog"] <= 1 for v in res["fig53"].values())
 
 
