@@ -107,11 +107,11 @@
 # | 05a_features | 22 s |
 # | 05b_preimage | 14 s |
 # | 05c_preimage_experiments | 6 min 57 s |
-# | 05d_author_nets | 15 s |
+# | 05d_author_nets | 37 s |
 # | 06_dissect | 1 min 53 s |
 # | 07_reversed | 1 min 41 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **18 min 9 s** |
+# | **all chapters** | **18 min 31 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
