@@ -95,7 +95,7 @@
 # | 02e_voc | 7 s |
 # | 02f_cli | 1 min 41 s |
 # | 03_cpfs | 31 s |
-# | 03_cpfs_ambiguity | 8 s |
+# | 03_cpfs_ambiguity | 7 s |
 # | 03_cpfs_train | 31 s |
 # | 03_cpfs_transfer | 6 s |
 # | 03a_compare | 8 s |
@@ -111,7 +111,7 @@
 # | 06_dissect | 1 min 53 s |
 # | 07_reversed | 1 min 41 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **18 min 31 s** |
+# | **all chapters** | **18 min 30 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
