@@ -270,6 +270,7 @@ def author_maximize(model,  # a `preimage.LayerPhi`
                     mean=None,  # image mean (see `preimage.image_mean`); None: ImageNet's
                     seed: int = 0,  # seeds the initial noise and the jitter
                     progress: bool = False,  # show a tqdm bar
+                    setup: dict | None = None,  # `author_am_setup(model, len(units))` when the caller has it (it is not recomputed)
                     **params  # overrides of `preimage.PreimageParams` (num_iters, C, ...); jitter defaults to the author's
                    ) -> Preimage:
     """Activation maximisation as `exp_maximization.m` ran it: the units of a mosaic in one canvas, each at the centre of
@@ -278,7 +279,10 @@ def author_maximize(model,  # a `preimage.LayerPhi`
     Shape: one pre-image `(1,C,side,side)`."""
     units = list(units)
     if not units: raise ValueError("units is empty: give the channels to visualise")
-    setup = author_am_setup(model, len(units))
+    if setup is None: setup = author_am_setup(model, len(units))
+    elif setup["grid"] ** 2 < len(units) or not math.isclose(setup["weight"], 1 / len(units)):
+        raise ValueError(f"setup is for a mosaic of {round(1 / setup['weight'])} units on a {setup['grid']}x{setup['grid']} grid, "
+                         f"but {len(units)} units were given: pass author_am_setup(model, {len(units)})")
     if setup["side"] is None and side is None:
         raise ValueError(f"layer {model.layer!r} has no spatial map: give side= (the author used the network's input size)")
     side = setup["side"] or side

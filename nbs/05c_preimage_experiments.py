@@ -4,7 +4,7 @@
 # > Table 5.2 and figures 5.2–5.20 of the thesis: inverting HOG, HOGb, DSIFT and CNN layers, activation maximisation, caricatures, and an interactive explorer.
 
 # %% [markdown]
-# *Default run: **6 min 57 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **7 min 28 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # **The question** (section 5.4.1, table 5.2): does the regularised pre-image of chapter 05b recover an image from
@@ -538,14 +538,15 @@ if "maximize" in chosen:
         with torch.no_grad(): channels = phi(probes_m[:1]).shape[1]
         units = list(range(min(cfg["am_units"], channels)))
         setup = author_am_setup(phi, len(units))
-        if cfg["max_canvas"] and setup["side"] > cfg["max_canvas"]: groups = [[u] for u in units[:2]]   # too big a mosaic
-        else: groups = [units]
-        for g in groups:
-            r = author_maximize(phi, g, M=unit_maximum(phi, g, probes_m), num_iters=cfg["am_iters"], seed=seed, mean=0.5)
+        if cfg["max_canvas"] and setup["side"] > cfg["max_canvas"]:   # too big a mosaic: two units on canvases of their own
+            one = author_am_setup(phi, 1); groups = [([u], one) for u in units[:2]]
+        else: groups = [(units, setup)]
+        for g, sg in groups:
+            r = author_maximize(phi, g, M=unit_maximum(phi, g, probes_m), num_iters=cfg["am_iters"], seed=seed, mean=0.5, setup=sg)
             side = r.images.shape[-1]
             ims.append(r.images[0].cpu().clamp(0, 1))
             row = note_convergence(f"figs 5.15-5.16: {layer} units {g}", r)
-            titles.append(mark(f"{layer} #{','.join(map(str, g))}\n{side} px, T={author_am_setup(phi, len(g))['jitter']}", row))
+            titles.append(mark(f"{layer} #{','.join(map(str, g))}\n{side} px, T={sg['jitter']}", row))
             results["maximize_canvas"][f"{layer}|{','.join(map(str, g))}"] = side
     T_cls = author_am_setup(classifier)["jitter"]
     classes = {31: "tree frog", 99: "goose", 100: "black swan", 933: "cheeseburger"}
@@ -661,10 +662,11 @@ if "template" in chosen:
 if "caricature" in chosen:
     x0 = natural_images(2, cfg["cnn_size"], folder=probe_dir)[1:].to(device)   # chelsea, the cat (or the folder's second)
     ims, titles, results["caricature_loss"] = [], [], {}
+    T_layer = {layer: author_am_setup(cnn_phi(layer))["jitter"] for layer in layers}   # the author's jitter, once per layer
     for C in (1.0, 20.0):
         ims.append(x0[0].cpu()); titles.append("probe")
         for layer in layers:
-            r = caricature(cnn_phi(layer), x0, jitter=author_am_setup(cnn_phi(layer))["jitter"], num_iters=cfg["am_iters"],
+            r = caricature(cnn_phi(layer), x0, jitter=T_layer[layer], num_iters=cfg["am_iters"],
                            seed=seed, mean=0.5, C=C)
             row = note_convergence(f"fig 5.19: {layer}, C={C:g}", r)
             ims.append(r.images[0].cpu().clamp(0, 1)); titles.append(mark(f"{layer}, C={C:g}", row))

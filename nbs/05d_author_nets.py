@@ -7,7 +7,7 @@
 # > HOG and dense SIFT as the thesis' author built them (`hog_net.m`, `dsift_net.m`), which are not VLFeat: labelled variants beside the VLFeat-equal modules of `motion_nbs.features`; and activation maximisation as the author ran it (`exp_maximization.m`).
 
 # %% [markdown]
-# *Default run: **37 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **50 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 05a builds HOG, HOGb and dense SIFT equal to VLFeat, as section 5.3.1 says the thesis' networks
@@ -560,6 +560,7 @@ def author_maximize(model,  # a `preimage.LayerPhi`
                     mean=None,  # image mean (see `preimage.image_mean`); None: ImageNet's
                     seed: int = 0,  # seeds the initial noise and the jitter
                     progress: bool = False,  # show a tqdm bar
+                    setup: dict | None = None,  # `author_am_setup(model, len(units))` when the caller has it (it is not recomputed)
                     **params  # overrides of `preimage.PreimageParams` (num_iters, C, ...); jitter defaults to the author's
                    ) -> Preimage:
     """Activation maximisation as `exp_maximization.m` ran it: the units of a mosaic in one canvas, each at the centre of
@@ -568,7 +569,10 @@ def author_maximize(model,  # a `preimage.LayerPhi`
     Shape: one pre-image `(1,C,side,side)`."""
     units = list(units)
     if not units: raise ValueError("units is empty: give the channels to visualise")
-    setup = author_am_setup(model, len(units))
+    if setup is None: setup = author_am_setup(model, len(units))
+    elif setup["grid"] ** 2 < len(units) or not math.isclose(setup["weight"], 1 / len(units)):
+        raise ValueError(f"setup is for a mosaic of {round(1 / setup['weight'])} units on a {setup['grid']}x{setup['grid']} grid, "
+                         f"but {len(units)} units were given: pass author_am_setup(model, {len(units)})")
     if setup["side"] is None and side is None:
         raise ValueError(f"layer {model.layer!r} has no spatial map: give side= (the author used the network's input size)")
     side = setup["side"] or side
@@ -630,6 +634,9 @@ assert (_at_centres(_r) > _at_centres(_r0)).all(), (_at_centres(_r0), _at_centre
 assert _r.history["loss"][-1, 0] < _r.history["loss"][0, 0]   # the data term -<Φ, Φ0> fell
 with torch.no_grad(): _empty = _phi(_r.images)[0, [0, 2, 5, 1, 3], 12, 12] - _phi(_r0.images)[0, [0, 2, 5, 1, 3], 12, 12]
 assert (_at_centres(_r) - _at_centres(_r0) > _empty).all()   # each rose more in its own cell than in the empty ninth cell
+# a set-up the caller computed once gives the same pre-image; one made for another number of units is refused
+assert torch.equal(author_maximize(_phi, [0, 2, 5, 1, 3], M=1.0, num_iters=1, seed=0, setup=_m).images, _r0.images)
+test_fail(lambda: author_maximize(_phi, [0, 2, 5, 1, 3], M=1.0, num_iters=1, setup=_s), contains="author_am_setup(model, 5)")
 test_fail(lambda: author_maximize(LayerPhi(nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 3)), "2"), [0], 1.0),
           contains="side=")
 
