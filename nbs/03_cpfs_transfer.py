@@ -495,7 +495,11 @@ for loss, sel in results.get("lr_selection", {}).items():
 # clean figure/ground target. The verdict above therefore describes a world without motion ambiguity, at this
 # budget. Chapter `03_cpfs_ambiguity` tests the claim where its premise holds: worlds with still objects, a
 # panning camera and several objects, their ambiguity measured, each method's learning rate and σ² chosen on
-# validation frames.
+# validation frames. Its answer, with the numbers, opens that chapter (generated from
+# `nbs/03_cpfs_ambiguity_results.json`): in `objects_ambiguous`, where figure/ground explains almost none of the
+# flow-class entropy and flow classification gains nothing over random initialisation, both CE and KTA segment
+# better than flow classification after fine-tuning, as the thesis claims; in `objects` — re-run with its own
+# validation-chosen rates and σ² — the ordering is reversed or undecided. The remaining worlds are in progress there.
 #
 # The earlier version of this experiment (on the
 # `shapes` scenes, 100 steps per arm, 3 seeds) could not decide the claim: its labelled task was not
