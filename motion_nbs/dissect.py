@@ -8,9 +8,10 @@ __all__ = ['PREIMAGE_PRESETS', 'COLOUR_NAMES', 'PART_NAMES', 'BRODEN_PIXEL_KINDS
            'INVERT_LAYERS', 'CARICATURE_LAYERS', 'INVERSION_C', 'PREIMAGE_SOLVER_VERSION', 'preimage_settings',
            'colour_names', 'scene_concepts', 'SceneConcepts', 'BrodenConcepts', 'Dissection', 'network_dissection',
            'write_tiny_broden', 'majority_category', 'objects_frames', 'vgg16_trunk', 'objects_network',
-           'objects_classifier', 'objects_cpfs', 'random_backbones', 'imagenet_networks', 'dissect_networks',
-           'plot_dissection', 'count_detectors', 'calibrated_thresholds', 'null_interval', 'dissection_counts',
-           'thesis_jitter', 'network_preimages', 'network_fingerprint', 'relative_fall', 'cached_preimages']
+           'objects_classifier', 'objects_cpfs_dir', 'objects_cpfs', 'random_backbones', 'imagenet_networks',
+           'dissect_networks', 'plot_dissection', 'count_detectors', 'calibrated_thresholds', 'empirical_p',
+           'null_interval', 'dissection_counts', 'thesis_jitter', 'network_preimages', 'network_fingerprint',
+           'relative_fall', 'cached_preimages']
 
 # %% ../nbs/06_dissect.ipynb #b8b5211a
 import csv
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from .core import atomic_save, check_choice, load_image, runs_dir, tqdm
 from .cpfs import CPFSConfig, finished_run, load_cpfs, train as train_cpfs
-from .data import CATEGORIES, NUM_FACES, SceneDataset, TEXTURES
+from .data import CATEGORIES, NUM_FACES, OBJECT_WORLDS, SceneDataset, TEXTURES
 from .models import alexnet_cpfs_small, fold_batchnorm, layer_outputs, load_pretrained, receptive_fields, vgg16_small
 from .transfer import calibrate_batchnorm, fine_tune_classifier, labelled_frames
 from .preimage import (IMAGENET_MEAN, IMAGENET_STD, LayerPhi, caricature, invert, maximize, natural_images,
@@ -177,6 +178,13 @@ class Dissection:
     iou: torch.Tensor  # (K, C) data-set IoU of every unit with every concept
     thresholds: torch.Tensor  # (K,) activation threshold T_k of each unit
     iou_threshold: float  # a unit is interpretable when its best IoU exceeds this
+    ceiling: torch.Tensor | None = None  # (K, C) the largest IoU unit k could reach with concept c: min(|M|, |L|) / max(|M|, |L|)
+
+    @property
+    def normalised_iou(self) -> torch.Tensor:
+        "(K, C) IoU as a share of its ceiling (0 where the ceiling is 0): a rare concept is not held back by its size."
+        if self.ceiling is None: raise ValueError("this Dissection has no ceiling (made by hand without one)")
+        return torch.where(self.ceiling > 0, self.iou / self.ceiling.clamp_min(1e-12), torch.zeros_like(self.iou))
 
     @property
     def best(self) -> torch.Tensor:
@@ -252,7 +260,9 @@ def network_dissection(model: nn.Module,  # the network; `layer` is one of its `
             lab_sum[cols] += lab.sum(1)
     union = act_sum + lab_sum[None] - inter
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
-    return Dissection(layer, names_c, iou.float(), thresholds, iou_threshold)
+    lab = lab_sum[None].expand_as(act_sum)
+    ceiling = torch.where(union > 0, torch.minimum(act_sum, lab) / torch.maximum(act_sum, lab).clamp_min(1), torch.zeros_like(union))
+    return Dissection(layer, names_c, iou.float(), thresholds, iou_threshold, ceiling.float())
 
 # %% ../nbs/06_dissect.ipynb #7ea131ea
 def write_tiny_broden(root  # folder to create
@@ -288,12 +298,14 @@ def majority_category(scene: dict) -> int:
 OBJECTS_SPLITS = {"train": (6000, 7_000_001), "valid": (300, 7_000_003), "test": (500, 7_000_002)}  # 03_cpfs_transfer's (num, seed)
 
 def objects_frames(split: str,  # "train", "valid" or "test" (`OBJECTS_SPLITS`)
-                   cache_dir=None  # None: `core.runs_dir("cpfs_transfer")`, shared with 03_cpfs_transfer
+                   cache_dir=None,  # None: `core.runs_dir("cpfs_transfer")`, shared with 03_cpfs_transfer
+                   world: str = "objects"  # a labelled world of `data.OBJECT_WORLDS` (`objects_anywhere`: chapter 7's table 7.1)
                   ) -> dict:
-    "The labelled 128-px `objects` frames of one split (`transfer.labelled_frames`), rendered once and cached."
+    "The labelled 128-px frames of one split of `world` (`transfer.labelled_frames`), rendered once and cached."
     check_choice("split", split, tuple(OBJECTS_SPLITS))
+    check_choice("world", world, tuple(OBJECT_WORLDS))
     num, seed = OBJECTS_SPLITS[split]
-    return labelled_frames("objects", num, seed, 128, cache_dir=cache_dir or runs_dir("cpfs_transfer"))
+    return labelled_frames(world, num, seed, 128, cache_dir=cache_dir or runs_dir("cpfs_transfer"))
 
 def vgg16_trunk() -> nn.Sequential:
     "`vgg16_small` (an eighth of the channels, batch norm) up to pool5, with its layer names."
@@ -315,17 +327,20 @@ def objects_classifier(seed: int = 10_000,  # 03_cpfs_transfer's ceiling seed fo
                        num_iters: int = 3000, lr: float = 2e-3,  # 03_cpfs_transfer's `ceiling_iters`, `ceiling_lr`
                        arch: str = "alexnet",  # a key of `OBJECTS_BACKBONES`
                        cache_dir=None,  # None: `core.runs_dir("dissect_supervised")`; False: no file
-                       progress: bool = True) -> tuple:
-    """`(classifier, scores)`: `objects_network(arch)` trained end to end on the frame labels of the `objects` training
+                       progress: bool = True,
+                       world: str = "objects"  # the labelled world trained on (`objects_frames`)
+                      ) -> tuple:
+    """`(classifier, scores)`: `objects_network(arch)` trained end to end on the frame labels of `world`'s training
     frames (`transfer.fine_tune_classifier`, batch norm from batch statistics, then folded; `classifier[0]` is the
     backbone), with its top-1 accuracy on the validation and test frames and the test frames' majority-class rate; cached."""
-    path = None if cache_dir is False else Path(cache_dir or runs_dir("dissect_supervised")) / f"objects_{arch}_seed{seed}_{num_iters}it_lr{lr:g}.pt"
+    check_choice("world", world, tuple(OBJECT_WORLDS))
+    path = None if cache_dir is False else Path(cache_dir or runs_dir("dissect_supervised")) / f"{world}_{arch}_seed{seed}_{num_iters}it_lr{lr:g}.pt"
     net = fold_batchnorm(objects_network(arch))
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
         net.load_state_dict(saved["state_dict"])
         return net.eval(), saved["scores"]
-    fr = {s: objects_frames(s) for s in OBJECTS_SPLITS}
+    fr = {s: objects_frames(s, world=world) for s in OBJECTS_SPLITS}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         r = fine_tune_classifier(objects_network(arch)[0], (fr["train"]["image"], fr["train"]["label"]),
@@ -333,20 +348,30 @@ def objects_classifier(seed: int = 10_000,  # 03_cpfs_transfer's ceiling seed fo
                                  num_iters=num_iters, lr=lr, train_batchnorm=True, seed=seed, return_model=True, progress=progress)
     net = fold_batchnorm(r["model"]).cpu().eval()
     test_labels = fr["test"]["label"]
-    scores = dict(valid_accuracy=r["valid"]["accuracy"], test_accuracy=r["test"]["accuracy"], arch=arch,
+    scores = dict(valid_accuracy=r["valid"]["accuracy"], test_accuracy=r["test"]["accuracy"], arch=arch, world=world,
                   prior=float(torch.bincount(test_labels, minlength=3).max() / len(test_labels)), seed=seed, num_iters=num_iters, lr=lr)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({"state_dict": net.state_dict(), "scores": scores}, path)
     return net, scores
 
+def objects_cpfs_dir(loss: str, seed: int, num_iters: int, shuffle_flow: bool = False, runs=None) -> Path:
+    "Where `objects_cpfs` keeps a run (03_cpfs_transfer's folder names for its 1,000-step runs)."
+    name = f"objects_{loss}{'_shuffled' if shuffle_flow else ''}_seed{seed}" + (f"_{num_iters}it" if num_iters != 1000 else "")
+    return Path(runs or runs_dir("cpfs_transfer")) / name
+
 def objects_cpfs(loss: str = "ce",  # a CPFS loss (`cpfs.CPFS_TRAIN_LOSSES`)
                  seed: int = 0, num_iters: int = 1000,
                  runs=None,  # None: `core.runs_dir("cpfs_transfer")`, where 03_cpfs_transfer keeps its pre-trainings
-                 progress: bool = True) -> nn.Module:
-    "The backbone of the `cpu`-preset CPFS run on `objects` motion `{runs}/objects_{loss}_seed{seed}`: trained (or resumed) unless finished."
-    out = Path(runs or runs_dir("cpfs_transfer")) / f"objects_{loss}_seed{seed}"
-    config = CPFSConfig.from_preset("cpu", loss=loss, world="objects", seed=seed, num_iters=num_iters, out_dir=str(out), progress=progress)
+                 progress: bool = True,
+                 shuffle_flow: bool = False  # the null control: each frame trained on another frame's flow (`cpfs.ShuffledFlow`)
+                ) -> nn.Module:
+    """The backbone of the `cpu`-preset CPFS run on `objects` motion, trained (or resumed) unless finished: in
+    `{runs}/objects_{loss}_seed{seed}` (03_cpfs_transfer's), with `_shuffled` after the loss for the null control and
+    `_{num_iters}it` at the end for another number of steps."""
+    out = objects_cpfs_dir(loss, seed, num_iters, shuffle_flow, runs)
+    config = CPFSConfig.from_preset("cpu", loss=loss, world="objects", seed=seed, num_iters=num_iters, out_dir=str(out), progress=progress,
+                                    shuffle_flow=shuffle_flow)
     if not finished_run(config): train_cpfs(config)
     return load_cpfs(out).backbone.cpu().eval()
 
@@ -410,12 +435,26 @@ def count_detectors(d: Dissection, threshold: float) -> int:
     "The number of units whose best concept's IoU exceeds `threshold`."
     return int((d.best_iou > threshold).sum())
 
+def _best(d: Dissection, normalised: bool) -> torch.Tensor:
+    "(K,) each unit's best IoU, or its best IoU as a share of the ceiling."
+    return d.normalised_iou.max(1).values if normalised else d.best_iou
+
 def calibrated_thresholds(null: dict,  # `{seed: {layer: Dissection}}` of random networks (`dissect_networks`)
-                          percentile: float = 99.0) -> dict:
+                          percentile: float = 99.0,
+                          normalised: bool = False  # calibrate the IoU as a share of its ceiling (`Dissection.normalised_iou`)
+                         ) -> dict:
     "`{layer: IoU}`: the `percentile` of the best-concept IoU over every unit of every null network at that layer."
     if not null: raise ValueError("calibrated_thresholds needs at least one null network")
     layers = next(iter(null.values())).keys()
-    return {l: float(np.percentile(torch.cat([per[l].best_iou for per in null.values()]).numpy(), percentile)) for l in layers}
+    return {l: float(np.percentile(torch.cat([_best(per[l], normalised) for per in null.values()]).numpy(), percentile)) for l in layers}
+
+def empirical_p(count: int,  # a trained network's detector count
+                null_counts  # the counts of the null networks
+               ) -> float:
+    "One-sided empirical p-value of `count` against the null: (1 + #{null ≥ count}) / (1 + n), never 0."
+    c = np.asarray(null_counts)
+    if c.ndim != 1 or len(c) < 1: raise ValueError(f"empirical_p needs a list of null counts, got shape {c.shape}")
+    return float((1 + (c >= count).sum()) / (1 + len(c)))
 
 def null_interval(counts,  # one count per null network
                   level: float = 0.95) -> tuple:
@@ -427,10 +466,14 @@ def null_interval(counts,  # one count per null network
 
 def dissection_counts(results: dict,  # `{network: {layer: Dissection}}`
                       thresholds: dict,  # `{layer: IoU}` from `calibrated_thresholds` (layers missing: not counted)
-                      fixed: float = 0.04) -> dict:
-    "`{network: {layer: {units, at_0.04, calibrated}}}`: detector counts at the fixed and the calibrated threshold."
+                      fixed: float = 0.04,
+                      normalised: dict | None = None  # `{layer: share of the ceiling}` from `calibrated_thresholds(normalised=True)`
+                     ) -> dict:
+    "`{network: {layer: {units, at_0.04, calibrated[, normalised]}}}`: detector counts at the fixed and the calibrated thresholds."
     return {n: {l: {"units": len(d.thresholds), f"at_{fixed:g}": count_detectors(d, fixed),
-                    **({"calibrated": count_detectors(d, thresholds[l])} if l in thresholds else {})} for l, d in per.items()}
+                    **({"calibrated": count_detectors(d, thresholds[l])} if l in thresholds else {}),
+                    **({"normalised": int((_best(d, True) > normalised[l]).sum())} if normalised and l in normalised else {})}
+                for l, d in per.items()}
             for n, per in results.items()}
 
 # %% ../nbs/06_dissect.ipynb #aad84046

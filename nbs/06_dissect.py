@@ -7,7 +7,7 @@
 # > Network dissection of the CPFS network against a random and a supervised network of the same architecture, and the chapter 5 visualisations applied to it.
 
 # %% [markdown]
-# *Default run: **1 min 53 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **2 min 45 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 6 of the thesis looks inside the AlexNet trained with CPFS (chapter 3) in two ways. The
@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from motion_nbs.core import atomic_save, check_choice, load_image, runs_dir, tqdm
 from motion_nbs.cpfs import CPFSConfig, finished_run, load_cpfs, train as train_cpfs
-from motion_nbs.data import CATEGORIES, NUM_FACES, SceneDataset, TEXTURES
+from motion_nbs.data import CATEGORIES, NUM_FACES, OBJECT_WORLDS, SceneDataset, TEXTURES
 from motion_nbs.models import alexnet_cpfs_small, fold_batchnorm, layer_outputs, load_pretrained, receptive_fields, vgg16_small
 from motion_nbs.transfer import calibrate_batchnorm, fine_tune_classifier, labelled_frames
 from motion_nbs.preimage import (IMAGENET_MEAN, IMAGENET_STD, LayerPhi, caricature, invert, maximize, natural_images,
@@ -311,6 +311,13 @@ class Dissection:
     iou: torch.Tensor  # (K, C) data-set IoU of every unit with every concept
     thresholds: torch.Tensor  # (K,) activation threshold T_k of each unit
     iou_threshold: float  # a unit is interpretable when its best IoU exceeds this
+    ceiling: torch.Tensor | None = None  # (K, C) the largest IoU unit k could reach with concept c: min(|M|, |L|) / max(|M|, |L|)
+
+    @property
+    def normalised_iou(self) -> torch.Tensor:
+        "(K, C) IoU as a share of its ceiling (0 where the ceiling is 0): a rare concept is not held back by its size."
+        if self.ceiling is None: raise ValueError("this Dissection has no ceiling (made by hand without one)")
+        return torch.where(self.ceiling > 0, self.iou / self.ceiling.clamp_min(1e-12), torch.zeros_like(self.iou))
 
     @property
     def best(self) -> torch.Tensor:
@@ -386,7 +393,9 @@ def network_dissection(model: nn.Module,  # the network; `layer` is one of its `
             lab_sum[cols] += lab.sum(1)
     union = act_sum + lab_sum[None] - inter
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
-    return Dissection(layer, names_c, iou.float(), thresholds, iou_threshold)
+    lab = lab_sum[None].expand_as(act_sum)
+    ceiling = torch.where(union > 0, torch.minimum(act_sum, lab) / torch.maximum(act_sum, lab).clamp_min(1), torch.zeros_like(union))
+    return Dissection(layer, names_c, iou.float(), thresholds, iou_threshold, ceiling.float())
 
 
 # %% [markdown]
@@ -418,6 +427,11 @@ _d = network_dissection(_MaskNet(_ds), "id", _ds, quantile=min(2 * _cube_frac, 0
 test_eq(_d.concepts[_d.best[0]], "category:cube"); test_close(_d.best_iou[0], 1.0, eps=1e-6)
 assert _d.best_iou[2] < 0.2  # noise detects nothing well
 test_eq(_d.iou.shape, (3, len(_d.concepts)))
+# the ceiling: the cube unit is on on exactly the cube's pixels, so with the sphere it can reach |sphere| / |cube| at most
+_px = {c: float(torch.stack([it["masks"][c] for it in _ds.items]).sum()) for c in ("category:cube", "category:sphere")}
+test_close(_d.ceiling[0, _d.concepts.index("category:sphere")], min(_px.values()) / max(_px.values()), eps=1e-6)
+assert (_d.iou <= _d.ceiling + 1e-6).all() and (_d.normalised_iou <= 1 + 1e-5).all()
+test_close(_d.normalised_iou[0, _d.best[0]], 1.0, eps=1e-6)
 test_fail(lambda: network_dissection(_MaskNet(_ds), "conv9", _ds), contains="layer 'conv9' is not in the model")
 test_fail(lambda: network_dissection(_MaskNet(_ds), "id", []), contains="empty")
 
@@ -442,6 +456,7 @@ with torch.no_grad(): _net.first.weight[:] = torch.tensor([1., 0, 0]).view(1, 3,
 _d = network_dissection(_net, "first", _Tiny(), quantile=0.25, iou_threshold=0.4)
 # a: intersection 1 (image 1), |M| = 2, |L| = 2 → IoU 1/3;  b: only image 2: intersection 1, |M| = 1, |L| = 1 → 1
 test_close(_d.iou[0], torch.tensor([1 / 3, 1.0]), eps=1e-6)
+test_close(_d.ceiling[0], torch.tensor([1.0, 1.0]), eps=1e-6)   # |M| = |L| for both: a and b could each reach IoU 1
 test_eq(_d.counts(), dict(units=1, interpretable=1, unique_concepts=1, k=1))
 
 
@@ -526,12 +541,14 @@ def majority_category(scene: dict) -> int:
 OBJECTS_SPLITS = {"train": (6000, 7_000_001), "valid": (300, 7_000_003), "test": (500, 7_000_002)}  # 03_cpfs_transfer's (num, seed)
 
 def objects_frames(split: str,  # "train", "valid" or "test" (`OBJECTS_SPLITS`)
-                   cache_dir=None  # None: `core.runs_dir("cpfs_transfer")`, shared with 03_cpfs_transfer
+                   cache_dir=None,  # None: `core.runs_dir("cpfs_transfer")`, shared with 03_cpfs_transfer
+                   world: str = "objects"  # a labelled world of `data.OBJECT_WORLDS` (`objects_anywhere`: chapter 7's table 7.1)
                   ) -> dict:
-    "The labelled 128-px `objects` frames of one split (`transfer.labelled_frames`), rendered once and cached."
+    "The labelled 128-px frames of one split of `world` (`transfer.labelled_frames`), rendered once and cached."
     check_choice("split", split, tuple(OBJECTS_SPLITS))
+    check_choice("world", world, tuple(OBJECT_WORLDS))
     num, seed = OBJECTS_SPLITS[split]
-    return labelled_frames("objects", num, seed, 128, cache_dir=cache_dir or runs_dir("cpfs_transfer"))
+    return labelled_frames(world, num, seed, 128, cache_dir=cache_dir or runs_dir("cpfs_transfer"))
 
 def vgg16_trunk() -> nn.Sequential:
     "`vgg16_small` (an eighth of the channels, batch norm) up to pool5, with its layer names."
@@ -553,17 +570,20 @@ def objects_classifier(seed: int = 10_000,  # 03_cpfs_transfer's ceiling seed fo
                        num_iters: int = 3000, lr: float = 2e-3,  # 03_cpfs_transfer's `ceiling_iters`, `ceiling_lr`
                        arch: str = "alexnet",  # a key of `OBJECTS_BACKBONES`
                        cache_dir=None,  # None: `core.runs_dir("dissect_supervised")`; False: no file
-                       progress: bool = True) -> tuple:
-    """`(classifier, scores)`: `objects_network(arch)` trained end to end on the frame labels of the `objects` training
+                       progress: bool = True,
+                       world: str = "objects"  # the labelled world trained on (`objects_frames`)
+                      ) -> tuple:
+    """`(classifier, scores)`: `objects_network(arch)` trained end to end on the frame labels of `world`'s training
     frames (`transfer.fine_tune_classifier`, batch norm from batch statistics, then folded; `classifier[0]` is the
     backbone), with its top-1 accuracy on the validation and test frames and the test frames' majority-class rate; cached."""
-    path = None if cache_dir is False else Path(cache_dir or runs_dir("dissect_supervised")) / f"objects_{arch}_seed{seed}_{num_iters}it_lr{lr:g}.pt"
+    check_choice("world", world, tuple(OBJECT_WORLDS))
+    path = None if cache_dir is False else Path(cache_dir or runs_dir("dissect_supervised")) / f"{world}_{arch}_seed{seed}_{num_iters}it_lr{lr:g}.pt"
     net = fold_batchnorm(objects_network(arch))
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
         net.load_state_dict(saved["state_dict"])
         return net.eval(), saved["scores"]
-    fr = {s: objects_frames(s) for s in OBJECTS_SPLITS}
+    fr = {s: objects_frames(s, world=world) for s in OBJECTS_SPLITS}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         r = fine_tune_classifier(objects_network(arch)[0], (fr["train"]["image"], fr["train"]["label"]),
@@ -571,20 +591,30 @@ def objects_classifier(seed: int = 10_000,  # 03_cpfs_transfer's ceiling seed fo
                                  num_iters=num_iters, lr=lr, train_batchnorm=True, seed=seed, return_model=True, progress=progress)
     net = fold_batchnorm(r["model"]).cpu().eval()
     test_labels = fr["test"]["label"]
-    scores = dict(valid_accuracy=r["valid"]["accuracy"], test_accuracy=r["test"]["accuracy"], arch=arch,
+    scores = dict(valid_accuracy=r["valid"]["accuracy"], test_accuracy=r["test"]["accuracy"], arch=arch, world=world,
                   prior=float(torch.bincount(test_labels, minlength=3).max() / len(test_labels)), seed=seed, num_iters=num_iters, lr=lr)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({"state_dict": net.state_dict(), "scores": scores}, path)
     return net, scores
 
+def objects_cpfs_dir(loss: str, seed: int, num_iters: int, shuffle_flow: bool = False, runs=None) -> Path:
+    "Where `objects_cpfs` keeps a run (03_cpfs_transfer's folder names for its 1,000-step runs)."
+    name = f"objects_{loss}{'_shuffled' if shuffle_flow else ''}_seed{seed}" + (f"_{num_iters}it" if num_iters != 1000 else "")
+    return Path(runs or runs_dir("cpfs_transfer")) / name
+
 def objects_cpfs(loss: str = "ce",  # a CPFS loss (`cpfs.CPFS_TRAIN_LOSSES`)
                  seed: int = 0, num_iters: int = 1000,
                  runs=None,  # None: `core.runs_dir("cpfs_transfer")`, where 03_cpfs_transfer keeps its pre-trainings
-                 progress: bool = True) -> nn.Module:
-    "The backbone of the `cpu`-preset CPFS run on `objects` motion `{runs}/objects_{loss}_seed{seed}`: trained (or resumed) unless finished."
-    out = Path(runs or runs_dir("cpfs_transfer")) / f"objects_{loss}_seed{seed}"
-    config = CPFSConfig.from_preset("cpu", loss=loss, world="objects", seed=seed, num_iters=num_iters, out_dir=str(out), progress=progress)
+                 progress: bool = True,
+                 shuffle_flow: bool = False  # the null control: each frame trained on another frame's flow (`cpfs.ShuffledFlow`)
+                ) -> nn.Module:
+    """The backbone of the `cpu`-preset CPFS run on `objects` motion, trained (or resumed) unless finished: in
+    `{runs}/objects_{loss}_seed{seed}` (03_cpfs_transfer's), with `_shuffled` after the loss for the null control and
+    `_{num_iters}it` at the end for another number of steps."""
+    out = objects_cpfs_dir(loss, seed, num_iters, shuffle_flow, runs)
+    config = CPFSConfig.from_preset("cpu", loss=loss, world="objects", seed=seed, num_iters=num_iters, out_dir=str(out), progress=progress,
+                                    shuffle_flow=shuffle_flow)
     if not finished_run(config): train_cpfs(config)
     return load_cpfs(out).backbone.cpu().eval()
 
@@ -617,6 +647,9 @@ def imagenet_networks(alexnet_weights=None  # torchvision AlexNet weights file; 
 test_eq(majority_category({"categories": torch.tensor([[0, 2, 2], [1, 0, 0]])}), 2)
 test_eq(majority_category({"categories": torch.zeros(2, 2, dtype=torch.long)}), 0)
 test_fail(lambda: objects_frames("tests"), contains="split='tests'; valid: train, valid, test")
+test_fail(lambda: objects_frames("test", world="shapes"), contains="world='shapes'")   # no frame label in `shapes`
+test_eq(objects_cpfs_dir("ce", 0, 1000, runs="r"), Path("r/objects_ce_seed0"))   # 03_cpfs_transfer's run, shared
+test_eq(objects_cpfs_dir("ce", 2, 3000, shuffle_flow=True, runs="r"), Path("r/objects_ce_shuffled_seed2_3000it"))
 _imgs = torch.rand(6, 3, 64, 64)
 _nulls = random_backbones([0, 1], _imgs)
 test_eq(set(_nulls), {0, 1})
@@ -715,12 +748,26 @@ def count_detectors(d: Dissection, threshold: float) -> int:
     "The number of units whose best concept's IoU exceeds `threshold`."
     return int((d.best_iou > threshold).sum())
 
+def _best(d: Dissection, normalised: bool) -> torch.Tensor:
+    "(K,) each unit's best IoU, or its best IoU as a share of the ceiling."
+    return d.normalised_iou.max(1).values if normalised else d.best_iou
+
 def calibrated_thresholds(null: dict,  # `{seed: {layer: Dissection}}` of random networks (`dissect_networks`)
-                          percentile: float = 99.0) -> dict:
+                          percentile: float = 99.0,
+                          normalised: bool = False  # calibrate the IoU as a share of its ceiling (`Dissection.normalised_iou`)
+                         ) -> dict:
     "`{layer: IoU}`: the `percentile` of the best-concept IoU over every unit of every null network at that layer."
     if not null: raise ValueError("calibrated_thresholds needs at least one null network")
     layers = next(iter(null.values())).keys()
-    return {l: float(np.percentile(torch.cat([per[l].best_iou for per in null.values()]).numpy(), percentile)) for l in layers}
+    return {l: float(np.percentile(torch.cat([_best(per[l], normalised) for per in null.values()]).numpy(), percentile)) for l in layers}
+
+def empirical_p(count: int,  # a trained network's detector count
+                null_counts  # the counts of the null networks
+               ) -> float:
+    "One-sided empirical p-value of `count` against the null: (1 + #{null ≥ count}) / (1 + n), never 0."
+    c = np.asarray(null_counts)
+    if c.ndim != 1 or len(c) < 1: raise ValueError(f"empirical_p needs a list of null counts, got shape {c.shape}")
+    return float((1 + (c >= count).sum()) / (1 + len(c)))
 
 def null_interval(counts,  # one count per null network
                   level: float = 0.95) -> tuple:
@@ -732,10 +779,14 @@ def null_interval(counts,  # one count per null network
 
 def dissection_counts(results: dict,  # `{network: {layer: Dissection}}`
                       thresholds: dict,  # `{layer: IoU}` from `calibrated_thresholds` (layers missing: not counted)
-                      fixed: float = 0.04) -> dict:
-    "`{network: {layer: {units, at_0.04, calibrated}}}`: detector counts at the fixed and the calibrated threshold."
+                      fixed: float = 0.04,
+                      normalised: dict | None = None  # `{layer: share of the ceiling}` from `calibrated_thresholds(normalised=True)`
+                     ) -> dict:
+    "`{network: {layer: {units, at_0.04, calibrated[, normalised]}}}`: detector counts at the fixed and the calibrated thresholds."
     return {n: {l: {"units": len(d.thresholds), f"at_{fixed:g}": count_detectors(d, fixed),
-                    **({"calibrated": count_detectors(d, thresholds[l])} if l in thresholds else {})} for l, d in per.items()}
+                    **({"calibrated": count_detectors(d, thresholds[l])} if l in thresholds else {}),
+                    **({"normalised": int((_best(d, True) > normalised[l]).sum())} if normalised and l in normalised else {})}
+                for l, d in per.items()}
             for n, per in results.items()}
 
 
@@ -751,6 +802,15 @@ test_close(null_interval([4, 4, 4, 4]), (4.0, 4.0), eps=1e-12)
 test_fail(lambda: null_interval([3]), contains="at least 2 counts")
 test_fail(lambda: calibrated_thresholds({}), contains="at least one null network")
 test_eq(dissection_counts({"n": _null[0]}, {"relu1": 0.03}), {"n": {"relu1": {"units": 3, "at_0.04": 1, "calibrated": 1}}})
+test_eq(empirical_p(5, [1, 2, 5, 7]), 3 / 5); test_eq(empirical_p(9, [1, 2, 5, 7]), 1 / 5); test_eq(empirical_p(0, [0, 0]), 1.0)
+test_fail(lambda: empirical_p(1, []), contains="list of null counts")
+_nd = Dissection("relu1", ["a", "b"], torch.tensor([[0.02, 0.10], [0.05, 0.01]]), torch.zeros(2), 0.04, torch.tensor([[0.04, 0.5], [1.0, 0.02]]))
+test_close(_nd.normalised_iou, torch.tensor([[0.5, 0.2], [0.05, 0.5]]), eps=1e-6)   # unit 0's rare concept a: 0.02 of a 0.04 ceiling
+test_close(calibrated_thresholds({0: {"relu1": _nd}}, 100, normalised=True)["relu1"], 0.5, eps=1e-6)
+test_fail(lambda: _dis([0.1]).normalised_iou, contains="no ceiling")
+test_eq(dissection_counts({"n": {"relu1": _nd}}, {"relu1": 0.03}, normalised={"relu1": 0.4}),
+        {"n": {"relu1": {"units": 2, "at_0.04": 2, "calibrated": 2, "normalised": 2}}})
+test_eq(dissection_counts({"n": {"relu1": _nd}}, {"relu1": 0.03}, normalised={"relu1": 0.5})["n"]["relu1"]["normalised"], 0)
 
 # %% [markdown]
 # ## Dissecting CPFS, supervised, random and ImageNet networks
@@ -944,6 +1004,28 @@ def dissection_prose(s: dict) -> str:
 
 if SAVED_DISSECTION.exists(): display(Markdown(dissection_prose(json.loads(SAVED_DISSECTION.read_text()))))
 
+# %%
+#| hide
+# `dissection_prose` on a hand-made run whose verdicts are known: bold only above a non-degenerate interval
+_L = DISSECT_LAYERS
+_iv = {"at_0.04": {l: [0.0, 4.0] for l in _L} | {"relu1": [1.0, 1.0]}, "calibrated": {l: [0.0, 2.0] for l in _L}}
+_cnt = lambda a, c: {l: {"units": 10, "at_0.04": a[i], "calibrated": c[i]} for i, l in enumerate(_L)}
+_hand = {"null": {"seeds": [0, 1, 2], "counts": {k: {l: [1, 2, 3] for l in _L} for k in _iv}, "interval95": _iv},
+         "counts": {"CPFS (CE, objects motion)": _cnt([3, 1, 2, 5, 6], [0, 3, 3, 3, 4]),
+                    "supervised (objects labels)": _cnt([0, 2, 1, 9, 9], [0, 1, 0, 1, 1]), "random init": _cnt([1] * 5, [0] * 5)},
+         "supervised": {"test_accuracy": 0.9, "valid_accuracy": 0.8, "prior": 0.25}, "probe_scenes": 7,
+         "calibrated_thresholds": {l: 0.05 for l in _L}}
+_t = dissection_prose(_hand)
+assert "| CPFS-CE (objects motion), IoU > 0.04 | 3/10 | 1/10 | 2/10 | **5/10** | **6/10** |" in _t, _t   # 3 > 1 = a point: not bold
+assert "| supervised (objects labels), calibrated threshold | 0/10 | 1/10 | 0/10 | 1/10 | 1/10 |" in _t
+assert "| 3 random networks, IoU > 0.04: mean [95 % interval] | 2.0 [1.0, 1.0] | 2.0 [0, 4.0]" in _t
+assert "CPFS at relu4, relu5 (0.04) and relu2, relu3, relu4, relu5 (calibrated); the supervised network at relu4, relu5 (0.04) " \
+       "and no layer (calibrated). Motion alone made" in _t
+assert "CPFS has *more* detectors than the supervised network from relu2 on (3 / 3 / 3 / 4 against 1 / 0 / 1 / 1); " \
+       "at 0.04 fewer at relu4–relu5 (5 / 6 against 9 / 9)" in _t
+assert "reaches 90.0 % on the test frames (validation 80.0 %, majority class 25.0 %)" in _t and "7 probe scenes" in _t
+assert "At relu1, relu2, relu3 neither trained network is above the null at 0.04." in _t
+
 # %% [markdown]
 # What the counts do not say is *what* the units detect: the list of the strongest relu5 detectors (above) shows
 # that CPFS's are all `texture:checker`, while the supervised network's are `texture:checker` and `part:cube side` —
@@ -980,6 +1062,11 @@ if SAVED_DISSECTION.exists(): display(Markdown(dissection_prose(json.loads(SAVED
 # minutes). At 64 px a conv5 unit's 163-px receptive field is larger than the image; the patterns are therefore
 # smaller than the thesis'. Which pre-images converged is measured below ("Convergence"), and a panel whose
 # optimisation had not converged says so in its title. `preset = "paper"` restores the thesis' image size.
+# Figs 6.1–6.2 show one image per neuron, as here, with the jitter of chapter 05c ($T$ = a quarter of the layer's
+# stride, `thesis_jitter`), but not on the author's canvas of about 1.1 times the unit's receptive field
+# (`author_nets.author_am_setup`, which chapter 05c's figures use): for this network that canvas is 31, 63, 127, 159
+# and 191 px at conv1..conv5, so the deep layers would cost up to nine times the 64-px canvas. Every unit of a layer
+# shares one canvas here so that a layer's 25 units are solved as one batch.
 #
 # Measured: the last full run (4 Dec 2026, one torch thread on two cores shared with two other jobs, neither
 # network present) took 20 min 28 s in all: training CPFS-CE 391 s and the supervised network 489 s (both

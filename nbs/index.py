@@ -72,8 +72,9 @@
 #
 # Two chapters also measure something and cost more on a first run: [06_dissect](06_dissect.ipynb) trains CPFS-CE
 # (391 s) and the supervised network (489 s) when the runs folder lacks them (20 min 28 s in all on shared cores),
-# and [07_reversed](07_reversed.ipynb) took 18 min 39 s under `make book` when the 19 rows of 500 GrabCut
-# segmentations of table 7.1 were redone (4 Dec 2026). The other chapter notebooks (00–07 without a suffix) have no
+# and [07_reversed](07_reversed.ipynb), cold, trains AlexNet and VGG-16 on `objects_anywhere` (572 s and 702 s) and runs
+# about 9,000 GrabCut segmentations on validation frames for its choices and 9,500 for table 7.1 (1,818 s): about
+# 80 minutes on one core shared with other jobs (6 Dec 2026). The other chapter notebooks (00–07 without a suffix) have no
 # parameters besides 01_flow's frame choice and 06_dissect's preset; their heavy cells carry nbdev's `slow` flag
 # and show saved results.
 #
@@ -95,7 +96,7 @@
 # | 02e_voc | 7 s |
 # | 02f_cli | 1 min 41 s |
 # | 03_cpfs | 31 s |
-# | 03_cpfs_ambiguity | 7 s |
+# | 03_cpfs_ambiguity | 12 s |
 # | 03_cpfs_train | 31 s |
 # | 03_cpfs_transfer | 6 s |
 # | 03a_compare | 8 s |
@@ -106,12 +107,12 @@
 # | 05_features_fast | 34 s |
 # | 05a_features | 22 s |
 # | 05b_preimage | 14 s |
-# | 05c_preimage_experiments | 6 min 57 s |
-# | 05d_author_nets | 37 s |
-# | 06_dissect | 1 min 53 s |
-# | 07_reversed | 1 min 41 s |
+# | 05c_preimage_experiments | 7 min 28 s |
+# | 05d_author_nets | 50 s |
+# | 06_dissect | 2 min 45 s |
+# | 07_reversed | 2 min 3 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **18 min 30 s** |
+# | **all chapters** | **20 min 33 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
@@ -168,7 +169,7 @@
 # | 7.5 | the same for two other images | the same section |
 # | 7.6 | lack of neuron selectivity: three selectors, one bottleneck | [07_reversed](07_reversed.ipynb) "Selectivity of the reversed output (fig 7.6)" |
 # | 7.7 | the finite support of a neuron | [07_reversed](07_reversed.ipynb) "Neuron support (fig 7.7)" |
-# | 7.8 | foreground selectivity of the three methods (VGG-VD pool5, fc8) | partial: a number, not the picture: the share of each saliency map's mass on the objects, in [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)", classifiers trained on the `objects` world, with random-weight controls |
+# | 7.8 | foreground selectivity of the three methods (VGG-VD pool5, fc8) | partial: a number, not the picture: the share of each saliency map's mass on the objects, in [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)", classifiers trained on the `objects_anywhere` world (the object anywhere in the frame), with random-weight controls |
 # | 7.9 | the analogy with the phase of the Fourier transform | [07_reversed](07_reversed.ipynb) "Phase and bottleneck (fig 7.9)" |
-# | 7.10 | Guided Backprop with LRN reversed as the identity or by BP | [07_reversed](07_reversed.ipynb) "LRN (fig 7.10)"; the appendix-A AlexNet (with LRN) trained on the `objects` world |
-# | 7.11 | saliency maps and the GrabCut segmentations they seed | [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)"; 500 `objects` frames instead of ImageNet's segmentation set |
+# | 7.10 | Guided Backprop with LRN reversed as the identity or by BP | [07_reversed](07_reversed.ipynb) "LRN (fig 7.10)"; the appendix-A AlexNet (with LRN) trained on the `objects_anywhere` world |
+# | 7.11 | saliency maps and the GrabCut segmentations they seed | [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)"; 500 `objects_anywhere` frames (the object anywhere in the frame) instead of ImageNet's segmentation set |
