@@ -167,7 +167,7 @@
 # | 7.3 | the generic reversed architecture and its choices of input, RU† and MP† | redrawn: [07_reversed](07_reversed.ipynb) "Reversing one layer (section 7.3.1)" |
 # | 7.4 | eight reversed architectures on VGG-16 pool5 | [07_reversed](07_reversed.ipynb) "Eight architectures (figs 7.4, 7.5)"; VGG-16 with random weights unless torchvision's file is present |
 # | 7.5 | the same for two other images | the same section |
-# | 7.6 | lack of neuron selectivity: three selectors, one bottleneck | [07_reversed](07_reversed.ipynb) "Selectivity of the reversed output (fig 7.6)" |
+# | 7.6 | lack of neuron selectivity: three selectors, one bottleneck | [07_reversed](07_reversed.ipynb) "Selectivity of the reversed output (fig 7.6)" (torchvision's AlexNet, random weights offline, and EfficientNet-Lite0) and "Fig 7.6 with the trained AlexNet" (the appendix-A AlexNet trained on `objects_anywhere`) |
 # | 7.7 | the finite support of a neuron | [07_reversed](07_reversed.ipynb) "Neuron support (fig 7.7)" |
 # | 7.8 | foreground selectivity of the three methods (VGG-VD pool5, fc8) | partial: a number, not the picture: the share of each saliency map's mass on the objects, in [07_reversed](07_reversed.ipynb) "Salient object segmentation (section 7.4.6, table 7.1)", classifiers trained on the `objects_anywhere` world (the object anywhere in the frame), with random-weight controls |
 # | 7.9 | the analogy with the phase of the Fourier transform | [07_reversed](07_reversed.ipynb) "Phase and bottleneck (fig 7.9)" |
