@@ -280,7 +280,7 @@ def author_maximize(model,  # a `preimage.LayerPhi`
     units = list(units)
     if not units: raise ValueError("units is empty: give the channels to visualise")
     if setup is None: setup = author_am_setup(model, len(units))
-    elif setup["grid"] ** 2 < len(units) or not math.isclose(setup["weight"], 1 / len(units)):
+    elif not math.isclose(setup["weight"], 1 / len(units)):   # the weight is 1/k of the k units the set-up was made for
         raise ValueError(f"setup is for a mosaic of {round(1 / setup['weight'])} units on a {setup['grid']}x{setup['grid']} grid, "
                          f"but {len(units)} units were given: pass author_am_setup(model, {len(units)})")
     if setup["side"] is None and side is None:

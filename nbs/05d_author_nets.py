@@ -7,7 +7,7 @@
 # > HOG and dense SIFT as the thesis' author built them (`hog_net.m`, `dsift_net.m`), which are not VLFeat: labelled variants beside the VLFeat-equal modules of `motion_nbs.features`; and activation maximisation as the author ran it (`exp_maximization.m`).
 
 # %% [markdown]
-# *Default run: **50 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 05a builds HOG, HOGb and dense SIFT equal to VLFeat, as section 5.3.1 says the thesis' networks
@@ -570,7 +570,7 @@ def author_maximize(model,  # a `preimage.LayerPhi`
     units = list(units)
     if not units: raise ValueError("units is empty: give the channels to visualise")
     if setup is None: setup = author_am_setup(model, len(units))
-    elif setup["grid"] ** 2 < len(units) or not math.isclose(setup["weight"], 1 / len(units)):
+    elif not math.isclose(setup["weight"], 1 / len(units)):   # the weight is 1/k of the k units the set-up was made for
         raise ValueError(f"setup is for a mosaic of {round(1 / setup['weight'])} units on a {setup['grid']}x{setup['grid']} grid, "
                          f"but {len(units)} units were given: pass author_am_setup(model, {len(units)})")
     if setup["side"] is None and side is None:

@@ -108,11 +108,11 @@
 # | 05a_features | 22 s |
 # | 05b_preimage | 14 s |
 # | 05c_preimage_experiments | 7 min 28 s |
-# | 05d_author_nets | 50 s |
+# | 05d_author_nets | 15 s |
 # | 06_dissect | 2 min 45 s |
-# | 07_reversed | 2 min 3 s |
+# | 07_reversed | 2 min 1 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **20 min 33 s** |
+# | **all chapters** | **19 min 56 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
