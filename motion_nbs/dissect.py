@@ -9,9 +9,9 @@ __all__ = ['PREIMAGE_PRESETS', 'COLOUR_NAMES', 'PART_NAMES', 'BRODEN_PIXEL_KINDS
            'colour_names', 'scene_concepts', 'SceneConcepts', 'BrodenConcepts', 'Dissection', 'network_dissection',
            'write_tiny_broden', 'majority_category', 'objects_frames', 'vgg16_trunk', 'objects_network',
            'objects_classifier', 'objects_cpfs_dir', 'objects_cpfs', 'random_backbones', 'imagenet_networks',
-           'dissect_networks', 'plot_dissection', 'count_detectors', 'calibrated_thresholds', 'empirical_p',
-           'null_interval', 'dissection_counts', 'thesis_jitter', 'network_preimages', 'network_fingerprint',
-           'relative_fall', 'cached_preimages']
+           'network_fingerprint', 'concepts_fingerprint', 'dissect_networks', 'plot_dissection', 'count_detectors',
+           'calibrated_thresholds', 'empirical_p', 'group_p', 'null_interval', 'dissection_counts', 'thesis_jitter',
+           'network_preimages', 'relative_fall', 'cached_preimages']
 
 # %% ../nbs/06_dissect.ipynb #b8b5211a
 import csv
@@ -400,10 +400,30 @@ def imagenet_networks(alexnet_weights=None  # torchvision AlexNet weights file; 
     return out
 
 # %% ../nbs/06_dissect.ipynb #cf70cc8d
+def network_fingerprint(model: nn.Module) -> str:
+    "A short hash of a model's state dict (names and values): changes whenever the weights do."
+    h = hashlib.sha1()
+    for k, v in model.state_dict().items():
+        h.update(k.encode()); h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+def concepts_fingerprint(concepts) -> str:
+    "A short hash of a concept data set's images and masks: the cache key of the probe in `dissect_networks`."
+    h = hashlib.sha1()
+    for i in range(len(concepts)):
+        it = concepts[i]
+        h.update(it["image"].detach().float().contiguous().numpy().tobytes())
+        for c in sorted(it["masks"]): h.update(c.encode()); h.update(it["masks"][c].detach().to(torch.uint8).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+def _dissection_state(d: Dissection) -> dict:
+    return dict(layer=d.layer, concepts=list(d.concepts), iou=d.iou, thresholds=d.thresholds, iou_threshold=float(d.iou_threshold), ceiling=d.ceiling)
+
 def dissect_networks(networks: dict,  # name -> model
                      concepts,  # concept data set
                      layers=DISSECT_LAYERS, progress: bool = True,
                      normalisation: dict | None = None,  # name -> (mean, std) of that network's input; default: none
+                     cache_dir=None,  # a folder: each network's dissection is read from / written to a file keyed by its weights, the probe and the settings
                      **kwargs) -> dict:
     "`{network: {layer: Dissection}}` for several networks."
     def prep(name):
@@ -411,8 +431,20 @@ def dissect_networks(networks: dict,  # name -> model
         m, s = (torch.as_tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in normalisation[name])
         return lambda x: (x - m) / s
     kw = {k: v for k, v in kwargs.items() if k != "preprocess"}
-    return {n: {l: network_dissection(m, l, concepts, progress=progress, preprocess=prep(n), **kw) for l in layers}
-            for n, m in networks.items()}
+    if cache_dir is not None and "preprocess" in kwargs: raise ValueError("dissect_networks caches by `normalisation`, not by a `preprocess` callable: pass one or the other")
+    probe = concepts_fingerprint(concepts) if cache_dir is not None else None
+    def one(n, m):
+        run = lambda: {l: network_dissection(m, l, concepts, progress=progress, preprocess=prep(n), **kw) for l in layers}
+        if cache_dir is None: return run()
+        key = json.dumps(dict(net=network_fingerprint(m), probe=probe, layers=list(layers), kwargs=kw,
+                              normalisation=[list(map(float, v)) for v in normalisation[n]] if normalisation and n in normalisation else None), sort_keys=True)
+        path = Path(cache_dir) / f"dissection-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+        if path.exists(): return {l: Dissection(**v) for l, v in torch.load(path, weights_only=True).items()}
+        out = run()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({l: _dissection_state(d) for l, d in out.items()}, path)
+        return out
+    return {n: one(n, m) for n, m in networks.items()}
 
 def plot_dissection(results: dict,  # output of `dissect_networks`
                     kinds=("category", "part", "texture", "colour")):
@@ -455,6 +487,20 @@ def empirical_p(count: int,  # a trained network's detector count
     c = np.asarray(null_counts)
     if c.ndim != 1 or len(c) < 1: raise ValueError(f"empirical_p needs a list of null counts, got shape {c.shape}")
     return float((1 + (c >= count).sum()) / (1 + len(c)))
+
+def group_p(trained,  # one count per trained network (its seeds)
+            others,  # one count per network of the comparison group (the null, or another training)
+            alternative: str = "greater"  # "greater": trained above; "two-sided"
+           ) -> float:
+    """Exact permutation p-value of mean(trained) - mean(others): under the null every choice of `len(trained)` of the
+    pooled networks as "trained" is equally likely (`scipy.stats.permutation_test` over all relabellings); the smallest
+    possible value is 1 / C(n, k) (3 seeds among 23 networks: 1/1771; 3 against 3: 1/20)."""
+    a, b = np.asarray(trained, float), np.asarray(others, float)
+    if a.ndim != 1 or b.ndim != 1 or len(a) < 1 or len(b) < 1: raise ValueError(f"group_p needs two lists of counts, got shapes {a.shape} and {b.shape}")
+    check_choice("alternative", alternative, ("greater", "two-sided"))
+    r = stats.permutation_test((a, b), lambda x, y, axis: x.mean(axis) - y.mean(axis), permutation_type="independent",
+                               alternative=alternative, n_resamples=np.inf, vectorized=True)
+    return float(r.pvalue)
 
 def null_interval(counts,  # one count per null network
                   level: float = 0.95) -> tuple:
@@ -529,13 +575,6 @@ def network_preimages(model: nn.Module,  # the network (layers named conv1..conv
         out["caricatures"][layer] = r.images.detach().clamp(0, 1)
         out["curves"]["caricature"][layer] = r.history["loss"].detach().mean(1)
     return out
-
-def network_fingerprint(model: nn.Module) -> str:
-    "A short hash of a model's state dict (names and values): changes whenever the weights do."
-    h = hashlib.sha1()
-    for k, v in model.state_dict().items():
-        h.update(k.encode()); h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 PREIMAGE_SOLVER_VERSION = 4  # part of the cache key: 2 = the author's Z = Mρ²/1e4 and the momentum reset; 3 = with curves; 4 = caricature curves
 

@@ -99,7 +99,7 @@ def worlds_table(results) -> str:
                      f"{pct(w['ceiling_accuracy'])} | {pct(w['ceiling_miou'])} | {pct(w['prior'])} |")
     return "\n".join(lines)
 
-def comparisons_table(results, families=("cpfs_vs_flow_cls", "extension", "floor")) -> str:
+def comparisons_table(results, families=("cpfs_vs_flow_cls", "extension", "floor", "s3")) -> str:
     fmt = lambda v: "" if v is None else f"{v:.3g}"
     lines = ["| world | pair | metric | n | mean (95 % CI) | detectable (80 %) | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for c in results["comparisons"]:
@@ -149,6 +149,11 @@ def answer(results) -> str:
             out.append(f"- Trend of {t['pair'].replace(' - ', ' − ')} on {t['metric']} against the figure/ground share: slope "
                        f"{t['slope']:+.0f} points per unit (CI {t['ci95'][0]:+.0f} to {t['ci95'][1]:+.0f}, p = {t['p']:.2g}, {t['worlds']} worlds); "
                        "a negative slope means CPFS gains on flow classification as the motion gets more ambiguous.")
+    s3 = [c for c in results["comparisons"] if c["family"] == "s3" and not c["metric"].startswith("cls")]
+    for w in sorted({c["world"] for c in s3}):
+        out.append(f"- **S3-CNN as pre-training in {w}** (chapter 4's entropy loss on an AlexNet FCN-32s, table 4.1's counterpart; Holm "
+                   "over its own family): " + "; ".join(f"{c['pair'].replace(' - ', ' − ')} on {c['metric']} {c['mean']:+.1f} "
+                                                        f"(CI {c['ci95'][0]:+.1f} to {c['ci95'][1]:+.1f}, {c['verdict']})" for c in s3 if c["world"] == w) + ".")
     out += collapse_lines(results)
     missing = [p["world"] for p in results["progress"] if p["world"] not in done]
     if missing: out.append(f"- Not yet compared (sweep under way): {', '.join(missing)}.")
@@ -167,7 +172,7 @@ else: print(f"no saved results yet ({SAVED}): run the sweep with -p preset full"
 # %% tags=["parameters"]
 preset = "saved"        # "saved" (show the saved results), "tiny" (a smoke run of the whole sweep), "full" (the sweep; resumes)
 worlds = None           # renderer worlds to run (None: the preset's); the full sweep's order puts the most ambiguous first
-phases = None           # "main", "extension", "budget" (None: all three, in that order)
+phases = None           # "main", "extension", "budget", "s3" (None: all four, in that order)
 num_threads = None      # torch CPU threads (None: torch's default)
 device = None           # "cpu", "cuda", ...; None: CUDA if present, else MPS, else the CPU
 max_hours = None        # stop starting new runs after this many hours (the records keep every finished run); 0: only analyse the records
@@ -220,6 +225,15 @@ reject_unknown_parameters()  # a -p name this notebook does not define stops the
 # chosen setting. **Budget check** (`budget` phase): CE and flow classification at 5,000 steps in `objects`
 # and `objects_ambiguous`, 2 seeds — does the ordering depend on the budget?
 #
+# **S3-CNN as a pre-training** (`s3` phase; chapter 4's table 4.1 in this harness, for issue [3/6]): in `objects`, the
+# thesis' AlexNet FCN-32s S3-CNN (section 4.4.3; `s3.AlexNetFCN32`: the same quarter-width AlexNet trunk as every arm
+# here, a 1×1 score layer on fc7, bilinear upsampling, $L = 5$, $\beta = 30$) trained with the entropy loss — the
+# loss of the thesis' transfer model — on the world's exact flow, with the CPFS arms' batch, crop size, scene pool and
+# 1,000 steps; its score layer drawn from $N(0, 10^{-6})$ rather than zero, which leaves the $L$ segments a symmetric
+# saddle (chapter 04_s3). Its learning rate is chosen on validation frames from the bracketed grid, then 5 seeds;
+# the trunk is evaluated exactly as the other arms, and compared with flow classification, CE, KTA and random
+# (Holm within that family).
+#
 # ```bash
 # papermill nbs/03_cpfs_ambiguity.ipynb _runs/03_cpfs_ambiguity.ipynb -p preset full     # the sweep (resumes from its records)
 # papermill nbs/03_cpfs_ambiguity.ipynb _runs/tiny.ipynb -p preset tiny                  # a smoke run of every phase
@@ -237,21 +251,22 @@ from motion_nbs.data import OBJECT_WORLDS
 # %%
 #| code-fold: true
 SWEEP_WORLDS = ("objects_ambiguous", "objects", "objects_static", "objects_camera", "objects_k3")
-PHASES = ("main", "extension", "budget")
+PHASES = ("main", "extension", "budget", "s3")
 PRESETS = {
     "tiny": dict(worlds=["objects_ambiguous", "objects"], seeds=[0, 1], selection_seeds=[0], num_iters=2, budget_iters=4,
                  lr_grid={"flow_cls": [1e-2], "*": [1e-3]}, sigma_grid=[0.0036, 0.04], max_extensions=0,
                  batch_size=4, num_pixels=32, image_size=64, pool_size=8, num_train=24, num_probe=24, num_valid=12, num_test=12,
                  budgets=[24], ft_iters=3, ft_lrs=[1e-3], probe_layers=["relu3"], ceiling_iters=6, ceiling_lr=2e-3, temperature=0.05,
                  extension_worlds=["objects_ambiguous"], budget_worlds=["objects_ambiguous"], budget_seeds=[0, 1], stats_frames=8,
-                 min_trend_worlds=2),
+                 min_trend_worlds=2, s3_worlds=["objects"], s3_loss="entropy", s3_lr_grid=[1e-3]),
     "full": dict(worlds=list(SWEEP_WORLDS), seeds=[0, 1, 2, 3, 4], selection_seeds=[0], num_iters=1000, budget_iters=5000,
                  lr_grid={"flow_cls": [3e-4, 1e-3, 3e-3, 1e-2], "*": [3e-4, 1e-3, 3e-3]}, sigma_grid=[0.0036, 0.01, 0.04],
                  max_extensions=2, batch_size=None, num_pixels=None, image_size=None, pool_size=None, num_train=6000,
                  num_probe=1000, num_valid=300, num_test=500, budgets=[1000], ft_iters=300, ft_lrs=[1e-3, 3e-4],
                  probe_layers=["relu1", "relu2", "relu3", "relu4", "relu5"],
                  ceiling_iters=3000, ceiling_lr=2e-3, temperature=0.05, extension_worlds=["objects_ambiguous"],
-                 budget_worlds=["objects", "objects_ambiguous"], budget_seeds=[0, 1], stats_frames=200, min_trend_worlds=3),
+                 budget_worlds=["objects", "objects_ambiguous"], budget_seeds=[0, 1], stats_frames=200, min_trend_worlds=3,
+                 s3_worlds=["objects"], s3_loss="entropy", s3_lr_grid=[3e-4, 1e-3, 3e-3]),
 }
 check_choice("preset", preset, ("saved", *PRESETS))
 if isinstance(worlds, str): worlds = [w.strip() for w in worlds.split(",")]
@@ -293,6 +308,7 @@ else: print(f"showing the saved results: {SAVED}")
 # %%
 from motion_nbs.cpfs import CPFSConfig, build_cpfs_model, finished_run, load_cpfs, train
 from motion_nbs.models import fold_batchnorm
+from motion_nbs.s3 import S3Config, load_s3, train as s3_train
 from motion_nbs.transfer import calibrate_batchnorm, evaluate_transfer, supervised_ceiling, world_frames
 
 
@@ -347,6 +363,11 @@ def plan(world: str, records: dict, selections: dict):
         for arm in ("flow_cls", "ce"):
             sel = selections[(world, arm)]
             for s in c["budget_seeds"]: yield spec(world, arm, s, sel["lr"], sel["sigma2"], steps=c["budget_iters"], phase="budget")
+    if "s3" in c["phases"] and world in c["s3_worlds"]:   # chapter 4's S3-CNN as a pre-training arm (table 4.1's counterpart)
+        make = lambda v, s: spec(world, "s3", s, v, None, steps=c["num_iters"], phase="s3")
+        lr, lr_scores = yield from choose(world, records, "s3", c["s3_lr_grid"], make, 3.0, c["max_extensions"], c["selection_seeds"])
+        selections[(world, "s3")] = dict(lr=lr, lr_scores=lr_scores, sigma2=None)
+        for s in c["seeds"]: yield make(lr, s)
 
 def next_spec(world: str, records: dict):
     "The first spec of the world's plan that has no record (None: the world is done), and the choices made so far."
@@ -372,6 +393,17 @@ def backbone_of(s: dict, frames: dict):
     if s["arm"] == "random":
         net = build_cpfs_model(CPFSConfig.from_preset("cpu", loss="ce", **kw)).net.backbone.to(dev)
         return fold_batchnorm(calibrate_batchnorm(net, frames["train"]["image"])), "random init, batch norm calibrated", None
+    if s["arm"] == "s3":   # the AlexNet FCN-32s S3-CNN: the same trunk, batch, crops, scene pool and steps as the CPFS arms
+        ref = CPFSConfig.from_preset("cpu", loss="ce", **kw)
+        name = f"{s['world']}_s3_{cfg['s3_loss']}_lr{s['lr']:g}_{s['steps']}_seed{s['seed']}"
+        if (runs / name / "model.pt").exists(): note = f"reused {name}"
+        else:
+            t = time.time()
+            s3_train(S3Config.from_preset("cpu", model="alexnet_fcn32", data=s["world"], loss=cfg["s3_loss"], score_init="normal", lr=s["lr"],
+                                          num_iters=s["steps"], batch_size=ref.batch_size, image_size=ref.image_size, pool_size=ref.pool_size,
+                                          seed=s["seed"], out_dir=str(runs / name), device=str(dev), progress=False))
+            note = f"trained in {time.time() - t:.0f} s"
+        return fold_batchnorm(load_s3(runs / name).backbone.trunk).to(dev), note, None
     name = f"{s['world']}_{s['arm']}_lr{s['lr']:g}" + (f"_s{s['sigma2']:g}" if s["sigma2"] else "") \
         + (f"_t{s['temperature']:g}" if s["temperature"] != 1 else "") + f"_{s['steps']}_seed{s['seed']}"
     want = CPFSConfig.from_preset("cpu", loss=s["arm"], lr=s["lr"], num_iters=s["steps"], out_dir=str(runs / name), temperature=s["temperature"],
@@ -453,7 +485,7 @@ def chosen_runs(world: str, records: dict, arm: str, selections: dict, steps: in
     out = {}
     for r in records.values():
         if r["world"] != world or r["arm"] != arm or r["temperature"] != temperature: continue
-        if arm in PRETRAINED:
+        if arm in (*PRETRAINED, "s3"):
             sel = selections.get((world, arm))
             if sel is None or r["lr"] != sel["lr"] or r["sigma2"] != sel["sigma2"] or r["steps"] != steps: continue
         out[r["seed"]] = r
@@ -500,6 +532,13 @@ def analyse(all_records: dict, settings: dict) -> dict:
                     c = compare(ext, other, m)
                     if c: comps.append(dict(world=world, pair=f"ce_t{settings['temperature']:g} - {name}", metric=m, family="extension",
                                             n=c["n"], seeds=c["seeds"], mean=c["mean_difference"], ci95=c["ci95"], p=c["p"], differences=c["differences"]))
+        if (world, "s3") in selections:   # chapter 4's S3-CNN against the other pre-trainings and the floor
+            s3 = chosen_runs(world, records, "s3", selections, settings["num_iters"])
+            for other in ("flow_cls", "ce", "kta", "random"):
+                for m in metrics:
+                    c = compare(s3, arms[other], m)
+                    if c: comps.append(dict(world=world, pair=f"s3 - {other}", metric=m, family="s3", n=c["n"], seeds=c["seeds"],
+                                            mean=c["mean_difference"], ci95=c["ci95"], p=c["p"], differences=c["differences"]))
         if all((world, a) in selections for a in ("ce", "flow_cls")):   # the budget check: too few seeds for a test; descriptive
             ce5 = chosen_runs(world, records, "ce", selections, settings["budget_iters"])
             fc5 = chosen_runs(world, records, "flow_cls", selections, settings["budget_iters"])
@@ -513,8 +552,9 @@ def analyse(all_records: dict, settings: dict) -> dict:
         d = c["differences"]
         c["detectable_80"] = (float((stats.t.ppf(0.975, len(d) - 1) + stats.t.ppf(0.8, len(d) - 1)) * np.std(d, ddof=1) / np.sqrt(len(d)))
                               if len(d) > 1 else None)
-    fam = [c for c in comps if c["family"] == "cpfs_vs_flow_cls"]
-    for c, ph in zip(fam, holm([c["p"] for c in fam])): c["p_holm"] = ph
+    for family in ("cpfs_vs_flow_cls", "s3"):   # Holm within each family of tests
+        fam = [c for c in comps if c["family"] == family]
+        for c, ph in zip(fam, holm([c["p"] for c in fam])): c["p_holm"] = ph
     for c in comps:
         p = c.get("p_holm", c["p"])
         c["verdict"] = None if p is None else "not resolved" if not p < 0.05 else "holds" if c["mean"] > 0 else "reversed"

@@ -49,7 +49,7 @@ from motion_nbs.data import (ImageFlowSamples, PairedAugment, SceneDataset, labe
                              rendered_pool, video_flow_pairs)
 from motion_nbs.flow import add_flow_key, flow_to_rgb, log_flow_magnitude
 from motion_nbs.learner import ExperimentConfig, fit, init_distributed, is_main_process, process_share, read_metrics
-from motion_nbs.models import create_model
+from motion_nbs.models import alexnet_cpfs_small, create_model
 
 # matplotlib and scipy are imported where they are used (the figures, the Hungarian matching): both are slow to import.
 
@@ -468,9 +468,25 @@ class S3Model(nn.Module):
 
     def extra_repr(self): return f"temperature={self.temperature}"
 
-S3_SCORE_INITS = ("zero", "normal")
+class AlexNetFCN32(nn.Module):
+    """The thesis' AlexNet FCN-32s S3-CNN (section 4.4.3): chapter 03's quarter-width AlexNet (`alexnet_cpfs_small`,
+    conv1..fc7) as `trunk`, a 1×1 score layer on fc7 (`score_fr`, zero-initialised as in FCN) and bilinear upsampling
+    to the image. The trunk has the architecture of the CPFS and flow-classification networks, so it transfers the
+    same way (chapter 03's harness). Shape: `(B,3,H,W)` → `(B,num_classes,H,W)`."""
+    def __init__(self, num_classes: int = 5, batchnorm: bool = True):
+        super().__init__()
+        self.trunk, self.num_classes = alexnet_cpfs_small(batchnorm=batchnorm), num_classes
+        width = [m for m in self.trunk.modules() if isinstance(m, nn.Conv2d)][-1].out_channels   # fc7's channels
+        self.score_fr = nn.Conv2d(width, num_classes, 1)
+        nn.init.zeros_(self.score_fr.weight); nn.init.zeros_(self.score_fr.bias)
 
-def s3_model(model: str = "fcn8s_small",  # "fcn8s" (thesis) or "fcn8s_small" (CPU)
+    def forward(self, x):
+        return F.interpolate(self.score_fr(self.trunk(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+S3_SCORE_INITS = ("zero", "normal")
+S3_MODELS = ("fcn8s", "fcn8s_small", "alexnet_fcn32")
+
+def s3_model(model: str = "fcn8s_small",  # "fcn8s" (thesis), "fcn8s_small" (CPU) or "alexnet_fcn32" (the thesis' AlexNet S3-CNN, for transfer)
              num_segments: int = 5,  # L
              temperature: float = 30.0,  # β
              batchnorm: bool = True,  # parameter-free batch normalisation after every convolution
@@ -479,10 +495,12 @@ def s3_model(model: str = "fcn8s_small",  # "fcn8s" (thesis) or "fcn8s_small" (C
              score_init: str = "zero",  # "zero": FCN's score layers (the thesis); "normal": N(0, score_std²) weights
              score_std: float = 1e-3  # standard deviation of the "normal" score weights (biases stay 0)
             ) -> S3Model:
-    "A freshly initialised `S3Model` on an FCN-8s with `num_segments` output channels (draws from torch's global RNG)."
-    check_choice("model", model, ("fcn8s", "fcn8s_small")); check_int("num_segments", num_segments, 1)
+    """A freshly initialised `S3Model` on an FCN-8s (or `AlexNetFCN32`, which has no dropout and a fixed stride of 32)
+    with `num_segments` output channels (draws from torch's global RNG)."""
+    check_choice("model", model, S3_MODELS); check_int("num_segments", num_segments, 1)
     check_choice("score_init", score_init, S3_SCORE_INITS); check_number("score_std", score_std)
-    net = create_model(model, num_classes=num_segments, batchnorm=batchnorm, dropout=dropout, output_stride=output_stride)
+    net = AlexNetFCN32(num_segments, batchnorm) if model == "alexnet_fcn32" else \
+        create_model(model, num_classes=num_segments, batchnorm=batchnorm, dropout=dropout, output_stride=output_stride)
     if score_init == "normal":
         with torch.no_grad():
             for name, m in net.named_children():
@@ -497,7 +515,13 @@ test_eq(_m.shape, (2, 4, 48, 40))
 test_close(_m, torch.full_like(_m, 0.25))             # zero-initialised score layers: uniform masks
 test_eq(_s.eval().segment(torch.rand(1, 3, 32, 32)).shape, (1, 32, 32))
 test_fail(lambda: _s(torch.rand(2, 1, 32, 32)), contains="(B,3,H,W)")
-test_fail(lambda: s3_model("alexnet"), contains="model='alexnet'; valid: fcn8s, fcn8s_small")
+test_fail(lambda: s3_model("alexnet"), contains="model='alexnet'; valid: fcn8s, fcn8s_small, alexnet_fcn32")
+_a = s3_model("alexnet_fcn32", num_segments=3)   # the AlexNet FCN-32s: uniform at zero init, the image's size out
+test_eq(_a(torch.rand(2, 3, 64, 64)).shape, (2, 3, 64, 64)); test_close(_a(torch.rand(1, 3, 64, 64)), torch.full((1, 3, 64, 64), 1 / 3))
+test_eq(_a.backbone.num_classes, 3)
+test_eq([n for n, _ in _a.backbone.trunk.named_children()], [n for n, _ in alexnet_cpfs_small(batchnorm=True).named_children()])   # CPFS's network
+_an = s3_model("alexnet_fcn32", num_segments=3, score_init="normal")
+assert _an.backbone.score_fr.weight.std() > 0 and _an(torch.rand(1, 3, 64, 64)).std() > 0   # the random init breaks the symmetry
 test_eq(s3_model(num_segments=3, output_stride=2)(torch.rand(1, 3, 40, 40)).shape, (1, 3, 40, 40))
 test_fail(lambda: s3_model(score_init="xavier"), contains="valid: zero, normal")
 
@@ -666,7 +690,7 @@ test_close(segments_to_rgb(torch.full((1, 2, 1, 1), 0.5))[0, :, 0, 0], SEGMENT_C
 # %%
 #| export
 S3_LOSSES = {"affine": affine_loss, "rigid": rigid_loss, "entropy": entropy_loss}
-S3_DATA = ("single_cube", "multi_cube", "shapes", "videos")
+S3_DATA = ("single_cube", "multi_cube", "shapes", "objects", "videos")
 RIGID_RESIDUAL_SCALE = 1e-3
 AFFINE_BETA = 0.1
 S3_PRESETS = {
@@ -690,8 +714,8 @@ def s3_loss(name: str  # one of `S3_LOSSES`
 class S3Config(ExperimentConfig):
     "One S3-CNN training run (chapter 4): the learner's settings, the motion model, the segments, data and network."
     loss: str = "affine"  # "affine" (eq 4.4), "rigid" (eq 4.5–4.8) or "entropy" (eq 4.9–4.11)
-    data: str = "single_cube"  # "single_cube", "multi_cube", "shapes" (rendered, exact flow) or "videos" (sample clips, DIS flow)
-    model: str = "fcn8s_small"  # "fcn8s" (FCN-8s on VGG-16, the thesis) or "fcn8s_small" (⅛ of the channels)
+    data: str = "single_cube"  # "single_cube", "multi_cube", "shapes", "objects" (rendered, exact flow) or "videos" (sample clips, DIS flow)
+    model: str = "fcn8s_small"  # "fcn8s" (FCN-8s on VGG-16, the thesis), "fcn8s_small" (⅛ of the channels) or "alexnet_fcn32" (`AlexNetFCN32`)
     num_segments: int = 5  # L: segments the network predicts
     temperature: float = 30.0  # β of the soft-mask head (30 or 10 in the thesis)
     output_stride: int = 2  # 8: FCN-8s; 4 or 2: its skips continued to pool2/pool1
@@ -705,7 +729,7 @@ class S3Config(ExperimentConfig):
     def validate(self):
         super().validate()
         check_choice("loss", self.loss, S3_LOSSES); check_choice("data", self.data, S3_DATA)
-        check_choice("model", self.model, ("fcn8s", "fcn8s_small")); check_choice("output_stride", self.output_stride, (2, 4, 8))
+        check_choice("model", self.model, S3_MODELS); check_choice("output_stride", self.output_stride, (2, 4, 8))
         if not 1 <= check_int("num_segments", self.num_segments) <= 64: raise ValueError(f"num_segments={self.num_segments!r}; expected an int in 1..64")
         check_number("temperature", self.temperature)
         if not 0 <= check_number("dropout", self.dropout, inclusive=True) < 1: raise ValueError(f"dropout={self.dropout!r}; expected 0 <= p < 1")
@@ -725,7 +749,7 @@ test_eq([S3Config.from_preset(loss=l).num_iters for l in ("affine", "rigid")], [
 test_eq(S3Config.from_preset(loss="rigid", num_iters=5).num_iters, 5)
 test_eq(S3Config.from_preset("paper", batch_size=4).batch_size, 4)
 test_fail(lambda: S3Config.from_preset(loss="l2"), contains="valid: affine, rigid, entropy")
-test_fail(lambda: S3Config.from_preset(data="sintel"), contains="valid: single_cube, multi_cube, shapes, videos")
+test_fail(lambda: S3Config.from_preset(data="sintel"), contains="valid: single_cube, multi_cube, shapes, objects, videos")
 test_fail(lambda: S3Config.from_preset(num_segments=0), contains="num_segments=0")
 test_fail(lambda: S3Config.from_preset(temperature=-1), contains="temperature=-1")
 test_fail(lambda: S3Config.from_preset(num_iters=2.5), contains="num_iters=2.5")

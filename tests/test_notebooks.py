@@ -104,7 +104,10 @@ def test_ambiguity_sweep_runs_every_phase_and_resumes_without_training_again(tmp
     assert [w["name"] for w in res["worlds"]] == ["objects", "objects_ambiguous"]
     man = {w["name"]: w["manipulation"] for w in res["worlds"]}
     assert man["objects_ambiguous"]["figure_ground_entropy_share"] < man["objects"]["figure_ground_entropy_share"]
-    assert {r["phase"] for r in res["runs"]} == {"main", "extension", "budget"}
+    assert {r["phase"] for r in res["runs"]} == {"main", "extension", "budget", "s3"}
+    s3 = [c for c in res["comparisons"] if c["family"] == "s3"]   # chapter 4's S3-CNN arm, in `objects` only
+    assert {c["pair"] for c in s3} == {f"s3 - {a}" for a in ("flow_cls", "ce", "kta", "random")} and {c["world"] for c in s3} == {"objects"}
+    assert all(c["p"] <= c["p_holm"] <= 1 for c in s3)
     assert {(s["world"], s["arm"]) for s in res["sigma_selection"]} == {(w, a) for w in man for a in ("kta", "ce")}
     fam = [c for c in res["comparisons"] if c["family"] == "cpfs_vs_flow_cls"]
     assert len(fam) == 2 * 2 * 3 and all(c["p"] <= c["p_holm"] <= 1 for c in fam)           # 2 worlds x 2 pairs x 3 metrics

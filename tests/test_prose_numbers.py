@@ -395,15 +395,18 @@ def test_transfer_chapter_quotes_the_ceiling():
 # --- 06_dissect (nbs/06_dissection_results.json) ---------------------------------------------------------------------
 DI = "06_dissection_results.json"
 LAYERS = ("relu1", "relu2", "relu3", "relu4", "relu5")
-CPFS, SUP = "CPFS (CE, objects motion)", "supervised (objects labels)"
 
 
 def test_dissection_prose_is_generated_from_the_saved_run():
-    "06's table and numeric sentences are rendered from the results file by the notebook; the Limits paragraph says how big the null is."
+    "06's table and numeric sentences are rendered from the results file; the design the prose states is the saved one (#36)."
     d = saved(DI)
-    assert len(d["null"]["seeds"]) == 5
-    statement("06_dissect", "five null networks")
-    statement("06_dissect", "(a t interval on 4 degrees of freedom is wide)")
+    assert d["null"]["networks"] == len(d["null"]["seeds"]) == 20 and all(len(v) == 20 for v in d["null"]["counts"]["calibrated"].values())
+    assert d["calibration"]["networks"] == 10 and not set(d["calibration"]["seeds"]) & set(d["null"]["seeds"])   # kept apart
+    assert all(len(v) == 3 for v in d["seeds"].values()) and d["num_iters"] == 3000
+    assert set(d["p_values"]) == set(d["counts"]) and "shuffled_flow" in d and "normalised_counts" in d
+    statement("06_dissect", "against the 20 null networks")
+    statement("06_dissect", "20 null networks (an empirical p-value for one network cannot go below 1/21)")
+    statement("06_dissect", "ten more (seeds 100..109) that only set the calibrated thresholds")
     assert "def dissection_prose" in (NBS / "06_dissect.py").read_text()
 
 

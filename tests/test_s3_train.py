@@ -29,7 +29,7 @@ def test_s3_training_notebook_smoke(tmp_path):
 
 
 @pytest.mark.parametrize("params, message", [(dict(loss="l2"), "valid: affine, rigid, entropy"),
-                                             (dict(data="sintel"), "valid: single_cube, multi_cube, shapes, videos")])
+                                             (dict(data="sintel"), "valid: single_cube, multi_cube, shapes, objects, videos")])
 def test_s3_training_notebook_rejects_bad_parameters(tmp_path, params, message):
     with pytest.raises(pm.PapermillExecutionError, match=message):
         pm.execute_notebook(NBS / "04_s3_train.ipynb", tmp_path / "bad.ipynb", parameters=params, cwd=NBS, progress_bar=False)
