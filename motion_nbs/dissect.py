@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['PREIMAGE_PRESETS', 'COLOUR_NAMES', 'PART_NAMES', 'BRODEN_PIXEL_KINDS', 'BRODEN_IMAGE_KINDS', 'OBJECTS_SPLITS',
-           'OBJECTS_BACKBONES', 'NO_NORMALISATION', 'DISSECT_LAYERS', 'EFFICIENTNET_LAYERS', 'MAXIMIZE_LAYERS',
-           'INVERT_LAYERS', 'CARICATURE_LAYERS', 'INVERSION_C', 'PREIMAGE_SOLVER_VERSION', 'preimage_settings',
-           'colour_names', 'scene_concepts', 'SceneConcepts', 'BrodenConcepts', 'Dissection', 'network_dissection',
-           'write_tiny_broden', 'majority_category', 'objects_frames', 'vgg16_trunk', 'objects_network',
-           'objects_classifier', 'objects_cpfs_dir', 'objects_cpfs', 'random_backbones', 'imagenet_networks',
-           'network_fingerprint', 'concepts_fingerprint', 'dissect_networks', 'plot_dissection', 'count_detectors',
-           'calibrated_thresholds', 'empirical_p', 'group_p', 'null_interval', 'dissection_counts', 'thesis_jitter',
-           'network_preimages', 'relative_fall', 'cached_preimages']
+           'OBJECTS_BACKBONES', 'NO_NORMALISATION', 'DISSECT_LAYERS', 'EFFICIENTNET_LAYERS', 'SCALE_FLOOR',
+           'MAXIMIZE_LAYERS', 'INVERT_LAYERS', 'CARICATURE_LAYERS', 'INVERSION_C', 'PREIMAGE_SOLVER_VERSION',
+           'preimage_settings', 'colour_names', 'scene_concepts', 'SceneConcepts', 'BrodenConcepts', 'Dissection',
+           'network_dissection', 'write_tiny_broden', 'majority_category', 'objects_frames', 'vgg16_trunk',
+           'objects_network', 'objects_classifier', 'objects_cpfs_dir', 'objects_cpfs', 'random_backbones',
+           'imagenet_networks', 'network_fingerprint', 'concepts_fingerprint', 'dissect_networks', 'plot_dissection',
+           'count_detectors', 'concept_scales', 'per_concept_score', 'calibrated_thresholds', 'empirical_p', 'group_p',
+           'null_interval', 'dissection_counts', 'thesis_jitter', 'network_preimages', 'relative_fall',
+           'cached_preimages']
 
 # %% ../nbs/06_dissect.ipynb #b8b5211a
 import csv
@@ -467,18 +468,41 @@ def count_detectors(d: Dissection, threshold: float) -> int:
     "The number of units whose best concept's IoU exceeds `threshold`."
     return int((d.best_iou > threshold).sum())
 
-def _best(d: Dissection, normalised: bool) -> torch.Tensor:
-    "(K,) each unit's best IoU, or its best IoU as a share of the ceiling."
-    return d.normalised_iou.max(1).values if normalised else d.best_iou
+SCALE_FLOOR = 1e-3  # a concept scale below this counts as this (a concept no random unit touches)
+
+def concept_scales(calibration: dict,  # `{seed: {layer: Dissection}}` of random networks, dissected on one probe
+                   percentile: float = 99.0) -> dict:
+    """`{layer: (C,) tensor}`: per concept, the `percentile` of its IoU over every unit of the calibration networks —
+    what a random unit reaches with that concept: large for big concepts (the background), small for rare ones."""
+    if not calibration: raise ValueError("concept_scales needs at least one calibration network")
+    first = next(iter(calibration.values()))
+    out = {}
+    for l, d0 in first.items():
+        if any(per[l].concepts != d0.concepts for per in calibration.values()):
+            raise ValueError(f"the calibration networks were dissected on different concepts at {l}")
+        out[l] = torch.from_numpy(np.percentile(torch.cat([per[l].iou for per in calibration.values()]).numpy(), percentile, axis=0)).float()
+    return out
+
+def per_concept_score(d: Dissection,
+                      scale: torch.Tensor  # `(C,)` this layer's `concept_scales`, on the same concepts
+                     ) -> torch.Tensor:
+    "(K,) each unit's largest IoU as a multiple of its concept's scale (scales below `SCALE_FLOOR` count as `SCALE_FLOOR`)."
+    if len(scale) != len(d.concepts): raise ValueError(f"{len(scale)} concept scales for {len(d.concepts)} concepts: dissect on the calibration's probe")
+    return (d.iou / scale.clamp_min(SCALE_FLOOR)).max(1).values
+
+def _best(d: Dissection, scale=None) -> torch.Tensor:
+    "(K,) each unit's best IoU, or (with a scale) its per-concept score."
+    return d.best_iou if scale is None else per_concept_score(d, scale)
 
 def calibrated_thresholds(null: dict,  # `{seed: {layer: Dissection}}` of random networks (`dissect_networks`)
                           percentile: float = 99.0,
-                          normalised: bool = False  # calibrate the IoU as a share of its ceiling (`Dissection.normalised_iou`)
+                          scales: dict | None = None  # `concept_scales`: calibrate the per-concept score instead of the IoU
                          ) -> dict:
-    "`{layer: IoU}`: the `percentile` of the best-concept IoU over every unit of every null network at that layer."
+    "`{layer: threshold}`: the `percentile` of the best-concept IoU (or per-concept score) over every unit of every given network at that layer."
     if not null: raise ValueError("calibrated_thresholds needs at least one null network")
     layers = next(iter(null.values())).keys()
-    return {l: float(np.percentile(torch.cat([_best(per[l], normalised) for per in null.values()]).numpy(), percentile)) for l in layers}
+    return {l: float(np.percentile(torch.cat([_best(per[l], None if scales is None else scales[l]) for per in null.values()]).numpy(), percentile))
+            for l in layers}
 
 def empirical_p(count: int,  # a trained network's detector count
                 null_counts  # the counts of the null networks
@@ -513,12 +537,13 @@ def null_interval(counts,  # one count per null network
 def dissection_counts(results: dict,  # `{network: {layer: Dissection}}`
                       thresholds: dict,  # `{layer: IoU}` from `calibrated_thresholds` (layers missing: not counted)
                       fixed: float = 0.04,
-                      normalised: dict | None = None  # `{layer: share of the ceiling}` from `calibrated_thresholds(normalised=True)`
+                      per_concept: tuple | None = None  # `(scales, thresholds)`: `concept_scales` and `calibrated_thresholds(..., scales=scales)`
                      ) -> dict:
-    "`{network: {layer: {units, at_0.04, calibrated[, normalised]}}}`: detector counts at the fixed and the calibrated thresholds."
+    "`{network: {layer: {units, at_0.04, calibrated[, per_concept]}}}`: detector counts at the fixed and the calibrated thresholds."
     return {n: {l: {"units": len(d.thresholds), f"at_{fixed:g}": count_detectors(d, fixed),
                     **({"calibrated": count_detectors(d, thresholds[l])} if l in thresholds else {}),
-                    **({"normalised": int((_best(d, True) > normalised[l]).sum())} if normalised and l in normalised else {})}
+                    **({"per_concept": int((per_concept_score(d, per_concept[0][l]) > per_concept[1][l]).sum())}
+                       if per_concept and l in per_concept[1] else {})}
                 for l, d in per.items()}
             for n, per in results.items()}
 

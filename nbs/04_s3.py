@@ -7,7 +7,7 @@
 # > Chapter 4 of the thesis: segment a single image so that the optical flow inside each segment is coherent — affine, rigid or of low entropy.
 
 # %% [markdown]
-# *Default run: **17 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # A network $\Phi$ sees one frame $\mathbf{x}$ and predicts $L$ soft segments $\mathbf{m} = \Phi(\mathbf{x})$,

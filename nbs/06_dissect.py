@@ -7,7 +7,7 @@
 # > Network dissection of the CPFS network against a random and a supervised network of the same architecture, and the chapter 5 visualisations applied to it.
 
 # %% [markdown]
-# *Default run: **2 min 45 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **1 min 31 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 6 of the thesis looks inside the AlexNet trained with CPFS (chapter 3) in two ways. The
@@ -795,8 +795,12 @@ with tempfile.TemporaryDirectory() as _dir:   # the cache: a second call reads t
 #   100..109) and tests against 20 others (seeds 0..19).
 # - **The concept's size.** With the top 0.5 % of activations "on", a concept covering a share $p$ of the pixels can
 #   reach an IoU of at most about $0.005/p$ (exactly $\min(|M|,|L|)/\max(|M|,|L|)$, `Dissection.ceiling`): the
-#   background cannot pass 0.04, a cube side easily can. `normalised=True` counts IoU as a share of that ceiling,
-#   beside the raw counts.
+#   background cannot pass 0.04, a cube side easily can. Dividing by the ceiling (`Dissection.normalised_iou`) does not
+#   fix this: a unit whose few active pixels all fall on the background reaches its ceiling by chance (the run below
+#   measures how often). What a random unit reaches *with a given concept* does: `concept_scales` takes, per concept, the
+#   99th percentile of its IoU over the calibration networks' units; a unit's **per-concept score** is its largest IoU as
+#   a multiple of its concept's scale (`per_concept_score`), and its threshold is calibrated like the IoU's. These
+#   per-concept counts stand beside the raw ones.
 # - **What the null rules out.** Random weights rule out "any network shows this"; they do not rule out "any
 #   *trained* network shows this". The shuffled-flow CPFS network (same architecture, loss, steps; each frame paired
 #   with another frame's flow, `cpfs.ShuffledFlow`) separates learning *from motion* from learning from being trained.
@@ -809,18 +813,41 @@ def count_detectors(d: Dissection, threshold: float) -> int:
     "The number of units whose best concept's IoU exceeds `threshold`."
     return int((d.best_iou > threshold).sum())
 
-def _best(d: Dissection, normalised: bool) -> torch.Tensor:
-    "(K,) each unit's best IoU, or its best IoU as a share of the ceiling."
-    return d.normalised_iou.max(1).values if normalised else d.best_iou
+SCALE_FLOOR = 1e-3  # a concept scale below this counts as this (a concept no random unit touches)
+
+def concept_scales(calibration: dict,  # `{seed: {layer: Dissection}}` of random networks, dissected on one probe
+                   percentile: float = 99.0) -> dict:
+    """`{layer: (C,) tensor}`: per concept, the `percentile` of its IoU over every unit of the calibration networks —
+    what a random unit reaches with that concept: large for big concepts (the background), small for rare ones."""
+    if not calibration: raise ValueError("concept_scales needs at least one calibration network")
+    first = next(iter(calibration.values()))
+    out = {}
+    for l, d0 in first.items():
+        if any(per[l].concepts != d0.concepts for per in calibration.values()):
+            raise ValueError(f"the calibration networks were dissected on different concepts at {l}")
+        out[l] = torch.from_numpy(np.percentile(torch.cat([per[l].iou for per in calibration.values()]).numpy(), percentile, axis=0)).float()
+    return out
+
+def per_concept_score(d: Dissection,
+                      scale: torch.Tensor  # `(C,)` this layer's `concept_scales`, on the same concepts
+                     ) -> torch.Tensor:
+    "(K,) each unit's largest IoU as a multiple of its concept's scale (scales below `SCALE_FLOOR` count as `SCALE_FLOOR`)."
+    if len(scale) != len(d.concepts): raise ValueError(f"{len(scale)} concept scales for {len(d.concepts)} concepts: dissect on the calibration's probe")
+    return (d.iou / scale.clamp_min(SCALE_FLOOR)).max(1).values
+
+def _best(d: Dissection, scale=None) -> torch.Tensor:
+    "(K,) each unit's best IoU, or (with a scale) its per-concept score."
+    return d.best_iou if scale is None else per_concept_score(d, scale)
 
 def calibrated_thresholds(null: dict,  # `{seed: {layer: Dissection}}` of random networks (`dissect_networks`)
                           percentile: float = 99.0,
-                          normalised: bool = False  # calibrate the IoU as a share of its ceiling (`Dissection.normalised_iou`)
+                          scales: dict | None = None  # `concept_scales`: calibrate the per-concept score instead of the IoU
                          ) -> dict:
-    "`{layer: IoU}`: the `percentile` of the best-concept IoU over every unit of every null network at that layer."
+    "`{layer: threshold}`: the `percentile` of the best-concept IoU (or per-concept score) over every unit of every given network at that layer."
     if not null: raise ValueError("calibrated_thresholds needs at least one null network")
     layers = next(iter(null.values())).keys()
-    return {l: float(np.percentile(torch.cat([_best(per[l], normalised) for per in null.values()]).numpy(), percentile)) for l in layers}
+    return {l: float(np.percentile(torch.cat([_best(per[l], None if scales is None else scales[l]) for per in null.values()]).numpy(), percentile))
+            for l in layers}
 
 def empirical_p(count: int,  # a trained network's detector count
                 null_counts  # the counts of the null networks
@@ -855,12 +882,13 @@ def null_interval(counts,  # one count per null network
 def dissection_counts(results: dict,  # `{network: {layer: Dissection}}`
                       thresholds: dict,  # `{layer: IoU}` from `calibrated_thresholds` (layers missing: not counted)
                       fixed: float = 0.04,
-                      normalised: dict | None = None  # `{layer: share of the ceiling}` from `calibrated_thresholds(normalised=True)`
+                      per_concept: tuple | None = None  # `(scales, thresholds)`: `concept_scales` and `calibrated_thresholds(..., scales=scales)`
                      ) -> dict:
-    "`{network: {layer: {units, at_0.04, calibrated[, normalised]}}}`: detector counts at the fixed and the calibrated thresholds."
+    "`{network: {layer: {units, at_0.04, calibrated[, per_concept]}}}`: detector counts at the fixed and the calibrated thresholds."
     return {n: {l: {"units": len(d.thresholds), f"at_{fixed:g}": count_detectors(d, fixed),
                     **({"calibrated": count_detectors(d, thresholds[l])} if l in thresholds else {}),
-                    **({"normalised": int((_best(d, True) > normalised[l]).sum())} if normalised and l in normalised else {})}
+                    **({"per_concept": int((per_concept_score(d, per_concept[0][l]) > per_concept[1][l]).sum())}
+                       if per_concept and l in per_concept[1] else {})}
                 for l, d in per.items()}
             for n, per in results.items()}
 
@@ -886,11 +914,18 @@ test_close(group_p([0, 1, 2], [3, 4, 5], "two-sided"), 2 / 20, eps=1e-12)      #
 test_fail(lambda: group_p([], [1]), contains="two lists of counts"); test_fail(lambda: group_p([1], [1], "less"), contains="alternative='less'")
 _nd = Dissection("relu1", ["a", "b"], torch.tensor([[0.02, 0.10], [0.05, 0.01]]), torch.zeros(2), 0.04, torch.tensor([[0.04, 0.5], [1.0, 0.02]]))
 test_close(_nd.normalised_iou, torch.tensor([[0.5, 0.2], [0.05, 0.5]]), eps=1e-6)   # unit 0's rare concept a: 0.02 of a 0.04 ceiling
-test_close(calibrated_thresholds({0: {"relu1": _nd}}, 100, normalised=True)["relu1"], 0.5, eps=1e-6)
 test_fail(lambda: _dis([0.1]).normalised_iou, contains="no ceiling")
-test_eq(dissection_counts({"n": {"relu1": _nd}}, {"relu1": 0.03}, normalised={"relu1": 0.4}),
-        {"n": {"relu1": {"units": 2, "at_0.04": 2, "calibrated": 2, "normalised": 2}}})
-test_eq(dissection_counts({"n": {"relu1": _nd}}, {"relu1": 0.03}, normalised={"relu1": 0.5})["n"]["relu1"]["normalised"], 0)
+# per-concept scales: a rare concept a (random units reach 0.02) and a big one b (0.20); unit 1's 0.05 with a is 2.5 scales
+_cal = {0: {"relu1": Dissection("relu1", ["a", "b"], torch.tensor([[0.01, 0.20], [0.02, 0.10]]), torch.zeros(2), 0.04)}}
+_sc = concept_scales(_cal, 100)
+test_close(_sc["relu1"], torch.tensor([0.02, 0.20]), eps=1e-6)
+test_close(per_concept_score(_nd, _sc["relu1"]), torch.tensor([1.0, 2.5]), eps=1e-5)           # max(0.02/0.02, 0.10/0.20), max(0.05/0.02, 0.01/0.20)
+test_close(calibrated_thresholds(_cal, 100, scales=_sc)["relu1"], 1.0, eps=1e-6)                 # the calibration's own best scores: 1 and 1
+test_eq(dissection_counts({"n": {"relu1": _nd}}, {"relu1": 0.03}, per_concept=(_sc, {"relu1": 1.5})),
+        {"n": {"relu1": {"units": 2, "at_0.04": 2, "calibrated": 2, "per_concept": 1}}})
+test_close(per_concept_score(_nd, torch.tensor([0.0, 0.2])), torch.tensor([20.0, 50.0]), eps=1e-4)   # a scale of 0 counts as 1e-3
+test_fail(lambda: per_concept_score(_nd, torch.ones(3)), contains="3 concept scales for 2 concepts")
+test_fail(lambda: concept_scales({0: {"relu1": _nd}, 1: {"relu1": _dis([0.1])}}), contains="different concepts at relu1")
 
 # %% [markdown]
 # ## Dissecting CPFS, supervised, random and ImageNet networks
@@ -942,10 +977,13 @@ null, calibration = dissect(nulls), dissect(calibration_nets)
 results = {k: dissect(per) for k, per in tqdm(trained.items(), desc="dissect trained networks")}   # {kind: {seed: {layer: Dissection}}}
 reference = {n: dissect({n: m}, layers=layers, normalisation={n: norm})[n] for n, (m, layers, norm) in imagenet_networks().items()}
 print(f"dissection of {len(null) + len(calibration) + sum(map(len, results.values())) + len(reference)} networks: {time.time() - t0:.0f} s")
-thresholds, norm_thresholds = calibrated_thresholds(calibration), calibrated_thresholds(calibration, normalised=True)
-KEYS = ("at_0.04", "calibrated", "normalised")
-tally = lambda per: dissection_counts(per, thresholds, normalised=norm_thresholds)
-counts = {k: tally(per) for k, per in results.items()}   # {kind: {seed: {layer: {units, at_0.04, calibrated, normalised}}}}
+thresholds, scales = calibrated_thresholds(calibration), concept_scales(calibration)
+pc_thresholds = calibrated_thresholds(calibration, scales=scales)
+KEYS = ("at_0.04", "calibrated", "per_concept")
+tally = lambda per: dissection_counts(per, thresholds, per_concept=(scales, pc_thresholds))
+counts = {k: tally(per) for k, per in results.items()}   # {kind: {seed: {layer: {units, at_0.04, calibrated, per_concept}}}}
+_norm = {l: torch.cat([per[l].normalised_iou.max(1).values for per in calibration.values()]) for l in DISSECT_LAYERS}
+ceiling_check = {l: dict(share_at_ceiling=float((v >= 0.999).float().mean()), p99=float(np.percentile(v.numpy(), 99))) for l, v in _norm.items()}
 _nc = tally(null)
 null_counts = {key: {l: [_nc[s][l][key] for s in NULL_SEEDS] for l in DISSECT_LAYERS} for key in KEYS}
 seed_counts = lambda kind, key, l: [counts[kind][s][l][key] for s in TRAINED_SEEDS]
@@ -960,7 +998,8 @@ between = lambda a, b, alternative: {key: {l: dict(difference=float(np.mean(seed
                                            for l in DISSECT_LAYERS} for key in KEYS}
 cpfs_vs_shuffled, cpfs_vs_supervised = between(C, SH, "greater"), between(C, S, "two-sided")
 print("calibrated thresholds (99th percentile of the calibration networks' best unit IoU):", {l: round(v, 4) for l, v in thresholds.items()})
-print("... and of IoU / ceiling:", {l: round(v, 3) for l, v in norm_thresholds.items()})
+print("per-concept score thresholds:", {l: round(v, 2) for l, v in pc_thresholds.items()})
+print("IoU / ceiling of the calibration units: share at the ceiling and 99th percentile:", {l: (round(v["share_at_ceiling"], 3), round(v["p99"], 3)) for l, v in ceiling_check.items()})
 
 
 # %% [markdown]
@@ -1020,24 +1059,30 @@ axes[0].set_ylabel("fraction of units that are detectors"); axes[-1].legend(font
 
 
 # %% [markdown]
-# What the detectors detect: the concept kinds of the units above the calibrated threshold at relu4 and relu5, summed
-# over the three seeds, and the strongest relu5 detectors of seed 0:
+# What the detectors detect: the concept kinds of the units above the per-concept threshold at relu4 and relu5 (each
+# unit's concept: the one with its largest per-concept score), summed over the three seeds, and the strongest relu5
+# detectors of seed 0:
 
 # %%
 #| slow
+def per_concept_detectors(d: Dissection) -> list:
+    "`(unit, concept, per-concept score, IoU)` of the units above the per-concept threshold at `d.layer`, strongest first."
+    ratio = d.iou / scales[d.layer].clamp_min(SCALE_FLOOR)
+    best, c = ratio.max(1)
+    return sorted(((k, d.concepts[int(c[k])], float(best[k]), float(d.iou[k, c[k]])) for k in range(len(best)) if best[k] > pc_thresholds[d.layer]),
+                  key=lambda u: -u[2])
+
 def concept_kinds(per_seed: dict, layer: str) -> dict:
-    "Units above the calibrated threshold at `layer`, summed over seeds, by the kind of their best concept."
+    "Units above the per-concept threshold at `layer`, summed over seeds, by the kind of their concept."
     out = {}
     for d in per_seed.values():
-        d = d[layer]
-        for c in d.best[d.best_iou > thresholds[layer]].tolist(): out[d.concepts[c].split(":")[0]] = out.get(d.concepts[c].split(":")[0], 0) + 1
+        for _, c, _, _ in per_concept_detectors(d[layer]): out[c.split(":")[0]] = out.get(c.split(":")[0], 0) + 1
     return dict(sorted(out.items()))
 
 kinds_of = {k: {l: concept_kinds(results[k], l) for l in ("relu4", "relu5")} for k in KINDS}
 for k in KINDS:
     print(f"{k}: " + "; ".join(f"{l} {v}" for l, v in kinds_of[k].items()))
-    top = sorted((u for u in results[k][0]["relu5"].units() if u[2] > thresholds["relu5"]), key=lambda u: -u[2])[:6]
-    print("   seed 0, relu5: " + (", ".join(f"unit {u} {c} ({v:.2f})" for u, c, v, _ in top) or "none"))
+    print("   seed 0, relu5: " + (", ".join(f"unit {u} {c} ({r:.1f} scales, IoU {v:.3f})" for u, c, r, v in per_concept_detectors(results[k][0]["relu5"])[:6]) or "none"))
 
 # %% [markdown]
 # The results are saved to `results_path` (by default `nbs/06_dissection_results.json`, with the figure beside it
@@ -1054,11 +1099,14 @@ saved = dict(world="objects", probe_scenes=len(probe), iou_threshold=0.04, quant
                              test_accuracy=float(np.mean([sc["test_accuracy"] for sc in sup_scores.values()]))),
              null=dict(networks=len(NULL_SEEDS), seeds=list(NULL_SEEDS), counts=null_counts),
              calibration=dict(networks=len(CALIBRATION_SEEDS), seeds=list(CALIBRATION_SEEDS), thresholds=thresholds,
-                              normalised_thresholds=norm_thresholds,
-                              how=f"99th percentile of the best-concept IoU (and of IoU / its ceiling) over every unit of {len(CALIBRATION_SEEDS)} "
+                              per_concept_thresholds=pc_thresholds,
+                              concept_scales={l: dict(zip(calibration[CALIBRATION_SEEDS[0]][l].concepts, v.tolist())) for l, v in scales.items()},
+                              ceiling_normalisation=ceiling_check,
+                              how=f"99th percentile of the best-concept IoU (and of the per-concept score) over every unit of {len(CALIBRATION_SEEDS)} "
                                   f"random networks (seeds {CALIBRATION_SEEDS[0]}..{CALIBRATION_SEEDS[-1]}), none of them among the null's"),
              counts={k: {str(s): v for s, v in counts[k].items()} for k in KINDS},
-             normalised_counts={k: {str(s): {l: counts[k][s][l]["normalised"] for l in DISSECT_LAYERS} for s in TRAINED_SEEDS} for k in KINDS},
+             normalised_counts={k: {str(s): {l: counts[k][s][l]["per_concept"] for l in DISSECT_LAYERS} for s in TRAINED_SEEDS} for k in KINDS},
+             normalised_counts_are="per-concept counts: units whose largest IoU, as a multiple of its concept's scale (concept_scales), passes the calibrated per-concept threshold",
              p_values=p_values,
              shuffled_flow=dict(seeds=list(TRAINED_SEEDS), cpfs_minus_shuffled=cpfs_vs_shuffled, p_floor=1 / 20,
                                 test="exact one-sided permutation test, three seeds against three"),
@@ -1081,7 +1129,7 @@ if SAVED_DISSECTION.exists():
     _s = json.loads(SAVED_DISSECTION.read_text())
     print(f"world {_s['world']}, {_s['probe_scenes']} probe scenes, {_s['num_iters']} training steps per network; null: "
           f"{_s['null']['networks']} networks; calibration: {_s['calibration']['how']}")
-    for key in ("at_0.04", "calibrated", "normalised"):
+    for key in ("at_0.04", "calibrated", "per_concept"):
         print(f"\ndetectors ({key}), seeds:")
         for n, per in _s["counts"].items():
             print(f"  {n:32s}", "  ".join(f"{l} " + "/".join(str(per[s][l][key]) for s in per) for l in DISSECT_LAYERS))
@@ -1099,7 +1147,7 @@ else: print(f"no saved results at {SAVED_DISSECTION}")
 def dissection_prose(s: dict) -> str:
     "The saved dissection as a table and sentences: the trained networks against the null, CPFS against its shuffled-flow null and the supervised network."
     L, (C, SH, S) = DISSECT_LAYERS, list(s["counts"])
-    keys = {"at_0.04": "IoU > 0.04", "calibrated": "calibrated IoU", "normalised": "IoU / ceiling"}
+    keys = {"at_0.04": "IoU > 0.04", "calibrated": "calibrated IoU", "per_concept": "per-concept threshold"}
     seeds = lambda k, key, l: [per[l][key] for per in s["counts"][k].values()]
     above = lambda k, key, l: s["p_values"][k]["group_holm"][key][l] < 0.05
     units = lambda l: next(iter(s["counts"][C].values()))[l]["units"]
@@ -1123,7 +1171,11 @@ def dissection_prose(s: dict) -> str:
            f"- **The thresholds.** Calibrated on {cal['networks']} random networks kept apart from the null: a best-concept IoU of "
            + ", ".join(f"{v:.3f}" for v in cal["thresholds"].values()) + f" at {L[0]}..{L[-1]} (the fixed 0.04 " + ("lies below all of them" if all(v > 0.04 for v in cal["thresholds"].values()) else "is not below all of them")
            + f"; at 0.04 the null networks show {min(nc['at_0.04'][L[-1]])}–{max(nc['at_0.04'][L[-1]])} \"detectors\" at {L[-1]}), and "
-           + ", ".join(f"{v:.2f}" for v in cal["normalised_thresholds"].values()) + " of each concept's IoU ceiling.",
+           + ", ".join(f"{v:.2f}" for v in cal["per_concept_thresholds"].values()) + " times the concept's scale for the per-concept score "
+           f"(at {L[-1]} the scales run from {min(cal['concept_scales'][L[-1]].values()):.4f} to {max(cal['concept_scales'][L[-1]].values()):.4f}). "
+           "Dividing by the IoU ceiling instead fails: " + ", ".join(f"{100 * v['share_at_ceiling']:.1f} %" for v in cal["ceiling_normalisation"].values())
+           + f" of the calibration units at {L[0]}..{L[-1]} sit at their ceiling with some concept, so its 99th percentile is "
+           + ", ".join(f"{v['p99']:.2f}" for v in cal["ceiling_normalisation"].values()) + ".",
            *[f"- **Above the null ({label})**: CPFS at {where(C, key)}; shuffled-flow CPFS at {where(SH, key)}; supervised at {where(S, key)}."
              for key, label in keys.items()],
            "- **Learned from motion, or from being trained?** CPFS minus its shuffled-flow null, mean of three seeds: "
@@ -1132,8 +1184,8 @@ def dissection_prose(s: dict) -> str:
            + ("at that floor: " + "; ".join(f"{label} at {', '.join(motion[key])}" for key, label in keys.items() if motion[key])
               if any(motion.values()) else "no layer reaches it at any threshold") + ".",
            "- **CPFS against the supervised network** (two-sided, same floor): "
-           + "; ".join(f"{label} " + ", ".join(f"{l} {vs[key][l]['difference']:+.1f}" for l in L) for key, label in keys.items()) + ".",
-           f"- **What they detect** (units above the calibrated threshold, three seeds): CPFS at relu4 {ck(C, 'relu4')}, relu5 {ck(C, 'relu5')}; "
+           + "; ".join(f"{label} " + ", ".join(f"{l} {vs[key][l]['difference']:+.1f} (p {vs[key][l]['p']:.2f})" for l in L) for key, label in keys.items()) + ".",
+           f"- **What they detect** (units above the per-concept threshold, three seeds, by the kind of their concept): CPFS at relu4 {ck(C, 'relu4')}, relu5 {ck(C, 'relu5')}; "
            f"shuffled flow relu4 {ck(SH, 'relu4')}, relu5 {ck(SH, 'relu5')}; supervised relu4 {ck(S, 'relu4')}, relu5 {ck(S, 'relu5')}.",
            *[f"- **{n}**, dissected on the same scenes at 0.04: " + ", ".join(f"{l} {c['at_0.04']}/{c['units']}" for l, c in per.items())
              + " — no null for its architecture here, so these counts are a reference, not a test." for n, per in s["reference"].items()]]
@@ -1145,27 +1197,30 @@ if SAVED_DISSECTION.exists(): display(Markdown(dissection_prose(json.loads(SAVED
 #| hide
 # `dissection_prose` on a hand-made run whose verdicts are known: bold only where the Holm-adjusted group p is under 0.05
 _L = DISSECT_LAYERS
-_K = ("at_0.04", "calibrated", "normalised")
-_seed = lambda a: {l: {"units": 10, "at_0.04": a[i], "calibrated": a[i] // 2, "normalised": a[i] // 3} for i, l in enumerate(_L)}
+_K = ("at_0.04", "calibrated", "per_concept")
+_seed = lambda a: {l: {"units": 10, "at_0.04": a[i], "calibrated": a[i] // 2, "per_concept": a[i] // 3} for i, l in enumerate(_L)}
 _hp = lambda small: {"group_holm": {k: {l: (0.01 if l in small else 0.5) for l in _L} for k in _K}}
 _cmp = lambda d, p: {k: {l: {"difference": d, "p": p if l == "relu5" else 0.4} for l in _L} for k in _K}
 _hand = {"counts": {"CPFS": {"0": _seed([1, 2, 3, 6, 9]), "1": _seed([1, 2, 3, 7, 8])}, "SH": {"0": _seed([1] * 5), "1": _seed([0] * 5)},
                     "SUP": {"0": _seed([0, 1, 2, 3, 4]), "1": _seed([0, 1, 2, 3, 5])}},
          "p_values": {"CPFS": _hp(("relu4", "relu5")), "SH": _hp(()), "SUP": _hp(("relu5",))},
          "null": {"networks": 4, "counts": {k: {l: [0, 1, 1, 3] for l in _L} for k in _K}},
-         "calibration": {"networks": 2, "thresholds": {l: 0.05 for l in _L}, "normalised_thresholds": {l: 0.5 for l in _L}},
+         "calibration": {"networks": 2, "thresholds": {l: 0.05 for l in _L}, "per_concept_thresholds": {l: 2.5 for l in _L},
+                         "concept_scales": {l: {"a": 0.002, "b": 0.3} for l in _L},
+                         "ceiling_normalisation": {l: {"share_at_ceiling": 0.125, "p99": 1.0} for l in _L}},
          "supervised": {"seeds": [{"test_accuracy": 0.9}, {"test_accuracy": 0.8}], "prior": 0.25}, "probe_scenes": 7, "num_iters": 3000,
          "shuffled_flow": {"cpfs_minus_shuffled": _cmp(5.5, 0.05)}, "versus_supervised": {"cpfs_minus_supervised": _cmp(-1.0, 0.3)},
          "concept_kinds": {k: {"relu4": {"texture": 2}, "relu5": {}} for k in ("CPFS", "SH", "SUP")}, "reference": {"Ref": {"b1": {"at_0.04": 3, "units": 8}}}}
 _t = dissection_prose(_hand)
 assert "| CPFS | IoU > 0.04 | 1/1 of 10 | 2/2 of 10 | 3/3 of 10 | **6/7 of 10** | **9/8 of 10** |" in _t, _t
 assert "| SUP | calibrated IoU | 0/0 of 10 | 0/0 of 10 | 1/1 of 10 | 1/1 of 10 | **2/2 of 10** |" in _t
-assert "| 4 random networks: median [min, max] | IoU / ceiling | 1 [0, 3] |" in _t
+assert "| 4 random networks: median [min, max] | per-concept threshold | 1 [0, 3] |" in _t
+assert "2.50, 2.50" in _t and "(at relu5 the scales run from 0.0020 to 0.3000)" in _t and "12.5 %, 12.5 %" in _t and "99th percentile is 1.00, 1.00" in _t
 assert "- **Above the null (IoU > 0.04)**: CPFS at relu4, relu5; shuffled-flow CPFS at no layer; supervised at relu5." in _t
 assert "reach 90.0, 80.0 % on the test frames (majority class 25.0 %)" in _t and "7 probe scenes; every trained network 3,000 steps" in _t
-assert "IoU > 0.04 relu1 +5.5 (p 0.40)" in _t and "at that floor: IoU > 0.04 at relu5; calibrated IoU at relu5; IoU / ceiling at relu5." in _t
+assert "IoU > 0.04 relu1 +5.5 (p 0.40)" in _t and "at that floor: IoU > 0.04 at relu5; calibrated IoU at relu5; per-concept threshold at relu5." in _t
 assert "0.050, 0.050" in _t and "(the fixed 0.04 lies below all of them; at 0.04 the null networks show 0–3 \"detectors\" at relu5)" in _t
-assert "CPFS at relu4 texture 2, relu5 none" in _t and "- **Ref**, dissected on the same scenes at 0.04: b1 3/8" in _t
+assert "CPFS at relu4 texture 2, relu5 none" in _t and "IoU > 0.04 relu1 -1.0 (p 0.40)" in _t and "- **Ref**, dissected on the same scenes at 0.04: b1 3/8" in _t
 _hand["shuffled_flow"] = {"cpfs_minus_shuffled": _cmp(0.0, 0.5)}
 assert "no layer reaches it at any threshold." in dissection_prose(_hand)
 
@@ -1210,11 +1265,10 @@ assert "no layer reaches it at any threshold." in dissection_prose(_hand)
 # and 191 px at conv1..conv5, so the deep layers would cost up to nine times the 64-px canvas. Every unit of a layer
 # shares one canvas here so that a layer's 25 units are solved as one batch.
 #
-# Measured, cold (6 Dec 2026, one torch thread per job, two or three jobs on two cores): each 3,000-step CPFS-CE or
-# shuffled-flow run 13–19 min, each supervised network about 8 min (the nine: about 2.5 CPU-hours, here as two
-# parallel jobs calling `objects_cpfs` and `objects_classifier`), each network's dissection 15–25 s. With the networks
-# and the dissections cached, the default run reads them and computes (or reads) the pre-images: the time under the
-# title, which `make book` measures.
+# Measured: the last full run (4 Dec 2026, one torch thread on two cores shared with two other jobs, neither
+# network present) took 20 min 28 s in all: training CPFS-CE 391 s and the supervised network 489 s (both
+# cached afterwards), the dissection of eight networks 233 s, the pre-images 57 s (then 80 iterations). With both networks cached
+# the default run is the dissection and the pre-images: the time under the title, which `make book` measures.
 #
 # `network_preimages` computes all of a network's pre-images; `cached_preimages` stores them under
 # `_runs/06_visualize_motion/` at the checkout's root (`core.runs_dir`) with `atomic_save`, in a file named after a hash of the settings and
@@ -1404,15 +1458,15 @@ fig = show_maxima(("conv1", "conv2", "conv3"))  # fig 6.2
 fig = show_maxima(("conv4", "conv5"))  # fig 6.1
 
 # %% [markdown]
-# In the measured `cpu` run (the figures above, re-read on 6 Dec 2026): conv1's maxima are small centred colour blobs in all three
-# networks (its 11-px receptive field); CPFS's look like the random network's, which is its initialisation
-# (same seed) — 1,000 steps at the CPFS learning rate moved conv1 little. The supervised network's conv1
-# units are distinct colour-opponent blobs and edges. From conv2 on the supervised units show oriented colour
-# edges, stripes, and rings and arcs the size of the objects' outlines (spheres and cylinders); CPFS's conv2
-# units, like the random network's, respond to high-frequency colour noise, and its conv3–conv5 units to
-# faint textures, with a few high-contrast noise-like units the random network lacks. The thesis sees
-# abstract but structured patterns in the motion-trained network; here only the supervised network's
-# maxima have clear structure at 64 px.
+# In the measured `cpu` run (the figures above, re-read on 6 Dec 2026, seed 0 of the 3,000-step networks): conv1's maxima
+# are small centred colour blobs in all three networks (its 11-px receptive field); CPFS's still look like the random
+# network's, which is its initialisation (same seed) — 3,000 steps at the CPFS learning rate moved conv1 little. The
+# supervised network's conv1 units are distinct colour-opponent blobs and edges. From conv2 on the supervised units show
+# oriented colour edges, stripes, and rings and arcs the size of the objects' outlines (spheres and cylinders); CPFS's
+# conv2 units, like the random network's, respond to high-frequency colour noise, its conv3 units to colour blotches
+# smoother than the random network's, and its conv4–conv5 units to faint textures, with a few high-contrast noise-like
+# units. The thesis sees abstract but structured patterns in the motion-trained network; here only the supervised
+# network's maxima have clear structure at 64 px.
 
 # %% [markdown]
 # ### Fully connected layers (fig 6.3)
@@ -1431,8 +1485,9 @@ for n in nets:
 fig = show_images(ims, titles, ncols=len(ims) // len(nets), size=1.6)
 
 # %% [markdown]
-# Almost all fc6/fc7 maxima are nearly uniform grey in the three networks (a few faint colour blobs, and one of the
-# supervised network's fc6 units a ring of colour at one side — the outline of a sphere).
+# Almost all fc6/fc7 maxima are nearly uniform grey in the three networks (a faint colour blob in CPFS's fc7 #1, colour
+# noise in the random network's fc7, and one of the supervised network's fc6 units a ring of colour — the outline of a
+# sphere).
 # None shows the people-like collections that the thesis finds in its YFCC-trained fc layers — the
 # `objects` frames have no people, and at 64 px the fc units' fields are far larger than the image.
 
@@ -1460,10 +1515,10 @@ display(Markdown("Measured mean errors (unsquared, %), " + " → ".join(INVERT_L
 # The four initialisations give nearly the same pre-image. At relu1 all three networks reconstruct the frame
 # (the cat-textured plane and the object). From relu2 on the supervised network's pre-images are blurred blobs with
 # the plane's eyes and the object as dark patches; the CPFS and random pre-images are high-frequency colour noise
-# with the object faintly visible in the first layers. The random
+# with the object faintly visible in the first layers, CPFS's smoother at relu4–relu5. The random
 # network (its batch norm calibrated on frames, so that its codes depend on the image) has the largest
-# errors at every layer; how the errors fell with the iterations, and which inversions converged, is measured
-# under "Convergence" below.
+# errors at every layer but relu1 (the errors are in the panels' titles); how the errors fell with the iterations, and
+# which inversions converged, is measured under "Convergence" below.
 
 # %% [markdown]
 # ### Convergence
@@ -1531,12 +1586,12 @@ fig = show_images(ims, titles, ncols=1 + len(CARICATURE_LAYERS), size=1.8)
 
 # %% [markdown]
 # With $C = 20$ (300 iterations; the deviation is explained above) the three networks caricature the
-# frames differently. The supervised network paints rainbow-coloured oriented stripes and arcs over the
+# frames differently. The supervised network paints rainbow-coloured oriented stripes, arcs and rings over the
 # object at relu3, relu5 and relu7 — its edge and outline units, the clearest exaggeration of what a network
-# detects. CPFS's relu3 and relu5 caricatures exaggerate colour contrast in blotches over the whole frame
-# and, for the sphere of frame 1, ring its outline with colour fringes; its relu7 is nearly flat. The random
-# network's are noisy colour blotches over the frame (the sphere faintly visible at relu5 and relu7). None of the networks
-# repeats object parts as the thesis' fig 6.7 does. At the thesis' $C = 1$ (an earlier run) all the caricatures drifted to the mean
+# detects. CPFS's relu3 and relu5 caricatures exaggerate colour contrast in checker-like blotches gathered on the object
+# (frame 0's cube, frame 1's sphere); its relu7 is a faint blob where the object is. The random network's are noisy
+# colour blotches over the whole frame (the sphere faintly visible at relu5). None of the networks repeats object
+# parts as the thesis' fig 6.7 does. At the thesis' $C = 1$ (an earlier run) all the caricatures drifted to the mean
 # colour, as chapter 05c explains.
 
 # %% [markdown]
@@ -1551,7 +1606,7 @@ fig = show_images(ims, titles, ncols=1 + len(CARICATURE_LAYERS), size=1.8)
 # - The slow cells dissect, on the `objects` world, three seeds each of CPFS-CE, its shuffled-flow null and a
 #   label-supervised network of the same architecture (3,000 steps each), against 20 random networks as a null
 #   with thresholds calibrated on 10 others (`random_backbones`, `calibrated_thresholds`, `empirical_p`, `group_p`),
-#   at IoU 0.04, at the calibrated IoU and at IoU as a share of each concept's ceiling (`Dissection.ceiling`), and the
+#   at IoU 0.04, at the calibrated IoU and at a per-concept threshold (`concept_scales`, `per_concept_score`), and the
 #   ImageNet EfficientNet-Lite0 as a reference; save `nbs/06_dissection_results.json`; and show activation maxima of the
 #   first 25 units of conv1..conv5 and 3 of fc6/fc7, inversions from 4 initialisations and caricatures with chapter
 #   05b's solver (`network_preimages`, cached by `cached_preimages`) for seed 0 of CPFS and of the supervised network.

@@ -70,8 +70,9 @@
 # | [04_s3_train_seeds](04_s3_train_seeds.ipynb) | `saved` (shows `nbs/04_s3_train_results.json`, the full run's); `tiny`; `full` (3 seeds of the `cpu` preset for each of three settings) | `full`: 4 h 21 min of training on one shared CPU thread |
 # | [05c_preimage_experiments](05c_preimage_experiments.ipynb) | `fast` (small images, 2 CNN probes, 2 initialisations); `paper` (100 probes, 24 initialisations, 224 px, for a GPU) | the same (nothing is cached); table 5.2 at the thesis' scale took 42 min on shared cores, and the `paper` sweep would take about 40 hours on two cores |
 #
-# Two chapters also measure something and cost more on a first run: [06_dissect](06_dissect.ipynb) trains CPFS-CE
-# (391 s) and the supervised network (489 s) when the runs folder lacks them (20 min 28 s in all on shared cores),
+# Two chapters also measure something and cost more on a first run: [06_dissect](06_dissect.ipynb) trains three seeds
+# each of CPFS-CE, its shuffled-flow null and the supervised network (3,000 steps each; about 2.5 CPU-hours) and
+# dissects 40 networks (15–25 s each) when the runs folder lacks them,
 # and [07_reversed](07_reversed.ipynb), cold, trains AlexNet and VGG-16 on `objects_anywhere` (572 s and 702 s) and runs
 # about 9,000 GrabCut segmentations on validation frames for its choices and 9,500 for table 7.1 (1,818 s): about
 # 80 minutes on one core shared with other jobs (6 Dec 2026). The other chapter notebooks (00–07 without a suffix) have no
@@ -96,12 +97,12 @@
 # | 02e_voc | 7 s |
 # | 02f_cli | 1 min 41 s |
 # | 03_cpfs | 31 s |
-# | 03_cpfs_ambiguity | 12 s |
+# | 03_cpfs_ambiguity | 6 s |
 # | 03_cpfs_train | 31 s |
 # | 03_cpfs_transfer | 6 s |
 # | 03a_compare | 8 s |
 # | 03b_transfer | 15 s |
-# | 04_s3 | 17 s |
+# | 04_s3 | 15 s |
 # | 04_s3_train | 12 s |
 # | 04_s3_train_seeds | 11 s |
 # | 05_features_fast | 34 s |
@@ -109,10 +110,10 @@
 # | 05b_preimage | 14 s |
 # | 05c_preimage_experiments | 7 min 28 s |
 # | 05d_author_nets | 15 s |
-# | 06_dissect | 2 min 45 s |
+# | 06_dissect | 1 min 31 s |
 # | 07_reversed | 2 min 1 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **19 min 56 s** |
+# | **all chapters** | **18 min 34 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
@@ -161,7 +162,7 @@
 # | 6.5 | activation maxima of RotNet | none: RotNet's weights cannot be had offline and the book trains no RotNet |
 # | 6.6 | inversions of conv layers from four initialisations, four models | [06](06_dissect.ipynb) "Inversion from four initialisations (fig 6.6)"; three models (no RotNet) |
 # | 6.7 | caricatures by three networks | [06](06_dissect.ipynb) "Caricatures (fig 6.7)" |
-# | 6.8 | network dissection of the CPFS-CE model's conv5 | [06](06_dissect.ipynb) "Dissecting CPFS, supervised, random and ImageNet networks", with five random networks as a null; substitute: the renderer's concepts on the `objects` world, since Broden cannot be downloaded here |
+# | 6.8 | network dissection of the CPFS-CE model's conv5 | [06](06_dissect.ipynb) "Dissecting CPFS, supervised, random and ImageNet networks": three seeds each of CPFS-CE, a shuffled-flow CPFS null and a supervised network against 20 random networks (thresholds from 10 others), permutation p-values, counts at a per-concept threshold (what random units reach with each concept); substitute: the renderer's concepts on the `objects` world, since Broden cannot be downloaded here |
 # | 7.1 | DeConvNet, Network Saliency and Guided Backprop as forward and reversed networks | redrawn: [07_reversed](07_reversed.ipynb), right after the introduction |
 # | 7.2 | the three methods from the fc8 layer of AlexNet | [07_reversed](07_reversed.ipynb) "DeConvNet, Network Saliency and Guided Backprop (fig 7.2)" and "Fig 7.2 for modern classifiers"; substitute: the ImageNet EfficientNet-Lite0, and torchvision's classifiers with random weights |
 # | 7.3 | the generic reversed architecture and its choices of input, RU† and MP† | redrawn: [07_reversed](07_reversed.ipynb) "Reversing one layer (section 7.3.1)" |

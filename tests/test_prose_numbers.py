@@ -404,7 +404,7 @@ def test_dissection_prose_is_generated_from_the_saved_run():
     assert d["calibration"]["networks"] == 10 and not set(d["calibration"]["seeds"]) & set(d["null"]["seeds"])   # kept apart
     assert all(len(v) == 3 for v in d["seeds"].values()) and d["num_iters"] == 3000
     assert set(d["p_values"]) == set(d["counts"]) and "shuffled_flow" in d and "normalised_counts" in d
-    statement("06_dissect", "against the 20 null networks")
+    statement("06_dissect", "Detector counts per trained network (seeds 0, 1, 2) against the 20 null networks")
     statement("06_dissect", "20 null networks (an empirical p-value for one network cannot go below 1/21)")
     statement("06_dissect", "ten more (seeds 100..109) that only set the calibrated thresholds")
     assert "def dissection_prose" in (NBS / "06_dissect.py").read_text()
@@ -698,8 +698,9 @@ def _():
 def test_readme_quotes_the_experiments_sizes():
     statement("README", f"over {len(saved(S3)['settings']['seeds'])} seeds for single_cube + affine")
     statement("README", f"pre-trained with one budget on the `objects` scenes, {len(saved(TR)['settings']['seeds'])} seeds")
-    assert len(saved(DI)["null"]["seeds"]) == 5 and saved(DI)["iou_threshold"] == 0.04
-    statement("README", "vs five random networks as a null (counts at IoU 0.04")
+    assert len(saved(DI)["null"]["seeds"]) == 20 and saved(DI)["calibration"]["networks"] == 10 and saved(DI)["iou_threshold"] == 0.04
+    assert all(len(v) == 3 for v in saved(DI)["seeds"].values()) and saved(DI)["num_iters"] == 3000
+    statement("README", "(3,000 steps each) against 20 random networks, with thresholds calibrated on 10 others, at IoU 0.04")
 
 
 # --- 05d_author_nets (its summary quotes 05c's author_networks) ----------------------------------------------------
