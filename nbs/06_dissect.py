@@ -7,7 +7,7 @@
 # > Network dissection of the CPFS network against a random and a supervised network of the same architecture, and the chapter 5 visualisations applied to it.
 
 # %% [markdown]
-# *Default run: **1 min 31 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **2 min 41 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 6 of the thesis looks inside the AlexNet trained with CPFS (chapter 3) in two ways. The
@@ -1164,6 +1164,8 @@ def dissection_prose(s: dict) -> str:
     motion = {key: [l for l in L if sh[key][l]["p"] <= 0.05] for key in keys}
     vs = s["versus_supervised"]["cpfs_minus_supervised"]
     ck = lambda k, l: ", ".join(f"{n} {c}" for n, c in s["concept_kinds"][k][l].items()) or "none"
+    mix = lambda k: (lambda d: f"{100 * d.get('texture', 0) / max(1, sum(d.values())):.0f} % textures, with {d.get('part', 0)} part and "
+                               f"{d.get('category', 0)} category units")(s["concept_kinds"][k]["relu5"])
     out = ["\n".join(lines), "",
            f"The supervised networks reach " + ", ".join(f"{100 * x['test_accuracy']:.1f}" for x in sup["seeds"])
            + f" % on the test frames (majority class {100 * sup['prior']:.1f} %): networks that learned their task. "
@@ -1186,7 +1188,8 @@ def dissection_prose(s: dict) -> str:
            "- **CPFS against the supervised network** (two-sided, same floor): "
            + "; ".join(f"{label} " + ", ".join(f"{l} {vs[key][l]['difference']:+.1f} (p {vs[key][l]['p']:.2f})" for l in L) for key, label in keys.items()) + ".",
            f"- **What they detect** (units above the per-concept threshold, three seeds, by the kind of their concept): CPFS at relu4 {ck(C, 'relu4')}, relu5 {ck(C, 'relu5')}; "
-           f"shuffled flow relu4 {ck(SH, 'relu4')}, relu5 {ck(SH, 'relu5')}; supervised relu4 {ck(S, 'relu4')}, relu5 {ck(S, 'relu5')}.",
+           f"shuffled flow relu4 {ck(SH, 'relu4')}, relu5 {ck(SH, 'relu5')}; supervised relu4 {ck(S, 'relu4')}, relu5 {ck(S, 'relu5')}. "
+           f"At relu5 CPFS's detectors are {mix(C)}; the supervised network's {mix(S)}.",
            *[f"- **{n}**, dissected on the same scenes at 0.04: " + ", ".join(f"{l} {c['at_0.04']}/{c['units']}" for l, c in per.items())
              + " — no null for its architecture here, so these counts are a reference, not a test." for n, per in s["reference"].items()]]
     return "\n".join(out)
@@ -1220,6 +1223,7 @@ assert "- **Above the null (IoU > 0.04)**: CPFS at relu4, relu5; shuffled-flow C
 assert "reach 90.0, 80.0 % on the test frames (majority class 25.0 %)" in _t and "7 probe scenes; every trained network 3,000 steps" in _t
 assert "IoU > 0.04 relu1 +5.5 (p 0.40)" in _t and "at that floor: IoU > 0.04 at relu5; calibrated IoU at relu5; per-concept threshold at relu5." in _t
 assert "0.050, 0.050" in _t and "(the fixed 0.04 lies below all of them; at 0.04 the null networks show 0–3 \"detectors\" at relu5)" in _t
+assert "At relu5 CPFS's detectors are 0 % textures, with 0 part and 0 category units" in _t
 assert "CPFS at relu4 texture 2, relu5 none" in _t and "IoU > 0.04 relu1 -1.0 (p 0.40)" in _t and "- **Ref**, dissected on the same scenes at 0.04: b1 3/8" in _t
 _hand["shuffled_flow"] = {"cpfs_minus_shuffled": _cmp(0.0, 0.5)}
 assert "no layer reaches it at any threshold." in dissection_prose(_hand)

@@ -110,10 +110,10 @@
 # | 05b_preimage | 14 s |
 # | 05c_preimage_experiments | 7 min 28 s |
 # | 05d_author_nets | 15 s |
-# | 06_dissect | 1 min 31 s |
+# | 06_dissect | 2 min 41 s |
 # | 07_reversed | 2 min 1 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **18 min 34 s** |
+# | **all chapters** | **19 min 44 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
