@@ -17,7 +17,7 @@
 # results say which runs are done, and the figure shows only the worlds whose comparisons are complete.
 
 # %% [markdown]
-# *Default run: **6 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %%
 #| code-fold: true
@@ -336,9 +336,9 @@ def choose(world, records, arm, grid, make, ext_factor, max_ext, sel_seeds):
         grid = [grid[0] / ext_factor] + grid if best == grid[0] else grid + [grid[-1] * ext_factor]
         extensions += 1
 
-def plan(world: str, records: dict, selections: dict):
-    "The specs of one world in order; fills `selections[(world, arm)]` with each choice as it is made."
-    c = cfg
+def plan(world: str, records: dict, selections: dict, phases=None):
+    "The specs of one world in order (of `phases`; None: the run's); fills `selections[(world, arm)]` with each choice as it is made."
+    c = dict(cfg, phases=phases or cfg["phases"])
     if "main" in c["phases"]:
         yield spec(world, "supervised", c["seeds"][0])
         for s in c["seeds"]: yield spec(world, "random", s)
@@ -369,12 +369,19 @@ def plan(world: str, records: dict, selections: dict):
         selections[(world, "s3")] = dict(lr=lr, lr_scores=lr_scores, sigma2=None)
         for s in c["seeds"]: yield make(lr, s)
 
-def next_spec(world: str, records: dict):
-    "The first spec of the world's plan that has no record (None: the world is done), and the choices made so far."
+def next_spec(world: str, records: dict, phases=None):
+    "The first spec of the world's plan (of `phases`) that has no record (None: the world is done), and the choices made so far."
     selections = {}
-    for s in plan(world, records, selections):
+    for s in plan(world, records, selections, phases):
         if key(s) not in records: return s, selections
     return None, selections
+
+def all_selections(world: str, records: dict) -> dict:
+    """The choices made so far in every phase: a phase waiting for runs does not hide the choices of the phases after it
+    (each later phase planned after `main` alone, whose choices it needs)."""
+    out = {}
+    for ph in cfg["phases"]: out.update(next_spec(world, records, ["main", ph] if ph != "main" and ph != "s3" else [ph])[1])
+    return out
 
 
 # %% [markdown]
@@ -502,7 +509,7 @@ def analyse(all_records: dict, settings: dict) -> dict:
     metrics = metric_names(settings)
     worlds_out, runs_out, lr_sel, sig_sel, comps, progress = [], [], [], [], [], []
     for world, records in all_records.items():
-        nxt, selections = next_spec(world, records)
+        nxt, selections = next_spec(world, records)[0], all_selections(world, records)
         progress.append(dict(world=world, finished_runs=len(records), next=nxt))
         man = manipulation_statistics(world, settings["stats_frames"], seed=0, size=(128, 128))
         sup = [r for r in records.values() if r["arm"] == "supervised"]
