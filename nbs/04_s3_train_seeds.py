@@ -4,7 +4,7 @@
 # > Chapter 4's targets measured as an experiment should be: several seeds per setting, presets chosen on validation frames, numbers reported on test frames nobody tuned on.
 
 # %% [markdown]
-# *Default run: **11 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **10 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # **The question**: do chapter 4's targets hold beyond one run — matched mIoU ≥ 0.7 on the cube's faces with
@@ -182,6 +182,9 @@ chosen = list(CONFIGS) if configs is None else [c.strip() for c in str(configs).
 bad = [c for c in chosen if c.count("+") != 1 or c.split("+")[0] not in S3_DATA or c.split("+")[1] not in S3_LOSSES]
 if bad or not chosen:
     raise ValueError(f"configs={configs!r}: bad {bad}; expected 'data+loss' with data in {', '.join(S3_DATA)} and loss in {', '.join(S3_LOSSES)}")
+if isinstance(seeds, str):   # `-p seeds "[0, 1, 2]"` reaches the notebook as text
+    try: seeds = json.loads(seeds)
+    except json.JSONDecodeError: raise ValueError(f"seeds={seeds!r}; expected a JSON list of seeds such as \"[0, 1, 2]\"") from None
 if seeds is not None and (not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds)):
     raise ValueError(f"seeds={seeds!r}; expected a non-empty list of non-negative ints or None (the preset's)")
 if num_threads is not None: check_int("num_threads", num_threads, 1)

@@ -38,7 +38,8 @@ def test_s3_training_notebook_rejects_bad_parameters(tmp_path, params, message):
 def test_s3_seeds_experiment_tiny_and_resumed(tmp_path):
     "The seeds experiment: one record per setting and seed with validation and test mIoU; a rerun keeps the finished records."
     runs = tmp_path / "runs"
-    kw = dict(cwd=NBS, progress_bar=False, parameters=dict(preset="tiny", runs_dir=str(runs), configs="single_cube+affine,multi_cube+rigid"))
+    kw = dict(cwd=NBS, progress_bar=False, parameters=dict(preset="tiny", runs_dir=str(runs), configs="single_cube+affine,multi_cube+rigid",
+                                                           seeds="[0]"))   # as `-p seeds "[0]"` passes it: text
     pm.execute_notebook(NBS / "04_s3_train_seeds.ipynb", tmp_path / "a.ipynb", **kw)
     res = json.loads((runs / "results.json").read_text())
     assert [(r["setting"], r["seed"]) for r in res["runs"]] == [("single_cube+affine", 0), ("multi_cube+rigid", 0)]
@@ -49,6 +50,7 @@ def test_s3_seeds_experiment_tiny_and_resumed(tmp_path):
     assert {(b["name"], b["data"]) for b in res["baselines"]} == {(n, d) for n in ("colour_kmeans", "flow_kmeans", "object_oracle", "grid")
                                                                 for d in ("single_cube", "multi_cube")}
     assert all(c["paired_over"] == "test frames" and c["n"] == 32 for c in res["comparisons"]) and len(res["comparisons"]) == 8
+    assert "transfer" in res and ("comparisons" in res["transfer"] or "absent" in res["transfer"])   # the S3 arm of 03_cpfs_ambiguity
     pm.execute_notebook(NBS / "04_s3_train_seeds.ipynb", tmp_path / "b.ipynb", **kw)
     assert json.loads((runs / "results.json").read_text())["runs"] == res["runs"]   # nothing retrained or lost
 
@@ -56,6 +58,9 @@ def test_s3_seeds_experiment_tiny_and_resumed(tmp_path):
 def test_s3_seeds_experiment_rejects_bad_settings(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="expected 'data\\+loss'"):
         pm.execute_notebook(NBS / "04_s3_train_seeds.ipynb", tmp_path / "bad.ipynb", parameters=dict(configs="cube+affine"), cwd=NBS,
+                            progress_bar=False)
+    with pytest.raises(pm.PapermillExecutionError, match="expected a JSON list of seeds"):
+        pm.execute_notebook(NBS / "04_s3_train_seeds.ipynb", tmp_path / "bad2.ipynb", parameters=dict(preset="tiny", seeds="[0,"), cwd=NBS,
                             progress_bar=False)
 
 
