@@ -98,6 +98,12 @@ def test_ambiguity_sweep_runs_every_phase_and_resumes_without_training_again(tmp
     import json
     runs = tmp_path / "runs"
     params = dict(preset="tiny", runs_dir=str(runs), num_threads=1)
+    # the main and s3 phases first; analysed with every phase while extension and budget still wait: s3's choices are not hidden
+    pm.execute_notebook(NBS / "03_cpfs_ambiguity.ipynb", tmp_path / "a0.ipynb", parameters=dict(params, phases="main,s3"), cwd=NBS, progress_bar=False)
+    pm.execute_notebook(NBS / "03_cpfs_ambiguity.ipynb", tmp_path / "a1.ipynb", parameters=dict(params, max_hours=0), cwd=NBS, progress_bar=False)
+    early = json.loads((runs / "results.json").read_text())
+    assert {r["phase"] for r in early["runs"]} == {"main", "s3"} and any(c["family"] == "s3" for c in early["comparisons"])
+    assert next(p for p in early["progress"] if p["world"] == "objects_ambiguous")["next"]["phase"] == "extension"
     pm.execute_notebook(NBS / "03_cpfs_ambiguity.ipynb", tmp_path / "a.ipynb", parameters=params, cwd=NBS, progress_bar=False)
     res = json.loads((runs / "results.json").read_text())
     assert {"worlds", "runs", "lr_selection", "sigma_selection", "comparisons", "trend"} <= set(res)
