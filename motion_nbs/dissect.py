@@ -10,16 +10,16 @@ __all__ = ['PREIMAGE_PRESETS', 'COLOUR_NAMES', 'PART_NAMES', 'BRODEN_PIXEL_KINDS
            'network_dissection', 'write_tiny_broden', 'majority_category', 'objects_frames', 'vgg16_trunk',
            'objects_network', 'objects_classifier', 'objects_cpfs_dir', 'objects_cpfs', 'random_backbones',
            'imagenet_networks', 'network_fingerprint', 'concepts_fingerprint', 'dissect_networks', 'plot_dissection',
-           'count_detectors', 'concept_scales', 'per_concept_score', 'calibrated_thresholds', 'empirical_p', 'group_p',
-           'null_interval', 'dissection_counts', 'thesis_jitter', 'network_preimages', 'relative_fall',
-           'cached_preimages']
+           'count_detectors', 'concept_scales', 'per_concept_ratio', 'per_concept_score', 'calibrated_thresholds',
+           'empirical_p', 'group_p', 'null_interval', 'dissection_counts', 'thesis_jitter', 'network_preimages',
+           'relative_fall', 'cached_preimages']
 
 # %% ../nbs/06_dissect.ipynb #b8b5211a
 import csv
 import hashlib
 import json
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -417,9 +417,6 @@ def concepts_fingerprint(concepts) -> str:
         for c in sorted(it["masks"]): h.update(c.encode()); h.update(it["masks"][c].detach().to(torch.uint8).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
-def _dissection_state(d: Dissection) -> dict:
-    return dict(layer=d.layer, concepts=list(d.concepts), iou=d.iou, thresholds=d.thresholds, iou_threshold=float(d.iou_threshold), ceiling=d.ceiling)
-
 def dissect_networks(networks: dict,  # name -> model
                      concepts,  # concept data set
                      layers=DISSECT_LAYERS, progress: bool = True,
@@ -443,7 +440,7 @@ def dissect_networks(networks: dict,  # name -> model
         if path.exists(): return {l: Dissection(**v) for l, v in torch.load(path, weights_only=True).items()}
         out = run()
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({l: _dissection_state(d) for l, d in out.items()}, path)
+        atomic_save({l: asdict(d) for l, d in out.items()}, path)
         return out
     return {n: one(n, m) for n, m in networks.items()}
 
@@ -483,12 +480,16 @@ def concept_scales(calibration: dict,  # `{seed: {layer: Dissection}}` of random
         out[l] = torch.from_numpy(np.percentile(torch.cat([per[l].iou for per in calibration.values()]).numpy(), percentile, axis=0)).float()
     return out
 
-def per_concept_score(d: Dissection,
+def per_concept_ratio(d: Dissection,
                       scale: torch.Tensor  # `(C,)` this layer's `concept_scales`, on the same concepts
                      ) -> torch.Tensor:
-    "(K,) each unit's largest IoU as a multiple of its concept's scale (scales below `SCALE_FLOOR` count as `SCALE_FLOOR`)."
+    "(K, C) each IoU as a multiple of its concept's scale (scales below `SCALE_FLOOR` count as `SCALE_FLOOR`)."
     if len(scale) != len(d.concepts): raise ValueError(f"{len(scale)} concept scales for {len(d.concepts)} concepts: dissect on the calibration's probe")
-    return (d.iou / scale.clamp_min(SCALE_FLOOR)).max(1).values
+    return d.iou / scale.clamp_min(SCALE_FLOOR)
+
+def per_concept_score(d: Dissection, scale: torch.Tensor) -> torch.Tensor:
+    "(K,) each unit's largest `per_concept_ratio`."
+    return per_concept_ratio(d, scale).max(1).values
 
 def _best(d: Dissection, scale=None) -> torch.Tensor:
     "(K,) each unit's best IoU, or (with a scale) its per-concept score."

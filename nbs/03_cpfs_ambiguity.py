@@ -17,7 +17,7 @@
 # results say which runs are done, and the figure shows only the worlds whose comparisons are complete.
 
 # %% [markdown]
-# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **10 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %%
 #| code-fold: true
@@ -380,7 +380,7 @@ def all_selections(world: str, records: dict) -> dict:
     """The choices made so far in every phase: a phase waiting for runs does not hide the choices of the phases after it
     (each later phase planned after `main` alone, whose choices it needs)."""
     out = {}
-    for ph in cfg["phases"]: out.update(next_spec(world, records, ["main", ph] if ph != "main" and ph != "s3" else [ph])[1])
+    for ph in cfg["phases"]: out.update(next_spec(world, records, ["main", ph] if ph in ("extension", "budget") else [ph])[1])
     return out
 
 

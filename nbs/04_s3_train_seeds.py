@@ -4,7 +4,7 @@
 # > Chapter 4's targets measured as an experiment should be: several seeds per setting, presets chosen on validation frames, numbers reported on test frames nobody tuned on.
 
 # %% [markdown]
-# *Default run: **10 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **6 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # **The question**: do chapter 4's targets hold beyond one run — matched mIoU ≥ 0.7 on the cube's faces with
@@ -339,7 +339,8 @@ def s3_transfer(ambiguity: dict | None) -> dict:
     comps = [c for c in (ambiguity or {}).get("comparisons", []) if c["family"] == "s3"]
     if not comps: return dict(absent="03_cpfs_ambiguity's s3 phase has not run yet (papermill nbs/03_cpfs_ambiguity.ipynb ... -p phases s3)")
     keep = ("world", "pair", "metric", "n", "seeds", "mean", "ci95", "p", "p_holm", "verdict")
-    return dict(source="nbs/03_cpfs_ambiguity_results.json", arm="AlexNet FCN-32s S3-CNN, entropy loss, 1,000 steps",
+    st = ambiguity["settings"]
+    return dict(source="nbs/03_cpfs_ambiguity_results.json", arm=f"AlexNet FCN-32s S3-CNN, {st['s3_loss']} loss, {st['num_iters']:,} steps",
                 lr_selection=[x for x in ambiguity.get("lr_selection", []) if x["arm"] == "s3"],
                 comparisons=[{k: c[k] for k in keep} for c in comps])
 
@@ -362,9 +363,10 @@ display(Markdown(transfer_table(transfer)))
 _hand = {"comparisons": [dict(world="objects", pair="s3 - flow_cls", metric="seg_1000", family="s3", n=5, seeds=[0, 1, 2, 3, 4], mean=-2.0,
                               ci95=[-3.0, -1.0], p=0.01, p_holm=0.04, verdict="reversed", differences=[]),
                          dict(world="objects", pair="ce - flow_cls", metric="seg_1000", family="cpfs_vs_flow_cls", n=5, mean=1.0)],
-         "lr_selection": [dict(world="objects", arm="s3", chosen=1e-3), dict(world="objects", arm="ce", chosen=1e-4)]}
+         "lr_selection": [dict(world="objects", arm="s3", chosen=1e-3), dict(world="objects", arm="ce", chosen=1e-4)],
+         "settings": dict(s3_loss="entropy", num_iters=20)}
 _t = s3_transfer(_hand)
-assert [c["pair"] for c in _t["comparisons"]] == ["s3 - flow_cls"] and _t["lr_selection"] == [dict(world="objects", arm="s3", chosen=1e-3)]
+assert _t["arm"] == "AlexNet FCN-32s S3-CNN, entropy loss, 20 steps" and [c["pair"] for c in _t["comparisons"]] == ["s3 - flow_cls"] and _t["lr_selection"] == [dict(world="objects", arm="s3", chosen=1e-3)]
 assert "| objects | s3 − flow_cls | seg_1000 | 5 | -2.0 (-3.0, -1.0) | 0.04 | reversed |" in transfer_table(_t)
 assert "absent" in s3_transfer(None) and "has not run yet" in transfer_table(s3_transfer({"comparisons": []}))
 

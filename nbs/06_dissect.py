@@ -7,7 +7,7 @@
 # > Network dissection of the CPFS network against a random and a supervised network of the same architecture, and the chapter 5 visualisations applied to it.
 
 # %% [markdown]
-# *Default run: **2 min 41 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **1 min 49 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Chapter 6 of the thesis looks inside the AlexNet trained with CPFS (chapter 3) in two ways. The
@@ -37,7 +37,7 @@ import csv
 import hashlib
 import json
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -701,9 +701,6 @@ def concepts_fingerprint(concepts) -> str:
         for c in sorted(it["masks"]): h.update(c.encode()); h.update(it["masks"][c].detach().to(torch.uint8).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
-def _dissection_state(d: Dissection) -> dict:
-    return dict(layer=d.layer, concepts=list(d.concepts), iou=d.iou, thresholds=d.thresholds, iou_threshold=float(d.iou_threshold), ceiling=d.ceiling)
-
 def dissect_networks(networks: dict,  # name -> model
                      concepts,  # concept data set
                      layers=DISSECT_LAYERS, progress: bool = True,
@@ -727,7 +724,7 @@ def dissect_networks(networks: dict,  # name -> model
         if path.exists(): return {l: Dissection(**v) for l, v in torch.load(path, weights_only=True).items()}
         out = run()
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({l: _dissection_state(d) for l, d in out.items()}, path)
+        atomic_save({l: asdict(d) for l, d in out.items()}, path)
         return out
     return {n: one(n, m) for n, m in networks.items()}
 
@@ -828,12 +825,16 @@ def concept_scales(calibration: dict,  # `{seed: {layer: Dissection}}` of random
         out[l] = torch.from_numpy(np.percentile(torch.cat([per[l].iou for per in calibration.values()]).numpy(), percentile, axis=0)).float()
     return out
 
-def per_concept_score(d: Dissection,
+def per_concept_ratio(d: Dissection,
                       scale: torch.Tensor  # `(C,)` this layer's `concept_scales`, on the same concepts
                      ) -> torch.Tensor:
-    "(K,) each unit's largest IoU as a multiple of its concept's scale (scales below `SCALE_FLOOR` count as `SCALE_FLOOR`)."
+    "(K, C) each IoU as a multiple of its concept's scale (scales below `SCALE_FLOOR` count as `SCALE_FLOOR`)."
     if len(scale) != len(d.concepts): raise ValueError(f"{len(scale)} concept scales for {len(d.concepts)} concepts: dissect on the calibration's probe")
-    return (d.iou / scale.clamp_min(SCALE_FLOOR)).max(1).values
+    return d.iou / scale.clamp_min(SCALE_FLOOR)
+
+def per_concept_score(d: Dissection, scale: torch.Tensor) -> torch.Tensor:
+    "(K,) each unit's largest `per_concept_ratio`."
+    return per_concept_ratio(d, scale).max(1).values
 
 def _best(d: Dissection, scale=None) -> torch.Tensor:
     "(K,) each unit's best IoU, or (with a scale) its per-concept score."
@@ -1001,25 +1002,8 @@ print("calibrated thresholds (99th percentile of the calibration networks' best 
 print("per-concept score thresholds:", {l: round(v, 2) for l, v in pc_thresholds.items()})
 print("IoU / ceiling of the calibration units: share at the ceiling and 99th percentile:", {l: (round(v["share_at_ceiling"], 3), round(v["p99"], 3)) for l, v in ceiling_check.items()})
 
-
-# %% [markdown]
-# Detector counts per trained network (seeds 0, 1, 2) against the 20 null networks, at the three thresholds; the
-# group p-value is the exact permutation test of the three seeds' mean against the null (`group_p`), Holm-adjusted
-# over the five layers:
-
 # %%
 #| slow
-def counts_table(key: str) -> str:
-    "Markdown table of one threshold's counts: each kind's seeds, the group p-value (Holm), and the null's median and range."
-    lines = [f"| network ({key}) | " + " | ".join(DISSECT_LAYERS) + " |", "|---|" + "---|" * len(DISSECT_LAYERS)]
-    for k in KINDS:
-        lines.append(f"| {k} | " + " | ".join(" / ".join(map(str, seed_counts(k, key, l))) + f" (p {p_values[k]['group_holm'][key][l]:.3g})"
-                                             for l in DISSECT_LAYERS) + " |")
-    lines.append(f"| {len(NULL_SEEDS)} random networks: median [min, max] | " + " | ".join(
-        f"{np.median(null_counts[key][l]):g} [{min(null_counts[key][l])}, {max(null_counts[key][l])}]" for l in DISSECT_LAYERS) + " |")
-    return "\n".join(lines)
-
-display(Markdown("\n\n".join(counts_table(k) for k in KEYS)))
 ref_counts = dissection_counts(reference, {})
 for n, per in reference.items():
     print(f"{n}:", ", ".join(f"{l} {ref_counts[n][l]['at_0.04']}/{ref_counts[n][l]['units']} at 0.04" for l in per))
@@ -1067,8 +1051,7 @@ axes[0].set_ylabel("fraction of units that are detectors"); axes[-1].legend(font
 #| slow
 def per_concept_detectors(d: Dissection) -> list:
     "`(unit, concept, per-concept score, IoU)` of the units above the per-concept threshold at `d.layer`, strongest first."
-    ratio = d.iou / scales[d.layer].clamp_min(SCALE_FLOOR)
-    best, c = ratio.max(1)
+    best, c = per_concept_ratio(d, scales[d.layer]).max(1)
     return sorted(((k, d.concepts[int(c[k])], float(best[k]), float(d.iou[k, c[k]])) for k in range(len(best)) if best[k] > pc_thresholds[d.layer]),
                   key=lambda u: -u[2])
 
@@ -1117,24 +1100,11 @@ with atomic_write(out_json) as tmp: tmp.write_text(json.dumps(saved, indent=1))
 fig.savefig(out_json.with_suffix(".png"), dpi=100)
 print("saved", out_json)
 
-# %% [markdown]
-# The saved results (`nbs/06_dissection_results.json`), shown whether or not the cells above ran:
-
 # %%
 from IPython.display import Markdown, display
 
 # %%
-SAVED_DISSECTION = Path.cwd() / "06_dissection_results.json"   # nbs/, where the notebook runs
-if SAVED_DISSECTION.exists():
-    _s = json.loads(SAVED_DISSECTION.read_text())
-    print(f"world {_s['world']}, {_s['probe_scenes']} probe scenes, {_s['num_iters']} training steps per network; null: "
-          f"{_s['null']['networks']} networks; calibration: {_s['calibration']['how']}")
-    for key in ("at_0.04", "calibrated", "per_concept"):
-        print(f"\ndetectors ({key}), seeds:")
-        for n, per in _s["counts"].items():
-            print(f"  {n:32s}", "  ".join(f"{l} " + "/".join(str(per[s][l][key]) for s in per) for l in DISSECT_LAYERS))
-        print(f"  {'null: median':32s}", "  ".join(f"{l} {np.median(_s['null']['counts'][key][l]):g}" for l in DISSECT_LAYERS))
-else: print(f"no saved results at {SAVED_DISSECTION}")
+SAVED_DISSECTION = Path.cwd() / "06_dissection_results.json"   # nbs/, where the notebook runs; shown whether or not the cells above ran
 
 
 # %% [markdown]

@@ -404,7 +404,7 @@ def test_dissection_prose_is_generated_from_the_saved_run():
     assert d["calibration"]["networks"] == 10 and not set(d["calibration"]["seeds"]) & set(d["null"]["seeds"])   # kept apart
     assert all(len(v) == 3 for v in d["seeds"].values()) and d["num_iters"] == 3000
     assert set(d["p_values"]) == set(d["counts"]) and "shuffled_flow" in d and "normalised_counts" in d
-    statement("06_dissect", "Detector counts per trained network (seeds 0, 1, 2) against the 20 null networks")
+    statement("06_dissect", "against the 20 null networks, Holm over the layers")
     statement("06_dissect", "20 null networks (an empirical p-value for one network cannot go below 1/21)")
     statement("06_dissect", "ten more (seeds 100..109) that only set the calibrated thresholds")
     assert "def dissection_prose" in (NBS / "06_dissect.py").read_text()
