@@ -485,26 +485,30 @@ def baseline_scores(data: str,  # rendered data: "single_cube" (faces) or "multi
 def baseline_comparisons(runs: list,  # records with setting, data, seed, test_miou (and test_miou_frames, if kept)
                          baselines: list  # {name, data, seeds, test_miou_seeds, test_miou_frames} (`04_s3_train_seeds`)
                         ) -> list:
-    "Run − baseline for every setting and baseline of its data: difference, 95% CI, p, Holm-adjusted p, pairing."
+    """Run − baseline for every setting and baseline of its data: difference, 95% CI, p, Holm-adjusted p, pairing; with
+    per-frame scores also `seed_level`, the same comparison over the seeds' means (Holm over its own family)."""
     from motion_nbs.transfer import holm, paired_comparison
     out = []
+    verdict = lambda p, d: "not resolved" if not p < 0.05 else "above" if d > 0 else "below"
     for setting in dict.fromkeys(r["setting"] for r in runs):
         rs = sorted((r for r in runs if r["setting"] == setting), key=lambda r: r["seed"])
         for b in (b for b in baselines if b["data"] == rs[0]["data"]):
             seeds = [r["seed"] for r in rs]
             if not set(seeds) <= set(b["seeds"]): raise ValueError(f"baseline {b['name']} on {b['data']} lacks seeds {sorted(set(seeds) - set(b['seeds']))}")
             idx = [b["seeds"].index(s) for s in seeds]
+            by_seed = paired_comparison([r["test_miou"] for r in rs], [b["test_miou_seeds"][i] for i in idx]) if len(rs) > 1 else None
             if all("test_miou_frames" in r for r in rs):
-                a = [v for r in rs for v in r["test_miou_frames"]]
-                c = [v for i in idx for v in b["test_miou_frames"][i]]
+                pc = paired_comparison([v for r in rs for v in r["test_miou_frames"]], [v for i in idx for v in b["test_miou_frames"][i]])
                 over = "test frames"
-            else: a, c, over = [r["test_miou"] for r in rs], [b["test_miou_seeds"][i] for i in idx], "seeds"
-            pc = paired_comparison(a, c)
+            else: pc, over, by_seed = by_seed, "seeds", None
             out.append(dict(setting=setting, baseline=b["name"], difference=pc["mean_difference"], ci95=pc["ci95"], p=pc["p"],
                             n=pc["n"], paired_over=over))
+            if by_seed: out[-1]["seed_level"] = dict(difference=by_seed["mean_difference"], ci95=by_seed["ci95"], p=by_seed["p"], n=by_seed["n"])
     for c, p in zip(out, holm([c["p"] for c in out]) if out else []):
-        c["p_holm"] = p
-        c["verdict"] = "not resolved" if not p < 0.05 else "above" if c["difference"] > 0 else "below"
+        c["p_holm"], c["verdict"] = p, verdict(p, c["difference"])
+    lvl = [c["seed_level"] for c in out if "seed_level" in c]
+    for c, p in zip(lvl, holm([c["p"] for c in lvl]) if lvl else []):
+        c["p_holm"], c["verdict"] = p, verdict(p, c["difference"])
     return out
 
 # %% ../nbs/04_s3.ipynb #5273484e

@@ -17,7 +17,7 @@
 # results say which runs are done, and the figure shows only the worlds whose comparisons are complete.
 
 # %% [markdown]
-# *Default run: **10 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **7 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %%
 #| code-fold: true
@@ -57,6 +57,31 @@ def ambiguity_forest(results: dict, metrics=None):
         forest_plot(rows, ax=ax, xlabel=f"{labels[m.split('_')[0]]}: CPFS − flow cls. (points)")
     axes[0][0].set_title("paired over seeds, 95 % CIs; right of 0: CPFS better; FG: figure/ground share of the flow-class entropy",
                          fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig
+
+def trend_figure(results: dict, statistic: str = "figure_ground_entropy_share"):
+    "CPFS − flow classification against the worlds' statistic: every seed (dots), each world's mean and 95 % CI, the fitted line over the worlds' means."
+    ts = [t for t in results["trend"] if t["statistic"] == statistic and not t["metric"].startswith("cls")]
+    stat = {w["name"]: w["manipulation"][statistic] for w in results["worlds"]}
+    metrics = list(dict.fromkeys(t["metric"] for t in ts))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for i, t in enumerate(x for x in ts if x["metric"] == m):
+            dx = 0.0015 * (i - 0.5)
+            for c in results["comparisons"]:
+                if c["family"] != "cpfs_vs_flow_cls" or c["pair"] != t["pair"] or c["metric"] != m: continue
+                x = stat[c["world"]] + dx
+                ax.plot([x] * len(c["differences"]), c["differences"], ".", color=f"C{i}", alpha=0.35)
+                ax.errorbar([x], [c["mean"]], yerr=[[c["mean"] - c["ci95"][0]], [c["ci95"][1] - c["mean"]]], fmt="o", color=f"C{i}", capsize=3,
+                            label=t["pair"].replace(" - ", " − ") if c["world"] == next(iter(t["points"])) else None)
+            xs = np.linspace(0, max(stat.values()) * 1.05, 2)
+            intercept = np.mean([v[1] for v in t["points"].values()]) - t["slope"] * np.mean([v[0] for v in t["points"].values()])
+            ax.plot(xs, intercept + t["slope"] * xs, "--", color=f"C{i}", lw=1)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel(f"{statistic.replace('_', ' ')} (more ambiguous: left)", fontsize=8)
+        ax.set_ylabel(f"{m}: CPFS − flow cls. (points)", fontsize=8); ax.legend(fontsize=7)
+    axes[0][0].set_title("dots: seeds; circles: world means, 95 % CIs; dashed: least squares over the worlds' means", fontsize=8, loc="left")
     fig.tight_layout()
     return fig
 
@@ -144,10 +169,12 @@ def answer(results) -> str:
         parts = [f"{c['pair'].replace(' - ', ' − ')} on {c['metric']} {c['mean']:+.1f} (CI {c['ci95'][0]:+.1f} to {c['ci95'][1]:+.1f}, "
                  f"Holm p = {c['p_holm']:.2g}: {c['verdict']})" for c in fam if c["world"] == w and not c["metric"].startswith("cls")]
         out.append(f"- **{w}** (figure/ground explains {100 * fg[w]:.1f} % of the flow-class entropy): " + "; ".join(parts) + ".")
-    for t in results["trend"]:
+    for t in results["trend"]:   # slopes per 0.01 of the figure/ground share: the worlds span 0.007 to 0.098
         if t["statistic"] == "figure_ground_entropy_share" and not t["metric"].startswith("cls"):
-            out.append(f"- Trend of {t['pair'].replace(' - ', ' − ')} on {t['metric']} against the figure/ground share: slope "
-                       f"{t['slope']:+.0f} points per unit (CI {t['ci95'][0]:+.0f} to {t['ci95'][1]:+.0f}, p = {t['p']:.2g}, {t['worlds']} worlds); "
+            ci = ("no CI with fewer than 3 worlds" if t["ci95"] is None else
+                  f"CI {t['ci95'][0] / 100:+.2f} to {t['ci95'][1] / 100:+.2f}, p = {t['p']:.2g}")
+            out.append(f"- Trend of {t['pair'].replace(' - ', ' − ')} on {t['metric']} against the figure/ground share, over the "
+                       f"{t['worlds']} worlds' mean differences: {t['slope'] / 100:+.2f} points per 0.01 of the share ({ci}); "
                        "a negative slope means CPFS gains on flow classification as the motion gets more ambiguous.")
     s3 = [c for c in results["comparisons"] if c["family"] == "s3" and not c["metric"].startswith("cls")]
     for w in sorted({c["world"] for c in s3}):
@@ -469,9 +496,12 @@ if run:
 # The verdict uses the corrected p-value. Beside each comparison, the smallest true difference that a paired
 # $t$-test with its $n$ and spread would detect 80 % of the time: where it is larger than the differences that
 # matter (a few points), a "not resolved" says the comparison is underpowered, not that the arms are equal —
-# classification after fine-tuning had a paired SD of 10.5 points in `03_cpfs_transfer`. The **trend**: the per-seed differences of all worlds regressed on
-# the world's manipulation statistic (least squares; slope, its 95 % CI and p-value): does CPFS gain on flow
-# classification as the motion gets more ambiguous?
+# classification after fine-tuning had a paired SD of 10.5 points in `03_cpfs_transfer`. The **trend**: each world's
+# mean difference regressed on the world's manipulation statistic (least squares; slope, its 95 % CI and p-value on
+# $n_\text{worlds} - 2$ degrees of freedom): does CPFS gain on flow classification as the motion gets more ambiguous?
+# The world is what was manipulated, so the worlds are the sample; pooling every seed's difference into one fit
+# (`seed_level`, printed beside it) would count five seeds of one world as five independent views of the line and
+# overstate its precision whenever the worlds stray from a straight line.
 
 # %%
 from scipy import stats
@@ -568,8 +598,18 @@ def analyse(all_records: dict, settings: dict) -> dict:
     return dict(worlds=worlds_out, runs=runs_out, lr_selection=lr_sel, sigma_selection=sig_sel, comparisons=comps,
                 trend=trends(comps, worlds_out, settings["min_trend_worlds"], metrics), progress=progress, thesis=THESIS)
 
+def line_fit(xs, ys) -> dict:
+    "Least-squares slope of ys on xs with its 95 % CI and p-value (None below three points: no residual degrees of freedom)."
+    fit = stats.linregress(xs, ys)
+    if len(xs) < 3: return dict(slope=float(fit.slope), ci95=None, p=None, n=len(xs))
+    half = float(stats.t.ppf(0.975, len(xs) - 2) * fit.stderr)
+    return dict(slope=float(fit.slope), ci95=[float(fit.slope - half), float(fit.slope + half)], p=float(fit.pvalue), n=len(xs))
+
 def trends(comps, worlds_out, min_worlds: int, metrics) -> list:
-    "Per pair and metric, and per manipulation statistic: the slope of the per-seed differences against the world's statistic."
+    """Per pair, metric and manipulation statistic: the slope of the CPFS − flow classification difference against the
+    world's statistic. The world is the unit that was manipulated, so the slope, its CI and p come from the worlds' mean
+    differences (n worlds, n − 2 degrees of freedom); `seed_level` fits every seed's difference instead, which treats
+    the seeds of one world as independent evidence about the line and overstates its precision when worlds stray from it."""
     out = []
     stat = {w["name"]: w["manipulation"] for w in worlds_out}
     for pair in (f"{a} - {b}" for a, b in PAIRS):
@@ -577,14 +617,24 @@ def trends(comps, worlds_out, min_worlds: int, metrics) -> list:
             rows = [c for c in comps if c["family"] == "cpfs_vs_flow_cls" and c["pair"] == pair and c["metric"] == m]
             if len(rows) < min_worlds: continue   # a slope over fewer worlds says little
             for x_name in ("figure_ground_entropy_share", "relative_motion_under_1px"):
-                xs = [stat[c["world"]][x_name] for c in rows for _ in c["differences"]]
-                ys = [d for c in rows for d in c["differences"]]
-                fit = stats.linregress(xs, ys)
-                half = float(stats.t.ppf(0.975, len(xs) - 2) * fit.stderr)
-                out.append(dict(pair=pair, metric=m, statistic=x_name, slope=float(fit.slope), ci95=[fit.slope - half, fit.slope + half],
-                                p=float(fit.pvalue), worlds=len(rows), n=len(xs)))
+                fit = line_fit([stat[c["world"]][x_name] for c in rows], [c["mean"] for c in rows])
+                seed_level = line_fit([stat[c["world"]][x_name] for c in rows for _ in c["differences"]], [d for c in rows for d in c["differences"]])
+                out.append(dict(pair=pair, metric=m, statistic=x_name, slope=fit["slope"], ci95=fit["ci95"], p=fit["p"], worlds=len(rows),
+                                points={c["world"]: [stat[c["world"]][x_name], c["mean"]] for c in rows}, seed_level=seed_level))
     return out
 
+
+# %%
+# line_fit on a hand case (slope 1.5, intercept -1/6; residuals 1/6, -1/3, 1/6: stderr sqrt(1/6)/sqrt(2)), and trends
+# fitting the worlds' means: three worlds whose seeds scatter around means on a line of slope -100 give exactly -100
+_f = line_fit([0, 1, 2], [0, 1, 3])
+assert abs(_f["slope"] - 1.5) < 1e-12 and abs(_f["ci95"][1] - 1.5 - stats.t.ppf(0.975, 1) * (1 / 6) ** 0.5 / 2 ** 0.5) < 1e-9
+assert line_fit([0, 1], [0, 1])["ci95"] is None
+_w = [dict(name=n, manipulation=dict(figure_ground_entropy_share=x, relative_motion_under_1px=0.1 * i)) for i, (n, x) in enumerate(zip("abc", (0.0, 0.05, 0.1)))]
+_c = [dict(family="cpfs_vs_flow_cls", pair="ce - flow_cls", metric="seg_1000", world=w["name"], mean=-100 * x, differences=[-100 * x - 3, -100 * x + 3, -100 * x])
+      for w, x in zip(_w, (0.0, 0.05, 0.1))]
+_t = trends(_c, _w, 3, ["seg_1000"])[0]
+assert abs(_t["slope"] + 100) < 1e-9 and _t["worlds"] == 3 and _t["seed_level"]["n"] == 9 and abs(_t["seed_level"]["slope"] + 100) < 1e-9
 
 # %%
 if run:
@@ -622,7 +672,10 @@ if results:
     for s in results["sigma_selection"]:
         print(f"{s['world']} {s['arm']}: sigma^2 " + ", ".join(f"{g:g}: {v:.1f}" for g, v in zip(s["grid"], s["valid"])) + f" -> {s['chosen']:g}")
     display(Markdown(comparisons_table(results)))
+    if results["trend"]: trend_figure(results); plt.show()
     for t in results["trend"]:
-        print(f"trend {t['pair']} {t['metric']} vs {t['statistic']}: slope {t['slope']:+.1f} (95% CI {t['ci95'][0]:+.1f} to {t['ci95'][1]:+.1f}), "
-              f"p = {t['p']:.3g}, {t['worlds']} worlds, {t['n']} seed differences")
+        ci = "no CI below 3 worlds" if t["ci95"] is None else f"95% CI {t['ci95'][0]:+.1f} to {t['ci95'][1]:+.1f}, p = {t['p']:.3g}"
+        sl = t["seed_level"]
+        print(f"trend {t['pair']} {t['metric']} vs {t['statistic']}: slope {t['slope']:+.1f} ({ci}), {t['worlds']} worlds' means; "
+              f"pooling the {sl['n']} seed differences: {sl['slope']:+.1f}" + ("" if sl["ci95"] is None else f" (CI {sl['ci95'][0]:+.1f} to {sl['ci95'][1]:+.1f})"))
     print(results["thesis"])

@@ -118,6 +118,9 @@ def test_ambiguity_sweep_runs_every_phase_and_resumes_without_training_again(tmp
     fam = [c for c in res["comparisons"] if c["family"] == "cpfs_vs_flow_cls"]
     assert len(fam) == 2 * 2 * 3 and all(c["p"] <= c["p_holm"] <= 1 for c in fam)           # 2 worlds x 2 pairs x 3 metrics
     assert {t["statistic"] for t in res["trend"]} == {"figure_ground_entropy_share", "relative_motion_under_1px"}
+    # the slope is fitted over the worlds' means: two worlds leave no degrees of freedom for a CI; the seed-pooled fit has them
+    assert all(t["worlds"] == 2 and t["ci95"] is None and t["p"] is None and t["seed_level"]["n"] == 2 * len(res["settings"]["seeds"])
+               for t in res["trend"])
     records = {f.name: f.read_text() for f in (runs / "records").iterdir()}
     runs_before = sorted(p.name for p in runs.iterdir())
     pm.execute_notebook(NBS / "03_cpfs_ambiguity.ipynb", tmp_path / "b.ipynb", parameters=params, cwd=NBS, progress_bar=False)
