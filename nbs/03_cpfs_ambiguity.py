@@ -492,8 +492,9 @@ if run:
 # for each pair — CE − flow classification, KTA − flow classification (and, as floors, each against random) —
 # and metric — segmentation mIoU after fine-tuning (`seg_1000`), the conv3 probe (`probe_relu3`),
 # classification top-1 after fine-tuning (`cls_1000`) — the per-seed paired difference: mean, 95 % CI, paired
-# $t$-test, and the p-value Holm-corrected over the family of all CPFS-vs-flow-classification comparisons.
-# The verdict uses the corrected p-value. Beside each comparison, the smallest true difference that a paired
+# $t$-test, and the p-value Holm-corrected over the family of all CPFS-vs-flow-classification comparisons
+# (the floors, the extension and the S3 arm are each corrected within their own family; the two-seed budget
+# check is descriptive). The verdict uses the corrected p-value. Beside each comparison, the smallest true difference that a paired
 # $t$-test with its $n$ and spread would detect 80 % of the time: where it is larger than the differences that
 # matter (a few points), a "not resolved" says the comparison is underpowered, not that the arms are equal —
 # classification after fine-tuning had a paired SD of 10.5 points in `03_cpfs_transfer`. The **trend**: each world's
@@ -589,7 +590,7 @@ def analyse(all_records: dict, settings: dict) -> dict:
         d = c["differences"]
         c["detectable_80"] = (float((stats.t.ppf(0.975, len(d) - 1) + stats.t.ppf(0.8, len(d) - 1)) * np.std(d, ddof=1) / np.sqrt(len(d)))
                               if len(d) > 1 else None)
-    for family in ("cpfs_vs_flow_cls", "s3"):   # Holm within each family of tests
+    for family in ("cpfs_vs_flow_cls", "floor", "extension", "s3"):   # Holm within each family of tests (the budget check has none)
         fam = [c for c in comps if c["family"] == family]
         for c, ph in zip(fam, holm([c["p"] for c in fam])): c["p_holm"] = ph
     for c in comps:

@@ -114,6 +114,7 @@ def test_ambiguity_sweep_runs_every_phase_and_resumes_without_training_again(tmp
     s3 = [c for c in res["comparisons"] if c["family"] == "s3"]   # chapter 4's S3-CNN arm, in `objects` only
     assert {c["pair"] for c in s3} == {f"s3 - {a}" for a in ("flow_cls", "ce", "kta", "random")} and {c["world"] for c in s3} == {"objects"}
     assert all(c["p"] <= c["p_holm"] <= 1 for c in s3)
+    assert all(c["p"] <= c["p_holm"] <= 1 for c in res["comparisons"] if c["family"] in ("floor", "extension"))   # each family its own Holm
     assert {(s["world"], s["arm"]) for s in res["sigma_selection"]} == {(w, a) for w in man for a in ("kta", "ce")}
     fam = [c for c in res["comparisons"] if c["family"] == "cpfs_vs_flow_cls"]
     assert len(fam) == 2 * 2 * 3 and all(c["p"] <= c["p_holm"] <= 1 for c in fam)           # 2 worlds x 2 pairs x 3 metrics
