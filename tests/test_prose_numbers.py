@@ -122,6 +122,33 @@ def _():
             r(s["grid"][0], 3)]
 
 
+TWINS = "04_s3_train_twins.json"
+def twin_agreements(init): return [x["agreement"] for x in sorted(saved(TWINS)["runs"], key=lambda x: x["seed"]) if x["init"] == init]
+
+
+@claim("04_s3_train_seeds", "initialisations end in different partitions of the test frames. They agree ")
+def _():
+    return [r(mean(twin_agreements("zero")), 3), r(mean(twin_agreements("normal")), 3)]
+
+
+@claim("04_s3_train_seeds", "the difference normal − zero (")
+def _():
+    from motion_nbs.transfer import paired_comparison
+    c = paired_comparison(twin_agreements("normal"), twin_agreements("zero"))
+    return [r(c["mean_difference"], 3, sign=True), r(c["p"], 1)]
+
+
+@claim("04_s3_train_seeds", "more stable than *which* one: in ")
+def _():
+    gaps = sorted((abs(x["twins"][0]["test_miou"] - x["twins"][1]["test_miou"]), x["init"], x["seed"]) for x in saved(TWINS)["runs"])
+    return [n(len(gaps) - 1), n(len(gaps)), r(gaps[-2][0], 3), n(gaps[-1][2]), r(gaps[-1][0], 3)]
+
+
+def test_s3_twins_none_reproduced_its_twin():
+    assert "no run reproduced its twin" in prose("04_s3_train_seeds") and not any(x["identical"] for x in saved(TWINS)["runs"])
+    assert sorted(x["init"] for x in saved(TWINS)["runs"] if x["seed"] == 1 and abs(x["twins"][0]["test_miou"] - x["twins"][1]["test_miou"]) > 0.1) == ["zero"]
+
+
 def test_s3_seeds_one_entropy_seed_below_the_grid():
     assert "multi_cube + entropy: " in prose("04_s3_train_seeds") and "— one seed below the grid" in prose("04_s3_train_seeds")
     below = [x for x in s3_runs("multi_cube+entropy") if x["test_miou"] < x["test_miou_grid"]]
