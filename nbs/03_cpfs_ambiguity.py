@@ -234,7 +234,10 @@ reject_unknown_parameters()  # a -p name this notebook does not define stops the
 #    and $10^{-2}$ (the thesis' rate) for flow classification — at the thesis' $\sigma^2 = 0.0036$; a choice at
 #    an edge of the grid extends the grid by a factor of 3 (at most twice);
 # 2. then $\sigma^2$ of each CPFS loss on $\{0.0036, 0.01, 0.04\}$ at its chosen rate (extended by a factor of 4
-#    at an edge). CE uses a fixed $\sigma^2$ here (the `cpu` preset learns it).
+#    at an edge, at most twice). CE uses a fixed $\sigma^2$ here (the `cpu` preset learns it).
+#
+# A choice still at an edge after two extensions is marked `at_edge` in the saved selections (and printed
+# below): its optimum may lie further out, and the comparison uses the best value tried.
 #
 # The score of a setting is the mean validation score of its two fine-tunings (classification top-1 and
 # segmentation mIoU, 1,000 labelled frames), over the selection seeds (`selection_seeds`: seed 0 in the full
@@ -552,10 +555,12 @@ def analyse(all_records: dict, settings: dict) -> dict:
                                  temperature=r["temperature"], steps=r["steps"], valid={k: v["valid"] for k, v in r["fine_tune"].items()},
                                  test=test_metrics(r), seconds=r["seconds"]))
         for (w, arm), sel in selections.items():
-            lr_sel.append(dict(world=w, arm=arm, grid=list(sel["lr_scores"]), valid=list(sel["lr_scores"].values()), chosen=sel["lr"]))
+            edge = lambda grid, v: len(grid) > 1 and v in (min(grid), max(grid))   # at an edge once the extensions are spent: the optimum may lie beyond
+            lr_sel.append(dict(world=w, arm=arm, grid=list(sel["lr_scores"]), valid=list(sel["lr_scores"].values()), chosen=sel["lr"],
+                               at_edge=edge(sel["lr_scores"], sel["lr"])))
             if "sigma_scores" in sel:
                 sig_sel.append(dict(world=w, arm=arm, lr=sel["lr"], grid=list(sel["sigma_scores"]), valid=list(sel["sigma_scores"].values()),
-                                    chosen=sel["sigma2"]))
+                                    chosen=sel["sigma2"], at_edge=edge(sel["sigma_scores"], sel["sigma2"])))
         arms = {a: chosen_runs(world, records, a, selections, settings["num_iters"]) for a in ("random", *PRETRAINED)}
         for family, pairs in (("cpfs_vs_flow_cls", PAIRS), ("floor", FLOORS)):
             for a, b in pairs:
@@ -668,10 +673,11 @@ if results:
         nxt = p["next"]
         print(f"{p['world']}: {p['finished_runs']} runs recorded; "
               + ("complete" if nxt is None else f"next: {nxt['phase']} {nxt['arm']} seed {nxt['seed']} lr {nxt['lr']} sigma2 {nxt['sigma2']}"))
+    edge_note = lambda s: " (at the edge of the extended grid)" if s.get("at_edge") else ""
     for s in results["lr_selection"]:
-        print(f"{s['world']} {s['arm']}: learning rate " + ", ".join(f"{g:g}: {v:.1f}" for g, v in zip(s["grid"], s["valid"])) + f" -> {s['chosen']:g}")
+        print(f"{s['world']} {s['arm']}: learning rate " + ", ".join(f"{g:g}: {v:.1f}" for g, v in zip(s["grid"], s["valid"])) + f" -> {s['chosen']:g}{edge_note(s)}")
     for s in results["sigma_selection"]:
-        print(f"{s['world']} {s['arm']}: sigma^2 " + ", ".join(f"{g:g}: {v:.1f}" for g, v in zip(s["grid"], s["valid"])) + f" -> {s['chosen']:g}")
+        print(f"{s['world']} {s['arm']}: sigma^2 " + ", ".join(f"{g:g}: {v:.1f}" for g, v in zip(s["grid"], s["valid"])) + f" -> {s['chosen']:g}{edge_note(s)}")
     display(Markdown(comparisons_table(results)))
     if results["trend"]: trend_figure(results); plt.show()
     for t in results["trend"]:

@@ -116,6 +116,8 @@ def test_ambiguity_sweep_runs_every_phase_and_resumes_without_training_again(tmp
     assert all(c["p"] <= c["p_holm"] <= 1 for c in s3)
     assert all(c["p"] <= c["p_holm"] <= 1 for c in res["comparisons"] if c["family"] in ("floor", "extension"))   # each family its own Holm
     assert {(s["world"], s["arm"]) for s in res["sigma_selection"]} == {(w, a) for w in man for a in ("kta", "ce")}
+    # the tiny grids: sigma^2 on two values (an edge is then always chosen), the rates on one (no edge to be at)
+    assert all(s["at_edge"] for s in res["sigma_selection"]) and not any(s["at_edge"] for s in res["lr_selection"])
     fam = [c for c in res["comparisons"] if c["family"] == "cpfs_vs_flow_cls"]
     assert len(fam) == 2 * 2 * 3 and all(c["p"] <= c["p_holm"] <= 1 for c in fam)           # 2 worlds x 2 pairs x 3 metrics
     assert {t["statistic"] for t in res["trend"]} == {"figure_ground_entropy_share", "relative_motion_under_1px"}
