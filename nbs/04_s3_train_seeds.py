@@ -4,7 +4,7 @@
 # > Chapter 4's targets measured as an experiment should be: several seeds per setting, presets chosen on validation frames, numbers reported on test frames nobody tuned on.
 
 # %% [markdown]
-# *Default run: **11 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # **The question**: do chapter 4's targets hold beyond one run — matched mIoU ≥ 0.7 on the cube's faces with
@@ -32,12 +32,9 @@ TARGETS = {"single_cube+affine": 0.7, "multi_cube+rigid": 0.5}   # matched mIoU 
 INIT_RESULTS = {"zero": ROOT / "nbs" / "04_s3_train_results.json", "normal": ROOT / "nbs" / "04_s3_train_results_normal.json"}   # saved runs per score-layer init
 
 def mean_ci95(values) -> list:
-    "The t-interval (95 %) of the mean of `values` (the mean twice for a single value)."
-    from scipy import stats
-    v = torch.tensor(values, dtype=torch.float64)
-    if len(v) < 2: return [float(v.mean())] * 2
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std() / len(v) ** 0.5)
-    return [float(v.mean()) - half, float(v.mean()) + half]
+    "The t-interval (95 %) of the mean of `values` (`paired_comparison` against zero; the mean twice for a single value)."
+    from motion_nbs.transfer import paired_comparison
+    return paired_comparison(values, [0.0] * len(values))["ci95"] if len(values) > 1 else [float(values[0])] * 2
 
 def summarize(records: list) -> dict:
     "Per setting: seeds, mean and standard deviation of the test and validation mIoU (and the test mean's 95 % CI), the grid's, the target and whether it is met."
@@ -366,9 +363,9 @@ def spread_rows(by_init: dict) -> list:
         bf = (float(stats.levene(*vals.values(), center="median").pvalue)
               if len(vals) > 1 and all(len(v) >= 3 for v in vals.values()) else None)
         for i, v in vals.items():
-            t = torch.tensor(v, dtype=torch.float64)
-            rows.append(dict(setting=setting, init=i, n=len(v), mean=float(t.mean()), sd=float(t.std()) if len(v) > 1 else 0.0,
-                             ci95=mean_ci95(v), min=min(v), max=max(v), brown_forsythe_p=bf))
+            s = summarize([r for r in by_init[i]["runs"] if r["setting"] == setting])[setting]   # the same mean, SD and CI as the tables
+            rows.append(dict(setting=setting, init=i, n=len(v), mean=s["test"][0], sd=s["test"][1], ci95=s["test_ci95"], min=min(v), max=max(v),
+                             brown_forsythe_p=bf))
     return rows
 
 def spread_table(rows: list) -> str:
@@ -402,9 +399,9 @@ def plot_loss_vs_miou(records: list):
     fig.tight_layout()
     return fig
 
-_r = spread_rows({"zero": dict(runs=[dict(setting="a+b", test_miou=m) for m in (0.2, 0.5, 0.8)]),
-                  "normal": dict(runs=[dict(setting="a+b", test_miou=m) for m in (0.49, 0.5, 0.51)])})
-assert [(r["init"], r["n"]) for r in _r] == [("zero", 3), ("normal", 3)] and abs(_r[0]["sd"] - 0.3) < 1e-12
+_run = lambda m: dict(setting="a+b", seed=0, test_miou=m, valid_miou=m, test_miou_grid=0.1)
+_r = spread_rows({"zero": dict(runs=[_run(m) for m in (0.2, 0.5, 0.8)]), "normal": dict(runs=[_run(m) for m in (0.49, 0.5, 0.51)])})
+assert [(r["init"], r["n"]) for r in _r] == [("zero", 3), ("normal", 3)] and abs(_r[0]["sd"] - 0.3) < 1e-6   # summarize works in float32
 assert abs(_r[0]["brown_forsythe_p"] - __import__("scipy").stats.levene([0.2, 0.5, 0.8], [0.49, 0.5, 0.51], center="median").pvalue) < 1e-12
 _l = loss_vs_miou([dict(setting="a+b", seed=i, final_loss=l, test_miou=m) for i, (l, m) in enumerate(((1.0, 0.2), (0.5, 0.6), (0.2, 0.9)))])
 assert _l[0]["n"] == 3 and abs(_l[0]["spearman"] + 1) < 1e-12          # lower loss, higher mIoU: rank correlation -1
@@ -437,17 +434,18 @@ TWINS_SAVED, TWIN_SETTING, TWIN_STEPS, TWIN_SEEDS = ROOT / "nbs" / "04_s3_train_
 def rounding_twins(setting: str, seed: int, init: str, steps: int, threads=(1, 2), **overrides) -> dict:
     "One setting, seed and score-layer init trained once per thread count; each twin's test mIoU and how far their segmentations agree."
     data, loss = setting.split("+")
-    before, preds, twins = torch.get_num_threads(), [], []
+    cfg = S3Config.from_preset("cpu", data=data, loss=loss, seed=seed, num_iters=steps, out_dir=None, progress=False, device="cpu",
+                               score_init=init, **overrides)
+    images = heldout_frames(cfg, split="test")["image"]   # the frames `train` scores on; rendered once for both twins
+    before, preds, scores = torch.get_num_threads(), [], []
     try:
         for t in threads:
             torch.set_num_threads(t)
-            cfg = S3Config.from_preset("cpu", data=data, loss=loss, seed=seed, num_iters=steps, out_dir=None, progress=False, device="cpu",
-                                       score_init=init, **overrides)
             res = train(cfg)
-            with torch.no_grad(): preds.append(res["model"].segment(heldout_frames(cfg, res["test_num_frames"], "test")["image"]))
-            twins.append(dict(threads=t, test_miou=res["test_miou"]))
+            with torch.no_grad(): preds.append(res["model"].segment(images))
+            scores.append(dict(threads=t, test_miou=res["test_miou"]))
     finally: torch.set_num_threads(before)
-    return dict(setting=setting, seed=seed, init=init, steps=steps, twins=twins, agreement=matched_miou(preds[1], preds[0]),
+    return dict(setting=setting, seed=seed, init=init, steps=steps, twins=scores, agreement=matched_miou(preds[1], preds[0]),
                 identical=bool(torch.equal(preds[0], preds[1])))
 
 def twins_lines(saved: dict) -> list:
