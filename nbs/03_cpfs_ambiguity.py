@@ -366,26 +366,35 @@ def choose(world, records, arm, grid, make, ext_factor, max_ext, sel_seeds):
         grid = [grid[0] / ext_factor] + grid if best == grid[0] else grid + [grid[-1] * ext_factor]
         extensions += 1
 
+def choices(world: str, records: dict, selections: dict, c: dict):
+    "The selection specs of `main` in order (each arm's rate, then its sigma^2); fills `selections[(world, arm)]` as each choice is made."
+    for arm in PRETRAINED:
+        sig0 = None if arm == "flow_cls" else THESIS_SIGMA2
+        grid = c["lr_grid"].get(arm, c["lr_grid"]["*"])
+        lr, lr_scores = yield from choose(world, records, arm, grid, lambda v, s: spec(world, arm, s, v, sig0, steps=c["num_iters"]),
+                                          3.0, c["max_extensions"], c["selection_seeds"])
+        sel = dict(lr=lr, lr_scores=lr_scores, sigma2=sig0)
+        if arm != "flow_cls":
+            sig, sig_scores = yield from choose(world, records, arm, c["sigma_grid"], lambda v, s: spec(world, arm, s, lr, v, steps=c["num_iters"]),
+                                                4.0, c["max_extensions"], c["selection_seeds"])
+            sel.update(sigma2=sig, sigma_scores=sig_scores)
+        selections[(world, arm)] = sel
+
 def plan(world: str, records: dict, selections: dict, phases=None):
-    "The specs of one world in order (of `phases`; None: the run's); fills `selections[(world, arm)]` with each choice as it is made."
+    """The specs of one world in order (of `phases`; None: the run's); fills `selections[(world, arm)]` with each choice as it is made.
+    The extension and the budget check run at `main`'s choices: without `main` in `phases` they are read from the records,
+    and those phases wait (yield nothing) while a selection run is missing."""
     c = dict(cfg, phases=phases or cfg["phases"])
     if "main" in c["phases"]:
         yield spec(world, "supervised", c["seeds"][0])
         for s in c["seeds"]: yield spec(world, "random", s)
-        for arm in PRETRAINED:
-            sig0 = None if arm == "flow_cls" else THESIS_SIGMA2
-            grid = c["lr_grid"].get(arm, c["lr_grid"]["*"])
-            lr, lr_scores = yield from choose(world, records, arm, grid, lambda v, s: spec(world, arm, s, v, sig0, steps=c["num_iters"]),
-                                              3.0, c["max_extensions"], c["selection_seeds"])
-            sel = dict(lr=lr, lr_scores=lr_scores, sigma2=sig0)
-            if arm != "flow_cls":
-                sig, sig_scores = yield from choose(world, records, arm, c["sigma_grid"], lambda v, s: spec(world, arm, s, lr, v, steps=c["num_iters"]),
-                                                    4.0, c["max_extensions"], c["selection_seeds"])
-                sel.update(sigma2=sig, sigma_scores=sig_scores)
-            selections[(world, arm)] = sel
+        yield from choices(world, records, selections, c)
         for arm in PRETRAINED:
             sel = selections[(world, arm)]
             for s in c["seeds"]: yield spec(world, arm, s, sel["lr"], sel["sigma2"], steps=c["num_iters"])
+    elif {"extension", "budget"} & set(c["phases"]):
+        for s in choices(world, records, selections, c):
+            if key(s) not in records: break   # main has not made its choices yet
     if "extension" in c["phases"] and world in c["extension_worlds"] and (world, "ce") in selections:
         sel = selections[(world, "ce")]
         for s in c["seeds"]: yield spec(world, "ce", s, sel["lr"], sel["sigma2"], c["temperature"], c["num_iters"], "extension")
@@ -407,10 +416,11 @@ def next_spec(world: str, records: dict, phases=None):
     return None, selections
 
 def all_selections(world: str, records: dict) -> dict:
-    """The choices made so far in every phase: a phase waiting for runs does not hide the choices of the phases after it
+    """The choices made so far in every phase (`PHASES`, whichever phases this run was asked for: a worker's analysis
+    reports every choice in the records): a phase waiting for runs does not hide the choices of the phases after it
     (each later phase planned after `main` alone, whose choices it needs)."""
     out = {}
-    for ph in cfg["phases"]: out.update(next_spec(world, records, ["main", ph] if ph in ("extension", "budget") else [ph])[1])
+    for ph in PHASES: out.update(next_spec(world, records, ["main", ph] if ph in ("extension", "budget") else [ph])[1])
     return out
 
 
