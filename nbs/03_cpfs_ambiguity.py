@@ -17,7 +17,7 @@
 # results say which runs are done, and the figure shows only the worlds whose comparisons are complete.
 
 # %% [markdown]
-# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **7 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %%
 #| code-fold: true
@@ -369,9 +369,9 @@ def choose(world, records, arm, grid, make, ext_factor, max_ext, sel_seeds):
         grid = [grid[0] / ext_factor] + grid if best == grid[0] else grid + [grid[-1] * ext_factor]
         extensions += 1
 
-def choices(world: str, records: dict, selections: dict, c: dict):
+def choices(world: str, records: dict, selections: dict, c: dict, arms=PRETRAINED):
     "The selection specs of `main` in order (each arm's rate, then its sigma^2); fills `selections[(world, arm)]` as each choice is made."
-    for arm in PRETRAINED:
+    for arm in arms:
         sig0 = None if arm == "flow_cls" else THESIS_SIGMA2
         grid = c["lr_grid"].get(arm, c["lr_grid"]["*"])
         lr, lr_scores = yield from choose(world, records, arm, grid, lambda v, s: spec(world, arm, s, v, sig0, steps=c["num_iters"]),
@@ -383,10 +383,16 @@ def choices(world: str, records: dict, selections: dict, c: dict):
             sel.update(sigma2=sig, sigma_scores=sig_scores)
         selections[(world, arm)] = sel
 
+def recorded_choices(world: str, records: dict, selections: dict, c: dict):
+    "Fill `selections` with the choices of `main` that the records make, each arm on its own (one arm's missing run does not hide another's choice)."
+    for arm in PRETRAINED:
+        for s in choices(world, records, selections, c, [arm]):
+            if key(s) not in records: break
+
 def plan(world: str, records: dict, selections: dict, phases=None):
     """The specs of one world in order (of `phases`; None: the run's); fills `selections[(world, arm)]` with each choice as it is made.
     The extension and the budget check run at `main`'s choices: without `main` in `phases` they are read from the records,
-    and those phases wait (yield nothing) while a selection run is missing."""
+    and they wait (yield nothing) while a selection run they need is missing."""
     c = dict(cfg, phases=phases or cfg["phases"])
     if "main" in c["phases"]:
         yield spec(world, "supervised", c["seeds"][0])
@@ -395,9 +401,7 @@ def plan(world: str, records: dict, selections: dict, phases=None):
         for arm in PRETRAINED:
             sel = selections[(world, arm)]
             for s in c["seeds"]: yield spec(world, arm, s, sel["lr"], sel["sigma2"], steps=c["num_iters"])
-    elif {"extension", "budget"} & set(c["phases"]):
-        for s in choices(world, records, selections, c):
-            if key(s) not in records: break   # main has not made its choices yet
+    elif {"extension", "budget"} & set(c["phases"]): recorded_choices(world, records, selections, c)
     if "extension" in c["phases"] and world in c["extension_worlds"] and (world, "ce") in selections:
         sel = selections[(world, "ce")]
         for s in c["seeds"]: yield spec(world, "ce", s, sel["lr"], sel["sigma2"], c["temperature"], c["num_iters"], "extension")
@@ -419,11 +423,12 @@ def next_spec(world: str, records: dict, phases=None):
     return None, selections
 
 def all_selections(world: str, records: dict) -> dict:
-    """The choices made so far in every phase (`PHASES`, whichever phases this run was asked for: a worker's analysis
-    reports every choice in the records): a phase waiting for runs does not hide the choices of the phases after it
-    (each later phase planned after `main` alone, whose choices it needs)."""
+    """The choices the records make in every phase (`PHASES`, whichever phases this run was asked for: a worker's analysis
+    reports every choice): `main`'s arm by arm, so that a selection run still missing for one arm (or a phase waiting
+    for runs) hides no other choice."""
     out = {}
-    for ph in PHASES: out.update(next_spec(world, records, ["main", ph] if ph in ("extension", "budget") else [ph])[1])
+    recorded_choices(world, records, out, cfg)
+    for ph in PHASES[1:]: out.update(next_spec(world, records, [ph])[1])
     return out
 
 
