@@ -7,8 +7,8 @@ __all__ = ['EXTRAS', 'SAMPLE_IMAGES', 'SAMPLE_VIDEOS', 'IMAGE_SUFFIXES', 'data_d
            'default_device', 'available_devices', 'resolve_device', 'full_precision', 'frozen', 'check_choice',
            'check_int', 'check_number', 'check_values', 'check_image', 'reject_unknown_parameters', 'renamed',
            'missing_extra', 'optional_import', 'image_from_array', 'image_to_array', 'load_image', 'sample_image',
-           'sample_video', 'video_info', 'read_video_frames', 'atomic_write', 'atomic_save', 'load_model_file', 'tqdm',
-           'natural_images', 'show_images']
+           'sample_video', 'video_info', 'read_video_frames', 'atomic_write', 'atomic_save', 'RunClaims',
+           'load_model_file', 'tqdm', 'natural_images', 'show_images']
 
 # %% ../nbs/00_core.ipynb #fa5f66ed
 import ast
@@ -393,6 +393,50 @@ def atomic_write(path  # the final file name
 def atomic_save(obj, path):
     "`torch.save(obj, path)` through `atomic_write`: the file is complete or absent."
     with atomic_write(path) as tmp: torch.save(obj, tmp)
+
+# %% ../nbs/00_core.ipynb #374f868c
+class RunClaims:
+    "Claims on runs by worker processes on one machine: one file per claimed run in `folder`, and a lock (`filelock`) over the folder."
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def lock(self):
+        "An exclusive lock (a context manager) over the claims and whatever records the workers share."
+        from filelock import FileLock   # installed with torch
+        return FileLock(self.folder / ".lock")
+
+    def _path(self, key) -> Path:
+        import hashlib, json
+        return self.folder / (hashlib.sha1(json.dumps(list(key)).encode()).hexdigest()[:16] + ".json")
+
+    def claim(self, key,  # the run: a tuple of JSON values
+              pid: int | None = None  # the process doing it (None: this one)
+             ):
+        "Mark `key` as being run (call under `lock()`)."
+        import json, socket
+        with atomic_write(self._path(key)) as tmp:
+            tmp.write_text(json.dumps(dict(key=list(key), pid=pid or os.getpid(), host=socket.gethostname())))
+
+    def release(self, key):
+        "Remove the claim on `key` (the run is recorded, or failed)."
+        self._path(key).unlink(missing_ok=True)
+
+    def others(self) -> set:
+        "The keys (tuples) that other live processes on this machine have claimed."
+        import json, socket
+        out = set()
+        for f in self.folder.glob("*.json"):
+            try: c = json.loads(f.read_text())
+            except (OSError, ValueError): continue   # a claim being removed
+            if c["host"] == socket.gethostname() and c["pid"] != os.getpid() and _alive(c["pid"]): out.add(tuple(c["key"]))
+        return out
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True   # alive, another user's
+    return True
 
 # %% ../nbs/00_core.ipynb #2ce73f85
 def load_model_file(path,  # a `model.pt`, or the run folder holding it

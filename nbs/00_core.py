@@ -7,7 +7,7 @@
 # > Paths, seeding, devices, images, the offline sample images and videos, atomic file writes.
 
 # %% [markdown]
-# *Default run: **8 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **11 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Every later chapter builds on these few helpers. They fix the book's conventions once: images are
@@ -737,6 +737,74 @@ with tempfile.TemporaryDirectory() as tmp:
     test_eq(sorted(p.name for p in Path(tmp).iterdir()), ["ckpt.pt"])     # no temporary left
     test_eq(target.stat().st_mode & 0o777, 0o666 & ~_umask())
     test_fail(lambda: atomic_save({}, Path(tmp) / "missing" / "x.pt"), contains="does not exist")
+
+
+# %% [markdown]
+# `RunClaims` lets several worker processes on one machine share a list of runs (a sweep's specs, a seeds
+# experiment's settings): under `lock()` a worker reads the records as they are, takes the first run that is
+# neither recorded nor in `others()` (claimed by another live worker), and `claim`s it; when the run ends it
+# merges its record into the file under the lock and `release`s the claim. A claim is a small file naming the run
+# and the worker's process; a killed worker's claims are ignored (its process is gone), so nothing waits on it.
+
+# %%
+#| export
+class RunClaims:
+    "Claims on runs by worker processes on one machine: one file per claimed run in `folder`, and a lock (`filelock`) over the folder."
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def lock(self):
+        "An exclusive lock (a context manager) over the claims and whatever records the workers share."
+        from filelock import FileLock   # installed with torch
+        return FileLock(self.folder / ".lock")
+
+    def _path(self, key) -> Path:
+        import hashlib, json
+        return self.folder / (hashlib.sha1(json.dumps(list(key)).encode()).hexdigest()[:16] + ".json")
+
+    def claim(self, key,  # the run: a tuple of JSON values
+              pid: int | None = None  # the process doing it (None: this one)
+             ):
+        "Mark `key` as being run (call under `lock()`)."
+        import json, socket
+        with atomic_write(self._path(key)) as tmp:
+            tmp.write_text(json.dumps(dict(key=list(key), pid=pid or os.getpid(), host=socket.gethostname())))
+
+    def release(self, key):
+        "Remove the claim on `key` (the run is recorded, or failed)."
+        self._path(key).unlink(missing_ok=True)
+
+    def others(self) -> set:
+        "The keys (tuples) that other live processes on this machine have claimed."
+        import json, socket
+        out = set()
+        for f in self.folder.glob("*.json"):
+            try: c = json.loads(f.read_text())
+            except (OSError, ValueError): continue   # a claim being removed
+            if c["host"] == socket.gethostname() and c["pid"] != os.getpid() and _alive(c["pid"]): out.add(tuple(c["key"]))
+        return out
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True   # alive, another user's
+    return True
+
+
+# %%
+import subprocess
+with tempfile.TemporaryDirectory() as tmp:
+    claims = RunClaims(Path(tmp) / "claims")
+    with claims.lock(): claims.claim(("objects", "ce", 0, 1e-3, None))
+    test_eq(claims.others(), set())                                  # this process's own claim is not another worker's
+    child = subprocess.Popen(["sleep", "60"])                        # a live worker
+    claims.claim(("objects", "kta", 1, 3e-4, 0.0036), pid=child.pid)
+    test_eq(claims.others(), {("objects", "kta", 1, 3e-4, 0.0036)})  # keys come back as tuples, floats and None exact
+    child.kill(); child.wait()
+    test_eq(claims.others(), set())                                  # a killed worker's claim is ignored
+    claims.release(("objects", "kta", 1, 3e-4, 0.0036)); claims.release(("objects", "ce", 0, 1e-3, None))
+    test_eq(sorted(p.name for p in claims.folder.iterdir()), [".lock"])
 
 
 # %% [markdown]

@@ -17,7 +17,7 @@
 # results say which runs are done, and the figure shows only the worlds whose comparisons are complete.
 
 # %% [markdown]
-# *Default run: **7 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **9 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %%
 #| code-fold: true
@@ -389,16 +389,16 @@ def recorded_choices(world: str, records: dict, selections: dict, c: dict):
         for s in choices(world, records, selections, c, [arm]):
             if key(s) not in records: break
 
-def plan(world: str, records: dict, selections: dict, phases=None):
-    """The specs of one world in order (of `phases`; None: the run's); fills `selections[(world, arm)]` with each choice as it is made.
+def plan(world: str, records: dict, selections: dict, phases=None, arms=PRETRAINED):
+    """The specs of one world in order (of `phases`; None: the run's; `main` for `arms` only); fills `selections[(world, arm)]` with each choice as it is made.
     The extension and the budget check run at `main`'s choices: without `main` in `phases` they are read from the records,
     and they wait (yield nothing) while a selection run they need is missing."""
     c = dict(cfg, phases=phases or cfg["phases"])
     if "main" in c["phases"]:
         yield spec(world, "supervised", c["seeds"][0])
         for s in c["seeds"]: yield spec(world, "random", s)
-        yield from choices(world, records, selections, c)
-        for arm in PRETRAINED:
+        yield from choices(world, records, selections, c, arms)
+        for arm in arms:
             sel = selections[(world, arm)]
             for s in c["seeds"]: yield spec(world, arm, s, sel["lr"], sel["sigma2"], steps=c["num_iters"])
     elif {"extension", "budget"} & set(c["phases"]): recorded_choices(world, records, selections, c)
@@ -415,11 +415,22 @@ def plan(world: str, records: dict, selections: dict, phases=None):
         selections[(world, "s3")] = dict(lr=lr, lr_scores=lr_scores, sigma2=None)
         for s in c["seeds"]: yield make(lr, s)
 
-def next_spec(world: str, records: dict, phases=None):
-    "The first spec of the world's plan (of `phases`) that has no record (None: the world is done), and the choices made so far."
+def next_spec(world: str, records: dict, phases=None, claimed=frozenset()):
+    """The first spec of the world's plan (of `phases`) that has no record and is not in `claimed` (another worker's run in
+    progress), and the choices made so far. None: the world is done, or what is left waits for a claimed run (a choice
+    that needs its score)."""
     selections = {}
-    for s in plan(world, records, selections, phases):
-        if key(s) not in records: return s, selections
+    try:
+        for s in plan(world, records, selections, phases):
+            if key(s) not in records and key(s) not in claimed: return s, selections
+        return None, selections
+    except KeyError:   # a choice needs the score of a claimed run
+        if not claimed: raise
+    for arm in PRETRAINED if "main" in (phases or cfg["phases"]) else ():   # then each arm's main phase alone: one arm's pending choice does not hold up another's runs
+        try:
+            for s in plan(world, records, {}, ["main"], [arm]):
+                if key(s) not in records and key(s) not in claimed: return s, selections
+        except KeyError: pass
     return None, selections
 
 def all_selections(world: str, records: dict) -> dict:
@@ -486,20 +497,58 @@ def save_records(world: str, records: dict):
     with atomic_write(recs_dir / f"{world}.json") as tmp: tmp.write_text(json.dumps(list(records.values()), indent=1))
 
 
+# %% [markdown]
+# **Several workers, one world.** Workers on one machine may share a world (`core.RunClaims`): each takes the next
+# spec under the world's lock, reading the records as they are then and skipping the specs that other live workers
+# have claimed (a killed worker's claims are ignored), and merges a finished run into the records file under the same
+# lock, so no worker overwrites another's runs. A worker whose next spec waits for a claimed run (a choice needs its
+# score) polls until that run is recorded or its worker has gone.
+
+# %%
+from motion_nbs.core import RunClaims
+
+def claims_of(world: str) -> RunClaims: return RunClaims(runs / "claims" / world)
+
+def claim_next(world: str):
+    """Under the world's lock: the next spec no worker has run or claimed (claimed now for this process; None: nothing
+    to start), the records as they are now, and whether other workers' runs are in progress in the world."""
+    claims = claims_of(world)
+    with claims.lock():
+        records, claimed = load_records(world), claims.others()
+        s, _ = next_spec(world, records, claimed=claimed)
+        if s is not None: claims.claim(key(s))
+    return s, records, bool(claimed)
+
+def record_run(s: dict, rec: dict) -> dict:
+    "Merge a finished run into its world's records file (under the lock: other workers' runs are kept); release its claim."
+    claims = claims_of(s["world"])
+    with claims.lock():
+        records = load_records(s["world"])
+        records[key(s)] = rec
+        save_records(s["world"], records)   # complete, or the previous file
+        claims.release(key(s))
+    return records
+
+
 # %%
 if run:
     size = CPFSConfig.from_preset("cpu", image_size=cfg["image_size"]).image_size
     t_start, stopped = time.time(), False
     for world in cfg["worlds"]:
-        records, frames = load_records(world), None
+        frames, waiting = None, False
         while True:
             if max_hours is not None and time.time() - t_start >= 3600 * max_hours: stopped = True; break
-            s, _ = next_spec(world, records)
-            if s is None: break
-            if frames is None: frames = world_frames(world, size, cfg["num_train"], cfg["num_valid"], cfg["num_test"], cache_dir=runs)
-            rec = run_spec(s, frames)
-            records[key(s)] = rec
-            save_records(world, records)   # complete, or the previous file
+            s, records, others = claim_next(world)
+            if s is None:
+                if not others: break
+                if not waiting: print(f"{world}: waiting for other workers' runs", flush=True)
+                waiting = True; time.sleep(5); continue
+            waiting = False
+            try:
+                if frames is None: frames = world_frames(world, size, cfg["num_train"], cfg["num_valid"], cfg["num_test"], cache_dir=runs)
+                rec = run_spec(s, frames)
+                records = record_run(s, rec)
+            finally: claims_of(world).release(key(s))   # a failed run releases its claim
             ft = " ".join(f"{k} {100 * v['test']:.1f} (valid {100 * v['valid']:.1f})" for k, v in rec["fine_tune"].items())
             print(f"{world} {s['phase']} {s['arm']} seed {s['seed']} lr {s['lr']} s2 {s['sigma2']} t {s['temperature']} steps {s['steps']}: "
                   f"conv3 probe {100 * rec['probe']['relu3']['accuracy']:.1f} | {ft} | {rec['note']}, {rec['seconds']} s", flush=True)

@@ -4,7 +4,7 @@
 # > Chapter 4's targets measured as an experiment should be: several seeds per setting, presets chosen on validation frames, numbers reported on test frames nobody tuned on.
 
 # %% [markdown]
-# *Default run: **11 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **12 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # **The question**: do chapter 4's targets hold beyond one run — matched mIoU ≥ 0.7 on the cube's faces with
@@ -232,6 +232,11 @@ else: print(f"showing the saved results: {SAVED}")
 # settings that matter (the config without its runtime fields). The saved `full` run predates the last two
 # fields; its records lack them. A finished record is kept; a run whose record is missing is
 # trained, or resumed from its checkpoints.
+#
+# Several workers on one machine can share the runs (`core.RunClaims`; give them the same `seeds`): each takes the
+# next (seed, setting) that is neither recorded nor claimed by another live worker, and merges its record into the
+# results file under a lock. A worker with nothing left to start waits for the others' runs, so that every worker's
+# results below are computed on all the runs.
 
 # %%
 from motion_nbs.s3 import S3Config, train
@@ -250,17 +255,33 @@ def s3_record(setting: str, seed: int, overrides: dict) -> dict:
                 test_miou_frames=res["test_miou_frames"], final_loss=res["final_loss"],   # per-frame scores: comparisons pair over frames
                 settings={k: v for k, v in config.to_dict().items() if k not in S3Config.RUNTIME})
 
+from motion_nbs.core import RunClaims
+
+def saved_runs() -> list: return json.loads(out_json.read_text())["runs"] if out_json.exists() else []
+
 if run:
-    records = json.loads(out_json.read_text())["runs"] if out_json.exists() else []
-    for seed in use_seeds:
-        for setting in chosen:
-            if any(r["setting"] == setting and r["seed"] == seed for r in records): continue
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    claims, todo, waiting = RunClaims(runs / "claims"), [(seed, setting) for seed in use_seeds for setting in chosen], False
+    while True:
+        with claims.lock():
+            records, busy = saved_runs(), claims.others()
+            done = {(r["seed"], r["setting"]) for r in records}
+            nxt = next((k for k in todo if k not in done and k not in busy), None)
+            if nxt is not None: claims.claim(nxt)
+        if nxt is None:
+            if not busy: break
+            if not waiting: print(f"waiting for other workers' runs: {sorted(busy)}", flush=True)
+            waiting = True; time.sleep(10); continue
+        seed, setting = nxt
+        try:
             rec = s3_record(setting, seed, PRESETS[mode]["overrides"])
-            records.append(rec)
-            out_json.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(out_json) as tmp: tmp.write_text(json.dumps({"preset": mode, "runs": records}, indent=1))
-            print(f"{setting} seed {seed}: test mIoU {rec['test_miou']:.3f} (grid {rec['test_miou_grid']:.3f}), "
-                  f"validation {rec['valid_miou']:.3f}; {rec['steps']} steps, {rec['seconds'] / 60:.1f} min", flush=True)
+            with claims.lock():   # merge: other workers' records are kept
+                records = sorted([r for r in saved_runs() if (r["seed"], r["setting"]) != nxt] + [rec],   # seed-major, as one worker writes them
+                                 key=lambda r: (r["seed"], chosen.index(r["setting"]) if r["setting"] in chosen else len(chosen)))
+                with atomic_write(out_json) as tmp: tmp.write_text(json.dumps({"preset": mode, "runs": records}, indent=1))
+        finally: claims.release(nxt)
+        print(f"{setting} seed {seed}: test mIoU {rec['test_miou']:.3f} (grid {rec['test_miou_grid']:.3f}), "
+              f"validation {rec['valid_miou']:.3f}; {rec['steps']} steps, {rec['seconds'] / 60:.1f} min", flush=True)
 
 # %% [markdown]
 # ## Results

@@ -98,8 +98,18 @@ def test_ambiguity_sweep_runs_every_phase_and_resumes_without_training_again(tmp
     import json
     runs = tmp_path / "runs"
     params = dict(preset="tiny", runs_dir=str(runs), num_threads=1)
-    # the main and s3 phases first; analysed with every phase while extension and budget still wait: s3's choices are not hidden
-    pm.execute_notebook(NBS / "03_cpfs_ambiguity.ipynb", tmp_path / "a0.ipynb", parameters=dict(params, phases="main,s3"), cwd=NBS, progress_bar=False)
+    # the main and s3 phases first, by two workers at once on the same worlds: each run is done once and every run is kept
+    from concurrent.futures import ThreadPoolExecutor
+    import nbformat
+    import re
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(lambda i: pm.execute_notebook(NBS / "03_cpfs_ambiguity.ipynb", tmp_path / f"a0_{i}.ipynb", cwd=NBS, progress_bar=False,
+                                                  parameters=dict(params, phases="main,s3")), range(2)))
+    done = [m.group(1) for i in range(2) for c in nbformat.read(tmp_path / f"a0_{i}.ipynb", as_version=4).cells if c.cell_type == "code"
+            for o in c.get("outputs", []) for m in re.finditer(r"^(objects\S* (?:main|s3) .*? steps \S+):", o.get("text", ""), re.M)]
+    assert len(done) == len(set(done)) == len(json.loads((runs / "records" / "objects.json").read_text())) \
+        + len(json.loads((runs / "records" / "objects_ambiguous.json").read_text())), done
+    # analysed with every phase while extension and budget still wait: s3's choices are not hidden
     pm.execute_notebook(NBS / "03_cpfs_ambiguity.ipynb", tmp_path / "a1.ipynb", parameters=dict(params, max_hours=0), cwd=NBS, progress_bar=False)
     early = json.loads((runs / "results.json").read_text())
     assert {r["phase"] for r in early["runs"]} == {"main", "s3"} and any(c["family"] == "s3" for c in early["comparisons"])
@@ -133,3 +143,20 @@ def test_ambiguity_sweep_runs_every_phase_and_resumes_without_training_again(tmp
     assert {f.name: f.read_text() for f in (runs / "records").iterdir()} == records      # nothing run again
     assert sorted(p.name for p in runs.iterdir()) == runs_before
     assert json.loads((runs / "results.json").read_text())["comparisons"] == res["comparisons"]
+
+
+def test_s3_seeds_two_workers_share_the_runs(tmp_path):
+    "04_s3_train_seeds run by two workers at once (the same seeds): each run is trained once and both workers' results hold every run."
+    import json, re
+    from concurrent.futures import ThreadPoolExecutor
+    import nbformat
+    params = dict(preset="tiny", seeds="[0, 1, 2]", configs="single_cube+affine", runs_dir=str(tmp_path / "runs"), num_threads=1)
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(lambda i: pm.execute_notebook(NBS / "04_s3_train_seeds.ipynb", tmp_path / f"w{i}.ipynb", parameters=params, cwd=NBS,
+                                                  progress_bar=False), range(2)))
+    trained = [m.group(1) for i in range(2) for c in nbformat.read(tmp_path / f"w{i}.ipynb", as_version=4).cells if c.cell_type == "code"
+               for o in c.get("outputs", []) for m in re.finditer(r"^(single_cube\+affine seed \d+): test mIoU", o.get("text", ""), re.M)]
+    assert sorted(trained) == [f"single_cube+affine seed {s}" for s in range(3)]     # each seed once, over both workers
+    runs = json.loads((tmp_path / "runs" / "results.json").read_text())["runs"]
+    assert [(r["seed"], r["setting"]) for r in runs] == [(s, "single_cube+affine") for s in range(3)]
+    assert not [p for p in (tmp_path / "runs" / "claims").iterdir() if p.name != ".lock"]   # every claim released
