@@ -143,6 +143,21 @@ def test_ambiguity_sweep_runs_every_phase_and_resumes_without_training_again(tmp
     assert {f.name: f.read_text() for f in (runs / "records").iterdir()} == records      # nothing run again
     assert sorted(p.name for p in runs.iterdir()) == runs_before
     assert json.loads((runs / "results.json").read_text())["comparisons"] == res["comparisons"]
+    # one arm's selection run missing (KTA's sigma^2 = 0.04 in `objects`): the other arms' choices and comparisons are still made
+    part = tmp_path / "partial"
+    part.mkdir()
+    for f in (runs / "records").glob("*.json"):
+        recs = json.loads(f.read_text())
+        (part / f.name).write_text(json.dumps([r for r in recs if (r["world"], r["arm"], r["sigma2"]) != ("objects", "kta", 0.04)]))
+    assert len(json.loads((part / "objects.json").read_text())) == len(json.loads((runs / "records" / "objects.json").read_text())) - 1
+    pm.execute_notebook(NBS / "03_cpfs_ambiguity.ipynb", tmp_path / "c.ipynb", cwd=NBS, progress_bar=False,
+                        parameters=dict(params, max_hours=0, records_dir=str(part), results_path=str(tmp_path / "partial.json")))
+    partial = json.loads((tmp_path / "partial.json").read_text())
+    assert {(s["world"], s["arm"]) for s in partial["sigma_selection"]} == {(w, a) for w in man for a in ("kta", "ce")} - {("objects", "kta")}
+    # an arm's choice is its rate and sigma^2 together: KTA's is reported (and used) only when both are made
+    assert {(s["world"], s["arm"]) for s in partial["lr_selection"] if s["world"] == "objects"} == {("objects", a) for a in ("flow_cls", "ce", "s3")}
+    pairs = {(c["world"], c["pair"]) for c in partial["comparisons"] if c["family"] == "cpfs_vs_flow_cls"}
+    assert ("objects", "ce - flow_cls") in pairs and ("objects", "kta - flow_cls") not in pairs and ("objects_ambiguous", "kta - flow_cls") in pairs
 
 
 def test_s3_seeds_two_workers_share_the_runs(tmp_path):
