@@ -269,6 +269,7 @@ reject_unknown_parameters()  # a -p name this notebook does not define stops the
 #
 # ```bash
 # papermill nbs/03_cpfs_ambiguity.ipynb _runs/03_cpfs_ambiguity.ipynb -p preset full     # the sweep (resumes from its records)
+# papermill nbs/03_cpfs_ambiguity.ipynb _runs/w2.ipynb -p preset full -p num_threads 1 &  # a second worker beside a first (shares its worlds)
 # papermill nbs/03_cpfs_ambiguity.ipynb _runs/tiny.ipynb -p preset tiny                  # a smoke run of every phase
 # ```
 #

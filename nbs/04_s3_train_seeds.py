@@ -163,6 +163,8 @@ else: print(f"no saved results with baselines yet ({_saved_path}): run the full 
 # papermill nbs/04_s3_train_seeds.ipynb _runs/tiny.ipynb -p preset tiny          # a smoke run
 # papermill nbs/04_s3_train_seeds.ipynb _runs/seeds10.ipynb -p preset full -p seeds "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"   # 10 seeds (resumes the saved 3)
 # papermill nbs/04_s3_train_seeds.ipynb _runs/normal.ipynb -p preset full -p score_init normal   # random score layers (`04_s3`), saved apart
+# # two workers sharing the runs (one per core), each with the same parameters:
+# papermill nbs/04_s3_train_seeds.ipynb _runs/w1.ipynb -p preset full -p num_threads 1 & papermill nbs/04_s3_train_seeds.ipynb _runs/w2.ipynb -p preset full -p num_threads 1 &
 # ```
 #
 # The default, `preset="saved"`, shows the saved results (`nbs/04_s3_train_results.json`) and runs the tiny
