@@ -176,6 +176,18 @@ def answer(results) -> str:
             out.append(f"- Trend of {t['pair'].replace(' - ', ' − ')} on {t['metric']} against the figure/ground share, over the "
                        f"{t['worlds']} worlds' mean differences: {t['slope'] / 100:+.2f} points per 0.01 of the share ({ci}); "
                        "a negative slope means CPFS gains on flow classification as the motion gets more ambiguous.")
+    ext = [c for c in results["comparisons"] if c["family"] == "extension" and c["metric"] == "seg_1000"]
+    for w in sorted({c["world"] for c in ext}):
+        out.append(f"- **Extension in {w}** (CE with a temperature τ = {results['settings']['temperature']:g} on $K_\\phi$; Holm over its own "
+                   "family): " + "; ".join(f"{c['pair'].replace(' - ', ' − ')} on {c['metric']} {c['mean']:+.1f} (CI {c['ci95'][0]:+.1f} to "
+                                           f"{c['ci95'][1]:+.1f}, {c['verdict']})" for c in ext if c["world"] == w) + ".")
+    budget = [c for c in results["comparisons"] if c["family"].startswith("budget_") and c["metric"] in ("seg_1000", "probe_relu3")]
+    for w in sorted({c["world"] for c in budget}):
+        at1k = {c["metric"]: c["mean"] for c in fam if c["world"] == w and c["pair"] == "ce - flow_cls"}
+        out.append(f"- **Budget check in {w}** ({int(budget[0]['family'][7:]):,} pre-training steps, {budget[0]['n']} seeds, descriptive): CE − flow cls. "
+                   + "; ".join(f"on {c['metric']} " + ", ".join(f"{d:+.1f}" for d in c["differences"])
+                               + (f" (at 1,000 steps the 5-seed mean is {at1k[c['metric']]:+.1f})" if c["metric"] in at1k else "")
+                               for c in budget if c["world"] == w) + ".")
     s3 = [c for c in results["comparisons"] if c["family"] == "s3" and not c["metric"].startswith("cls")]
     for w in sorted({c["world"] for c in s3}):
         out.append(f"- **S3-CNN as pre-training in {w}** (chapter 4's entropy loss on an AlexNet FCN-32s, table 4.1's counterpart; Holm "
