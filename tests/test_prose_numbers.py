@@ -693,6 +693,95 @@ def _():
     return [n(photos), n(_by_source("HOG", "all", 224)["n"] - photos)]
 
 
+# --- 03_cpfs_ambiguity (nbs/03_cpfs_ambiguity_results.json), quoted by 03_cpfs_transfer, the index and the README ----
+AM = "03_cpfs_ambiguity_results.json"
+
+
+def am_comp(world, pair, metric="seg_1000"):
+    return next(c for c in saved(AM)["comparisons"] if c["family"] == "cpfs_vs_flow_cls" and c["world"] == world and c["pair"] == pair
+                and c["metric"] == metric)
+def am_fg(world): return 100 * next(w for w in saved(AM)["worlds"] if w["name"] == world)["manipulation"]["figure_ground_entropy_share"]
+def am_trend(pair, metric="seg_1000", statistic="figure_ground_entropy_share"):
+    return next(x for x in saved(AM)["trend"] if x["pair"] == pair and x["metric"] == metric and x["statistic"] == statistic)
+def p2(p): return frozenset({f"{p:.2g}"})
+def am_hours(): return round(sum(x["seconds"] for x in saved(AM)["runs"]) / 3600)
+AMBIGUOUS, CLEAR = ("objects_camera", "objects_ambiguous"), ("objects", "objects_k3")
+
+
+def test_ambiguity_verdicts_the_prose_states():
+    "The verdicts the prose puts into words: CPFS ahead on segmentation in the two least figure/ground worlds (Holm), not in the two most."
+    assert all(not p["next"] for p in saved(AM)["progress"])                      # the sweep is complete
+    assert all(am_comp(w, f"{a} - flow_cls")["verdict"] == "holds" and am_comp(w, f"{a} - flow_cls")["p_holm"] < 0.05
+               for w in AMBIGUOUS for a in ("ce", "kta"))
+    assert not any(am_comp(w, f"{a} - flow_cls")["verdict"] == "holds" for w in (*CLEAR, "objects_static") for a in ("ce", "kta"))
+    assert am_comp("objects", "kta - flow_cls")["verdict"] == "reversed"
+    assert not any(c["verdict"] == "holds" for c in saved(AM)["comparisons"] if c["family"] == "cpfs_vs_flow_cls" and c["metric"] == "probe_relu3")
+    assert max(am_fg(w) for w in AMBIGUOUS) < am_fg("objects_static") < min(am_fg(w) for w in CLEAR)
+    assert am_trend("ce - flow_cls")["p"] < 0.05 < am_trend("kta - flow_cls")["p"]
+    assert am_trend("ce - flow_cls", statistic="relative_motion_under_1px")["p"] > 0.05
+    budget = [c for c in saved(AM)["comparisons"] if c["family"].startswith("budget_") and c["metric"] == "seg_1000"]
+    assert {c["world"] for c in budget} == {"objects", "objects_ambiguous"} and all(len(c["differences"]) == 2 for c in budget)
+    assert all({d > 0 for d in c["differences"]} == {am_comp(c["world"], "ce - flow_cls")["mean"] > 0} for c in budget)   # sign kept
+
+
+for _nb in ("03_cpfs_ambiguity", "03_cpfs_transfer"):
+    claim(_nb, "in which figure/ground explains ")(lambda: [r(am_fg(w)) for w in AMBIGUOUS])
+    claim(_nb, "(`objects`, `objects_k3`: ")(lambda: [r(am_fg(w)) for w in CLEAR])
+
+
+@claim("03_cpfs_ambiguity", "The saved sweep is complete: ")
+def _(): return [n(len(saved(AM)["runs"])), n(am_hours())]
+
+
+@claim("03_cpfs_ambiguity", "(`objects_static`, ")
+def _():
+    return [r(100 * next(w for w in saved(AM)["worlds"] if w["name"] == "objects_static")["manipulation"]["relative_motion_under_1px"])]
+
+
+@claim("03_cpfs_ambiguity", "(CE on segmentation: p = ")
+def _(): return [p2(am_trend("ce - flow_cls", statistic="relative_motion_under_1px")["p"])]
+
+
+@claim("03_cpfs_transfer", "5 seeds per arm (")
+def _(): return [n(len(saved(AM)["runs"]))]
+
+
+@claim("03_cpfs_transfer", "after fine-tuning, as the thesis claims")
+def _(): return [r(am_comp(w, f"{a} - flow_cls")["mean"], sign=True) for a in ("ce", "kta") for w in AMBIGUOUS] + [frozenset({"0.05"})]
+
+
+@claim("03_cpfs_transfer", "(`objects_static`) CE is ahead by ")
+def _(): return [r(am_comp("objects_static", "ce - flow_cls")["mean"], sign=True)]
+
+
+@claim("03_cpfs_transfer", "or reversed (KTA ")
+def _(): return [r(am_comp("objects", "kta - flow_cls")["mean"])]
+
+
+@claim("03_cpfs_transfer", "on segmentation falls by")
+def _():
+    ce, kta = am_trend("ce - flow_cls"), am_trend("kta - flow_cls")   # slopes per unit of the share, in points; the prose per 0.01
+    return [r(-ce["slope"] / 100, 2), frozenset({"0.01"}), r(ce["ci95"][0] / 100, 2), r(ce["ci95"][1] / 100, 2), p2(ce["p"]),
+            r(kta["slope"] / 100, 2), p2(kta["p"])]
+
+
+@claim("README", "(`objects_camera`: CE ")
+def _():
+    ce, kta = (am_comp("objects_camera", f"{a} - flow_cls")["mean"] for a in ("ce", "kta"))
+    ce2, kta2 = (am_comp("objects_ambiguous", f"{a} - flow_cls")["mean"] for a in ("ce", "kta"))
+    return [r(ce, sign=True), r(kta, sign=True), r(ce2, sign=True), r(kta2, sign=True), frozenset({"0.05"}),
+            r(am_comp("objects", "kta - flow_cls")["mean"]), r(-am_trend("ce - flow_cls")["slope"] / 100, 2), frozenset({"0.01"}),
+            p2(am_trend("ce - flow_cls")["p"]), n(len(saved(AM)["runs"])), n(am_hours())]
+
+
+@claim("index", "separate figure from ground, CE ")
+def _(): return [r(am_comp(w, "ce - flow_cls")["mean"], sign=True) for w in AMBIGUOUS]
+
+
+@claim("index", "and not where it does) | `full`: ")
+def _(): return [n(len(saved(AM)["runs"])), n(am_hours())]
+
+
 # --- index.py and README.md: what they quote of these experiments ---------------------------------------------------
 def test_index_quotes_the_experiments_settings():
     statement("index", f"`full` ({len(saved(TR)['settings']['seeds'])} seeds, {saved(TR)['settings']['num_iters']:,} pre-training steps per arm;")
