@@ -500,7 +500,9 @@ for loss, sel in results.get("lr_selection", {}).items():
 # ordering follows the premise. Where the flow's magnitude no longer tells the object from the background —
 # `objects_camera` and `objects_ambiguous`, in which figure/ground explains 1.9 % and 0.7 % of the flow-class
 # entropy — both CPFS losses segment better than flow classification after fine-tuning, as the thesis claims
-# (CE − flow classification +7.7 and +4.7 mIoU, KTA − flow classification +10.3 and +5.0, each Holm p < 0.05);
+# (CE − flow classification +7.7 and +4.7 mIoU, KTA − flow classification +10.3 and +5.0, each Holm p < 0.05),
+# and there flow classification itself transfers no better than random initialisation (flow classification −
+# random −0.6 and −0.1 mIoU, not resolved);
 # with still objects and a moving camera (`objects_static`) CE is ahead by +5.2, not resolved after Holm's
 # correction; where figure/ground explains most (`objects`, `objects_k3`: 7.9 % and 9.8 %) the ordering is undecided
 # or reversed (KTA −5.9 in `objects`). Across the five worlds, CE − flow classification on segmentation falls by

@@ -750,6 +750,14 @@ def _(): return [n(len(saved(AM)["runs"]))]
 def _(): return [r(am_comp(w, f"{a} - flow_cls")["mean"], sign=True) for a in ("ce", "kta") for w in AMBIGUOUS] + [frozenset({"0.05"})]
 
 
+@claim("03_cpfs_transfer", "transfers no better than random initialisation (flow classification −\nrandom ")
+def _():
+    floor = [next(c for c in saved(AM)["comparisons"] if c["family"] == "floor" and c["world"] == w and c["pair"] == "flow_cls - random"
+                  and c["metric"] == "seg_1000") for w in AMBIGUOUS]
+    assert all(c["verdict"] == "not resolved" for c in floor)
+    return [r(c["mean"]) for c in floor]
+
+
 @claim("03_cpfs_transfer", "(`objects_static`) CE is ahead by ")
 def _(): return [r(am_comp("objects_static", "ce - flow_cls")["mean"], sign=True)]
 
