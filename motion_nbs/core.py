@@ -14,11 +14,15 @@ __all__ = ['EXTRAS', 'SAMPLE_IMAGES', 'SAMPLE_VIDEOS', 'IMAGE_SUFFIXES', 'data_d
 import ast
 import contextlib
 import functools
+import hashlib
 import importlib.util
+import json
 import os
 import random
+import socket
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -403,18 +407,16 @@ class RunClaims:
 
     def lock(self):
         "An exclusive lock (a context manager) over the claims and whatever records the workers share."
-        from filelock import FileLock   # installed with torch
+        from filelock import FileLock
         return FileLock(self.folder / ".lock")
 
     def _path(self, key) -> Path:
-        import hashlib, json
         return self.folder / (hashlib.sha1(json.dumps(list(key)).encode()).hexdigest()[:16] + ".json")
 
     def claim(self, key,  # the run: a tuple of JSON values
               pid: int | None = None  # the process doing it (None: this one)
              ):
         "Mark `key` as being run (call under `lock()`)."
-        import json, socket
         with atomic_write(self._path(key)) as tmp:
             tmp.write_text(json.dumps(dict(key=list(key), pid=pid or os.getpid(), host=socket.gethostname())))
 
@@ -424,13 +426,31 @@ class RunClaims:
 
     def others(self) -> set:
         "The keys (tuples) that other live processes on this machine have claimed."
-        import json, socket
         out = set()
         for f in self.folder.glob("*.json"):
             try: c = json.loads(f.read_text())
             except (OSError, ValueError): continue   # a claim being removed
             if c["host"] == socket.gethostname() and c["pid"] != os.getpid() and _alive(c["pid"]): out.add(tuple(c["key"]))
         return out
+
+    def take(self, pick,  # pick(busy): the next run to do, skipping the keys in `busy` (None: nothing to start now)
+             key=tuple,  # a run's key (a tuple of JSON values)
+             poll: float = 5.0,  # seconds between asks while other workers hold runs
+             message: str = "waiting for other workers' runs"):
+        "Yield the runs to do, each claimed while the loop body runs; end when nothing is left to start and no other worker holds a run."
+        waiting = False
+        while True:
+            with self.lock():
+                busy = self.others()
+                run = pick(busy)
+                if run is not None: self.claim(key(run))
+            if run is None:
+                if not busy: return
+                if not waiting: print(message, flush=True)
+                waiting = True; time.sleep(poll); continue
+            waiting = False
+            try: yield run
+            finally: self.release(key(run))
 
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)

@@ -7,7 +7,7 @@
 # > Paths, seeding, devices, images, the offline sample images and videos, atomic file writes.
 
 # %% [markdown]
-# *Default run: **11 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **14 s** on 2 CPU cores with the default parameters (measured by `make book` on 7 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # Every later chapter builds on these few helpers. They fix the book's conventions once: images are
@@ -19,11 +19,15 @@
 import ast
 import contextlib
 import functools
+import hashlib
 import importlib.util
+import json
 import os
 import random
+import socket
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -741,10 +745,12 @@ with tempfile.TemporaryDirectory() as tmp:
 
 # %% [markdown]
 # `RunClaims` lets several worker processes on one machine share a list of runs (a sweep's specs, a seeds
-# experiment's settings): under `lock()` a worker reads the records as they are, takes the first run that is
-# neither recorded nor in `others()` (claimed by another live worker), and `claim`s it; when the run ends it
-# merges its record into the file under the lock and `release`s the claim. A claim is a small file naming the run
-# and the worker's process; a killed worker's claims are ignored (its process is gone), so nothing waits on it.
+# experiment's settings). `take(pick)` yields the runs this worker should do, one at a time: under the lock it
+# asks `pick` for the next run that is neither recorded nor held by another live worker (`others()`), claims it
+# for the loop body, and releases it when the body ends (normally, by an exception or by `break`). The body merges
+# its record into the shared file under `lock()`. A claim is a small file naming the run and the worker's process;
+# a killed worker's claims are ignored (its process is gone), so nothing waits on it. While other workers still
+# hold runs and `pick` has nothing to start (what is left waits for their results), `take` polls.
 
 # %%
 #| export
@@ -756,18 +762,16 @@ class RunClaims:
 
     def lock(self):
         "An exclusive lock (a context manager) over the claims and whatever records the workers share."
-        from filelock import FileLock   # installed with torch
+        from filelock import FileLock
         return FileLock(self.folder / ".lock")
 
     def _path(self, key) -> Path:
-        import hashlib, json
         return self.folder / (hashlib.sha1(json.dumps(list(key)).encode()).hexdigest()[:16] + ".json")
 
     def claim(self, key,  # the run: a tuple of JSON values
               pid: int | None = None  # the process doing it (None: this one)
              ):
         "Mark `key` as being run (call under `lock()`)."
-        import json, socket
         with atomic_write(self._path(key)) as tmp:
             tmp.write_text(json.dumps(dict(key=list(key), pid=pid or os.getpid(), host=socket.gethostname())))
 
@@ -777,13 +781,31 @@ class RunClaims:
 
     def others(self) -> set:
         "The keys (tuples) that other live processes on this machine have claimed."
-        import json, socket
         out = set()
         for f in self.folder.glob("*.json"):
             try: c = json.loads(f.read_text())
             except (OSError, ValueError): continue   # a claim being removed
             if c["host"] == socket.gethostname() and c["pid"] != os.getpid() and _alive(c["pid"]): out.add(tuple(c["key"]))
         return out
+
+    def take(self, pick,  # pick(busy): the next run to do, skipping the keys in `busy` (None: nothing to start now)
+             key=tuple,  # a run's key (a tuple of JSON values)
+             poll: float = 5.0,  # seconds between asks while other workers hold runs
+             message: str = "waiting for other workers' runs"):
+        "Yield the runs to do, each claimed while the loop body runs; end when nothing is left to start and no other worker holds a run."
+        waiting = False
+        while True:
+            with self.lock():
+                busy = self.others()
+                run = pick(busy)
+                if run is not None: self.claim(key(run))
+            if run is None:
+                if not busy: return
+                if not waiting: print(message, flush=True)
+                waiting = True; time.sleep(poll); continue
+            waiting = False
+            try: yield run
+            finally: self.release(key(run))
 
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)
@@ -805,6 +827,24 @@ with tempfile.TemporaryDirectory() as tmp:
     test_eq(claims.others(), set())                                  # a killed worker's claim is ignored
     claims.release(("objects", "kta", 1, 3e-4, 0.0036)); claims.release(("objects", "ce", 0, 1e-3, None))
     test_eq(sorted(p.name for p in claims.folder.iterdir()), [".lock"])
+
+# %% [markdown]
+# `take` skips a run another live worker holds, claims each run only while its body runs, and comes back to the held
+# run once that worker is gone:
+
+# %%
+with tempfile.TemporaryDirectory() as tmp:
+    claims, todo, done, order = RunClaims(tmp), [(0,), (1,), (2,)], set(), []
+    child = subprocess.Popen(["sleep", "60"])
+    claims.claim((1,), pid=child.pid)                                # another worker is doing run 1
+    for run in claims.take(lambda busy: next((k for k in todo if k not in done and k not in busy), None), poll=0.01):
+        assert claims._path(run).exists()                            # claimed while the body runs
+        order.append(run); done.add(run)
+        if run == (2,): child.kill(); child.wait()                   # the other worker dies without recording run 1
+    test_eq(order, [(0,), (2,), (1,)])
+    test_eq(sorted(p.name for p in Path(tmp).iterdir()), [".lock"])  # every claim released, the dead worker's taken over and released
+    for run in claims.take(lambda busy: (0,)): break                 # released by `break` too
+    test_eq(claims._path((0,)).exists(), False)
 
 
 # %% [markdown]

@@ -27,7 +27,7 @@
 # (CE on segmentation: p = 0.46). The conv3 probe resolves no difference in any world after Holm's correction.
 
 # %% [markdown]
-# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **13 s** on 2 CPU cores with the default parameters (measured by `make book` on 7 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %%
 #| code-fold: true
@@ -531,27 +531,12 @@ def save_records(world: str, records: dict):
 # %%
 from motion_nbs.core import RunClaims
 
-def claims_of(world: str) -> RunClaims: return RunClaims(runs / "claims" / world)
-
-def claim_next(world: str):
-    """Under the world's lock: the next spec no worker has run or claimed (claimed now for this process; None: nothing
-    to start), the records as they are now, and whether other workers' runs are in progress in the world."""
-    claims = claims_of(world)
-    with claims.lock():
-        records, claimed = load_records(world), claims.others()
-        s, _ = next_spec(world, records, claimed=claimed)
-        if s is not None: claims.claim(key(s))
-    return s, records, bool(claimed)
-
-def record_run(s: dict, rec: dict) -> dict:
-    "Merge a finished run into its world's records file (under the lock: other workers' runs are kept); release its claim."
-    claims = claims_of(s["world"])
+def record_run(claims: RunClaims, s: dict, rec: dict):
+    "Merge a finished run into its world's records file, under the lock: other workers' runs are kept."
     with claims.lock():
         records = load_records(s["world"])
         records[key(s)] = rec
         save_records(s["world"], records)   # complete, or the previous file
-        claims.release(key(s))
-    return records
 
 
 # %%
@@ -559,20 +544,12 @@ if run:
     size = CPFSConfig.from_preset("cpu", image_size=cfg["image_size"]).image_size
     t_start, stopped = time.time(), False
     for world in cfg["worlds"]:
-        frames, waiting = None, False
-        while True:
-            if max_hours is not None and time.time() - t_start >= 3600 * max_hours: stopped = True; break
-            s, records, others = claim_next(world)
-            if s is None:
-                if not others: break
-                if not waiting: print(f"{world}: waiting for other workers' runs", flush=True)
-                waiting = True; time.sleep(5); continue
-            waiting = False
-            try:
-                if frames is None: frames = world_frames(world, size, cfg["num_train"], cfg["num_valid"], cfg["num_test"], cache_dir=runs)
-                rec = run_spec(s, frames)
-                records = record_run(s, rec)
-            finally: claims_of(world).release(key(s))   # a failed run releases its claim
+        frames, claims = None, RunClaims(runs / "claims" / world)
+        for s in claims.take(lambda busy: next_spec(world, load_records(world), claimed=busy)[0], key, message=f"{world}: waiting for other workers' runs"):
+            if max_hours is not None and time.time() - t_start >= 3600 * max_hours: stopped = True; break   # `break` releases the claim
+            if frames is None: frames = world_frames(world, size, cfg["num_train"], cfg["num_valid"], cfg["num_test"], cache_dir=runs)
+            rec = run_spec(s, frames)
+            record_run(claims, s, rec)
             ft = " ".join(f"{k} {100 * v['test']:.1f} (valid {100 * v['valid']:.1f})" for k, v in rec["fine_tune"].items())
             print(f"{world} {s['phase']} {s['arm']} seed {s['seed']} lr {s['lr']} s2 {s['sigma2']} t {s['temperature']} steps {s['steps']}: "
                   f"conv3 probe {100 * rec['probe']['relu3']['accuracy']:.1f} | {ft} | {rec['note']}, {rec['seconds']} s", flush=True)

@@ -4,7 +4,7 @@
 # > Chapter 4's targets measured as an experiment should be: several seeds per setting, presets chosen on validation frames, numbers reported on test frames nobody tuned on.
 
 # %% [markdown]
-# *Default run: **19 s** on 2 CPU cores with the default parameters (measured by `make book` on 6 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 7 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # **The question**: do chapter 4's targets hold beyond one run — matched mIoU ≥ 0.7 on the cube's faces with
@@ -263,27 +263,19 @@ def saved_runs() -> list: return json.loads(out_json.read_text())["runs"] if out
 
 if run:
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    claims, todo, waiting = RunClaims(runs / "claims"), [(seed, setting) for seed in use_seeds for setting in chosen], False
-    while True:
-        with claims.lock():
-            records, busy = saved_runs(), claims.others()
-            done = {(r["seed"], r["setting"]) for r in records}
-            nxt = next((k for k in todo if k not in done and k not in busy), None)
-            if nxt is not None: claims.claim(nxt)
-        if nxt is None:
-            if not busy: break
-            if not waiting: print(f"waiting for other workers' runs: {sorted(busy)}", flush=True)
-            waiting = True; time.sleep(10); continue
-        seed, setting = nxt
-        try:
-            rec = s3_record(setting, seed, PRESETS[mode]["overrides"])
-            with claims.lock():   # merge: other workers' records are kept
-                records = sorted([r for r in saved_runs() if (r["seed"], r["setting"]) != nxt] + [rec],   # seed-major, as one worker writes them
-                                 key=lambda r: (r["seed"], chosen.index(r["setting"]) if r["setting"] in chosen else len(chosen)))
-                with atomic_write(out_json) as tmp: tmp.write_text(json.dumps({"preset": mode, "runs": records}, indent=1))
-        finally: claims.release(nxt)
+    claims, todo = RunClaims(runs / "claims"), [(seed, setting) for seed in use_seeds for setting in chosen]
+    def pick(busy):
+        done = {(r["seed"], r["setting"]) for r in saved_runs()}
+        return next((k for k in todo if k not in done and k not in busy), None)
+    for seed, setting in claims.take(pick, poll=10):
+        rec = s3_record(setting, seed, PRESETS[mode]["overrides"])
+        with claims.lock():   # merge: other workers' records are kept
+            records = sorted([r for r in saved_runs() if (r["seed"], r["setting"]) != (seed, setting)] + [rec],   # seed-major, as one worker writes them
+                             key=lambda r: (r["seed"], chosen.index(r["setting"]) if r["setting"] in chosen else len(chosen)))
+            with atomic_write(out_json) as tmp: tmp.write_text(json.dumps({"preset": mode, "runs": records}, indent=1))
         print(f"{setting} seed {seed}: test mIoU {rec['test_miou']:.3f} (grid {rec['test_miou_grid']:.3f}), "
               f"validation {rec['valid_miou']:.3f}; {rec['steps']} steps, {rec['seconds'] / 60:.1f} min", flush=True)
+    records = saved_runs()   # every worker's
 
 # %% [markdown]
 # ## Results

@@ -87,7 +87,7 @@
 #
 # | notebook | default run (`make book`) |
 # |---|---|
-# | 00_core | 11 s |
+# | 00_core | 14 s |
 # | 00a_package | 8 s |
 # | 01_flow | 13 s |
 # | 02a_data | 40 s |
@@ -97,14 +97,14 @@
 # | 02e_voc | 7 s |
 # | 02f_cli | 1 min 41 s |
 # | 03_cpfs | 31 s |
-# | 03_cpfs_ambiguity | 15 s |
+# | 03_cpfs_ambiguity | 13 s |
 # | 03_cpfs_train | 31 s |
 # | 03_cpfs_transfer | 6 s |
 # | 03a_compare | 8 s |
 # | 03b_transfer | 15 s |
 # | 04_s3 | 12 s |
 # | 04_s3_train | 22 s |
-# | 04_s3_train_seeds | 19 s |
+# | 04_s3_train_seeds | 15 s |
 # | 05_features_fast | 34 s |
 # | 05a_features | 22 s |
 # | 05b_preimage | 14 s |
@@ -113,7 +113,7 @@
 # | 06_dissect | 1 min 49 s |
 # | 07_reversed | 2 min 1 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **19 min 19 s** |
+# | **all chapters** | **19 min 16 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
