@@ -1,6 +1,12 @@
 """`reverse` on every torchvision classification model (random weights, small inputs), against Captum.
 
-For each model, saliency, DeConvNet and Guided Backprop give an output of the input's shape, finite, and:
+The 80 classifiers are built from 22 distinct sets of layer types (ResNet-50 to -152, the ResNeXts and Wide ResNets share
+one; the eight EfficientNets another; ...): the smallest model of each set is run, the others meet exactly the same
+reversal rules on more or wider layers (building all 80 with their initialisation and reversing the largest, RegNet-Y
+128GF's 644M weights, took most of the suite's time). Which model stands for which is printed by
+`test_every_classifier_has_a_representative`.
+
+For each model run, saliency, DeConvNet and Guided Backprop give an output of the input's shape, finite, and:
 - saliency equals the plain gradient (what Captum's Saliency computes) on every model;
 - Guided Backprop and DeConvNet equal Captum's on every model whose non-linearities are all `nn.ReLU`
   modules (Captum overrides the gradient of those modules only);
@@ -10,6 +16,10 @@ For each model, saliency, DeConvNet and Guided Backprop give an output of the in
 Other rectifiers (ReLU6, SiLU, GELU, Hardswish) and layer norms have no Captum counterpart: shape and
 finiteness only (their rules are tested by hand in chapter 07).
 """
+import contextlib
+import functools
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn as nn
@@ -79,12 +89,50 @@ def _forward(model, x):
     return target, "other" if rec.other else "relu_modules" if rec.relus == len(calls) else "functional_relu"
 
 
+@contextlib.contextmanager
+def _uninitialised():
+    "Builds modules without filling their weights (every `torch.nn.init` fill is skipped): fast, for reading a model's layer types."
+    fills = [f for f in dir(nn.init) if f.endswith("_") and not f.startswith("_")]
+    with contextlib.ExitStack() as stack:
+        for f in fills: stack.enter_context(mock.patch.object(nn.init, f, lambda t, *a, **k: t))
+        yield
+
+
+@functools.cache
+def _layout(name: str) -> tuple[frozenset[str], int]:
+    "A classifier's set of layer types and its number of weights, read from an uninitialised build."
+    with _uninitialised(): model = torchvision.models.get_model(name, weights=None, **KWARGS.get(name, {}))
+    return frozenset(f"{type(m).__module__}.{type(m).__qualname__}" for m in model.modules()), sum(p.numel() for p in model.parameters())
+
+
+def _representatives() -> dict[str, list[str]]:
+    "The smallest classifier (by weights) of each set of layer types -> the models built from that same set, smallest first."
+    groups = {}
+    for name in MODELS:
+        types, size = _layout(name)
+        groups.setdefault(types, []).append((size, name))
+    return {min(g)[1]: [n for _, n in sorted(g)] for g in groups.values()}
+
+
+GROUPS = _representatives()
+
+
+def test_every_classifier_has_a_representative():
+    "Each of torchvision's classifiers is run or has a run model with exactly its layer types; the sets number as measured."
+    print({rep: members[1:] for rep, members in GROUPS.items()})
+    assert sorted(n for members in GROUPS.values() for n in members) == sorted(MODELS)
+    for rep, members in GROUPS.items():
+        assert all(_layout(n)[0] == _layout(rep)[0] and _layout(n)[1] >= _layout(rep)[1] for n in members)
+    assert {"resnet18", "resnext50_32x4d", "vgg11", "vgg11_bn", "swin_t", "swin_v2_t"} <= set(GROUPS)   # block types split families
+    assert len(MODELS) >= 80 and len(GROUPS) >= 22   # torchvision 0.2x: 80 classifiers, 22 sets of layer types
+
+
 def _rel(a, b):
     assert a.shape == b.shape and b.abs().max() > 0
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", list(GROUPS))
 def test_reverse_every_torchvision_classifier(captum, name):
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, **KWARGS.get(name, {})).eval().requires_grad_(False)
