@@ -27,7 +27,7 @@
 # (CE on segmentation: p = 0.46). The conv3 probe resolves no difference in any world after Holm's correction.
 
 # %% [markdown]
-# *Default run: **13 s** on 2 CPU cores with the default parameters (measured by `make book` on 7 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **15 s** on 2 CPU cores with the default parameters (measured by `make book` on 7 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %%
 #| code-fold: true
@@ -64,7 +64,8 @@ def ambiguity_forest(results: dict, metrics=None):
     for ax, m in zip(axes[0], metrics):
         rows = [dict(label=f"{w} (FG {fg[w]:.3f}): {c['pair'].replace(' - ', ' − ')}", mean=c["mean"], ci95=c["ci95"], group=c["pair"])
                 for w in worlds_ for c in comps if c["world"] == w and c["metric"] == m]
-        forest_plot(rows, ax=ax, xlabel=f"{labels[m.split('_')[0]]}: CPFS − flow cls. (points)")
+        forest_plot(rows, ax=ax, xlabel=f"{labels[m.split('_')[0]]}:\nCPFS − flow cls. (points)")   # two lines: side by side, one line each would touch
+    for ax in axes[0][1:]: ax.set_ylabel("")   # the rows are the first panel's
     axes[0][0].set_title("paired over seeds, 95 % CIs; right of 0: CPFS better; FG: figure/ground share of the flow-class entropy",
                          fontsize=8, loc="left")
     fig.tight_layout()

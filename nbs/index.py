@@ -97,7 +97,7 @@
 # | 02e_voc | 7 s |
 # | 02f_cli | 1 min 41 s |
 # | 03_cpfs | 31 s |
-# | 03_cpfs_ambiguity | 13 s |
+# | 03_cpfs_ambiguity | 15 s |
 # | 03_cpfs_train | 31 s |
 # | 03_cpfs_transfer | 6 s |
 # | 03a_compare | 8 s |
@@ -113,7 +113,7 @@
 # | 06_dissect | 1 min 49 s |
 # | 07_reversed | 2 min 1 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **19 min 16 s** |
+# | **all chapters** | **19 min 18 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
