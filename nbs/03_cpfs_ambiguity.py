@@ -608,6 +608,10 @@ def compare(a: dict, b: dict, metric: str) -> dict | None:
     xa, xb = [test_metrics(a[s])[metric] for s in common], [test_metrics(b[s])[metric] for s in common]
     return dict(seeds=common, differences=[u - v for u, v in zip(xa, xb)], **paired_comparison(xa, xb))
 
+def _shown(v: float | None) -> float | None:
+    "A rate as the results show it: 1e-4, not the grid's 9.999999999999999e-05 (the records keep the exact value they were run with)."
+    return None if v is None else float(f"{v:.10g}")
+
 def analyse(all_records: dict, settings: dict) -> dict:
     metrics = metric_names(settings)
     worlds_out, runs_out, lr_sel, sig_sel, comps, progress = [], [], [], [], [], []
@@ -620,15 +624,15 @@ def analyse(all_records: dict, settings: dict) -> dict:
                                ceiling_accuracy=sup[0]["ceiling"]["accuracy"] if sup else None,
                                ceiling_miou=sup[0]["ceiling"]["miou"] if sup else None, prior=settings["priors"][world]))
         for r in records.values():
-            runs_out.append(dict(world=world, arm=r["arm"], phase=r["phase"], seed=r["seed"], lr=r["lr"], sigma2=r["sigma2"],
+            runs_out.append(dict(world=world, arm=r["arm"], phase=r["phase"], seed=r["seed"], lr=_shown(r["lr"]), sigma2=r["sigma2"],
                                  temperature=r["temperature"], steps=r["steps"], valid={k: v["valid"] for k, v in r["fine_tune"].items()},
                                  test=test_metrics(r), seconds=r["seconds"]))
         for (w, arm), sel in selections.items():
             edge = lambda grid, v: len(grid) > 1 and v in (min(grid), max(grid))   # at an edge once the extensions are spent: the optimum may lie beyond
-            lr_sel.append(dict(world=w, arm=arm, grid=list(sel["lr_scores"]), valid=list(sel["lr_scores"].values()), chosen=sel["lr"],
+            lr_sel.append(dict(world=w, arm=arm, grid=[_shown(v) for v in sel["lr_scores"]], valid=list(sel["lr_scores"].values()), chosen=_shown(sel["lr"]),
                                at_edge=edge(sel["lr_scores"], sel["lr"])))
             if "sigma_scores" in sel:
-                sig_sel.append(dict(world=w, arm=arm, lr=sel["lr"], grid=list(sel["sigma_scores"]), valid=list(sel["sigma_scores"].values()),
+                sig_sel.append(dict(world=w, arm=arm, lr=_shown(sel["lr"]), grid=list(sel["sigma_scores"]), valid=list(sel["sigma_scores"].values()),
                                     chosen=sel["sigma2"], at_edge=edge(sel["sigma_scores"], sel["sigma2"])))
         arms = {a: chosen_runs(world, records, a, selections, settings["num_iters"]) for a in ("random", *PRETRAINED)}
         for family, pairs in (("cpfs_vs_flow_cls", PAIRS), ("floor", FLOORS)):
