@@ -102,7 +102,7 @@
 # | 03_cpfs_transfer | 6 s |
 # | 03a_compare | 8 s |
 # | 03b_transfer | 15 s |
-# | 04_s3 | 12 s |
+# | 04_s3 | 22 s |
 # | 04_s3_train | 22 s |
 # | 04_s3_train_seeds | 15 s |
 # | 05_features_fast | 34 s |
@@ -113,7 +113,7 @@
 # | 06_dissect | 1 min 49 s |
 # | 07_reversed | 2 min 1 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **19 min 18 s** |
+# | **all chapters** | **19 min 28 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
