@@ -563,10 +563,10 @@ assert not torch.equal(_n[0], _n[1]) and not (_n[0] == _n[0][:, :1]).all()      
 # %% [markdown]
 # How rounding breaks the symmetry, measured: Adam steps of the affine loss from the zero initialisation
 # on the same frame, with one and with two CPU threads, and after each step the largest difference
-# between two segments' scores. The steps that follow depend on the processor. On the machine that built
-# this page the first step already moves the segments apart; on others the first steps leave them equal,
-# or different by rounding ($10^{-8}$), and the two thread counts, whose sums round differently, take
-# different paths (recorded on one such machine: spreads of 0, $7.5\times10^{-9}$, 0.043, 0.47, 0.39 on one
+# between two segments' scores, and the first step whose spread exceeds rounding ($10^{-6}$). That step
+# depends on the processor: on some the first step already moves the segments apart; on others the first
+# steps leave them equal, or different by rounding ($10^{-8}$), and the two thread counts, whose sums round
+# differently, take different paths (recorded on one such machine: spreads of 0, $7.5\times10^{-9}$, 0.043, 0.47, 0.39 on one
 # thread and 0, $1.5\times10^{-8}$, 0.025, 0.44, 0.48 on two). What holds everywhere, and is checked, is
 # that within five steps rounding has grown into differences above $10^{-2}$.
 
@@ -585,7 +585,9 @@ def _spreads(threads, steps=5):
         return out
     finally: torch.set_num_threads(old)
 _sp = {_t: _spreads(_t) for _t in (1, 2)}
-for _t, _v in _sp.items(): print(f"{_t} thread(s), zero init: segment score spread after Adam steps 1-5:", " ".join(f"{v:.1e}" for v in _v))
+for _t, _v in _sp.items():
+    print(f"{_t} thread(s), zero init: segment score spread after Adam steps 1-5:", " ".join(f"{v:.1e}" for v in _v),
+          f"(first above 1e-6: step {next((i + 1 for i, v in enumerate(_v) if v > 1e-6), None)})")
 assert all(max(_v) > 1e-2 for _v in _sp.values())                                       # rounding has grown to real differences
 
 
