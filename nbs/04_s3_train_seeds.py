@@ -29,7 +29,7 @@ from motion_nbs.core import atomic_write
 #| code-fold: true
 ROOT = core.repo_root() or Path.cwd()   # the checkout (the saved results live in its nbs/)
 TARGETS = {"single_cube+affine": 0.7, "multi_cube+rigid": 0.5}   # matched mIoU on test frames, mean over seeds
-INIT_RESULTS = {"zero": ROOT / "nbs" / "04_s3_train_results.json", "normal": ROOT / "nbs" / "04_s3_train_results_normal.json"}   # saved runs per score-layer init
+INIT_RESULTS = {"zero": ROOT / "nbs" / "04_s3_train_results_zero.json", "normal": ROOT / "nbs" / "04_s3_train_results.json"}   # saved runs per score-layer init
 
 def mean_ci95(values) -> list:
     "The t-interval (95 %) of the mean of `values` (`paired_comparison` against zero; the mean twice for a single value)."
@@ -134,7 +134,7 @@ def answer_lines(results: dict) -> str:
 
 # %%
 #| echo: false
-_saved_path = INIT_RESULTS["zero"]
+_saved_path = INIT_RESULTS["normal"]
 saved = json.loads(_saved_path.read_text()) if _saved_path.exists() else None
 if saved and "baselines" in saved:
     plot_seeds(saved["runs"], saved["baselines"]); plt.show()
@@ -147,8 +147,8 @@ else: print(f"no saved results with baselines yet ({_saved_path}): run the full 
 # `04_s3_train.ipynb` trains one network and shows it. This notebook asks whether its targets hold
 # beyond one run: for each setting — `single_cube` + affine (the cube's faces, target matched mIoU ≥ 0.7),
 # `multi_cube` + rigid (the objects, ≥ 0.5) and `multi_cube` + entropy (the objects, no target) — it
-# trains the `cpu` preset of `04_s3_train` with several seeds and scores each network on two sets of
-# held-out frames:
+# trains the `cpu` preset of `04_s3_train` with ten seeds, its score layers drawn from $\mathcal N(0, 10^{-6})$
+# (`score_init="normal"`, below: "Seeds and the saddle"), and scores each network on two sets of held-out frames:
 #
 # - **validation frames** (seed + 2,000,003): the frames on which the `cpu` preset was chosen
 #   (`04_s3_train`'s "How the preset was found") and which its figures show;
@@ -159,10 +159,9 @@ else: print(f"no saved results with baselines yet ({_saved_path}): run the full 
 # to the results file as soon as it finishes.
 #
 # ```bash
-# papermill nbs/04_s3_train_seeds.ipynb _runs/04_s3_train_seeds.ipynb -p preset full   # the real run (hours on 2 cores)
+# papermill nbs/04_s3_train_seeds.ipynb _runs/04_s3_train_seeds.ipynb -p preset full   # the real run: 10 seeds x 3 settings (about TOTAL_H h of one CPU thread)
 # papermill nbs/04_s3_train_seeds.ipynb _runs/tiny.ipynb -p preset tiny          # a smoke run
-# papermill nbs/04_s3_train_seeds.ipynb _runs/seeds10.ipynb -p preset full -p seeds "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"   # 10 seeds (resumes the saved 3)
-# papermill nbs/04_s3_train_seeds.ipynb _runs/normal.ipynb -p preset full -p score_init normal   # random score layers (`04_s3`), saved apart
+# papermill nbs/04_s3_train_seeds.ipynb _runs/zero.ipynb -p preset full -p score_init zero -p seeds "[0, 1, 2]"   # FCN's zero score layers (the thesis), saved apart
 # # two workers sharing the runs (one per core), each with the same parameters:
 # papermill nbs/04_s3_train_seeds.ipynb _runs/w1.ipynb -p preset full -p num_threads 1 & papermill nbs/04_s3_train_seeds.ipynb _runs/w2.ipynb -p preset full -p num_threads 1 &
 # ```
@@ -172,13 +171,13 @@ else: print(f"no saved results with baselines yet ({_saved_path}): run the full 
 
 # %% tags=["parameters"]
 preset = "saved"      # "saved" (show the saved results; "tiny" when missing), "tiny" (a smoke run), "full" (the real run)
-seeds = None          # training seeds (None: the preset's; full: [0, 1, 2])
+seeds = None          # training seeds (None: the preset's; full: 0-9)
 configs = None        # comma-separated "data+loss" settings (None: single_cube+affine, multi_cube+rigid, multi_cube+entropy)
 device = None         # "cpu", "cuda", ...; None: CUDA if present, else MPS, else the CPU
 num_threads = None    # torch CPU threads (None: torch's default)
-score_init = "zero"    # score layers: "zero" (FCN's, the thesis) or "normal" (N(0, 1e-3²): breaks the symmetric saddle, `04_s3`)
+score_init = "normal"  # score layers: "normal" (N(0, 1e-3²): breaks the symmetric saddle, `04_s3`) or "zero" (FCN's, the thesis)
 runs_dir = None  # one run per setting and seed; None: _runs/s3_seeds (full) or _runs/s3_seeds_tiny (`core.runs_dir`), "_normal" appended for score_init="normal"
-results_path = None   # None: nbs/04_s3_train_results.json for "full" (04_s3_train_results_normal.json for score_init="normal"), {runs_dir}/results.json otherwise
+results_path = None   # None: nbs/04_s3_train_results.json for "full" (04_s3_train_results_zero.json for score_init="zero"), {runs_dir}/results.json otherwise
 twins = False         # train the rounding twins (each seed and init twice, on 1 and on 2 CPU threads) into nbs/04_s3_train_twins.json; False: show the saved ones
 
 # %%
@@ -195,7 +194,7 @@ from motion_nbs.s3 import S3_DATA, S3_LOSSES
 # %%
 #| code-fold: true
 PRESETS = {"tiny": dict(seeds=[0], overrides=dict(num_iters=2, batch_size=2, image_size=32, pool_size=4, num_valid=2)),
-           "full": dict(seeds=[0, 1, 2], overrides={})}
+           "full": dict(seeds=list(range(10)), overrides={})}
 CONFIGS = ("single_cube+affine", "multi_cube+rigid", "multi_cube+entropy")
 
 check_choice("preset", preset, ("saved", *PRESETS)); check_choice("score_init", score_init, ("zero", "normal"))
@@ -231,8 +230,8 @@ else: print(f"showing the saved results: {SAVED}")
 # `motion_nbs.s3.train`. A record holds the setting, the seed, the matched mIoU on the validation and the
 # test frames with the grid baseline on each, the test mIoU of every frame (`test_miou_frames`), the final
 # training loss (`final_loss`: the mean of its last 10 logged values), the steps, the training time and the
-# settings that matter (the config without its runtime fields). The saved `full` run predates the last two
-# fields; its records lack them. A finished record is kept; a run whose record is missing is
+# settings that matter (the config without its runtime fields). The saved zero-init runs
+# (`04_s3_train_results_zero.json`) predate the last two fields; their records lack them. A finished record is kept; a run whose record is missing is
 # trained, or resumed from its checkpoints.
 #
 # Several workers on one machine can share the runs (`core.RunClaims`; give them the same `seeds`): each takes the
@@ -302,11 +301,11 @@ else:
 # scored on (`baseline_scores`: `heldout_frames` of the run's data, seed, size and $L$; the grid's mean
 # reproduces every record's `test_miou_grid`, checked below). `baseline_comparisons` sets each run beside
 # each baseline of its data: paired over test frames when the runs kept per-frame scores, otherwise over
-# seeds (the saved `full` run: 3 seeds, so a t-test with 2 degrees of freedom), Holm-corrected over the
+# seeds (the saved zero-init runs: 3 seeds, so a t-test with 2 degrees of freedom), Holm-corrected over the
 # family. A run computes them after training; showing the saved results computes them once when the saved
 # file lacks them (about 2 minutes on a shared core) and saves them into it. Below the figure: the summary
 # per setting, the comparisons, and every run with its final training loss (the mean of its last 10 logged
-# values; "—" for the saved runs, which predate it), so that a low mIoU can be told apart as an optimisation
+# values; "—" for the zero-init runs, which predate it), so that a low mIoU can be told apart as an optimisation
 # failure (a high final loss) or an objective that does not match the task (a low one).
 
 # %%
@@ -344,7 +343,7 @@ if new_baselines:
     print(f"baselines computed in {time.time() - t:.0f} s and saved into {out_json.name}")
 
 # %%
-if run or new_baselines or score_init != "zero":   # the saved zero-init run's figure opens the page
+if run or new_baselines or score_init != "normal":   # the saved normal-init runs' figure opens the page
     fig = plot_seeds(results["runs"], results["baselines"])
     if new_baselines: fig.savefig(out_json.with_suffix(".png"), dpi=80, bbox_inches="tight")
     plt.show()
