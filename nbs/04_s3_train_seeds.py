@@ -431,6 +431,92 @@ for i, res in by_init.items():
 if "normal" not in by_init: print("no normal-init runs saved yet (the fourth command above): only the zero-init spread is shown")
 
 # %% [markdown]
+# **Does the objective reward the truth?** A run's final loss can only be set against other runs'. The decisive
+# comparison is with the segmentation the task wants: each run's own training loss, evaluated on each of its test
+# frames for three segmentations — the trained network's soft segments, the **truth** (one hard segment per cube
+# face, or per object and the background) and uniform masks (where training starts). If the truth scores below the
+# network on (nearly) every frame, the objective rewards the truth and whatever the network misses is an
+# optimisation failure; if the network's segments score as low as the truth's while matching it poorly, the
+# objective does not single the truth out, and no optimiser would mend that. The scores need the trained networks
+# (`model.pt` in each run's folder, `core.runs_dir`; about a second a run): they are computed once and saved in the
+# results (`objective`, per run and test frame); without the runs folder the saved ones are shown.
+
+# %%
+import torch.nn.functional as F
+from motion_nbs.s3 import heldout_frames, load_s3, s3_loss
+
+OBJECTIVE_SEGMENTS = ("network", "truth", "uniform")
+
+def objective_scores(record: dict, run_dir: Path) -> dict:
+    "One run's training loss on each of its test frames for the network's segments, the true segments and uniform masks."
+    cfg = S3Config.from_preset("cpu", **{k: record["settings"][k] for k in ("data", "loss", "seed", "image_size")}, out_dir=None, device="cpu")
+    frames, model, crit = heldout_frames(cfg, num=record["test_num_frames"], split="test"), load_s3(run_dir), s3_loss(record["loss"])
+    if model.meta["num_segments"] != record["settings"]["num_segments"]:
+        raise ValueError(f"{run_dir}: the network has {model.meta['num_segments']} segments, its record {record['settings']['num_segments']}")
+    with torch.no_grad():
+        masks = model(frames["image"])
+        truth = F.one_hot(frames["target"].long(), int(frames["target"].max()) + 1).permute(0, 3, 1, 2).to(masks.dtype)
+        segs = dict(network=masks, truth=truth, uniform=torch.full_like(masks, 1 / masks.shape[1]))
+        per = {k: [round(float(crit(m[i:i + 1], frames["flow"][i:i + 1])), 6) for i in range(len(m))] for k, m in segs.items()}
+    return dict(setting=record["setting"], seed=record["seed"], **per)
+
+def objective_rows(objective: list, records: list) -> list:
+    """Per setting: the mean loss on the test frames of each segmentation, the share of frames where the network scores
+    below the truth, and the runs where it does so on most frames (their test mIoU beside)."""
+    miou = {(r["setting"], r["seed"]): r["test_miou"] for r in records}
+    rows = []
+    for setting in dict.fromkeys(o["setting"] for o in objective):
+        os_ = [o for o in objective if o["setting"] == setting]
+        frames = [(n, t) for o in os_ for n, t in zip(o["network"], o["truth"])]
+        mean = {k: sum(sum(o[k]) for o in os_) / sum(len(o[k]) for o in os_) for k in OBJECTIVE_SEGMENTS}
+        below = [o["seed"] for o in os_ if 2 * sum(n < t for n, t in zip(o["network"], o["truth"])) > len(o["network"])]
+        rows.append(dict(setting=setting, runs=len(os_), **mean, frames_below=sum(n < t for n, t in frames) / len(frames),
+                         runs_below=below, runs_below_miou=[miou[(setting, s)] for s in below]))
+    return rows
+
+def objective_table(rows: list) -> str:
+    lines = ["| setting | runs | loss: network | loss: truth | loss: uniform | frames where network < truth | runs mostly below the truth (test mIoU) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        below = ", ".join(f"{s} ({m:.3f})" for s, m in zip(r["runs_below"], r["runs_below_miou"])) or "none"
+        lines.append(f"| {r['setting']} | {r['runs']} | {r['network']:.3f} | {r['truth']:.3f} | {r['uniform']:.3f} | {100 * r['frames_below']:.0f} % | {below} |")
+    return "\n".join(lines)
+
+def plot_objective(objective: list):
+    "Per setting, every test frame of every run: the truth's loss against the network's (below the diagonal: the network scores lower)."
+    settings = list(dict.fromkeys(o["setting"] for o in objective))
+    fig, axes = plt.subplots(1, len(settings), figsize=(3.4 * len(settings), 3.2), squeeze=False)
+    for ax, s in zip(axes[0], settings):
+        for k, o in enumerate(x for x in objective if x["setting"] == s):
+            ax.plot(o["truth"], o["network"], ".", ms=3, color=f"C{k % 10}", alpha=0.6)
+        top = max(max(o["truth"] + o["network"]) for o in objective if o["setting"] == s)
+        ax.plot([0, top], [0, top], "k--", lw=0.8)
+        ax.set_title(s, fontsize=9); ax.set_xlabel("loss of the true segments", fontsize=8); ax.set_ylabel("loss of the network's segments", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+_o = [dict(setting="a+b", seed=0, network=[0.2, 0.3, 0.1], truth=[0.1, 0.4, 0.2], uniform=[1.0] * 3),
+      dict(setting="a+b", seed=1, network=[0.5, 0.5, 0.5], truth=[0.1, 0.1, 0.1], uniform=[1.0] * 3)]
+_or = objective_rows(_o, [dict(setting="a+b", seed=0, test_miou=0.3), dict(setting="a+b", seed=1, test_miou=0.6)])[0]
+assert abs(_or["frames_below"] - 2 / 6) < 1e-12 and _or["runs_below"] == [0] and _or["runs_below_miou"] == [0.3] and abs(_or["network"] - 2.1 / 6) < 1e-12
+
+# %%
+obj_runs = runs if run else core.runs_dir("s3_seeds" + ("" if score_init == "zero" else f"_{score_init}"), create=False)
+obj_dirs = {(r["setting"], r["seed"]): obj_runs / f"{r['data']}_{r['loss']}_seed{r['seed']}" for r in results["runs"]}
+if run or "objective" not in results:
+    missing = [str(d) for d in obj_dirs.values() if not (d / "model.pt").is_file()]
+    if missing: print(f"no objective scores: {len(missing)} trained networks are missing, e.g. {missing[0]} (train them with the full preset)")
+    else:
+        t = time.time()
+        results["objective"] = [objective_scores(r, obj_dirs[(r["setting"], r["seed"])]) for r in results["runs"]]
+        with atomic_write(out_json) as tmp: tmp.write_text(json.dumps(results, indent=1))
+        print(f"objective scores of {len(results['objective'])} runs computed in {time.time() - t:.0f} s and saved into {out_json.name}")
+if "objective" in results:
+    plot_objective(results["objective"]); plt.show()
+    display(Markdown(objective_table(objective_rows(results["objective"], results["runs"]))))
+
+
+# %% [markdown]
 # **Rounding twins.** Whether a run's outcome is fixed by its seed or by rounding can be asked directly: train
 # the same setting, seed and initialisation twice, identical but for the number of CPU threads (so the weights,
 # the data and every random draw are the same, and only the order of floating-point sums differs), and
