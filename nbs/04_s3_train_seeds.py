@@ -515,7 +515,6 @@ if "objective" in results:
     plot_objective(results["objective"]); plt.show()
     display(Markdown(objective_table(objective_rows(results["objective"], results["runs"]))))
 
-
 # %% [markdown]
 # **Rounding twins.** Whether a run's outcome is fixed by its seed or by rounding can be asked directly: train
 # the same setting, seed and initialisation twice, identical but for the number of CPU threads (so the weights,
