@@ -231,8 +231,8 @@ else: print(f"showing the saved results: {SAVED}")
 # test frames with the grid baseline on each, the test mIoU of every frame (`test_miou_frames`), the final
 # training loss (`final_loss`: the mean of its last 10 logged values), the steps, the training time and the
 # settings that matter (the config without its runtime fields). The saved zero-init runs
-# (`04_s3_train_results_zero.json`) predate the last two fields; their records lack them. A finished record is kept; a run whose record is missing is
-# trained, or resumed from its checkpoints.
+# (`04_s3_train_results_zero.json`) predate the last two fields; their records lack them. A finished record is
+# kept; a run whose record is missing is trained, or resumed from its checkpoints.
 #
 # Several workers on one machine can share the runs (`core.RunClaims`; give them the same `seeds`): each takes the
 # next (seed, setting) that is neither recorded nor claimed by another live worker, and merges its record into the
@@ -303,7 +303,7 @@ else:
 # each baseline of its data: paired over test frames when the runs kept per-frame scores, otherwise over
 # seeds (the saved zero-init runs: 3 seeds, so a t-test with 2 degrees of freedom), Holm-corrected over the
 # family. A run computes them after training; showing the saved results computes them once when the saved
-# file lacks them (about 2 minutes on a shared core) and saves them into it. Below the figure: the summary
+# file lacks them (about a minute on a shared core) and saves them into it. Below the figure: the summary
 # per setting, the comparisons, and every run with its final training loss (the mean of its last 10 logged
 # values; "—" for the zero-init runs, which predate it), so that a low mIoU can be told apart as an optimisation
 # failure (a high final loss) or an objective that does not match the task (a low one).
@@ -428,7 +428,7 @@ for i, res in by_init.items():
     for c in loss_vs_miou(res["runs"]):
         print(f"{i} init, {c['setting']}: final loss vs test mIoU, Spearman {c['spearman']:+.2f} (p = {c['p']:.2g}, {c['n']} runs)")
     if any(r.get("final_loss") is not None for r in res["runs"]): plot_loss_vs_miou(res["runs"]); plt.show()
-if "normal" not in by_init: print("no normal-init runs saved yet (the fourth command above): only the zero-init spread is shown")
+if "normal" not in by_init: print("no normal-init runs saved yet (the first command above): only the zero-init spread is shown")
 
 # %% [markdown]
 # **Does the objective reward the truth?** A run's final loss can only be set against other runs'. The decisive
