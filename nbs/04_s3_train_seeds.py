@@ -693,9 +693,8 @@ assert "absent" in s3_transfer(None) and "has not run yet" in transfer_table(s3_
 # 0.583 and the networks' segments 0.577, lower than the truth's on 52 % of the test frames; 3 of the 6 networks,
 # the best (0.479) among them, score below the truth on most of their frames. Among the runs, lower final losses
 # go with higher mIoU (Spearman −0.83), but the loss does not single the objects out: on these worlds the entropy
-# loss' low mIoU is an objective that does not match the task, not an optimiser that fell short. (What it prefers
-# instead is not established here; it is not segments of more uniform speed: inside the networks' segments the
-# normalised log flow magnitude varies more than inside the true objects.)
+# loss' low mIoU is an objective that does not match the task, not an optimiser that fell short (what it prefers
+# instead is not established here).
 #
 # **As a pre-training** (table 4.1's counterpart, above: the AlexNet FCN-32s S3-CNN in chapter 3's transfer
 # harness, 5 seeds): S3 beats a random network at segmentation after fine-tuning (+11.8 mIoU, Holm p = 0.0017);
