@@ -64,9 +64,10 @@ def test_s3_seeds_experiment_rejects_bad_settings(tmp_path):
                             progress_bar=False)
 
 
-def test_saved_s3_results_hold_baselines_on_the_runs_frames():
-    "The saved full run: every baseline for each data and seed, the grid's per-seed mean equal to each run's test_miou_grid, comparisons for all."
-    res = json.loads((NBS / "04_s3_train_results.json").read_text())
+@pytest.mark.parametrize("name", ["04_s3_train_results.json", "04_s3_train_results_zero.json"])
+def test_saved_s3_results_hold_baselines_on_the_runs_frames(name):
+    "Each saved full run (normal and zero init): every baseline for each data and seed, the grid's per-seed mean equal to each run's test_miou_grid, comparisons for all."
+    res = json.loads((NBS / name).read_text())
     names = ("colour_kmeans", "flow_kmeans", "object_oracle", "grid")
     for r in res["runs"]:
         bs = {b["name"]: b for b in res["baselines"] if b["data"] == r["data"]}
@@ -79,3 +80,18 @@ def test_saved_s3_results_hold_baselines_on_the_runs_frames():
     settings = {r["setting"] for r in res["runs"]}
     assert {(c["setting"], c["baseline"]) for c in res["comparisons"]} == {(s, n) for s in settings for n in names}
     assert all(c["ci95"][0] <= c["difference"] <= c["ci95"][1] and c["p"] <= c["p_holm"] <= 1 for c in res["comparisons"])
+
+
+
+def test_saved_s3_results_have_what_issue_37_asks_for():
+    "The saved normal-init run: >= 10 seeds per setting, each with its final loss and per-frame scores; comparisons paired over test frames; transfer."
+    res = json.loads((NBS / "04_s3_train_results.json").read_text())
+    assert res["preset"] == "full" and res["settings"]["score_init"] == "normal"
+    for setting in ("single_cube+affine", "multi_cube+rigid", "multi_cube+entropy"):
+        rs = [r for r in res["runs"] if r["setting"] == setting]
+        assert len({r["seed"] for r in rs}) == len(rs) >= 10, setting
+        assert all(r["final_loss"] > 0 and len(r["test_miou_frames"]) == r["test_num_frames"] for r in rs), setting
+        assert all(r["settings"]["score_init"] == "normal" for r in rs), setting
+    assert {c["paired_over"] for c in res["comparisons"]} == {"test frames"}
+    assert all(c["seed_level"]["n"] >= 10 for c in res["comparisons"])
+    assert "comparisons" in res["transfer"] or "absent" in res["transfer"]
