@@ -345,9 +345,9 @@ for case in ("static", "empty", "planar"):
 # rigid fits need accurate flow; on YFCC100m clips with automatically computed flow "the affine and rigid
 # models failed in preliminary experiments", and the histogram entropy of the flow *magnitude* is the one
 # that worked (sections 4.1 and 4.4.2: the YFCC100m-150k model of fig 4.4b and the network transferred in
-# table 4.1). On the rendered `multi_cube` frames it is the weakest of the three (`04_s3_train_seeds`: 0.282
-# over 6 seeds, below colour k-means' 0.354 and the object/background oracle's 0.399), and there the fault is the
-# objective's: the true objects score 0.583 under it, no lower than the networks' segments (0.577). That is no
+# table 4.1). On the rendered `multi_cube` frames it is the weakest of the three (`04_s3_train_seeds`: 0.329
+# over 10 seeds, below colour k-means' 0.362 and the object/background oracle's 0.402), and there the fault is the
+# objective's: the true objects score 0.586 under it, no lower than the networks' segments (0.576). That is no
 # verdict on its use on real video; `S3Config(data="videos")` trains it on the sample clips with DIS flow, the
 # setting it was made for.
 

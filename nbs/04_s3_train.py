@@ -227,7 +227,7 @@ if "target" in result["heldout"]:
 # `nbs/04_s3_train_results.json`): 10 seeds per setting with random score layers (`score_init="normal"`), on one
 # thread, scored on test frames nobody tuned on, beside colour k-means, k-means on the true flow and the
 # object/background oracle on the same frames. There the same seed 0 gives 0.744 (affine) and 0.670 (rigid;
-# validation 0.661, against 0.643 here), and the means over seeds are 0.735 ± 0.018 and 0.661 ± 0.049: both
+# validation 0.661, against 0.643 here), and the means over seeds are 0.727 ± 0.020 and 0.639 ± 0.121: both
 # targets are met on average. With the thesis' zero-initialised score layers (this notebook's default; 3 seeds, saved
 # apart) the means were 0.655 ± 0.128 and 0.511 ± 0.150, and rigid gave 0.341 with seed 0: the affine target was not
 # met on average. One run of this notebook can land on either side of a target;

@@ -67,7 +67,7 @@
 # | [03_cpfs_transfer](03_cpfs_transfer.ipynb) | `saved` (shows `nbs/03_cpfs_transfer_results.json`, the full run's); `tiny` (a smoke run whose numbers mean nothing); `full` (5 seeds, 1,000 pre-training steps per arm; CE and KTA also at a pre-training rate of 10⁻³, flow classification at 10⁻⁴, each loss's rate chosen on validation frames) | `full`: about an hour per seed on one shared CPU thread (6–15 min per arm) |
 # | [03_cpfs_ambiguity](03_cpfs_ambiguity.ipynb) | `saved` (shows `nbs/03_cpfs_ambiguity_results.json` and the sweep's progress); `tiny` (a smoke run of every phase); `full` (five worlds, validation-chosen rate and σ², 5 seeds, extension and budget phases; resumes from its records; the saved sweep: CPFS segments better than flow classification where the flow's magnitude does not separate figure from ground, CE +7.7 and +4.7 mIoU in `objects_camera` and `objects_ambiguous`, and not where it does) | `full`: 202 runs, 36 hours of runs on one thread each (about 8–15 min per run; two workers side by side, on the same worlds or split with `-p worlds`) |
 # | [04_s3_train](04_s3_train.ipynb) | `cpu` (`fcn8s_small`, 96-px crops, 12,000 steps; 24,000 for `rigid`); `paper` (the thesis' FCN-8s on VGG-16 and optimiser, for a GPU) | 17 min training it from nothing on two cores; `multi_cube` + rigid: 62 min on one thread |
-# | [04_s3_train_seeds](04_s3_train_seeds.ipynb) | `saved` (shows `nbs/04_s3_train_results.json`, the full run's); `tiny`; `full` (10 seeds of the `cpu` preset for each of three settings, random score layers) | `full`: 17 h 42 min of recorded training, two workers of one CPU thread each |
+# | [04_s3_train_seeds](04_s3_train_seeds.ipynb) | `saved` (shows `nbs/04_s3_train_results.json`, the full run's); `tiny`; `full` (10 seeds of the `cpu` preset for each of three settings, random score layers) | `full`: 18 h 37 min of recorded training, two workers of one CPU thread each |
 # | [05c_preimage_experiments](05c_preimage_experiments.ipynb) | `fast` (small images, 2 CNN probes, 2 initialisations); `paper` (100 probes, 24 initialisations, 224 px, for a GPU) | the same (nothing is cached); table 5.2 at the thesis' scale took 42 min on shared cores, and the `paper` sweep would take about 40 hours on two cores |
 #
 # Two chapters also measure something and cost more on a first run: [06_dissect](06_dissect.ipynb) trains three seeds
@@ -104,7 +104,7 @@
 # | 03b_transfer | 15 s |
 # | 04_s3 | 22 s |
 # | 04_s3_train | 22 s |
-# | 04_s3_train_seeds | 15 s |
+# | 04_s3_train_seeds | 26 s |
 # | 05_features_fast | 34 s |
 # | 05a_features | 22 s |
 # | 05b_preimage | 14 s |
@@ -113,7 +113,7 @@
 # | 06_dissect | 1 min 49 s |
 # | 07_reversed | 2 min 1 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **19 min 28 s** |
+# | **all chapters** | **19 min 39 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
