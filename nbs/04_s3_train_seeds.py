@@ -4,7 +4,7 @@
 # > Chapter 4's targets measured as an experiment should be: several seeds per setting, presets chosen on validation frames, numbers reported on test frames nobody tuned on.
 
 # %% [markdown]
-# *Default run: **26 s** on 2 CPU cores with the default parameters (measured by `make book` on 7 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
+# *Default run: **11 s** on 2 CPU cores with the default parameters (measured by `make book` on 7 Dec 2026, reusing the training and caches that earlier runs left in the runs folder, `core.runs_dir`; where a first run on a new machine takes longer, the chapter says so).*
 
 # %% [markdown]
 # **The question**: do chapter 4's targets hold beyond one run — matched mIoU ≥ 0.7 on the cube's faces with
@@ -694,9 +694,9 @@ assert "absent" in s3_transfer(None) and "has not run yet" in transfer_table(s3_
 # networks miss of them is optimisation (or capacity) left undone. For the entropy loss the true objects score
 # 0.586 and the networks' segments 0.576, lower than the truth's on 54 % of the test frames; 6 of the 10 networks,
 # the best (0.528) among them, score below the truth on most of their frames. Among the runs, lower final losses
-# go with higher mIoU (Spearman −0.64, p = 0.048), but the loss does not single the objects out: on these worlds the entropy
-# loss' low mIoU is an objective that does not match the task, not an optimiser that fell short (what it prefers
-# instead is not established here).
+# go with higher mIoU (Spearman −0.64, p = 0.048), but the loss does not single the objects out: on these worlds
+# the entropy loss' low mIoU is an objective that does not match the task, not an optimiser that fell short (what
+# it prefers instead is not established here).
 #
 # **As a pre-training** (table 4.1's counterpart, above: the AlexNet FCN-32s S3-CNN in chapter 3's transfer
 # harness, 5 seeds): S3 beats a random network at segmentation after fine-tuning (+11.8 mIoU, Holm p = 0.0017);

@@ -104,7 +104,7 @@
 # | 03b_transfer | 15 s |
 # | 04_s3 | 22 s |
 # | 04_s3_train | 22 s |
-# | 04_s3_train_seeds | 26 s |
+# | 04_s3_train_seeds | 11 s |
 # | 05_features_fast | 34 s |
 # | 05a_features | 22 s |
 # | 05b_preimage | 14 s |
@@ -113,7 +113,7 @@
 # | 06_dissect | 1 min 49 s |
 # | 07_reversed | 2 min 1 s |
 # | 07b_attribution | 9 s |
-# | **all chapters** | **19 min 39 s** |
+# | **all chapters** | **19 min 24 s** |
 # <!-- runtimes:end -->
 
 # %% [markdown]
